@@ -1,0 +1,323 @@
+package test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meshcap/meshcap/pkg/podnet"
+)
+
+// Binaries built once by TestMain into a world-readable directory (a child that drops to uid 1337 must exec them).
+var meshcapBin, nettoolBin string
+
+func TestMain(m *testing.M) {
+	os.Exit(runMain(m))
+}
+
+func runMain(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "meshcap-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: temp dir:", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: chmod:", err)
+		return 1
+	}
+	meshcapBin, nettoolBin = filepath.Join(dir, "meshcap"), filepath.Join(dir, "nettool")
+	for bin, pkg := range map[string]string{meshcapBin: "./cmd/meshcap", nettoolBin: "./test/nettool"} {
+		cmd := exec.Command("go", "build", "-o", bin, pkg)
+		cmd.Dir = ".."
+		if out, err := cmd.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: go build %s: %v\n%s", pkg, err, out)
+			return 1
+		}
+	}
+	return m.Run()
+}
+
+// requireRoot skips a privileged test outside CI and fails it in CI, where a skip would hide a missing check.
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("needs root (netns, cgroups, BPF), and CI runs as root: refusing to skip")
+	}
+	t.Skip("needs root: creates network namespaces and cgroups and loads BPF programs")
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// newPod makes a pod with a unique name ("mc<6 hex>-<role>") that is removed when the test ends.
+func newPod(t *testing.T, role string) *podnet.Pod {
+	t.Helper()
+	p, err := podnet.NewPod(fmt.Sprintf("mc%s-%s", randHex(3), role))
+	if err != nil {
+		t.Fatalf("new pod: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := p.Close(); err != nil {
+			t.Errorf("remove pod %s: %v", p.Name, err)
+		}
+	})
+	return p
+}
+
+// Addresses of the default two-pod topology; serverAlt* are extra server addresses for CIDR cases.
+var (
+	clientIP    = netip.MustParsePrefix("198.18.0.1/24")
+	serverIP    = netip.MustParsePrefix("198.18.0.2/24")
+	serverAlt1  = netip.MustParsePrefix("198.18.1.2/32")
+	serverAlt2  = netip.MustParsePrefix("198.18.2.2/32")
+	serverPorts = []int{8080, 9090, 7070}
+)
+
+// linkPods joins client and server with a veth pair (client 198.18.0.1, server 198.18.0.2).
+func linkPods(t *testing.T, client, server *podnet.Pod) {
+	t.Helper()
+	if err := podnet.Link(client, server, clientIP, serverIP); err != nil {
+		t.Fatalf("link pods: %v", err)
+	}
+}
+
+// topology is a client pod and a server pod with echo servers on every server address and port.
+type topology struct {
+	client, server *podnet.Pod
+}
+
+// newTopology builds the client and server pods, adds the alternate server addresses, and starts echo servers
+// on 0.0.0.0:{8080,9090,7070} in the server pod.
+func newTopology(t *testing.T) topology {
+	t.Helper()
+	client, server := newPod(t, "cli"), newPod(t, "srv")
+	linkPods(t, client, server)
+	for _, a := range []netip.Prefix{serverAlt1, serverAlt2} {
+		if err := server.AddAddr(a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, port := range serverPorts {
+		startEcho(t, server, fmt.Sprintf("0.0.0.0:%d", port))
+	}
+	return topology{client: client, server: server}
+}
+
+// startEcho serves "<local addr> <peer addr>\n" then an echo until EOF, from a listener inside pod's netns.
+func startEcho(t *testing.T, pod *podnet.Pod, addr string) net.Listener {
+	t.Helper()
+	ln, err := pod.Listen(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				fmt.Fprintf(c, "%s %s\n", c.LocalAddr(), c.RemoteAddr())
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+	return ln
+}
+
+// syncBuffer is a bytes.Buffer safe for a child's output and a reading test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuffer) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// proc is a background process started in a pod.
+type proc struct {
+	cmd            *exec.Cmd
+	stdout, stderr *syncBuffer
+	done           chan struct{}
+	err            error
+	statsFile      string // meshcap proxy only: its --stats-file
+}
+
+// stop kills the process (by its pid, which this test started) and waits for it. Idempotent.
+func (p *proc) stop() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
+// startIn starts bin in pod (its netns and cgroup, as cred when given); it is killed when the test ends.
+func startIn(t *testing.T, pod *podnet.Pod, cred *podnet.Cred, bin string, args ...string) *proc {
+	t.Helper()
+	p := &proc{cmd: exec.Command(bin, args...), stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
+	if err := pod.Start(p.cmd, cred); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.stop()
+		if t.Failed() {
+			t.Logf("%s %v stderr:\n%s", filepath.Base(bin), args, p.stderr.String())
+		}
+	})
+	return p
+}
+
+// runIn runs bin in pod to completion (30 s at most) and returns its stdout; err carries stderr.
+func runIn(t *testing.T, pod *podnet.Pod, cred *podnet.Cred, bin string, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := pod.Start(cmd, cred); err != nil {
+		return "", err
+	}
+	if err := cmd.Wait(); err != nil {
+		return stdout.String(), fmt.Errorf("%s %s: %w: %s", filepath.Base(bin), strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.String(), nil
+}
+
+// runMeshcap runs the meshcap binary on the host (root netns and cgroup), as the CLI user would.
+func runMeshcap(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, meshcapBin, args...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("meshcap %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+// DialResult mirrors nettool's JSON output.
+type DialResult struct {
+	Reached, Peer, Local, Remote string
+	Sent, Echoed                 int64
+	OK                           bool
+	Error                        string
+}
+
+// Captured reports whether the connection went through a proxy: the server saw a different client address than
+// the one the client connected from (a relayed connection comes from the proxy's own socket).
+func (r DialResult) Captured() bool { return r.OK && r.Peer != r.Local }
+
+// dial runs `nettool dial` inside pod as cred (nil = root) and sends payload bytes through the connection.
+func dial(t *testing.T, pod *podnet.Pod, cred *podnet.Cred, addr string, payload int64) (DialResult, error) {
+	t.Helper()
+	out, err := runIn(t, pod, cred, nettoolBin, "dial", addr, "-send", strconv.FormatInt(payload, 10), "-timeout", "10s")
+	var res DialResult
+	if jerr := json.Unmarshal([]byte(out), &res); jerr != nil && err == nil {
+		err = fmt.Errorf("decode nettool output %q: %w", out, jerr)
+	}
+	return res, err
+}
+
+// waitListening waits until something listens on TCP port inside pod's netns.
+func waitListening(t *testing.T, pod *podnet.Pod, port int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		ok, err := isListening(pod, port)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("nothing listens on port %d in pod %s after 10s", port, pod.Name)
+}
+
+// isListening reads /proc/thread-self/net/tcp{,6} from inside the pod netns (state 0A = LISTEN).
+func isListening(pod *podnet.Pod, port int) (bool, error) {
+	found := false
+	err := pod.Do(func() error {
+		for _, f := range []string{"/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"} {
+			fh, err := os.Open(f)
+			if err != nil {
+				continue
+			}
+			sc := bufio.NewScanner(fh)
+			for sc.Scan() {
+				fields := strings.Fields(sc.Text())
+				if len(fields) < 4 || fields[3] != "0A" {
+					continue
+				}
+				if i := strings.LastIndexByte(fields[1], ':'); i >= 0 {
+					if p, err := strconv.ParseUint(fields[1][i+1:], 16, 16); err == nil && int(p) == port {
+						found = true
+					}
+				}
+			}
+			fh.Close()
+		}
+		return nil
+	})
+	return found, err
+}
+
+// startProxy runs `meshcap proxy` in pod as a sidecar would: started as root, it drops to uid/gid 1337 itself.
+func startProxy(t *testing.T, pod *podnet.Pod, args ...string) *proc {
+	t.Helper()
+	stats := filepath.Join(worldDir(t), "stats.json")
+	p := startIn(t, pod, nil, meshcapBin, append([]string{"proxy", "--stats-file", stats}, args...)...)
+	p.statsFile = stats
+	waitListening(t, pod, 15001)
+	return p
+}
+
+// worldDir is a temp dir that a process running as uid 1337 can write to; removed when the test ends.
+func worldDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "meshcap-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"strings"
+	"time"
+)
+
+// DialResult is what one dial saw; the tests decode it.
+type DialResult struct {
+	Reached string `json:"reached"` // from the server's first line: the address it accepted on
+	Peer    string `json:"peer"`    // from the server's first line: the client address it saw
+	Local   string `json:"local"`
+	Remote  string `json:"remote"` // getpeername() after connect
+	Sent    int64  `json:"sent"`
+	Echoed  int64  `json:"echoed"`
+	OK      bool   `json:"ok"` // echo matched what was sent
+	Error   string `json:"error,omitempty"`
+}
+
+func dialCmd(addr string, args []string) error {
+	fs := flag.NewFlagSet("dial", flag.ContinueOnError)
+	send := fs.Int64("send", 64, "bytes to send")
+	timeout := fs.Duration("timeout", 5*time.Second, "overall timeout")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	res := dial(addr, *send, *timeout)
+	if err := json.NewEncoder(os.Stdout).Encode(res); err != nil {
+		return err
+	}
+	if res.Error != "" {
+		return fmt.Errorf("dial %s: %s", addr, res.Error)
+	}
+	return nil
+}
+
+func dial(addr string, send int64, timeout time.Duration) DialResult {
+	var res DialResult
+	conn, err := net.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		res.Error = err.Error()
+		return res
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(timeout))
+	res.Local, res.Remote = conn.LocalAddr().String(), conn.RemoteAddr().String()
+	r := bufio.NewReader(conn)
+	line, err := r.ReadString('\n')
+	if err != nil {
+		res.Error = fmt.Sprintf("read greeting: %v", err)
+		return res
+	}
+	greeting := strings.Fields(line)
+	if len(greeting) != 2 {
+		res.Error = fmt.Sprintf("bad greeting %q", line)
+		return res
+	}
+	res.Reached, res.Peer = greeting[0], greeting[1]
+
+	sentSum, echoSum := sha256.New(), sha256.New()
+	errc := make(chan error, 1)
+	go func() {
+		src := io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{7}), send), sentSum)
+		n, err := io.Copy(conn, src)
+		res.Sent = n
+		if err == nil {
+			err = conn.(*net.TCPConn).CloseWrite()
+		}
+		errc <- err
+	}()
+	n, err := io.Copy(echoSum, r)
+	res.Echoed = n
+	if werr := <-errc; werr != nil && res.Error == "" {
+		res.Error = fmt.Sprintf("send: %v", werr)
+	}
+	if err != nil && res.Error == "" {
+		res.Error = fmt.Sprintf("read echo: %v", err)
+	}
+	res.OK = res.Error == "" && res.Sent == send && string(sentSum.Sum(nil)) == string(echoSum.Sum(nil))
+	if !res.OK && res.Error == "" {
+		res.Error = fmt.Sprintf("echo mismatch: sent %d, echoed %d", res.Sent, res.Echoed)
+	}
+	return res
+}

@@ -1,0 +1,107 @@
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+func listen(addr string) (net.Listener, error) {
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(false)
+	return lc.Listen(context.Background(), "tcp", addr)
+}
+
+func serveCmd(addr string) error {
+	ln, err := listen(addr)
+	if err != nil {
+		return err
+	}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer c.Close()
+			fmt.Fprintf(c, "%s %s\n", c.LocalAddr(), c.RemoteAddr())
+			_, _ = io.Copy(c, c)
+		}()
+	}
+}
+
+// origdstCmd is a deliberately plain transparent proxy: the only way it learns where a connection was going is
+// getsockopt(SOL_IP, SO_ORIGINAL_DST), as Envoy's original_dst listener filter does.
+func origdstCmd(addr string) error {
+	ln, err := listen(addr)
+	if err != nil {
+		return err
+	}
+	var mu sync.Mutex
+	enc := json.NewEncoder(os.Stdout)
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer c.Close()
+			dst, err := originalDst(c.(*net.TCPConn))
+			rec := map[string]string{"client": c.RemoteAddr().String(), "local": c.LocalAddr().String()}
+			if err != nil {
+				rec["error"] = err.Error()
+			} else {
+				rec["origdst"] = dst.String()
+			}
+			mu.Lock()
+			_ = enc.Encode(rec)
+			mu.Unlock()
+			if err != nil {
+				return
+			}
+			up, err := net.DialTimeout("tcp", dst.String(), 5*time.Second)
+			if err != nil {
+				return
+			}
+			defer up.Close()
+			go func() { _, _ = io.Copy(up, c); _ = up.(*net.TCPConn).CloseWrite() }()
+			_, _ = io.Copy(c, up)
+		}()
+	}
+}
+
+func originalDst(c *net.TCPConn) (netip.AddrPort, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	var sa [16]byte
+	var serr error
+	err = raw.Control(func(fd uintptr) {
+		size := uint32(len(sa))
+		_, _, e := syscall.Syscall6(syscall.SYS_GETSOCKOPT, fd, unix.SOL_IP, 80, // SO_ORIGINAL_DST
+			uintptr(unsafe.Pointer(&sa[0])), uintptr(unsafe.Pointer(&size)), 0)
+		if e != 0 {
+			serr = fmt.Errorf("getsockopt SO_ORIGINAL_DST: %w", e)
+		}
+	})
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	if serr != nil {
+		return netip.AddrPort{}, serr
+	}
+	port := binary.BigEndian.Uint16(sa[2:4])
+	return netip.AddrPortFrom(netip.AddrFrom4([4]byte(sa[4:8])), port), nil
+}
