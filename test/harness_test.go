@@ -1,7 +1,6 @@
 package test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -256,46 +255,11 @@ func dial(t *testing.T, pod *podnet.Pod, cred *podnet.Cred, addr string, payload
 // waitListening waits until something listens on TCP port inside pod's netns.
 func waitListening(t *testing.T, pod *podnet.Pod, port int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		ok, err := isListening(pod, port)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if ok {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := pod.WaitListening(ctx, port); err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("nothing listens on port %d in pod %s after 10s", port, pod.Name)
-}
-
-// isListening reads /proc/thread-self/net/tcp{,6} from inside the pod netns (state 0A = LISTEN).
-func isListening(pod *podnet.Pod, port int) (bool, error) {
-	found := false
-	err := pod.Do(func() error {
-		for _, f := range []string{"/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"} {
-			fh, err := os.Open(f)
-			if err != nil {
-				continue
-			}
-			sc := bufio.NewScanner(fh)
-			for sc.Scan() {
-				fields := strings.Fields(sc.Text())
-				if len(fields) < 4 || fields[3] != "0A" {
-					continue
-				}
-				if i := strings.LastIndexByte(fields[1], ':'); i >= 0 {
-					if p, err := strconv.ParseUint(fields[1][i+1:], 16, 16); err == nil && int(p) == port {
-						found = true
-					}
-				}
-			}
-			fh.Close()
-		}
-		return nil
-	})
-	return found, err
 }
 
 // startProxy runs `meshcap proxy` in pod as a sidecar would: started as root, it drops to uid/gid 1337 itself.

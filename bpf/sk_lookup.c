@@ -1,0 +1,140 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * sk_lookup: inbound capture. Attached to a pod's network namespace, it runs when the kernel looks for a
+ * listening socket for a packet that matched no established socket (in practice: a SYN). For a captured port it
+ * hands the lookup the proxy's listener (-z, normally 15006) instead, so the proxy accepts a connection whose
+ * local address is still the original destination: no NAT, no conntrack, getsockname() is the answer.
+ *
+ * The decision mirrors istio's nat ISTIO_INBOUND chain (istio-golden/DEFAULTS.md section 5, items 4 and 7):
+ *   -b empty                      -> nothing captured (istio adds no PREROUTING jump)
+ *   --dport -e (tunnel, 15008)    -> RETURN, whatever -b says (always the first ISTIO_INBOUND rule)
+ *   -b '*':  --dport in -d        -> RETURN;   otherwise -> REDIRECT to -z
+ *   -b list: --dport in -b        -> REDIRECT; otherwise -> not captured (-d is ignored)
+ * plus what istio gets from where its rules sit (PREROUTING never sees the conntrack-NATed loopback flows):
+ *   source or destination in 127/8 -> never steered: the sidecar's own 127.0.0.6 passthrough to the app and
+ *                                     local app-to-app traffic must reach the app;
+ *   destination port -z           -> not steered: the normal lookup finds the same listener.
+ *
+ * Failure mode is closed, like istio: a captured port with no proxy listener registered (proxy not started, or
+ * exited: the kernel removes a closed socket from the sockmap) is refused with a RST, never delivered to the app
+ * behind the proxy's back.
+ *
+ * Only IPv4 TCP is handled; IPv6 and UDP lookups are left to the kernel (docs/inbound.md, limits).
+ */
+#include "inbound.h"
+
+/* Key 0: struct inb_config. Array, so the lookup never fails once loaded; all-zero = disabled. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct inb_config);
+} inb_cfg SEC(".maps");
+
+/* Destination port (host order) -> enum inb_port_verdict. Only listed ports are present; not preallocated, so a
+ * pod pays for the few ports it lists, not for 65536 slots. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u16);
+	__type(value, __u8);
+} inb_ports SEC(".maps");
+
+/* Slot 0: the proxy's listening socket on -z. Filled from user space by whoever holds the listener fd (the proxy
+ * registers itself; see RegisterInboundListener). A sockmap, not an fd in a config: the entry disappears by itself
+ * when the socket is closed, which is exactly the "proxy is down" signal the fail-closed rule needs.
+ * 64-bit values so that a user-space lookup returns the socket cookie (status). */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKMAP);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} inb_listener SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, INB_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} inb_stats SEC(".maps");
+
+static __always_inline void inb_count(__u32 stat)
+{
+	__u64 *n = bpf_map_lookup_elem(&inb_stats, &stat);
+
+	if (n)
+		*n += 1; /* per-CPU slot: no atomic needed */
+}
+
+/* 127.0.0.0/8, address in network byte order. */
+static __always_inline int inb_is_loopback4(__u32 addr)
+{
+	return (addr & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000);
+}
+
+/* Would istio's ISTIO_INBOUND chain send this destination port to ISTIO_IN_REDIRECT? */
+static __always_inline int inb_port_captured(const struct inb_config *cfg, __u16 port)
+{
+	/* The tunnel port comes first and wins over any -b list (istio's unconditional first RETURN). */
+	if (port == cfg->tunnel_port || port == cfg->capture_port)
+		return 0;
+
+	__u8 *verdict = bpf_map_lookup_elem(&inb_ports, &port);
+	if (verdict)
+		return *verdict == INB_PORT_CAPTURE;
+	return (cfg->flags & INB_F_ALL_PORTS) != 0;
+}
+
+/* Hand the lookup to the proxy's listener, or refuse the connection if there is none. */
+static __always_inline int inb_steer(struct bpf_sk_lookup *ctx)
+{
+	__u32 zero = 0;
+	struct bpf_sock *sk = bpf_map_lookup_elem(&inb_listener, &zero);
+
+	if (!sk) {
+		/* Fail closed: the proxy is not (or no longer) listening. SK_DROP makes the lookup find no socket,
+		 * so TCP answers the SYN with a RST: "connection refused", as istio's REDIRECT to a closed 15006. */
+		inb_count(INB_STAT_DROP_NO_LISTENER);
+		return SK_DROP;
+	}
+	/* flags 0: if the proxy's listener is in a SO_REUSEPORT group (envoy's per-worker listeners), the kernel
+	 * still picks a group member, so registering any one of them spreads load over all. */
+	long err = bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	if (err) {
+		/* e.g. a listener of the wrong family or protocol: refusing is the only answer that cannot bypass
+		 * the proxy. */
+		inb_count(INB_STAT_DROP_ASSIGN);
+		return SK_DROP;
+	}
+	inb_count(INB_STAT_STEERED);
+	return SK_PASS;
+}
+
+SEC("sk_lookup")
+int inb_sk_lookup(struct bpf_sk_lookup *ctx)
+{
+	if (ctx->family != AF_INET || ctx->protocol != IPPROTO_TCP)
+		return SK_PASS;
+
+	__u32 zero = 0;
+	struct inb_config *cfg = bpf_map_lookup_elem(&inb_cfg, &zero);
+	if (!cfg || !(cfg->flags & INB_F_ENABLED))
+		return SK_PASS;
+
+	/* Loopback on either side means "inside the pod": the sidecar's passthrough (127.0.0.6 -> pod IP:port) and
+	 * app-local traffic. Steering those would loop the proxy into itself. */
+	if (inb_is_loopback4(ctx->remote_ip4) || inb_is_loopback4(ctx->local_ip4)) {
+		inb_count(INB_STAT_PASS_LOOPBACK);
+		return SK_PASS;
+	}
+
+	if (!inb_port_captured(cfg, (__u16)ctx->local_port)) {
+		inb_count(INB_STAT_PASS_PORT);
+		return SK_PASS;
+	}
+	return inb_steer(ctx);
+}
+
+char _license[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,64 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/meshcap/meshcap/pkg/demo"
+)
+
+func init() { register(newDemoCmd) }
+
+func newDemoCmd(log *zap.Logger) *cobra.Command {
+	var opts demo.Options
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Build a client and a server pod from netns + cgroups, capture the client with eBPF, show the proxy relaying",
+		Long: `demo builds two pods (network namespace + cgroup v2 each, joined by a veth), starts HTTP servers in the
+server pod, attaches meshcap's eBPF capture to the client pod's cgroup, runs the meshcap proxy as a sidecar in the
+client pod (started as root, running as uid 1337), sends requests from the client pod and prints what happened.
+Everything it made is removed at the end, also on Ctrl-C or error. Needs root.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if os.Geteuid() != 0 {
+				return errors.New("demo needs root: it creates network namespaces and cgroups and loads BPF programs")
+			}
+			self, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("find own binary: %w", err)
+			}
+			opts.Meshcap = self
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return demo.Run(ctx, log, cmd.OutOrStdout(), opts)
+		},
+	}
+	cmd.Flags().IntVar(&opts.Requests, "requests", 3, "requests per destination")
+	cmd.Flags().DurationVar(&opts.Timeout, "timeout", 60*time.Second, "give up after this long")
+	cmd.Flags().BoolVar(&opts.Keep, "keep", false, "leave the pods and capture in place until Ctrl-C (to explore with meshcap status)")
+	cmd.AddCommand(newDemoClientCmd())
+	return cmd
+}
+
+// newDemoClientCmd is the HTTP client the demo runs inside the client pod (it must be a separate process so that
+// it lives in the pod's cgroup, where capture applies).
+func newDemoClientCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:    "client URL...",
+		Hidden: true,
+		Args:   cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, urls []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), 20*time.Second)
+			defer cancel()
+			return demo.Client(ctx, cmd.OutOrStdout(), urls)
+		},
+	}
+}

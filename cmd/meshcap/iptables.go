@@ -1,0 +1,97 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/meshcap/meshcap/pkg/capture"
+	"github.com/meshcap/meshcap/pkg/iptables"
+)
+
+func init() { register(newIptablesCmd) }
+
+// newIptablesCmd is the istio-iptables drop-in: same flags, environment variables, rules and apply flow as
+// `pilot-agent istio-iptables`.
+func newIptablesCmd(log *zap.Logger) *cobra.Command {
+	cfg := capture.Default()
+	var ex capture.ExecOptions
+	cmd := &cobra.Command{
+		Use:   "iptables [flags]",
+		Short: "Set up istio-iptables-compatible capture rules (drop-in for pilot-agent istio-iptables)",
+		Long: `Generates exactly the rules of istio's "pilot-agent istio-iptables" and applies them with one
+iptables-restore --noflush per IP family (legacy or nft, auto-detected). Every flag also reads the
+environment variable istio-iptables reads; a flag on the command line wins.
+
+--dry-run prints the IPv4 iptables-restore payload, then the IPv6 one when IPv6 is enabled
+(DRY_RUN_FILE_PATH, when set, also receives istio's recorded dry-run stream).
+
+Accepted for compatibility: --log_output_level (ignored), --skip-rule-apply (do nothing),
+--iptables-probe-port/--probe-timeout/--cni-mode (ignored), --network-namespace (configure that netns).
+--run-validation is not implemented and is refused.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runIptables(cmd.Context(), log, cmd, cfg, ex)
+		},
+	}
+	capture.BindFlags(cmd.Flags(), &cfg)
+	capture.BindExecFlags(cmd.Flags(), &ex, nil)
+	return cmd
+}
+
+func runIptables(ctx context.Context, log *zap.Logger, cmd *cobra.Command, cfg capture.Config, ex capture.ExecOptions) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if ex.RunValidation {
+		return errors.New("--run-validation is not implemented by meshcap iptables")
+	}
+	cfg.ResolveDefaults()
+	// Validate everything before looking at or touching the host.
+	if _, err := iptables.Validate(cfg); err != nil {
+		return err
+	}
+	if ex.SkipRuleApply {
+		log.Info("--skip-rule-apply: nothing to do")
+		return nil
+	}
+	var facts iptables.HostFacts
+	err := iptables.InNetns(ex.NetworkNamespace, func() error {
+		var err error
+		facts, err = iptables.HostSource{Addrs: func() ([]netip.Addr, error) { return iptables.InterfaceAddrs() }}.Facts(cfg)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("host facts: %w", err)
+	}
+	rs, err := iptables.Build(cfg, facts)
+	if err != nil {
+		return err
+	}
+	if cfg.DryRun {
+		if path := os.Getenv("DRY_RUN_FILE_PATH"); path != "" {
+			if err := os.WriteFile(path, []byte(rs.DryRunStream()), 0o644); err != nil {
+				return fmt.Errorf("write dry-run file: %w", err)
+			}
+		}
+		if cfg.CleanupOnly {
+			log.Info("--dry-run with --cleanup-only: nothing to print")
+			return nil
+		}
+		out := cmd.OutOrStdout()
+		if _, err := fmt.Fprint(out, rs.Payload(false)+rs.Payload(true)); err != nil {
+			return err
+		}
+		return nil
+	}
+	a := &iptables.Applier{Runner: iptables.NetnsRunner(ex.NetworkNamespace), Log: log}
+	if err := a.Apply(ctx, cfg, rs); err != nil {
+		return fmt.Errorf("iptables: %w", err)
+	}
+	return nil
+}

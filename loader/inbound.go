@@ -1,0 +1,625 @@
+package loader
+
+// Inbound capture: the sk_lookup program of bpf/sk_lookup.c, attached to one pod network namespace.
+//
+// Who does what (docs/inbound.md has the reasoning):
+//   - `meshcap ebpf attach` (root, runs once): AttachInbound loads the program, writes the policy, attaches it to the
+//     netns with a bpf_link and pins link and maps under <pin root>/netns-<cookie>/inbound/, then may exit.
+//   - The proxy, after it listens on -z and while it is still root (or has CAP_BPF), calls RegisterInboundListener,
+//     which puts its listening socket into the pinned sockmap. A restarted proxy registers again; a closed listener
+//     leaves the sockmap by itself, and captured ports are then refused (fail closed, like istio).
+//   - A proxy that started before the attach, or that knows nothing about meshcap, is found by AttachInbound with
+//     FindListener (sock_diag in the netns + pidfd_getfd), or explicitly with FindInboundListener.
+//
+// Re-attaching updates in place: new settings maps and program are swapped in atomically with link.Update, while the
+// listener sockmap (and so the proxy's registration) and the counters are kept.
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"syscall"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/meshcap/meshcap/pkg/capture"
+)
+
+// DefaultInboundPinRoot is where inbound attachments are pinned unless InboundOptions.PinRoot says otherwise: the
+// same root as the outbound attachments (they use cgroup-<id>/, inbound uses netns-<cookie>/inbound/).
+const DefaultInboundPinRoot = DefaultPinRoot
+
+// ErrInboundNotAttached: no inbound capture is pinned for that network namespace.
+var ErrInboundNotAttached = errors.New("inbound capture is not attached in this network namespace")
+
+// Pin names inside <pin root>/netns-<cookie>/inbound/.
+const (
+	inbPinLink     = "link"
+	inbPinConfig   = "config"
+	inbPinPorts    = "ports"
+	inbPinListener = "listener"
+	inbPinStats    = "stats"
+	inbPinNewSufx  = "_new" // settings maps of a re-attach, renamed over the old ones once the program is swapped (bpffs refuses "." in names)
+)
+
+// Values of the C enums in bpf/include/inbound.h (enums are not in the object's BTF, so bpf2go cannot emit them).
+const (
+	inbFlagEnabled  = 1 << 0 // INB_F_ENABLED
+	inbFlagAllPorts = 1 << 1 // INB_F_ALL_PORTS
+	inbPortCapture  = 1      // INB_PORT_CAPTURE
+	inbPortExclude  = 2      // INB_PORT_EXCLUDE
+	inbStatSteered  = 0      // INB_STAT_STEERED ... INB_STAT_DROP_ASSIGN, in order
+	inbStatMax      = 5      // INB_STAT_MAX
+)
+
+type inbConfigValue = inboundInbConfig
+
+// InboundOptions tune AttachInbound.
+type InboundOptions struct {
+	// PinRoot is a directory on bpffs; empty means DefaultInboundPinRoot.
+	PinRoot string
+	// Listener, if not nil, is the proxy's listening socket on the capture port (a *net.TCPListener or an *os.File),
+	// registered before the program is attached, so no SYN is refused in between.
+	Listener syscall.Conn
+	// FindListener, when Listener is nil, looks for a process holding a TCP listener on the capture port in the
+	// netns and registers it (pidfd_getfd). Finding none is not an error: InboundInfo.Listener reports it.
+	FindListener bool
+}
+
+// InboundStats are the program's counters (summed over CPUs) since the first attach in this netns.
+type InboundStats struct {
+	Steered        uint64 // handed to the proxy listener
+	PassLoopback   uint64 // 127/8 source or destination, left alone
+	PassPort       uint64 // port not captured (tunnel, capture port, -d, not in -b)
+	DropNoListener uint64 // captured port, no listener registered: refused
+	DropAssign     uint64 // the registered listener could not take the connection: refused
+}
+
+// InboundInfo describes one netns's inbound attachment.
+type InboundInfo struct {
+	NetnsCookie    uint64
+	PinDir         string
+	Attached       bool     // the pinned link is attached to a live netns
+	Listener       bool     // a proxy listener is registered (else captured connections are refused)
+	ListenerCookie uint64   // socket cookie of the registered listener
+	CapturePort    uint16   // -z
+	TunnelPort     uint16   // -e
+	AllPorts       bool     // -b '*'
+	Ports          []uint16 // with AllPorts: the -d exclusions; without: the -b list (sorted)
+	Stats          InboundStats
+}
+
+// InboundPinDir is where the inbound attachment of the netns with this cookie is pinned.
+func InboundPinDir(pinRoot string, netnsCookie uint64) string {
+	if pinRoot == "" {
+		pinRoot = DefaultInboundPinRoot
+	}
+	return filepath.Join(pinRoot, fmt.Sprintf("netns-%d", netnsCookie), "inbound")
+}
+
+// inboundSettings turns a policy into the program's config value and port verdicts (istio's ISTIO_INBOUND chain).
+func inboundSettings(p capture.Policy) (inbConfigValue, map[uint16]uint8, error) {
+	var cfg inbConfigValue
+	if !p.InboundEnabled() {
+		return cfg, nil, errors.New("no inbound ports to capture (-b is empty): nothing to attach; detach instead")
+	}
+	if p.InboundCapturePort == 0 {
+		return cfg, nil, errors.New("invalid inbound capture port 0 (-z)")
+	}
+	cfg.CapturePort = p.InboundCapturePort
+	cfg.TunnelPort = p.InboundTunnelPort
+	cfg.Flags = inbFlagEnabled
+	ports := map[uint16]uint8{}
+	if p.InboundAll {
+		cfg.Flags |= inbFlagAllPorts
+		for _, port := range p.InboundExcludePorts {
+			ports[port] = inbPortExclude
+		}
+	} else {
+		// -d is ignored with a -b list, as in istio.
+		for _, port := range p.InboundPorts {
+			ports[port] = inbPortCapture
+		}
+	}
+	return cfg, ports, nil
+}
+
+// AttachInbound attaches (or, if already attached, atomically updates) inbound capture in the network namespace at
+// netnsPath (/var/run/netns/NAME or /proc/PID/ns/net) with policy p, and pins it so it outlives the caller.
+// Nothing is left half-applied on error: a fresh attach is undone, an update keeps the previous settings.
+func AttachInbound(netnsPath string, p capture.Policy, opts InboundOptions) (*InboundInfo, error) {
+	info, err := attachInbound(netnsPath, p, opts)
+	if err != nil {
+		return nil, fmt.Errorf("attach inbound to %s: %w", netnsPath, err)
+	}
+	return info, nil
+}
+
+func attachInbound(netnsPath string, p capture.Policy, opts InboundOptions) (_ *InboundInfo, err error) {
+	cfg, ports, err := inboundSettings(p)
+	if err != nil {
+		return nil, err
+	}
+	ns, cookie, err := inbOpenNetns(netnsPath)
+	if err != nil {
+		return nil, err
+	}
+	defer ns.Close()
+
+	root := opts.PinRoot
+	if root == "" {
+		root = DefaultInboundPinRoot
+	}
+	if err := inbRequireBPFFS(root); err != nil {
+		return nil, err
+	}
+	dir := InboundPinDir(root, cookie)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create pin directory: %w", err)
+	}
+	unlock, err := inbLockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	spec, err := loadInbound()
+	if err != nil {
+		return nil, fmt.Errorf("load inbound object: %w", err)
+	}
+	// Keep the proxy's registration and the counters across a re-attach: reuse their pinned maps when compatible.
+	replace := map[string]*ebpf.Map{}
+	var created []string // pins this call made at their final names (removed again on failure)
+	defer func() {
+		for _, m := range replace {
+			m.Close()
+		}
+		if err != nil {
+			for _, name := range created {
+				_ = os.Remove(filepath.Join(dir, name))
+			}
+			_ = os.Remove(filepath.Join(dir, inbPinConfig+inbPinNewSufx))
+			_ = os.Remove(filepath.Join(dir, inbPinPorts+inbPinNewSufx))
+			_ = os.Remove(dir) // only when empty: a failed fresh attach leaves nothing
+			_ = os.Remove(filepath.Dir(dir))
+		}
+	}()
+	reused := map[string]bool{}
+	for pin, name := range map[string]string{inbPinListener: inboundMapInbListener, inbPinStats: inboundMapInbStats} {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, pin), nil)
+		if err != nil {
+			continue // absent (fresh attach) or unreadable: a new map is created and pinned below
+		}
+		if spec.Maps[name].Compatible(m) != nil {
+			m.Close() // an older layout: start over with a new map (the proxy must register again)
+			continue
+		}
+		replace[name] = m
+		reused[pin] = true
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: replace})
+	if err != nil {
+		return nil, fmt.Errorf("load sk_lookup program: %w", inbVerifierError(err))
+	}
+	defer coll.Close()
+	prog := coll.Programs[inboundProgInbSkLookup]
+	cfgMap, portMap := coll.Maps[inboundMapInbCfg], coll.Maps[inboundMapInbPorts]
+	lisMap, statMap := coll.Maps[inboundMapInbListener], coll.Maps[inboundMapInbStats]
+
+	for port, verdict := range ports {
+		if err := portMap.Update(port, verdict, ebpf.UpdateAny); err != nil {
+			return nil, fmt.Errorf("write port %d: %w", port, err)
+		}
+	}
+	if err := cfgMap.Update(uint32(0), &cfg, ebpf.UpdateAny); err != nil {
+		return nil, fmt.Errorf("write config: %w", err)
+	}
+
+	// Register the listener before the program can see a SYN, so that nothing is refused in between.
+	switch {
+	case opts.Listener != nil:
+		if err := inbRegisterListener(lisMap, opts.Listener, cookie, cfg.CapturePort); err != nil {
+			return nil, err
+		}
+	case opts.FindListener:
+		f, err := inbFindListener(ns, cookie, cfg.CapturePort)
+		if err != nil && !errors.Is(err, ErrInboundListenerNotFound) {
+			return nil, err
+		}
+		if f != nil {
+			err := inbRegisterListener(lisMap, f, cookie, cfg.CapturePort)
+			f.Close()
+			if err != nil {
+				return nil, err
+			}
+		}
+	}
+
+	// New listener/stats maps are pinned at their final names; the settings maps of this attach get "_new" names
+	// and replace the old pins only once the program that uses them is live.
+	for pin, m := range map[string]*ebpf.Map{inbPinListener: lisMap, inbPinStats: statMap} {
+		if reused[pin] {
+			continue
+		}
+		path := filepath.Join(dir, pin)
+		_ = os.Remove(path) // a stale pin that could not be reused
+		if err := m.Pin(path); err != nil {
+			return nil, fmt.Errorf("pin %s map: %w", pin, err)
+		}
+		created = append(created, pin)
+	}
+	for pin, m := range map[string]*ebpf.Map{inbPinConfig: cfgMap, inbPinPorts: portMap} {
+		tmp := filepath.Join(dir, pin+inbPinNewSufx)
+		_ = os.Remove(tmp) // left by an interrupted attach
+		if err := m.Pin(tmp); err != nil {
+			return nil, fmt.Errorf("pin %s map: %w", pin, err)
+		}
+	}
+
+	linkPath := filepath.Join(dir, inbPinLink)
+	if inbLinkAttached(linkPath) {
+		l, err := link.LoadPinnedLink(linkPath, nil)
+		if err != nil {
+			return nil, fmt.Errorf("load pinned link: %w", err)
+		}
+		err = l.Update(prog) // atomic: every lookup sees either the old program and maps or the new ones
+		l.Close()
+		if err != nil {
+			return nil, fmt.Errorf("replace sk_lookup program: %w", err)
+		}
+	} else {
+		l, err := link.AttachNetNs(int(ns.Fd()), prog)
+		if err != nil {
+			return nil, fmt.Errorf("attach sk_lookup: %w", err)
+		}
+		_ = os.Remove(linkPath) // a stale pin: unloadable, or a link someone detached
+		if err := l.Pin(linkPath); err != nil {
+			l.Close() // the only reference: this detaches
+			return nil, fmt.Errorf("pin sk_lookup link: %w", err)
+		}
+		l.Close()
+	}
+	for _, pin := range []string{inbPinConfig, inbPinPorts} {
+		// Cannot fail in practice (same directory); if it did, the live program still has its maps.
+		if err := os.Rename(filepath.Join(dir, pin+inbPinNewSufx), filepath.Join(dir, pin)); err != nil {
+			return nil, fmt.Errorf("pin %s map: %w", pin, err)
+		}
+	}
+	return inboundInfo(dir, cookie)
+}
+
+// DetachInbound removes inbound capture from the network namespace at netnsPath and its pins. Idempotent: a netns
+// with nothing attached is fine. pinRoot empty means DefaultInboundPinRoot.
+func DetachInbound(netnsPath, pinRoot string) error {
+	ns, cookie, err := inbOpenNetns(netnsPath)
+	if err != nil {
+		return fmt.Errorf("detach inbound from %s: %w", netnsPath, err)
+	}
+	ns.Close()
+	if err := DetachInboundCookie(pinRoot, cookie); err != nil {
+		return fmt.Errorf("detach inbound from %s: %w", netnsPath, err)
+	}
+	return nil
+}
+
+// DetachInboundCookie is DetachInbound by netns cookie, for a netns that may already be gone (its link is then
+// detached by the kernel, but the pins stay until removed). Idempotent.
+func DetachInboundCookie(pinRoot string, netnsCookie uint64) error {
+	dir := InboundPinDir(pinRoot, netnsCookie)
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	unlock, err := inbLockDir(dir)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil // removed meanwhile
+		}
+		return err
+	}
+	defer unlock()
+	linkPath := filepath.Join(dir, inbPinLink)
+	if l, err := link.LoadPinnedLink(linkPath, nil); err == nil {
+		// Detach explicitly: another process may still hold a reference to the link.
+		if err := l.Detach(); err != nil && !errors.Is(err, unix.ENOLINK) {
+			l.Close()
+			return fmt.Errorf("detach sk_lookup link: %w", err)
+		}
+		l.Close()
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("load pinned link %s: %w", linkPath, err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", dir, err)
+	}
+	// Unpinning the maps frees them; the proxy's listener itself stays open (only its sockmap entry goes).
+	for _, e := range entries {
+		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("unpin %s: %w", e.Name(), err)
+		}
+	}
+	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", dir, err)
+	}
+	_ = os.Remove(filepath.Dir(dir)) // netns-<cookie>/: only if nothing else lives there
+	return nil
+}
+
+// PruneInbound removes the pins of inbound attachments whose network namespace no longer exists, and returns the
+// netns cookies it pruned.
+func PruneInbound(pinRoot string) ([]uint64, error) {
+	if pinRoot == "" {
+		pinRoot = DefaultInboundPinRoot
+	}
+	entries, err := os.ReadDir(pinRoot)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("prune inbound: %w", err)
+	}
+	var pruned []uint64
+	var errs []error
+	for _, e := range entries {
+		var cookie uint64
+		if _, err := fmt.Sscanf(e.Name(), "netns-%d", &cookie); err != nil || !e.IsDir() {
+			continue
+		}
+		dir := InboundPinDir(pinRoot, cookie)
+		if _, err := os.Stat(dir); err != nil {
+			continue
+		}
+		if inbLinkAttached(filepath.Join(dir, inbPinLink)) {
+			continue
+		}
+		if err := DetachInboundCookie(pinRoot, cookie); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		pruned = append(pruned, cookie)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return pruned, fmt.Errorf("prune inbound: %w", err)
+	}
+	return pruned, nil
+}
+
+// inbLinkAttached: the pinned netns link still points at a live netns (the kernel zeroes it when the netns dies).
+func inbLinkAttached(path string) bool {
+	l, err := link.LoadPinnedLink(path, nil)
+	if err != nil {
+		return false
+	}
+	defer l.Close()
+	li, err := l.Info()
+	if err != nil {
+		return false
+	}
+	ni := li.NetNs()
+	return ni != nil && ni.NetnsInode != 0
+}
+
+// RegisterInboundListener puts ln, the proxy's listening socket on the capture port, into the pinned sockmap of the
+// netns the socket lives in (found from the socket itself, so a proxy needs no netns path). Call it after listening
+// and before dropping privileges (it needs CAP_BPF, which root has). Registering again replaces the entry; closing
+// the socket removes it. Returns an error wrapping ErrInboundNotAttached when nothing is attached in that netns yet:
+// a proxy may treat that as "not captured" and carry on.
+// The listener must be TCP (not MPTCP: Go >= 1.24 listeners need ListenConfig.SetMultipathTCP(false)), listening,
+// IPv4 or dual-stack IPv6, and bound to the configured capture port.
+func RegisterInboundListener(pinRoot string, ln syscall.Conn) error {
+	li, err := inbInspectListener(ln)
+	if err != nil {
+		return fmt.Errorf("register inbound listener: %w", err)
+	}
+	dir := InboundPinDir(pinRoot, li.netnsCookie)
+	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, inbPinListener), nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("register inbound listener: %w (no %s)", ErrInboundNotAttached, dir)
+	}
+	if err != nil {
+		return fmt.Errorf("register inbound listener: %w", err)
+	}
+	defer m.Close()
+	cfg, err := readInboundConfig(dir)
+	if err != nil {
+		return fmt.Errorf("register inbound listener: %w", err)
+	}
+	if err := inbRegisterListener(m, ln, li.netnsCookie, cfg.CapturePort); err != nil {
+		return fmt.Errorf("register inbound listener: %w", err)
+	}
+	return nil
+}
+
+// inbRegisterListener validates ln against the target netns and capture port, then stores it in slot 0 of m.
+func inbRegisterListener(m *ebpf.Map, ln syscall.Conn, netnsCookie uint64, capturePort uint16) error {
+	li, err := inbInspectListener(ln)
+	if err != nil {
+		return err
+	}
+	if li.netnsCookie != netnsCookie {
+		return fmt.Errorf("listener is in netns cookie %d, not in the attached netns (cookie %d)", li.netnsCookie, netnsCookie)
+	}
+	if li.port != capturePort {
+		return fmt.Errorf("listener is on port %d, but the inbound capture port (-z) is %d", li.port, capturePort)
+	}
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var uerr error
+	if err := rc.Control(func(fd uintptr) {
+		uerr = m.Update(uint32(0), uint64(fd), ebpf.UpdateAny)
+	}); err != nil {
+		return err
+	}
+	if uerr != nil {
+		return fmt.Errorf("store listener in sockmap: %w", uerr)
+	}
+	return nil
+}
+
+type inbListenerFacts struct {
+	netnsCookie uint64
+	port        uint16
+}
+
+// inbInspectListener checks that ln can take over SYN lookups: a listening TCP socket usable for IPv4.
+func inbInspectListener(ln syscall.Conn) (inbListenerFacts, error) {
+	var lf inbListenerFacts
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return lf, fmt.Errorf("listener: %w", err)
+	}
+	var ierr error
+	err = rc.Control(func(ufd uintptr) {
+		fd := int(ufd)
+		proto, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL)
+		if err != nil {
+			ierr = fmt.Errorf("listener: not a socket: %w", err)
+			return
+		}
+		if proto == unix.IPPROTO_MPTCP {
+			ierr = errors.New("listener is an MPTCP socket, which a sockmap cannot hold: listen with net.ListenConfig.SetMultipathTCP(false)")
+			return
+		}
+		typ, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+		if proto != unix.IPPROTO_TCP || typ != unix.SOCK_STREAM {
+			ierr = fmt.Errorf("listener is not a TCP socket (protocol %d, type %d)", proto, typ)
+			return
+		}
+		if acc, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); acc != 1 {
+			ierr = errors.New("socket is not listening")
+			return
+		}
+		sa, err := unix.Getsockname(fd)
+		if err != nil {
+			ierr = fmt.Errorf("listener: getsockname: %w", err)
+			return
+		}
+		switch a := sa.(type) {
+		case *unix.SockaddrInet4:
+			lf.port = uint16(a.Port)
+		case *unix.SockaddrInet6:
+			if v6only, _ := unix.GetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY); v6only == 1 {
+				ierr = errors.New("listener is IPv6-only and cannot take IPv4 connections")
+				return
+			}
+			lf.port = uint16(a.Port)
+		default:
+			ierr = fmt.Errorf("listener has unsupported address %T", sa)
+			return
+		}
+		lf.netnsCookie, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+		if err != nil {
+			ierr = fmt.Errorf("listener: netns cookie: %w", err)
+		}
+	})
+	if err != nil {
+		return lf, fmt.Errorf("listener: %w", err)
+	}
+	return lf, ierr
+}
+
+// InboundStatus reports the inbound attachment of the netns at netnsPath; the error wraps ErrInboundNotAttached if
+// there is none.
+func InboundStatus(netnsPath, pinRoot string) (*InboundInfo, error) {
+	ns, cookie, err := inbOpenNetns(netnsPath)
+	if err != nil {
+		return nil, fmt.Errorf("inbound status of %s: %w", netnsPath, err)
+	}
+	ns.Close()
+	dir := InboundPinDir(pinRoot, cookie)
+	if _, err := os.Stat(filepath.Join(dir, inbPinLink)); errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("inbound status of %s: %w", netnsPath, ErrInboundNotAttached)
+	}
+	info, err := inboundInfo(dir, cookie)
+	if err != nil {
+		return nil, fmt.Errorf("inbound status of %s: %w", netnsPath, err)
+	}
+	return info, nil
+}
+
+func readInboundConfig(dir string) (inbConfigValue, error) {
+	var cfg inbConfigValue
+	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, inbPinConfig), nil)
+	if err != nil {
+		return cfg, fmt.Errorf("load pinned config: %w", err)
+	}
+	defer m.Close()
+	if err := m.Lookup(uint32(0), &cfg); err != nil {
+		return cfg, fmt.Errorf("read config: %w", err)
+	}
+	return cfg, nil
+}
+
+// inboundInfo reads everything back from the pins in dir.
+func inboundInfo(dir string, cookie uint64) (*InboundInfo, error) {
+	info := &InboundInfo{NetnsCookie: cookie, PinDir: dir, Attached: inbLinkAttached(filepath.Join(dir, inbPinLink))}
+	cfg, err := readInboundConfig(dir)
+	if err != nil {
+		return nil, err
+	}
+	info.CapturePort, info.TunnelPort = cfg.CapturePort, cfg.TunnelPort
+	info.AllPorts = cfg.Flags&inbFlagAllPorts != 0
+
+	ports, err := ebpf.LoadPinnedMap(filepath.Join(dir, inbPinPorts), nil)
+	if err != nil {
+		return nil, fmt.Errorf("load pinned ports: %w", err)
+	}
+	defer ports.Close()
+	var port uint16
+	var verdict uint8
+	it := ports.Iterate()
+	for it.Next(&port, &verdict) {
+		info.Ports = append(info.Ports, port)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read ports: %w", err)
+	}
+	slices.Sort(info.Ports)
+
+	lis, err := ebpf.LoadPinnedMap(filepath.Join(dir, inbPinListener), nil)
+	if err != nil {
+		return nil, fmt.Errorf("load pinned listener map: %w", err)
+	}
+	defer lis.Close()
+	switch err := lis.Lookup(uint32(0), &info.ListenerCookie); {
+	case err == nil:
+		info.Listener = true
+	case !errors.Is(err, ebpf.ErrKeyNotExist):
+		return nil, fmt.Errorf("read listener map: %w", err)
+	}
+
+	stats, err := ebpf.LoadPinnedMap(filepath.Join(dir, inbPinStats), nil)
+	if err != nil {
+		return nil, fmt.Errorf("load pinned stats: %w", err)
+	}
+	defer stats.Close()
+	var sums [inbStatMax]uint64
+	for i := range sums {
+		var perCPU []uint64
+		if err := stats.Lookup(uint32(i), &perCPU); err != nil {
+			return nil, fmt.Errorf("read stats: %w", err)
+		}
+		for _, v := range perCPU {
+			sums[i] += v
+		}
+	}
+	info.Stats = InboundStats{
+		Steered: sums[inbStatSteered], PassLoopback: sums[1], PassPort: sums[2], DropNoListener: sums[3], DropAssign: sums[4],
+	}
+	return info, nil
+}
+
+// inbVerifierError keeps the tail of a verifier log (the part that says why) in the error text.
+func inbVerifierError(err error) error {
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) {
+		return fmt.Errorf("%w (verifier: %+3v)", err, ve)
+	}
+	return err
+}

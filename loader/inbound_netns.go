@@ -1,0 +1,222 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// ErrInboundListenerNotFound: no process holds a TCP listener on the capture port in that netns.
+var ErrInboundListenerNotFound = errors.New("no listener on the inbound capture port in this network namespace")
+
+// inbOpenNetns opens a network namespace file and returns it with the namespace's cookie (the value BPF's
+// bpf_get_netns_cookie and SO_NETNS_COOKIE report; unlike the nsfs inode it is never reused while the system runs).
+func inbOpenNetns(path string) (*os.File, uint64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, 0, fmt.Errorf("open netns: %w", err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(int(f.Fd()), &st); err != nil || st.Type != unix.NSFS_MAGIC {
+		f.Close()
+		return nil, 0, fmt.Errorf("%s is not a namespace file (want /var/run/netns/NAME or /proc/PID/ns/net)", path)
+	}
+	if t, err := unix.IoctlRetInt(int(f.Fd()), unix.NS_GET_NSTYPE); err != nil || t != unix.CLONE_NEWNET {
+		f.Close()
+		return nil, 0, fmt.Errorf("%s is not a network namespace", path)
+	}
+	cookie, err := inbNetnsCookie(f)
+	if err != nil {
+		f.Close()
+		return nil, 0, err
+	}
+	return f, cookie, nil
+}
+
+// inbNetnsCookie enters ns on a locked thread just long enough to open a socket there and ask its netns cookie.
+func inbNetnsCookie(ns *os.File) (uint64, error) {
+	var cookie uint64
+	err := inbInNetns(ns, func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		cookie, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("netns cookie: %w", err)
+	}
+	return cookie, nil
+}
+
+// inbInNetns runs fn on a locked OS thread that has entered ns, then puts the thread back.
+func inbInNetns(ns *os.File, fn func() error) error {
+	runtime.LockOSThread()
+	orig, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	defer orig.Close()
+	if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("enter netns: %w", err)
+	}
+	fnErr := fn()
+	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+		// Keep the thread locked: the runtime discards it when the goroutine exits.
+		return errors.Join(fnErr, fmt.Errorf("leave netns: %w", err))
+	}
+	runtime.UnlockOSThread()
+	return fnErr
+}
+
+// inbRequireBPFFS checks that root (or, if it does not exist yet, its nearest existing parent) is on a bpf filesystem,
+// before anything is created there.
+func inbRequireBPFFS(root string) error {
+	for p := filepath.Clean(root); ; p = filepath.Dir(p) {
+		var st unix.Statfs_t
+		err := unix.Statfs(p, &st)
+		if err == nil {
+			if st.Type != unix.BPF_FS_MAGIC {
+				return fmt.Errorf("pin root %s is not on a bpf filesystem (mount -t bpf bpf /sys/fs/bpf)", root)
+			}
+			return nil
+		}
+		if !errors.Is(err, unix.ENOENT) || p == "/" || p == "." {
+			return fmt.Errorf("pin root %s: %w", root, err)
+		}
+	}
+}
+
+// inbLockDir takes an exclusive flock on dir (serialises concurrent attach/detach of one netns).
+func inbLockDir(dir string) (func(), error) {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", dir, &os.PathError{Op: "open", Path: dir, Err: err})
+	}
+	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	return func() { unix.Close(fd) }, nil
+}
+
+// FindInboundListener finds a listening TCP socket on port in the network namespace at netnsPath, whichever process
+// holds it, and returns a duplicate of it (pidfd_getfd; needs CAP_SYS_PTRACE over that process, which root has).
+// The error wraps ErrInboundListenerNotFound when there is none.
+func FindInboundListener(netnsPath string, port uint16) (*os.File, error) {
+	ns, cookie, err := inbOpenNetns(netnsPath)
+	if err != nil {
+		return nil, fmt.Errorf("find inbound listener in %s: %w", netnsPath, err)
+	}
+	defer ns.Close()
+	f, err := inbFindListener(ns, cookie, port)
+	if err != nil {
+		return nil, fmt.Errorf("find inbound listener in %s: %w", netnsPath, err)
+	}
+	return f, nil
+}
+
+func inbFindListener(ns *os.File, cookie uint64, port uint16) (*os.File, error) {
+	inodes, err := inbListenerInodes(ns, port)
+	if err != nil {
+		return nil, err
+	}
+	if len(inodes) == 0 {
+		return nil, fmt.Errorf("%w (port %d)", ErrInboundListenerNotFound, port)
+	}
+	holders := inbSocketHolders(inodes)
+	for _, ino := range inodes {
+		for _, h := range holders[ino] {
+			f, err := inbGrabFD(h.pid, h.fd)
+			if err != nil {
+				continue // the process exited or closed it meanwhile: try the next holder
+			}
+			li, err := inbInspectListener(f)
+			if err == nil && li.netnsCookie == cookie && li.port == port {
+				return f, nil
+			}
+			f.Close()
+		}
+	}
+	return nil, fmt.Errorf("%w (port %d: listening sockets exist but no process holding one could be reached)", ErrInboundListenerNotFound, port)
+}
+
+// inbListenerInodes lists, by sock_diag inside ns, the inodes of TCP sockets listening on port: IPv4 first, then
+// dual-stack IPv6 candidates (inbInspectListener rejects IPv6-only ones).
+func inbListenerInodes(ns *os.File, port uint16) ([]uint32, error) {
+	h, err := netlink.NewHandleAt(netns.NsHandle(int(ns.Fd())), unix.NETLINK_INET_DIAG)
+	if err != nil {
+		return nil, fmt.Errorf("sock_diag: %w", err)
+	}
+	defer h.Close()
+	var out []uint32
+	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		socks, err := h.SocketDiagTCP(fam)
+		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return nil, fmt.Errorf("sock_diag: %w", err)
+		}
+		for _, s := range socks {
+			if s.State == 10 /* TCP_LISTEN */ && s.ID.SourcePort == port && s.INode != 0 {
+				out = append(out, s.INode)
+			}
+		}
+	}
+	return out, nil
+}
+
+type inbFDRef struct{ pid, fd int }
+
+// inbSocketHolders scans /proc/*/fd for the given socket inodes.
+func inbSocketHolders(inodes []uint32) map[uint32][]inbFDRef {
+	want := map[string]uint32{}
+	for _, ino := range inodes {
+		want["socket:["+strconv.FormatUint(uint64(ino), 10)+"]"] = ino
+	}
+	out := map[uint32][]inbFDRef{}
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil {
+			continue
+		}
+		fdDir := filepath.Join("/proc", p.Name(), "fd")
+		fds, _ := os.ReadDir(fdDir)
+		for _, e := range fds {
+			target, err := os.Readlink(filepath.Join(fdDir, e.Name()))
+			if err != nil || !strings.HasPrefix(target, "socket:[") {
+				continue
+			}
+			if ino, ok := want[target]; ok {
+				fd, _ := strconv.Atoi(e.Name())
+				out[ino] = append(out[ino], inbFDRef{pid, fd})
+			}
+		}
+	}
+	return out
+}
+
+// inbGrabFD duplicates file descriptor fd of process pid into this process.
+func inbGrabFD(pid, fd int) (*os.File, error) {
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return nil, fmt.Errorf("pidfd_open %d: %w", pid, err)
+	}
+	defer unix.Close(pidfd)
+	nfd, err := unix.PidfdGetfd(pidfd, fd, 0)
+	if err != nil {
+		return nil, fmt.Errorf("pidfd_getfd %d/%d: %w", pid, fd, err)
+	}
+	return os.NewFile(uintptr(nfd), fmt.Sprintf("pid %d fd %d", pid, fd)), nil
+}

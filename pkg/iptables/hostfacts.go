@@ -1,0 +1,135 @@
+package iptables
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/meshcap/meshcap/pkg/capture"
+)
+
+// ErrNoLocalAddress is istio's "no valid local IP address found".
+var ErrNoLocalAddress = errors.New("no valid local IP address found")
+
+// DetectIPv6 decides whether IPv6 is enabled from interface addresses in net.InterfaceAddrs() order, as istio does:
+// loopback, link-local unicast and link-local multicast addresses are skipped; without dualStack the first remaining
+// address decides, with dualStack any remaining IPv6 address enables IPv6. No remaining address is an error.
+// IPv4-mapped IPv6 addresses count as IPv6.
+func DetectIPv6(addrs []netip.Addr, dualStack bool) (bool, error) {
+	found := false
+	for _, a := range addrs {
+		if !a.IsValid() || a.IsLoopback() || a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() {
+			continue
+		}
+		v6 := !a.Is4()
+		if !dualStack {
+			return v6, nil
+		}
+		found = true
+		if v6 {
+			return true, nil
+		}
+	}
+	if !found {
+		return false, ErrNoLocalAddress
+	}
+	return false, nil
+}
+
+// InterfaceAddrs returns the addresses of the current network namespace in net.InterfaceAddrs() order.
+// Real IPv4 addresses (which Go may hold in 16-byte form) are returned as IPv4.
+func InterfaceAddrs() ([]netip.Addr, error) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		var ip net.IP
+		switch v := a.(type) {
+		case *net.IPNet:
+			ip = v.IP
+		case *net.IPAddr:
+			ip = v.IP
+		default:
+			continue
+		}
+		if ip4 := ip.To4(); ip4 != nil {
+			ip = ip4
+		}
+		if addr, ok := netip.AddrFromSlice(ip); ok {
+			out = append(out, addr)
+		}
+	}
+	return out, nil
+}
+
+// ParseResolvConf returns the nameserver addresses of a resolv.conf, split into IPv4 and IPv6 and written in
+// canonical form (netip.Addr.String(): "::127.0.0.53" -> "::7f00:35", "FD00::A" -> "fd00::a"). An IPv4-mapped
+// address counts as IPv6. Unparsable entries are skipped.
+func ParseResolvConf(data []byte) (v4, v6 []string) {
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		line := sc.Text()
+		if i := strings.IndexAny(line, "#;"); i >= 0 {
+			line = line[:i]
+		}
+		f := strings.Fields(line)
+		if len(f) < 2 || f[0] != "nameserver" {
+			continue
+		}
+		host := f[1]
+		if i := strings.IndexByte(host, '%'); i >= 0 { // zone: the address without it
+			host = host[:i]
+		}
+		a, err := netip.ParseAddr(host)
+		if err != nil {
+			continue
+		}
+		if a.Is4() {
+			v4 = append(v4, a.String())
+		} else {
+			v6 = append(v6, a.String())
+		}
+	}
+	return v4, v6
+}
+
+// HostSource supplies host facts; the zero value reads the current netns and /etc/resolv.conf.
+type HostSource struct {
+	Addrs      func() ([]netip.Addr, error) // default InterfaceAddrs
+	ResolvConf func() ([]byte, error)       // default reads /etc/resolv.conf
+}
+
+// Facts gathers the host facts c needs: IPv6 detection always, DNS servers only when --redirect-dns is on and
+// --capture-all-dns is off (as istio). A missing resolv.conf means no servers.
+func (h HostSource) Facts(c capture.Config) (HostFacts, error) {
+	var f HostFacts
+	addrs := h.Addrs
+	if addrs == nil {
+		addrs = InterfaceAddrs
+	}
+	list, err := addrs()
+	if err != nil {
+		return f, err
+	}
+	if f.IPv6, err = DetectIPv6(list, c.DualStack); err != nil {
+		return f, err
+	}
+	if c.RedirectDNS && !c.CaptureAllDNS {
+		read := h.ResolvConf
+		if read == nil {
+			read = func() ([]byte, error) { return os.ReadFile("/etc/resolv.conf") }
+		}
+		data, err := read()
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return f, err
+		}
+		f.DNSServersV4, f.DNSServersV6 = ParseResolvConf(data)
+	}
+	return f, nil
+}
