@@ -6,7 +6,9 @@
 package demo
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -67,6 +69,7 @@ type run struct {
 	proxy          *exec.Cmd
 	proxyDone      chan error
 	proxyLog       *logBuffer
+	proxyStopped   bool
 	workDir        string
 }
 
@@ -188,37 +191,55 @@ func (d *run) clientRun(ctx context.Context, cred *podnet.Cred, urls ...string) 
 }
 
 func (d *run) report(ctx context.Context) error {
-	d.say("\n== what the proxy relayed (its log: original destination from SO_ORIGINAL_DST, answered by BPF)")
-	for _, line := range strings.Split(d.proxyLog.String(), "\n") {
-		if strings.Contains(line, "relayed") || strings.Contains(line, "original") {
-			d.say("   %s", strings.TrimSpace(line))
-		}
-	}
-	if stats, err := os.ReadFile(filepath.Join(d.workDir, "proxy-stats.json")); err == nil {
-		d.say("   counters: %s", strings.TrimSpace(string(stats)))
-	}
 	out, err := d.meshcap(ctx, "status")
-	d.say("\n== meshcap status")
+	d.say("\n== meshcap status (while capture is attached)")
 	for _, line := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
 		d.say("   %s", line)
 	}
-	return err
+	if err != nil {
+		return err
+	}
+	d.stopProxy() // its final stats write happens on a graceful stop
+	d.say("\n== what the proxy relayed (its log; each original destination came from SO_ORIGINAL_DST, answered by BPF)")
+	for _, line := range strings.Split(d.proxyLog.String(), "\n") {
+		if strings.Contains(line, "original_dst") {
+			d.say("   %s", strings.TrimSpace(line))
+		}
+	}
+	stats, err := os.ReadFile(filepath.Join(d.workDir, "proxy-stats.json"))
+	if err != nil {
+		return fmt.Errorf("read proxy stats: %w", err)
+	}
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, stats); err != nil {
+		return fmt.Errorf("proxy stats %q: %w", stats, err)
+	}
+	d.say("   counters: %s", compact.String())
+	d.say("   the proxy's own upstream connections ran as uid 1337: exempt from capture, so no loop")
+	return nil
+}
+
+// stopProxy stops the proxy gracefully (SIGINT: drain, final stats write), killing it after 5 s. Idempotent.
+func (d *run) stopProxy() {
+	if d.proxy == nil || d.proxy.Process == nil || d.proxyStopped {
+		return
+	}
+	d.proxyStopped = true
+	_ = d.proxy.Process.Signal(os.Interrupt)
+	select {
+	case <-d.proxyDone:
+	case <-time.After(5 * time.Second):
+		_ = d.proxy.Process.Kill()
+		<-d.proxyDone
+	}
+	d.say("   proxy stopped")
 }
 
 // cleanup undoes every step that ran, in reverse order; each undo is safe to repeat.
 func (d *run) cleanup() error {
 	var errs []error
 	d.say("\n== cleanup")
-	if d.proxy != nil && d.proxy.Process != nil {
-		_ = d.proxy.Process.Signal(os.Interrupt)
-		select {
-		case <-d.proxyDone:
-		case <-time.After(5 * time.Second):
-			_ = d.proxy.Process.Kill()
-			<-d.proxyDone
-		}
-		d.say("   proxy stopped")
-	}
+	d.stopProxy()
 	if d.attached {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		if _, err := d.meshcap(ctx, "ebpf", "detach", "--cgroup", d.client.CgroupDir); err != nil {

@@ -1,0 +1,184 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/meshcap/meshcap/proxy"
+)
+
+func init() { register(newProxyCmd) }
+
+type proxyFlags struct {
+	outboundAddr, inboundAddr string
+	noInbound                 bool
+	envoyPort, inboundPort    string
+	inboundSource             string
+	uid, gid                  int
+	noDrop                    bool
+	adminAddr, statsFile      string
+	dialTimeout, drainTimeout time.Duration
+	copyMode                  string
+	logConnections            bool
+}
+
+func newProxyCmd(log *zap.Logger) *cobra.Command {
+	var f proxyFlags
+	cmd := &cobra.Command{
+		Use:   "proxy",
+		Short: "Run the relay proxy: accept captured connections and relay them to their original destination",
+		Long: `Run the relay proxy that captured traffic is steered to (outbound 127.0.0.1:15001, inbound 0.0.0.0:15006).
+The original destination comes from getsockopt(SO_ORIGINAL_DST), answered by the kernel under iptables NAT or by
+meshcap's cgroup/getsockopt program in eBPF mode, or, inbound with sk_lookup, from the accepted socket's local
+address: the proxy behaves identically in both modes. Started as root it opens its listeners, then drops to
+--uid/--gid (the uid capture exempts) so that its own connections are not captured again.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := f.config(cmd)
+			if err != nil {
+				return err
+			}
+			return runProxy(cmd.Context(), log, cfg, &f)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.outboundAddr, "outbound-addr", proxy.DefaultOutboundAddr, "outbound listener address")
+	fl.StringVar(&f.inboundAddr, "inbound-addr", proxy.DefaultInboundAddr, "inbound listener address")
+	fl.BoolVar(&f.noInbound, "no-inbound", false, "do not open the inbound listener")
+	fl.StringVarP(&f.envoyPort, "envoy-port", "p", "", "outbound listener port (overrides the port of --outbound-addr; same flag as the capture commands)")
+	fl.StringVarP(&f.inboundPort, "inbound-capture-port", "z", "", "inbound listener port (overrides the port of --inbound-addr)")
+	fl.StringVar(&f.inboundSource, "inbound-source", proxy.DefaultInboundSource, `source address of inbound upstream connections ("" = kernel's choice)`)
+	fl.IntVar(&f.uid, "uid", 1337, "uid to switch to after opening the listeners (the uid capture exempts)")
+	fl.IntVar(&f.gid, "gid", 1337, "gid to switch to after opening the listeners")
+	fl.BoolVar(&f.noDrop, "no-drop-privileges", false, "keep the current uid/gid (as root, the proxy's own traffic would be captured)")
+	fl.StringVar(&f.adminAddr, "admin-addr", "", "admin HTTP address serving /stats and /debug/pprof/, e.g. 127.0.0.1:15000 (default off)")
+	fl.StringVar(&f.statsFile, "stats-file", "", "write JSON counters to this file (atomically, at most every 200ms, and at exit)")
+	fl.DurationVar(&f.dialTimeout, "dial-timeout", proxy.DefaultDialTimeout, "timeout of each upstream connect")
+	fl.DurationVar(&f.drainTimeout, "drain-timeout", proxy.DefaultDrainTimeout, "on SIGTERM/SIGINT, wait this long for active connections")
+	fl.StringVar(&f.copyMode, "copy", "splice", "relay copy mode: splice (zero-copy) or buffer (plain read/write; needed with sockmap redirection)")
+	fl.BoolVar(&f.logConnections, "log-connections", false, "log each relayed connection (original destination, bytes) at info level")
+	return cmd
+}
+
+// config validates the flags into a proxy.Config; errors name the bad value.
+func (f *proxyFlags) config(cmd *cobra.Command) (proxy.Config, error) {
+	cfg := proxy.Config{
+		OutboundAddr:   f.outboundAddr,
+		InboundAddr:    f.inboundAddr,
+		DialTimeout:    f.dialTimeout,
+		DrainTimeout:   f.drainTimeout,
+		AdminAddr:      f.adminAddr,
+		StatsFile:      f.statsFile,
+		LogConnections: f.logConnections,
+	}
+	var err error
+	if cfg.OutboundAddr, err = withPort(cfg.OutboundAddr, "--outbound-addr", f.envoyPort, "--envoy-port", cmd.Flags().Changed("envoy-port")); err != nil {
+		return cfg, err
+	}
+	if cfg.InboundAddr, err = withPort(cfg.InboundAddr, "--inbound-addr", f.inboundPort, "--inbound-capture-port", cmd.Flags().Changed("inbound-capture-port")); err != nil {
+		return cfg, err
+	}
+	if f.noInbound {
+		cfg.InboundAddr = ""
+	}
+	if cfg.OutboundAddr == "" {
+		return cfg, fmt.Errorf("invalid --outbound-addr %q: empty", f.outboundAddr)
+	}
+	if f.inboundSource != "" {
+		a, err := netip.ParseAddr(f.inboundSource)
+		if err != nil || !a.Is4() {
+			return cfg, fmt.Errorf("invalid --inbound-source %q: want an IPv4 address", f.inboundSource)
+		}
+		cfg.InboundSource = a
+	}
+	if cfg.Copy, err = proxy.ParseCopyMode(f.copyMode); err != nil {
+		return cfg, fmt.Errorf("invalid --copy %q: want splice or buffer", f.copyMode)
+	}
+	if f.uid < 0 {
+		return cfg, fmt.Errorf("invalid --uid %d: negative", f.uid)
+	}
+	if f.gid < 0 {
+		return cfg, fmt.Errorf("invalid --gid %d: negative", f.gid)
+	}
+	if f.dialTimeout <= 0 {
+		return cfg, fmt.Errorf("invalid --dial-timeout %s: want > 0", f.dialTimeout)
+	}
+	if f.drainTimeout < 0 {
+		return cfg, fmt.Errorf("invalid --drain-timeout %s: negative", f.drainTimeout)
+	}
+	if cfg.DrainTimeout == 0 {
+		cfg.DrainTimeout = time.Nanosecond // 0 given explicitly: do not wait
+	}
+	for name, v := range map[string]string{"--outbound-addr": cfg.OutboundAddr, "--inbound-addr": cfg.InboundAddr, "--admin-addr": cfg.AdminAddr} {
+		if v == "" {
+			continue
+		}
+		if _, err := netip.ParseAddrPort(v); err != nil {
+			return cfg, fmt.Errorf("invalid %s %q: want ip:port", name, v)
+		}
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+// withPort replaces the port of addr when the port flag was given.
+func withPort(addr, addrFlag, port, portFlag string, changed bool) (string, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return "", fmt.Errorf("invalid %s %q: want ip:port", addrFlag, addr)
+	}
+	if !changed {
+		return addr, nil
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || n == 0 {
+		return "", fmt.Errorf("invalid %s %q: want a port 1-65535", portFlag, port)
+	}
+	return netip.AddrPortFrom(ap.Addr(), uint16(n)).String(), nil
+}
+
+func runProxy(ctx context.Context, log *zap.Logger, cfg proxy.Config, f *proxyFlags) error {
+	p, err := proxy.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	if err := p.Listen(); err != nil {
+		return err
+	}
+	switch euid := os.Geteuid(); {
+	case f.noDrop:
+		if euid == 0 {
+			log.Warn("running as root (--no-drop-privileges): capture does not exempt the proxy's own connections unless it exempts uid 0")
+		}
+	case euid == 0:
+		if err := proxy.DropPrivileges(f.uid, f.gid); err != nil {
+			_ = p.Close()
+			return err
+		}
+		if os.Geteuid() == 0 {
+			_ = p.Close()
+			return fmt.Errorf("refusing to run as uid 0 after dropping privileges (--uid %d): the proxy's own traffic would be captured; use --no-drop-privileges to insist", f.uid)
+		}
+		log.Info("dropped privileges", zap.Int("uid", f.uid), zap.Int("gid", f.gid))
+	case euid != f.uid:
+		log.Warn("not root: cannot switch uid; capture must exempt the current uid", zap.Int("uid", euid), zap.Int("want_uid", f.uid))
+	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	go func() { <-ctx.Done(); stop() }() // a second signal during the drain kills the process
+	return p.Serve(ctx)
+}

@@ -1,0 +1,138 @@
+package proxy
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// Direction names a listener: outbound (app -> world, port 15001) or inbound (world -> app, port 15006).
+type Direction uint8
+
+const (
+	Outbound Direction = iota
+	Inbound
+)
+
+func (d Direction) String() string {
+	if d == Inbound {
+		return "inbound"
+	}
+	return "outbound"
+}
+
+// CopyMode selects how bytes are relayed.
+type CopyMode uint8
+
+const (
+	// CopySplice relays with (*net.TCPConn).ReadFrom, which uses splice(2): zero-copy.
+	CopySplice CopyMode = iota
+	// CopyBuffer relays with plain read/write through pooled buffers. Needed for sockets in a
+	// sockmap with sk_msg redirection, where splice never sees the redirected data.
+	CopyBuffer
+)
+
+func (m CopyMode) String() string {
+	if m == CopyBuffer {
+		return "buffer"
+	}
+	return "splice"
+}
+
+// ParseCopyMode parses "splice" or "buffer".
+func ParseCopyMode(s string) (CopyMode, error) {
+	switch s {
+	case "splice":
+		return CopySplice, nil
+	case "buffer":
+		return CopyBuffer, nil
+	}
+	return 0, fmt.Errorf("invalid copy mode %q: want splice or buffer", s)
+}
+
+// Defaults.
+const (
+	DefaultOutboundAddr  = "127.0.0.1:15001"
+	DefaultInboundAddr   = "0.0.0.0:15006"
+	DefaultInboundSource = "127.0.0.6"
+	DefaultDialTimeout   = 5 * time.Second
+	DefaultDrainTimeout  = 5 * time.Second
+	DefaultStatsInterval = 200 * time.Millisecond
+)
+
+// Config configures a Proxy. The zero value of an optional field disables that feature.
+type Config struct {
+	// OutboundAddr and InboundAddr are the listen addresses ("ip:port"); "" disables that listener.
+	// An IPv4 literal listens on IPv4 only, an IPv6 literal on IPv6 only.
+	OutboundAddr string
+	InboundAddr  string
+	// InboundSource is the source address of upstream connections made for inbound traffic (istio: 127.0.0.6),
+	// used for IPv4 destinations. Invalid (zero) = let the kernel choose.
+	InboundSource netip.Addr
+	// DialTimeout bounds each upstream connect. 0 = DefaultDialTimeout.
+	DialTimeout time.Duration
+	// DrainTimeout bounds the wait for active connections on stop. 0 = DefaultDrainTimeout.
+	DrainTimeout time.Duration
+	Copy         CopyMode
+	// Resolver, if non-nil, is asked first for each connection's original destination.
+	Resolver Resolver
+	// ExtraPorts are more ports of the local proxy (for example the sidecar's other ports) that must never
+	// be relayed to on a local address (loop guard). The listeners' and admin ports are always included.
+	ExtraPorts []uint16
+	// AdminAddr, if set, serves GET /stats (JSON) and /debug/pprof/ over HTTP.
+	AdminAddr string
+	// StatsFile, if set, receives the JSON counters, written atomically (temp + rename) at most every
+	// StatsInterval when they changed, and at stop.
+	StatsFile     string
+	StatsInterval time.Duration
+	// LogConnections logs every relayed connection at info level (otherwise at debug level).
+	LogConnections bool
+}
+
+// Validate checks the configuration without touching the system.
+func (c *Config) Validate() error {
+	if c.OutboundAddr == "" && c.InboundAddr == "" {
+		return fmt.Errorf("no listener: outbound and inbound addresses are both empty")
+	}
+	for _, a := range []struct{ name, v string }{{"outbound", c.OutboundAddr}, {"inbound", c.InboundAddr}, {"admin", c.AdminAddr}} {
+		if a.v == "" {
+			continue
+		}
+		if _, err := netip.ParseAddrPort(a.v); err != nil {
+			return fmt.Errorf("invalid %s address %q: %w", a.name, a.v, err)
+		}
+	}
+	if ap, err := netip.ParseAddrPort(c.OutboundAddr); err == nil && ap.Port() != 0 && c.OutboundAddr == c.InboundAddr {
+		return fmt.Errorf("outbound and inbound listen on the same address %q", c.OutboundAddr)
+	}
+	if c.InboundSource.IsValid() && !c.InboundSource.Is4() {
+		return fmt.Errorf("invalid inbound source %q: want an IPv4 address", c.InboundSource)
+	}
+	if c.DialTimeout < 0 {
+		return fmt.Errorf("invalid dial timeout %s: negative", c.DialTimeout)
+	}
+	if c.DrainTimeout < 0 {
+		return fmt.Errorf("invalid drain timeout %s: negative", c.DrainTimeout)
+	}
+	if c.StatsInterval < 0 {
+		return fmt.Errorf("invalid stats interval %s: negative", c.StatsInterval)
+	}
+	if c.Copy != CopySplice && c.Copy != CopyBuffer {
+		return fmt.Errorf("invalid copy mode %d", c.Copy)
+	}
+	return nil
+}
+
+func (c *Config) withDefaults() Config {
+	d := *c
+	if d.DialTimeout == 0 {
+		d.DialTimeout = DefaultDialTimeout
+	}
+	if d.DrainTimeout == 0 {
+		d.DrainTimeout = DefaultDrainTimeout
+	}
+	if d.StatsInterval == 0 {
+		d.StatsInterval = DefaultStatsInterval
+	}
+	return d
+}

@@ -1,0 +1,21 @@
+// Package proxy is meshcap's relay proxy: it accepts the connections that capture (iptables REDIRECT or the eBPF
+// programs) steers to its listeners, finds each connection's original destination and relays bytes both ways.
+//
+// Invariants:
+//   - The package never imports cilium/ebpf and never touches BPF: a BPF-map lookup, when wanted, is plugged in by
+//     the caller as a Resolver. Otherwise the proxy behaves identically under iptables NAT (kernel SO_ORIGINAL_DST)
+//     and eBPF capture (cgroup/getsockopt program answering SO_ORIGINAL_DST, sk_lookup keeping the local address).
+//   - Original destination order: Resolver (if any); for the inbound listener, the accepted socket's local address
+//     when its port is not the listener's own (sk_lookup/TPROXY steering, no NAT); getsockopt SO_ORIGINAL_DST
+//     (SOL_IP/80, or SOL_IPV6/80 on IPv6 sockets). No answer -> the connection is closed and counted (origdst).
+//   - The proxy never relays to itself: a destination on one of its own ports at a local address, or a connection
+//     whose peer is one of the proxy's own upstream sockets, is closed and counted (loop).
+//   - Listeners are opened before privileges are dropped; every upstream socket is created afterwards, as the exempt
+//     uid/gid, so that capture does not catch the proxy's own traffic. MPTCP is off on every socket.
+//   - At most two goroutines per relayed connection (the per-connection goroutine copies one direction itself);
+//     copy buffers are pooled; splice mode uses the kernel's zero-copy path, buffer mode plain read/write (needed
+//     when sockets sit in a sockmap with sk_msg redirection).
+//   - Half-close is honoured: EOF in one direction becomes CloseWrite on the other socket; both sockets are closed
+//     only when both directions are done or one fails.
+//   - Counters are atomics, readable any time (Stats().Snapshot()); the logger is passed in, never global.
+package proxy

@@ -1,0 +1,107 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"go.uber.org/zap"
+)
+
+// Addr returns the bound address of a listener (useful with port 0); invalid if that listener is off.
+func (p *Proxy) Addr(d Direction) netip.AddrPort {
+	for _, l := range p.listeners {
+		if l.dir == d {
+			return l.addr
+		}
+	}
+	return netip.AddrPort{}
+}
+
+// AdminAddr returns the bound admin address; invalid if the admin listener is off.
+func (p *Proxy) AdminAddr() netip.AddrPort {
+	if p.admin == nil {
+		return netip.AddrPort{}
+	}
+	return tcpAddrPort(p.admin.Addr())
+}
+
+// Listen opens the listeners (and the admin listener). Call it before dropping privileges.
+// On error nothing stays open.
+func (p *Proxy) Listen() (err error) {
+	if len(p.listeners) > 0 {
+		return errors.New("already listening")
+	}
+	defer func() {
+		if err != nil {
+			p.closeListeners()
+		}
+	}()
+	for _, l := range []struct {
+		dir  Direction
+		addr string
+	}{{Outbound, p.cfg.OutboundAddr}, {Inbound, p.cfg.InboundAddr}} {
+		if l.addr == "" {
+			continue
+		}
+		ln, err := listenTCP(l.addr)
+		if err != nil {
+			return fmt.Errorf("listen %s on %s: %w", l.dir, l.addr, err)
+		}
+		a := tcpAddrPort(ln.Addr())
+		p.log.Info("listening", zap.Stringer("direction", l.dir), zap.Stringer("addr", a), zap.Stringer("copy", p.cfg.Copy))
+		p.listeners = append(p.listeners, &listener{dir: l.dir, ln: ln, addr: a})
+		p.listenAddrs = append(p.listenAddrs, a)
+		p.ports = append(p.ports, a.Port())
+	}
+	if p.cfg.AdminAddr != "" {
+		ln, err := listenTCP(p.cfg.AdminAddr)
+		if err != nil {
+			return fmt.Errorf("listen admin on %s: %w", p.cfg.AdminAddr, err)
+		}
+		p.admin = ln
+		a := tcpAddrPort(ln.Addr())
+		p.log.Info("admin listening", zap.Stringer("addr", a))
+		p.listenAddrs = append(p.listenAddrs, a)
+		p.ports = append(p.ports, a.Port())
+	}
+	p.ports = append(p.ports, p.cfg.ExtraPorts...)
+	return nil
+}
+
+// listenTCP listens with MPTCP off, on IPv4 only for an IPv4 literal and IPv6 only for an IPv6 literal.
+func listenTCP(addr string) (*net.TCPListener, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	network := "tcp4"
+	if ap.Addr().Is6() && !ap.Addr().Is4In6() {
+		network = "tcp6"
+	}
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(false)
+	ln, err := lc.Listen(context.Background(), network, addr)
+	if err != nil {
+		return nil, err
+	}
+	return ln.(*net.TCPListener), nil
+}
+
+// Close closes the listeners of a Proxy whose Serve was never called (Serve closes them itself).
+func (p *Proxy) Close() error {
+	p.closeListeners()
+	p.cancel()
+	return nil
+}
+
+func (p *Proxy) closeListeners() {
+	for _, l := range p.listeners {
+		_ = l.ln.Close()
+	}
+	if p.admin != nil {
+		_ = p.admin.Close()
+	}
+}

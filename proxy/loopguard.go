@@ -1,0 +1,81 @@
+package proxy
+
+import (
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+)
+
+// isLoop reports whether relaying to dst would reach the proxy itself: dst is one of the listener addresses,
+// or dst's port is one of the proxy's ports and dst is a local address (loopback, unspecified, or isLocal).
+// isLocal is consulted only in that last case, so it may be slow.
+func isLoop(dst netip.AddrPort, listeners []netip.AddrPort, ports []uint16, isLocal func(netip.Addr) bool) bool {
+	dst = unmapAddrPort(dst)
+	if slices.Contains(listeners, dst) {
+		return true
+	}
+	if !slices.Contains(ports, dst.Port()) {
+		return false
+	}
+	a := dst.Addr()
+	if a.IsLoopback() || a.IsUnspecified() {
+		return true
+	}
+	return isLocal != nil && isLocal(a)
+}
+
+// isLocalAddr reports whether a is assigned to an interface of the current network namespace.
+func isLocalAddr(a netip.Addr) bool {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return true // cannot tell: refusing is the safe answer for a loop guard
+	}
+	for _, ia := range addrs {
+		if n, ok := ia.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap() == a {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// upstreamSet holds the local addresses of the proxy's open upstream sockets: an accepted connection whose
+// peer is in the set is the proxy's own upstream connection captured again (a loop, e.g. when the proxy runs
+// as a uid that capture does not exempt).
+type upstreamSet struct {
+	mu sync.Mutex
+	m  map[netip.AddrPort]struct{}
+}
+
+func (s *upstreamSet) add(a netip.AddrPort) {
+	if !a.IsValid() {
+		return
+	}
+	s.mu.Lock()
+	if s.m == nil {
+		s.m = make(map[netip.AddrPort]struct{})
+	}
+	s.m[a] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *upstreamSet) remove(a netip.AddrPort) {
+	if !a.IsValid() {
+		return
+	}
+	s.mu.Lock()
+	delete(s.m, a)
+	s.mu.Unlock()
+}
+
+func (s *upstreamSet) contains(a netip.AddrPort) bool {
+	if !a.IsValid() {
+		return false
+	}
+	s.mu.Lock()
+	_, ok := s.m[a]
+	s.mu.Unlock()
+	return ok
+}

@@ -1,0 +1,137 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// SO_ORIGINAL_DST (linux/netfilter_ipv4.h) and IP6T_SO_ORIGINAL_DST (linux/netfilter_ipv6/ip6_tables.h).
+const (
+	soOriginalDst     = 80
+	ip6tSoOriginalDst = 80
+)
+
+// Resolver answers the original destination of an accepted connection, for example from a BPF map filled by
+// the capture programs. It is asked first; ok=false (or an error) makes the proxy try its own methods.
+// It is called concurrently from many goroutines.
+type Resolver interface {
+	OriginalDst(dir Direction, c *net.TCPConn) (dst netip.AddrPort, ok bool, err error)
+}
+
+// ResolverFunc adapts a function to Resolver.
+type ResolverFunc func(dir Direction, c *net.TCPConn) (netip.AddrPort, bool, error)
+
+// OriginalDst calls f.
+func (f ResolverFunc) OriginalDst(dir Direction, c *net.TCPConn) (netip.AddrPort, bool, error) {
+	return f(dir, c)
+}
+
+// errNoOrigDst: no method knew the original destination.
+var errNoOrigDst = errors.New("original destination unknown")
+
+// originalDst runs the resolution chain described in the package doc. listenPort is the port of the listener
+// that accepted c.
+func (p *Proxy) originalDst(dir Direction, c *net.TCPConn, listenPort uint16) (netip.AddrPort, error) {
+	if p.cfg.Resolver != nil {
+		dst, ok, err := p.cfg.Resolver.OriginalDst(dir, c)
+		if err == nil && ok {
+			return unmapAddrPort(dst), nil
+		}
+		if err != nil && p.debug() {
+			p.log.Debug("resolver failed, falling back", zapDir(dir), zapErr(err))
+		}
+	}
+	local := tcpAddrPort(c.LocalAddr())
+	if dir == Inbound && local.IsValid() && local.Port() != listenPort {
+		// sk_lookup (or TPROXY) steering: no NAT, the local address is the original destination.
+		return local, nil
+	}
+	dst, err := GetOriginalDst(c)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	return dst, nil
+}
+
+// GetOriginalDst asks the socket for SO_ORIGINAL_DST: answered by conntrack under iptables NAT, or by a
+// cgroup/getsockopt BPF program in eBPF mode. IPv4 (and v4-mapped) sockets use SOL_IP, IPv6 sockets SOL_IPV6.
+func GetOriginalDst(c *net.TCPConn) (netip.AddrPort, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("get original dst: %w", err)
+	}
+	v6 := false
+	if la := tcpAddrPort(c.LocalAddr()); la.IsValid() && la.Addr().Is6() && !la.Addr().Is4In6() {
+		v6 = true
+	}
+	var dst netip.AddrPort
+	var serr error
+	cerr := rc.Control(func(fd uintptr) { dst, serr = getOriginalDstFD(int(fd), v6) })
+	if cerr != nil {
+		return netip.AddrPort{}, fmt.Errorf("get original dst: %w", cerr)
+	}
+	if serr != nil {
+		return netip.AddrPort{}, serr
+	}
+	return dst, nil
+}
+
+func getOriginalDstFD(fd int, v6 bool) (netip.AddrPort, error) {
+	if v6 {
+		var sa unix.RawSockaddrInet6
+		l := uint32(unix.SizeofSockaddrInet6)
+		if err := getsockopt(fd, unix.SOL_IPV6, ip6tSoOriginalDst, unsafe.Pointer(&sa), &l); err != nil {
+			return netip.AddrPort{}, fmt.Errorf("getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST): %w", err)
+		}
+		if sa.Family != unix.AF_INET6 || l < unix.SizeofSockaddrInet6 {
+			return netip.AddrPort{}, fmt.Errorf("getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST): bad answer (family %d, len %d)", sa.Family, l)
+		}
+		return unmapAddrPort(netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), ntohs(sa.Port))), nil
+	}
+	var sa unix.RawSockaddrInet4
+	l := uint32(unix.SizeofSockaddrInet4)
+	if err := getsockopt(fd, unix.SOL_IP, soOriginalDst, unsafe.Pointer(&sa), &l); err != nil {
+		return netip.AddrPort{}, fmt.Errorf("getsockopt(SOL_IP, SO_ORIGINAL_DST): %w", err)
+	}
+	if sa.Family != unix.AF_INET || l < 8 {
+		return netip.AddrPort{}, fmt.Errorf("getsockopt(SOL_IP, SO_ORIGINAL_DST): bad answer (family %d, len %d)", sa.Family, l)
+	}
+	return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), ntohs(sa.Port)), nil
+}
+
+func getsockopt(fd, level, name int, val unsafe.Pointer, vallen *uint32) error {
+	_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), uintptr(level), uintptr(name),
+		uintptr(val), uintptr(unsafe.Pointer(vallen)), 0)
+	if e != 0 {
+		return syscall.Errno(e)
+	}
+	return nil
+}
+
+// ntohs converts the network-order port field of a raw sockaddr.
+func ntohs(p uint16) uint16 {
+	b := (*[2]byte)(unsafe.Pointer(&p))
+	return uint16(b[0])<<8 | uint16(b[1])
+}
+
+// tcpAddrPort converts a net.Addr from a TCP socket without allocating; invalid if it is not one.
+func tcpAddrPort(a net.Addr) netip.AddrPort {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok || ta == nil {
+		return netip.AddrPort{}
+	}
+	return unmapAddrPort(ta.AddrPort())
+}
+
+func unmapAddrPort(ap netip.AddrPort) netip.AddrPort {
+	if ap.Addr().Is4In6() {
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return ap
+}

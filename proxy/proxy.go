@@ -1,0 +1,64 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+
+	"go.uber.org/zap"
+)
+
+// Proxy is the relay proxy. Use: New, Listen (as root if needed), optionally DropPrivileges, then Serve.
+type Proxy struct {
+	cfg Config
+	log *zap.Logger
+
+	stats Stats
+
+	listeners   []*listener
+	admin       net.Listener
+	listenAddrs []netip.AddrPort // bound listener addresses (loop guard)
+	ports       []uint16         // every port of the proxy (loop guard)
+
+	dialOut, dialIn *net.Dialer
+	srcFallback     atomic.Bool // inbound source bind failed once: connect from the kernel's choice since
+	upstreams       upstreamSet
+
+	ctx      context.Context // cancelled when Serve gives up draining
+	cancel   context.CancelFunc
+	stopping atomic.Bool
+	wg       sync.WaitGroup // one per accepted connection
+
+	mu     sync.Mutex
+	active map[*relay]struct{}
+	forced atomic.Bool // drain timed out: remaining and late connections are closed (set under mu)
+}
+
+type listener struct {
+	dir  Direction
+	ln   *net.TCPListener
+	addr netip.AddrPort
+}
+
+// New validates cfg and returns a Proxy; it opens nothing yet.
+func New(cfg Config, log *zap.Logger) (*Proxy, error) {
+	if log == nil {
+		return nil, errors.New("nil logger")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	p := &Proxy{cfg: cfg.withDefaults(), log: log, active: make(map[*relay]struct{})}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.dialOut = &net.Dialer{Timeout: p.cfg.DialTimeout}
+	p.dialOut.SetMultipathTCP(false)
+	p.dialIn = &net.Dialer{Timeout: p.cfg.DialTimeout, Control: bindAddressNoPort}
+	p.dialIn.SetMultipathTCP(false)
+	return p, nil
+}
+
+// Stats returns the live counters.
+func (p *Proxy) Stats() *Stats { return &p.stats }
