@@ -1,0 +1,602 @@
+package loader
+
+// Feature probing: decides whether this kernel (and these privileges) can run eBPF capture, or whether the
+// istio-exact iptables rules must be used instead.
+//
+// Every check is real: program types and helpers through cilium/ebpf's features package, and each program
+// and attach type by loading a minimal pass-through program and attaching it to a temporary cgroup
+// (sk_lookup: a temporary network namespace) that is removed again. MESHCAP_PROBE_DISABLE=<feature,...>
+// marks features missing without running them, so that the fallback is testable on a kernel that has
+// everything.
+
+import (
+	"bufio"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// ProbeDisableEnv names the environment variable listing features to treat as missing.
+const ProbeDisableEnv = "MESHCAP_PROBE_DISABLE"
+
+// DefaultBPFFSPath is where meshcap pins links and maps.
+const DefaultBPFFSPath = "/sys/fs/bpf"
+
+// Modes a probe can decide on.
+const (
+	ProbeModeEBPF     = "ebpf"
+	ProbeModeIPTables = "iptables"
+)
+
+// Scopes of a check: what it is needed for.
+const (
+	ScopeCore     = "core"     // needed for any eBPF capture (outbound, SO_ORIGINAL_DST, getpeername)
+	ScopeInbound  = "inbound"  // needed for eBPF inbound capture (sk_lookup)
+	ScopeFallback = "fallback" // needed by the iptables fallback; never blocks eBPF
+)
+
+// FeatureCheck is one probed feature.
+type FeatureCheck struct {
+	Name   string `json:"name"`   // e.g. "cgroup2", "prog:sock_ops", "attach:connect4", "helper:sk_lookup:sk_assign"
+	Scope  string `json:"scope"`  // ScopeCore, ScopeInbound or ScopeFallback
+	OK     bool   `json:"ok"`     // feature usable
+	Detail string `json:"detail"` // where it was found, or why it is missing
+}
+
+// ProbeOptions tunes Probe. The zero value probes the way `meshcap probe` does.
+type ProbeOptions struct {
+	// CgroupParent is the cgroup v2 directory under which the temporary probe cgroup is made.
+	// Empty: the cgroup2 mount point. When no child can be made there, the process's own cgroup is used.
+	CgroupParent string
+	// BPFFSPath is checked for a bpf filesystem. Empty: /sys/fs/bpf.
+	BPFFSPath string
+	// Disable lists features to mark missing. Nil: read from MESHCAP_PROBE_DISABLE.
+	Disable []string
+}
+
+// ProbeRequirements says which scopes must be complete for eBPF mode.
+type ProbeRequirements struct {
+	Inbound bool // inbound capture wanted (istio -b non-empty): sk_lookup checks are required too
+}
+
+// ModeDecision is the outcome of DecideMode.
+type ModeDecision struct {
+	Mode    string   `json:"mode"`    // ProbeModeEBPF or ProbeModeIPTables
+	Reason  string   `json:"reason"`  // one line, names every missing feature
+	Missing []string `json:"missing"` // names of the required checks that failed
+}
+
+// DecideMode is the pure decision: eBPF when every required check passed, else iptables naming what is missing.
+func DecideMode(checks []FeatureCheck, req ProbeRequirements) ModeDecision {
+	var missing, why []string
+	for _, c := range checks {
+		required := c.Scope == ScopeCore || (c.Scope == ScopeInbound && req.Inbound)
+		if !required || c.OK {
+			continue
+		}
+		missing = append(missing, c.Name)
+		why = append(why, fmt.Sprintf("%s (%s)", c.Name, c.Detail))
+	}
+	if len(missing) == 0 {
+		reason := "every feature eBPF capture needs is present"
+		if !req.Inbound {
+			reason += " (inbound capture not requested)"
+		}
+		return ModeDecision{Mode: ProbeModeEBPF, Reason: reason}
+	}
+	reason := "missing: " + strings.Join(why, "; ")
+	for _, c := range checks {
+		if c.Scope == ScopeFallback && !c.OK {
+			reason += "; warning: " + c.Name + ": " + c.Detail
+		}
+	}
+	return ModeDecision{Mode: ProbeModeIPTables, Reason: reason, Missing: missing}
+}
+
+// probeItem is one entry of the fixed probe table.
+type probeItem struct {
+	name  string
+	scope string
+	run   func(*probeRun) (string, error)
+}
+
+type sockAttach struct {
+	name   string
+	prog   ebpf.ProgramType
+	attach ebpf.AttachType
+}
+
+// cgroupAttaches are the cgroup program/attach types the eBPF backend uses.
+var cgroupAttaches = []sockAttach{
+	{"connect4", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet4Connect},
+	{"sockops", ebpf.SockOps, ebpf.AttachCGroupSockOps},
+	{"getsockopt", ebpf.CGroupSockopt, ebpf.AttachCGroupGetsockopt},
+	{"getpeername4", ebpf.CGroupSockAddr, ebpf.AttachCgroupInet4GetPeername},
+}
+
+type helperUse struct {
+	prog   ebpf.ProgramType
+	helper asm.BuiltinFunc
+	scope  string
+}
+
+// helperUses lists every helper the BPF programs call, per program type (bpf/*.c: keep in sync).
+var helperUses = []helperUse{
+	{ebpf.CGroupSockAddr, asm.FnGetCurrentUidGid, ScopeCore},
+	{ebpf.CGroupSockAddr, asm.FnGetSocketCookie, ScopeCore},
+	{ebpf.CGroupSockAddr, asm.FnGetNetnsCookie, ScopeCore},
+	{ebpf.CGroupSockAddr, asm.FnMapLookupElem, ScopeCore},
+	{ebpf.CGroupSockAddr, asm.FnMapUpdateElem, ScopeCore},
+	{ebpf.SockOps, asm.FnGetSocketCookie, ScopeCore},
+	{ebpf.SockOps, asm.FnGetNetnsCookie, ScopeCore},
+	{ebpf.SockOps, asm.FnSockOpsCbFlagsSet, ScopeCore},
+	{ebpf.SockOps, asm.FnMapLookupElem, ScopeCore},
+	{ebpf.SockOps, asm.FnMapUpdateElem, ScopeCore},
+	{ebpf.SockOps, asm.FnMapDeleteElem, ScopeCore},
+	{ebpf.CGroupSockopt, asm.FnGetNetnsCookie, ScopeCore},
+	{ebpf.CGroupSockopt, asm.FnMapLookupElem, ScopeCore},
+	{ebpf.SkLookup, asm.FnSkAssign, ScopeInbound},
+	{ebpf.SkLookup, asm.FnMapLookupElem, ScopeInbound},
+	{ebpf.SkLookup, asm.FnSkRelease, ScopeInbound},
+}
+
+// progTypeNames are the short names used in check names and MESHCAP_PROBE_DISABLE.
+var progTypeNames = map[ebpf.ProgramType]string{
+	ebpf.CGroupSockAddr: "cgroup_sock_addr",
+	ebpf.SockOps:        "sock_ops",
+	ebpf.CGroupSockopt:  "cgroup_sockopt",
+	ebpf.SkLookup:       "sk_lookup",
+}
+
+// helperName turns asm.FnGetNetnsCookie into "get_netns_cookie".
+func helperName(fn asm.BuiltinFunc) string {
+	s := strings.TrimPrefix(fn.String(), "Fn")
+	var b strings.Builder
+	for i, r := range s {
+		if r >= 'A' && r <= 'Z' {
+			if i > 0 {
+				b.WriteByte('_')
+			}
+			r += 'a' - 'A'
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+func probeItems() []probeItem {
+	items := []probeItem{
+		{"cgroup2", ScopeCore, (*probeRun).checkCgroup2},
+		{"bpffs", ScopeCore, (*probeRun).checkBPFFS},
+	}
+	for _, pt := range []ebpf.ProgramType{ebpf.CGroupSockAddr, ebpf.SockOps, ebpf.CGroupSockopt, ebpf.SkLookup} {
+		scope := ScopeCore
+		if pt == ebpf.SkLookup {
+			scope = ScopeInbound
+		}
+		items = append(items, probeItem{"prog:" + progTypeNames[pt], scope, func(*probeRun) (string, error) {
+			if err := features.HaveProgramType(pt); err != nil {
+				return "", err
+			}
+			return "supported", nil
+		}})
+	}
+	for _, m := range []struct {
+		name  string
+		mt    ebpf.MapType
+		scope string
+	}{
+		{"hash", ebpf.Hash, ScopeCore},
+		{"lru_hash", ebpf.LRUHash, ScopeCore},
+		{"lpm_trie", ebpf.LPMTrie, ScopeCore},
+		{"array", ebpf.Array, ScopeInbound},
+		{"percpu_array", ebpf.PerCPUArray, ScopeInbound},
+		{"sockmap", ebpf.SockMap, ScopeInbound},
+	} {
+		items = append(items, probeItem{"map:" + m.name, m.scope, func(*probeRun) (string, error) {
+			if err := features.HaveMapType(m.mt); err != nil {
+				return "", err
+			}
+			return "supported", nil
+		}})
+	}
+	for _, a := range cgroupAttaches {
+		items = append(items, probeItem{"attach:" + a.name, ScopeCore, func(r *probeRun) (string, error) {
+			return r.checkCgroupAttach(a)
+		}})
+	}
+	items = append(items, probeItem{"attach:sk_lookup", ScopeInbound, (*probeRun).checkSkLookupAttach})
+	for _, h := range helperUses {
+		name := "helper:" + progTypeNames[h.prog] + ":" + helperName(h.helper)
+		items = append(items, probeItem{name, h.scope, func(*probeRun) (string, error) {
+			if err := features.HaveProgramHelper(h.prog, h.helper); err != nil {
+				return "", err
+			}
+			return "available", nil
+		}})
+	}
+	items = append(items, probeItem{"iptables", ScopeFallback, (*probeRun).checkIPTables})
+	return items
+}
+
+// ProbeFeatureNames lists every check name, in probe order.
+func ProbeFeatureNames() []string {
+	var names []string
+	for _, it := range probeItems() {
+		names = append(names, it.name)
+	}
+	return names
+}
+
+// disableMatches reports whether token (from MESHCAP_PROBE_DISABLE) names check: the full name or any
+// ':'-separated part of it, so "connect4" disables attach:connect4 and "sk_lookup" every sk_lookup check.
+func disableMatches(token, check string) bool {
+	return token == check || slices.Contains(strings.Split(check, ":"), token)
+}
+
+// ParseProbeDisable splits a MESHCAP_PROBE_DISABLE value and rejects names that match no check.
+func ParseProbeDisable(value string) ([]string, error) {
+	var out []string
+	names := ProbeFeatureNames()
+	for _, tok := range strings.Split(value, ",") {
+		tok = strings.TrimSpace(tok)
+		if tok == "" {
+			continue
+		}
+		if !slices.ContainsFunc(names, func(n string) bool { return disableMatches(tok, n) }) {
+			return nil, fmt.Errorf("invalid %s entry %q: matches no feature (known: %s)", ProbeDisableEnv, tok, strings.Join(names, ", "))
+		}
+		out = append(out, tok)
+	}
+	return out, nil
+}
+
+// Probe runs every check. Its error is only for bad input (an unknown MESHCAP_PROBE_DISABLE entry);
+// a missing feature is a failed check, not an error.
+func Probe(opts ProbeOptions) ([]FeatureCheck, error) {
+	disable := opts.Disable
+	if disable == nil {
+		var err error
+		if disable, err = ParseProbeDisable(os.Getenv(ProbeDisableEnv)); err != nil {
+			return nil, err
+		}
+	} else if _, err := ParseProbeDisable(strings.Join(disable, ",")); err != nil {
+		return nil, err
+	}
+	r := &probeRun{opts: opts}
+	if r.opts.BPFFSPath == "" {
+		r.opts.BPFFSPath = DefaultBPFFSPath
+	}
+	defer r.cleanup()
+
+	var checks []FeatureCheck
+	for _, it := range probeItems() {
+		c := FeatureCheck{Name: it.name, Scope: it.scope}
+		if slices.ContainsFunc(disable, func(tok string) bool { return disableMatches(tok, it.name) }) {
+			c.Detail = "disabled by " + ProbeDisableEnv
+		} else if detail, err := it.run(r); err != nil {
+			c.Detail = describeProbeErr(err)
+		} else {
+			c.OK, c.Detail = true, detail
+		}
+		checks = append(checks, c)
+	}
+	return checks, nil
+}
+
+func describeProbeErr(err error) string {
+	switch {
+	case errors.Is(err, ebpf.ErrNotSupported):
+		return "not supported by this kernel: " + err.Error()
+	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
+		return "permission denied (needs CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN or root): " + err.Error()
+	}
+	return err.Error()
+}
+
+// probeRun carries state shared by the checks of one Probe call.
+type probeRun struct {
+	opts        ProbeOptions
+	cgroup2     string // mount point, once found
+	cgroup2Err  error
+	cgroupDir   string // where attach checks attach
+	cgroupNote  string
+	cgroupErr   error
+	cgroupReady bool
+	removeDir   string // temporary cgroup to remove
+}
+
+func (r *probeRun) cleanup() {
+	if r.removeDir != "" {
+		_ = os.Remove(r.removeDir)
+	}
+}
+
+func (r *probeRun) checkCgroup2() (string, error) {
+	mnt, hybrid, err := findCgroup2()
+	r.cgroup2, r.cgroup2Err = mnt, err
+	if err != nil {
+		return "", err
+	}
+	if hybrid {
+		return mnt + " (hybrid layout, cgroup v1 controllers elsewhere)", nil
+	}
+	return mnt, nil
+}
+
+// FindCgroup2Mount returns the cgroup v2 mount point from /proc/self/mountinfo.
+func FindCgroup2Mount() (string, error) {
+	mnt, _, err := findCgroup2()
+	return mnt, err
+}
+
+func findCgroup2() (mnt string, hybrid bool, err error) {
+	mounts, err := readMountinfo()
+	if err != nil {
+		return "", false, err
+	}
+	for _, m := range mounts {
+		switch m.fstype {
+		case "cgroup":
+			hybrid = true
+		case "cgroup2":
+			if mnt == "" {
+				mnt = m.point
+			}
+		}
+	}
+	if mnt == "" {
+		return "", false, errors.New("no cgroup2 filesystem in /proc/self/mountinfo")
+	}
+	return mnt, hybrid, nil
+}
+
+type mountEntry struct{ point, fstype string }
+
+func readMountinfo() ([]mountEntry, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, fmt.Errorf("read mounts: %w", err)
+	}
+	defer f.Close()
+	var out []mountEntry
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		// 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+		pre, post, ok := strings.Cut(sc.Text(), " - ")
+		if !ok {
+			continue
+		}
+		f1, f2 := strings.Fields(pre), strings.Fields(post)
+		if len(f1) < 5 || len(f2) < 1 {
+			continue
+		}
+		out = append(out, mountEntry{point: unescapeMount(f1[4]), fstype: f2[0]})
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read mounts: %w", err)
+	}
+	return out, nil
+}
+
+// unescapeMount decodes the octal escapes (\040 for a space) of mountinfo paths.
+func unescapeMount(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) && isOctal(s[i+1]) && isOctal(s[i+2]) && isOctal(s[i+3]) {
+			b.WriteByte((s[i+1]-'0')<<6 | (s[i+2]-'0')<<3 | (s[i+3] - '0'))
+			i += 3
+			continue
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+func isOctal(c byte) bool { return c >= '0' && c <= '7' }
+
+func (r *probeRun) checkBPFFS() (string, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(r.opts.BPFFSPath, &st); err == nil && uint32(st.Type) == uint32(unix.BPF_FS_MAGIC) {
+		return "mounted at " + r.opts.BPFFSPath, nil
+	}
+	// Not mounted: usable when the kernel knows the filesystem (meshcap mounts it when it needs pins).
+	data, err := os.ReadFile("/proc/filesystems")
+	if err != nil {
+		return "", fmt.Errorf("not mounted at %s and /proc/filesystems unreadable: %w", r.opts.BPFFSPath, err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) > 0 && f[len(f)-1] == "bpf" {
+			return fmt.Sprintf("not mounted at %s; kernel supports it (mount -t bpf bpf %s)", r.opts.BPFFSPath, r.opts.BPFFSPath), nil
+		}
+	}
+	return "", fmt.Errorf("not mounted at %s and the kernel has no bpf filesystem", r.opts.BPFFSPath)
+}
+
+// probeCgroup returns the cgroup the attach checks use: a fresh child of CgroupParent (or of the cgroup2
+// mount), or the process's own cgroup when no child can be made there.
+func (r *probeRun) probeCgroup() (dir, note string, err error) {
+	if r.cgroupReady {
+		return r.cgroupDir, r.cgroupNote, r.cgroupErr
+	}
+	r.cgroupReady = true
+	r.cgroupDir, r.cgroupNote, r.cgroupErr = r.makeProbeCgroup()
+	return r.cgroupDir, r.cgroupNote, r.cgroupErr
+}
+
+func (r *probeRun) makeProbeCgroup() (string, string, error) {
+	parent := r.opts.CgroupParent
+	if parent == "" {
+		if r.cgroup2 == "" {
+			if _, err := r.checkCgroup2(); err != nil {
+				return "", "", fmt.Errorf("no cgroup2 to attach to: %w", err)
+			}
+		}
+		parent = r.cgroup2
+	}
+	var sfx [4]byte
+	_, _ = rand.Read(sfx[:])
+	dir := filepath.Join(parent, fmt.Sprintf("meshcap-probe-%d-%s", os.Getpid(), hex.EncodeToString(sfx[:])))
+	mkErr := os.Mkdir(dir, 0o755)
+	if mkErr == nil {
+		r.removeDir = dir
+		return dir, "temporary cgroup " + dir, nil
+	}
+	// Read-only cgroupfs (a container): try our own cgroup. A pass-through program there for an instant
+	// changes nothing.
+	own, err := OwnCgroupDir()
+	if err != nil {
+		return "", "", fmt.Errorf("create probe cgroup %s: %w; own cgroup: %v", dir, mkErr, err)
+	}
+	return own, fmt.Sprintf("own cgroup %s (cannot create %s: %v)", own, dir, mkErr), nil
+}
+
+// OwnCgroupDir returns the cgroup v2 directory of the calling process (from /proc/self/cgroup) under the
+// cgroup2 mount point.
+func OwnCgroupDir() (string, error) {
+	mnt, err := FindCgroup2Mount()
+	if err != nil {
+		return "", err
+	}
+	data, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return "", fmt.Errorf("read own cgroup: %w", err)
+	}
+	rel, err := parseCgroupV2Path(string(data))
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(mnt, rel), nil
+}
+
+// parseCgroupV2Path returns the path of the "0::" line of a /proc/<pid>/cgroup file.
+func parseCgroupV2Path(content string) (string, error) {
+	for _, line := range strings.Split(content, "\n") {
+		if rest, ok := strings.CutPrefix(line, "0::"); ok {
+			if rest == "" || !strings.HasPrefix(rest, "/") {
+				return "", fmt.Errorf("invalid cgroup v2 path %q in /proc/self/cgroup", rest)
+			}
+			return filepath.Clean(rest), nil
+		}
+	}
+	return "", errors.New("no cgroup v2 entry (0::) in /proc/self/cgroup")
+}
+
+// passProgram loads a program that returns 1 (allow / pass / SK_PASS): attaching it changes nothing.
+func passProgram(pt ebpf.ProgramType, at ebpf.AttachType) (*ebpf.Program, error) {
+	return ebpf.NewProgramWithOptions(&ebpf.ProgramSpec{
+		Name:       "meshcap_probe",
+		Type:       pt,
+		AttachType: at,
+		License:    "Dual MIT/GPL",
+		Instructions: asm.Instructions{
+			asm.Mov.Imm(asm.R0, 1),
+			asm.Return(),
+		},
+	}, ebpf.ProgramOptions{LogDisabled: true})
+}
+
+func (r *probeRun) checkCgroupAttach(a sockAttach) (string, error) {
+	dir, note, err := r.probeCgroup()
+	if err != nil {
+		return "", err
+	}
+	prog, err := passProgram(a.prog, a.attach)
+	if err != nil {
+		return "", fmt.Errorf("load %s program: %w", progTypeNames[a.prog], err)
+	}
+	defer prog.Close()
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: dir, Attach: a.attach, Program: prog})
+	if err != nil {
+		return "", fmt.Errorf("attach %s to %s: %w", a.attach, dir, err)
+	}
+	kind := "bpf_link"
+	if _, err := l.Info(); errors.Is(err, link.ErrNotSupported) {
+		kind = "legacy prog_attach, no bpf_link"
+	}
+	if err := l.Close(); err != nil {
+		return "", fmt.Errorf("detach %s: %w", a.attach, err)
+	}
+	return fmt.Sprintf("loaded and attached (%s) to %s", kind, note), nil
+}
+
+func (r *probeRun) checkSkLookupAttach() (string, error) {
+	prog, err := passProgram(ebpf.SkLookup, ebpf.AttachSkLookup)
+	if err != nil {
+		return "", fmt.Errorf("load sk_lookup program: %w", err)
+	}
+	defer prog.Close()
+	ns, where, err := probeNetns()
+	if err != nil {
+		return "", err
+	}
+	defer ns.Close()
+	l, err := link.AttachNetNs(int(ns.Fd()), prog)
+	if err != nil {
+		return "", fmt.Errorf("attach sk_lookup to %s: %w", where, err)
+	}
+	if err := l.Close(); err != nil {
+		return "", fmt.Errorf("detach sk_lookup: %w", err)
+	}
+	return "loaded and attached to " + where, nil
+}
+
+// probeNetns returns a fresh, empty network namespace (freed when the file is closed), or the current
+// one when this process may not create namespaces. A pass-through sk_lookup program changes nothing.
+func probeNetns() (*os.File, string, error) {
+	runtime.LockOSThread()
+	orig, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		runtime.UnlockOSThread()
+		return nil, "", fmt.Errorf("open own netns: %w", err)
+	}
+	defer orig.Close()
+	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		cur, oerr := os.Open("/proc/self/ns/net")
+		if oerr != nil {
+			return nil, "", fmt.Errorf("open own netns: %w", oerr)
+		}
+		return cur, fmt.Sprintf("the current netns (cannot create one: %v)", err), nil
+	}
+	tmp, openErr := os.Open("/proc/thread-self/ns/net")
+	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+		// This thread is stuck in the temporary netns: keep it locked so the runtime discards it.
+		if tmp != nil {
+			tmp.Close()
+		}
+		return nil, "", fmt.Errorf("return to own netns: %w", err)
+	}
+	runtime.UnlockOSThread()
+	if openErr != nil {
+		return nil, "", fmt.Errorf("open temporary netns: %w", openErr)
+	}
+	return tmp, "a temporary netns", nil
+}
+
+func (r *probeRun) checkIPTables() (string, error) {
+	var found []string
+	for _, bin := range []string{"iptables-legacy", "iptables-nft", "iptables"} {
+		if p, err := exec.LookPath(bin); err == nil {
+			found = append(found, p)
+		}
+	}
+	if len(found) == 0 {
+		return "", errors.New("no iptables, iptables-legacy or iptables-nft in PATH: the fallback cannot run")
+	}
+	return strings.Join(found, ", "), nil
+}
