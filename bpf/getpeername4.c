@@ -1,0 +1,22 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * cgroup/getpeername4: a captured client asking getpeername() sees the destination it connected to, not the proxy
+ * listener (127.0.0.1:15001) connect4 rewrote it to. With iptables REDIRECT the client never sees the rewrite
+ * (NAT is undone on the reply path); this keeps that behaviour.
+ */
+#include "meshcap.h"
+
+SEC("cgroup/getpeername4")
+int mc_getpeername4(struct bpf_sock_addr *ctx)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct mc_orig *orig = bpf_map_lookup_elem(&mc_orig_cookie, &cookie);
+	if (!orig)
+		return SYS_PROCEED;
+
+	ctx->user_ip4 = orig->addr;
+	ctx->user_port = bpf_htons(orig->port);
+	return SYS_PROCEED;
+}
+
+char _license[] SEC("license") = "Dual BSD/GPL";

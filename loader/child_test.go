@@ -1,0 +1,326 @@
+package loader
+
+// A helper child process for the loader tests: the test binary re-executed inside a test cgroup (CLONE_INTO_CGROUP)
+// and a fresh network namespace with only lo, where it plays both the client and the proxy. In a netns without
+// routes an uncaptured connect to a non-loopback address fails at once (ENETUNREACH) and no packet leaves the host,
+// while a captured one lands on the child's own listener on 127.0.0.1:<proxy port>.
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+const childEnv = "MESHCAP_LOADER_CHILD"
+
+type childArgs struct {
+	ProxyPort  uint16
+	Dests      []string // dialled once each, concurrently
+	Sequential string   // dialled Count times, one after the other
+	Count      int
+	UID, GID   int    // drop to these ids before dialling (-1: stay root)
+	HoldMillis int    // keep the process (and netns) alive this long after dialling
+	PinRoot    string // when set, the proxy also asks OrigDst() through the pinned map
+	EarlyClose bool   // clients connect and close at once; the proxy accepts only afterwards
+	WaitStdin  bool   // print "cookie=<netns cookie>" and wait for a line on stdin before dialling
+}
+
+type childResult struct {
+	Dest     string
+	Captured bool   // the proxy accepted it
+	OrigDst  string // SO_ORIGINAL_DST on the proxy's accepted socket
+	MapDst   string // OrigDst() through the pinned map (when PinRoot is set)
+	Peer     string // getpeername() on the client socket
+	ProxyKey [2]string
+	Err      string
+}
+
+type childOutput struct {
+	NetnsCookie uint64
+	Results     []childResult
+	SeqOK       int
+	LateOrig    []string // EarlyClose: SO_ORIGINAL_DST of each late-accepted connection
+	Err         string
+}
+
+// TestOutboundChild is the child's entry point (no TestMain: the package is shared with other engineers' tests).
+func TestOutboundChild(t *testing.T) {
+	if os.Getenv(childEnv) == "" {
+		t.Skip("helper process for the outbound capture tests; runs only when re-executed by them")
+	}
+	out := runChild()
+	_ = json.NewEncoder(os.Stdout).Encode(out)
+	os.Exit(0)
+}
+
+func runChild() (out childOutput) {
+	var a childArgs
+	if err := json.Unmarshal([]byte(os.Getenv(childEnv)), &a); err != nil {
+		out.Err = err.Error()
+		return
+	}
+	lo, err := netlink.LinkByName("lo")
+	if err == nil {
+		err = netlink.LinkSetUp(lo)
+	}
+	if err != nil {
+		out.Err = "lo up: " + err.Error()
+		return
+	}
+	out.NetnsCookie, _ = unix.GetsockoptUint64(mustSocket(), unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	if a.WaitStdin {
+		fmt.Printf("cookie=%d\n", out.NetnsCookie)
+		_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
+	}
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(false)
+	ln, err := lc.Listen(context.Background(), "tcp4", fmt.Sprintf("127.0.0.1:%d", a.ProxyPort))
+	if err != nil {
+		out.Err = "listen: " + err.Error()
+		return
+	}
+	defer ln.Close()
+	if a.EarlyClose {
+		return earlyClose(a, ln, out)
+	}
+	// The proxy: answer each accepted connection with "<SO_ORIGINAL_DST> <local> <remote>\n".
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func(c net.Conn) {
+				defer c.Close()
+				od, err := origDst(c.(*net.TCPConn))
+				line := od.String()
+				if err != nil {
+					line = "error:" + err.Error()
+				}
+				mapDst := "-"
+				if a.PinRoot != "" {
+					l := c.LocalAddr().(*net.TCPAddr).AddrPort()
+					r := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+					if md, err := OrigDst(a.PinRoot, l, r, out.NetnsCookie); err == nil {
+						mapDst = md.String()
+					} else {
+						mapDst = "error"
+					}
+				}
+				fmt.Fprintf(c, "%s %s %s %s\n", line, c.LocalAddr(), c.RemoteAddr(), mapDst)
+			}(c)
+		}
+	}()
+	if a.GID >= 0 {
+		if err := syscall.Setgid(a.GID); err != nil {
+			out.Err = err.Error()
+			return
+		}
+	}
+	if a.UID >= 0 {
+		if err := syscall.Setuid(a.UID); err != nil {
+			out.Err = err.Error()
+			return
+		}
+	}
+	res := make(chan childResult, len(a.Dests))
+	for _, d := range a.Dests {
+		go func() { res <- dialOnce(d) }()
+	}
+	for range a.Dests {
+		out.Results = append(out.Results, <-res)
+	}
+	for i := 0; i < a.Count; i++ {
+		if r := dialOnce(a.Sequential); r.Captured && r.Err == "" {
+			out.SeqOK++
+		}
+	}
+	time.Sleep(time.Duration(a.HoldMillis) * time.Millisecond)
+	return out
+}
+
+func mustSocket() int {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+	if err != nil {
+		return -1
+	}
+	return fd
+}
+
+func dialOnce(dest string) (r childResult) {
+	r.Dest = dest
+	if udp, ok := strings.CutPrefix(dest, "udp:"); ok {
+		// In a netns without routes a UDP connect only succeeds if it was rewritten to 127.0.0.1.
+		c, err := net.Dial("udp4", udp)
+		if err != nil {
+			r.Err = err.Error()
+			return
+		}
+		r.Captured, r.Peer = true, c.RemoteAddr().String()
+		c.Close()
+		return
+	}
+	d := net.Dialer{Timeout: 2 * time.Second}
+	d.SetMultipathTCP(false)
+	c, err := d.Dial("tcp4", dest)
+	if err != nil {
+		r.Err = err.Error()
+		return
+	}
+	defer c.Close()
+	raw, _ := c.(*net.TCPConn).SyscallConn()
+	_ = raw.Control(func(fd uintptr) {
+		if sa, err := unix.Getpeername(int(fd)); err == nil {
+			if in4, ok := sa.(*unix.SockaddrInet4); ok {
+				r.Peer = netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), uint16(in4.Port)).String()
+			}
+		}
+	})
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 256)
+	n, err := c.Read(buf)
+	if err != nil {
+		r.Err = "read: " + err.Error()
+		return
+	}
+	r.Captured = true
+	var od, l, rem, md string
+	fmt.Sscanf(string(buf[:n]), "%s %s %s %s", &od, &l, &rem, &md)
+	r.OrigDst, r.ProxyKey, r.MapDst = od, [2]string{l, rem}, md
+	return
+}
+
+// origDst asks SO_ORIGINAL_DST with the plain socket API, as any transparent proxy does.
+func origDst(c *net.TCPConn) (netip.AddrPort, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	var sa [16]byte
+	var serr error
+	_ = raw.Control(func(fd uintptr) {
+		l := uint32(len(sa))
+		_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_IP, 80, uintptr(unsafe.Pointer(&sa[0])), uintptr(unsafe.Pointer(&l)), 0)
+		if e != 0 {
+			serr = e
+		}
+	})
+	if serr != nil {
+		return netip.AddrPort{}, serr
+	}
+	port := uint16(sa[2])<<8 | uint16(sa[3])
+	return netip.AddrPortFrom(netip.AddrFrom4([4]byte(sa[4:8])), port), nil
+}
+
+// outRunChildWithCookie starts the helper with WaitStdin, calls setup with its netns cookie, then lets it dial.
+func outRunChildWithCookie(t *testing.T, cgroupDir string, a childArgs, setup func(cookie uint64)) childOutput {
+	t.Helper()
+	a.WaitStdin = true
+	cg, err := os.Open(cgroupDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cg.Close()
+	js, _ := json.Marshal(a)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestOutboundChild$")
+	cmd.Env = append(os.Environ(), childEnv+"="+string(js))
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd()), Cloneflags: syscall.CLONE_NEWNET}
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	r := bufio.NewReader(stdout)
+	line, err := r.ReadString('\n')
+	var cookie uint64
+	if _, serr := fmt.Sscanf(line, "cookie=%d", &cookie); err != nil || serr != nil {
+		t.Fatalf("child cookie line %q: %v %v", line, err, serr)
+	}
+	setup(cookie)
+	fmt.Fprintln(stdin)
+	var out childOutput
+	if err := json.NewDecoder(r).Decode(&out); err != nil {
+		t.Fatalf("child output: %v", err)
+	}
+	if out.Err != "" {
+		t.Fatalf("child: %s", out.Err)
+	}
+	return out
+}
+
+// runChildIn runs the helper in cgroupDir and a new netns and returns its report.
+func outRunChild(t *testing.T, cgroupDir string, a childArgs) childOutput {
+	t.Helper()
+	cg, err := os.Open(cgroupDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cg.Close()
+	js, _ := json.Marshal(a)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestOutboundChild$")
+	cmd.Env = append(os.Environ(), childEnv+"="+string(js))
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd()), Cloneflags: syscall.CLONE_NEWNET}
+	stdout, err := cmd.Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			t.Fatalf("child: %v", err)
+		}
+		t.Fatal(err)
+	}
+	var out childOutput
+	if err := json.Unmarshal(stdout, &out); err != nil {
+		t.Fatalf("child output %q: %v", stdout, err)
+	}
+	if out.Err != "" {
+		t.Fatalf("child: %s", out.Err)
+	}
+	return out
+}
+
+// earlyClose: each client connects, writes and closes before the proxy accepts; the proxy must still learn every
+// original destination (entries are freed by the proxy's socket, not the client's).
+func earlyClose(a childArgs, ln net.Listener, out childOutput) childOutput {
+	for _, d := range a.Dests {
+		c, err := net.DialTimeout("tcp4", d, 2*time.Second)
+		if err != nil {
+			out.Err = "dial " + d + ": " + err.Error()
+			return out
+		}
+		_, _ = c.Write([]byte("x"))
+		c.Close()
+	}
+	time.Sleep(200 * time.Millisecond) // the clients' sockets are gone (FIN_WAIT2/TIME_WAIT minisocks) by now
+	for range a.Dests {
+		c, err := ln.Accept()
+		if err != nil {
+			out.Err = "accept: " + err.Error()
+			return out
+		}
+		od, err := origDst(c.(*net.TCPConn))
+		if err != nil {
+			out.LateOrig = append(out.LateOrig, "error:"+err.Error())
+		} else {
+			out.LateOrig = append(out.LateOrig, od.String())
+		}
+		c.Close()
+	}
+	return out
+}

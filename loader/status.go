@@ -1,0 +1,194 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+)
+
+// Status is what is attached and pinned under one pin root.
+type Status struct {
+	PinRoot     string
+	Attachments []AttachmentStatus
+}
+
+// AttachmentStatus describes one pinned attachment.
+type AttachmentStatus struct {
+	CgroupID   uint64
+	CgroupPath string // "" when the cgroup no longer exists
+	PinDir     string
+	ProxyPort  uint16 // from the per-pod (key 0) settings; 0 if none
+	Programs   []ProgramStatus
+	Maps       []MapStatus
+}
+
+// ProgramStatus is one pinned link.
+type ProgramStatus struct {
+	Hook     string
+	LinkID   uint32
+	ProgID   uint32
+	CgroupID uint64
+	Err      string // why the link could not be read
+}
+
+// MapStatus is one pinned map.
+type MapStatus struct {
+	Name       string
+	Type       string
+	Entries    int
+	MaxEntries uint32
+	Err        string
+}
+
+// GetStatus lists the attachments pinned under pinRoot ("" = DefaultPinRoot). A missing pin root is an empty status.
+func GetStatus(pinRoot string) (*Status, error) {
+	if pinRoot == "" {
+		pinRoot = DefaultPinRoot
+	}
+	st := &Status{PinRoot: pinRoot}
+	entries, err := os.ReadDir(pinRoot)
+	if errors.Is(err, os.ErrNotExist) {
+		return st, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range entries {
+		id, ok := strings.CutPrefix(e.Name(), "cgroup-")
+		if !e.IsDir() || !ok {
+			continue
+		}
+		cgid, err := strconv.ParseUint(id, 10, 64)
+		if err != nil {
+			continue
+		}
+		st.Attachments = append(st.Attachments, attachmentStatus(filepath.Join(pinRoot, e.Name()), cgid))
+	}
+	return st, nil
+}
+
+func attachmentStatus(dir string, id uint64) AttachmentStatus {
+	a := AttachmentStatus{CgroupID: id, CgroupPath: cgroupPathByID(id), PinDir: dir}
+	for _, h := range hooks {
+		ps := ProgramStatus{Hook: h.name}
+		l, err := link.LoadPinnedLink(linkPin(dir, h.name), nil)
+		if err != nil {
+			ps.Err = err.Error()
+			a.Programs = append(a.Programs, ps)
+			continue
+		}
+		if info, err := l.Info(); err != nil {
+			ps.Err = err.Error()
+		} else {
+			ps.LinkID, ps.ProgID = uint32(info.ID), uint32(info.Program)
+			if cg := info.Cgroup(); cg != nil {
+				ps.CgroupID = cg.CgroupId
+			}
+		}
+		l.Close()
+		a.Programs = append(a.Programs, ps)
+	}
+	names := append(append([]string{}, settingsMaps...), stateMaps...)
+	sort.Strings(names)
+	for _, name := range names {
+		ms := MapStatus{Name: name}
+		m, err := ebpf.LoadPinnedMap(mapPin(dir, name), nil)
+		if err != nil {
+			ms.Err = err.Error()
+			a.Maps = append(a.Maps, ms)
+			continue
+		}
+		ms.Type, ms.MaxEntries = m.Type().String(), m.MaxEntries()
+		ms.Entries, err = countEntries(m)
+		if err != nil {
+			ms.Err = err.Error()
+		}
+		if name == mapConfig {
+			var cfg configValue
+			if m.Lookup(uint64(0), &cfg) == nil {
+				a.ProxyPort = cfg.ProxyPort
+			}
+		}
+		m.Close()
+		a.Maps = append(a.Maps, ms)
+	}
+	return a
+}
+
+func countEntries(m *ebpf.Map) (int, error) {
+	key := make([]byte, m.KeySize())
+	val := make([]byte, m.ValueSize())
+	n := 0
+	it := m.Iterate()
+	for it.Next(&key, &val) {
+		n++
+	}
+	return n, it.Err()
+}
+
+// MapEntries returns the entry count of map name of the attachment in pinDir (a cgroup-<id> directory).
+func MapEntries(pinDir, name string) (int, error) {
+	m, err := ebpf.LoadPinnedMap(mapPin(pinDir, name), nil)
+	if err != nil {
+		return 0, err
+	}
+	defer m.Close()
+	return countEntries(m)
+}
+
+// PinDir returns the pin directory of cgroupDir's attachment under pinRoot ("" = DefaultPinRoot).
+func PinDir(cgroupDir, pinRoot string) (string, error) {
+	if pinRoot == "" {
+		pinRoot = DefaultPinRoot
+	}
+	id, err := cgroupID(cgroupDir)
+	if err != nil {
+		return "", err
+	}
+	return pinDirFor(pinRoot, id), nil
+}
+
+// ErrNoOrigDst means the connection is not a captured one (or its entry is gone).
+var ErrNoOrigDst = errors.New("no original destination recorded")
+
+// OrigDst returns the original destination of a captured connection, looked up from the proxy's accepted socket:
+// local = its local address (127.0.0.1:<proxy port>), remote = its peer (the client), netnsCookie = its netns
+// cookie. pinDir is one attachment's directory, or a pin root (every attachment under it is searched).
+func OrigDst(pinDir string, local, remote netip.AddrPort, netnsCookie uint64) (netip.AddrPort, error) {
+	if !local.Addr().Unmap().Is4() || !remote.Addr().Unmap().Is4() {
+		return netip.AddrPort{}, fmt.Errorf("original destination lookup: IPv4 only (%s, %s)", local, remote)
+	}
+	dirs := []string{pinDir}
+	if _, err := os.Stat(mapPin(pinDir, mapOrigTuple)); err != nil {
+		matches, _ := filepath.Glob(filepath.Join(pinDir, "cgroup-*"))
+		dirs = matches
+	}
+	key := tupleKey{
+		Netns:      netnsCookie,
+		LocalAddr:  be32(local.Addr().Unmap()),
+		LocalPort:  local.Port(),
+		RemoteAddr: be32(remote.Addr().Unmap()),
+		RemotePort: remote.Port(),
+	}
+	for _, dir := range dirs {
+		m, err := ebpf.LoadPinnedMap(mapPin(dir, mapOrigTuple), nil)
+		if err != nil {
+			continue
+		}
+		var v origValue
+		err = m.Lookup(&key, &v)
+		m.Close()
+		if err == nil {
+			return netip.AddrPortFrom(addrFromBE32(v.Addr), v.Port), nil
+		}
+	}
+	return netip.AddrPort{}, fmt.Errorf("%w for %s <- %s (netns cookie %d) under %s", ErrNoOrigDst, local, remote, netnsCookie, pinDir)
+}
