@@ -17,13 +17,13 @@ import (
 // that the SVG and Markdown reports are written. Everything the bench made must be gone afterwards.
 func TestBenchSmokeDirect(t *testing.T) {
 	requireRoot(t)
-	before := benchNetns()
+	prefix := "mcs" + randHex(2)
 	dir := t.TempDir()
 	svg, md := filepath.Join(dir, "bench.svg"), filepath.Join(dir, "bench.md")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, meshcapBin, "bench", "--quick", "--scenarios", "direct", "--rounds", "1",
-		"--duration", "200ms", "--warmup", "50ms", "--json", "--out-svg", svg, "--out-md", md)
+		"--duration", "200ms", "--warmup", "50ms", "--pod-prefix", prefix, "--json", "--out-svg", svg, "--out-md", md)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -81,20 +81,18 @@ func TestBenchSmokeDirect(t *testing.T) {
 	if data, _ := os.ReadFile(md); !strings.Contains(string(data), "| rr_1k_c16 | req/s |") {
 		t.Errorf("markdown report lacks the rr_1k_c16 row:\n%s", data)
 	}
-	// Pods are removed: no bench netns (mcb<hex>-c / -s) appeared and stayed.
-	for n := range benchNetns() {
-		if !before[n] {
-			t.Errorf("netns %s left behind", n)
-		}
+	// Pods are removed: none of this run's netns (<prefix><hex>-c / -s) stayed.
+	for n := range benchNetns(prefix) {
+		t.Errorf("netns %s left behind", n)
 	}
 }
 
-// benchNetns lists the network namespaces named like the bench's pods.
-func benchNetns() map[string]bool {
+// benchNetns lists the network namespaces named like the pods of a bench run with this --pod-prefix.
+func benchNetns(prefix string) map[string]bool {
 	out := map[string]bool{}
 	entries, _ := os.ReadDir("/var/run/netns")
 	for _, e := range entries {
-		if n := e.Name(); strings.HasPrefix(n, "mcb") && (strings.HasSuffix(n, "-c") || strings.HasSuffix(n, "-s")) {
+		if n := e.Name(); strings.HasPrefix(n, prefix) && (strings.HasSuffix(n, "-c") || strings.HasSuffix(n, "-s")) {
 			out[n] = true
 		}
 	}

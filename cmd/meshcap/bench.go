@@ -40,6 +40,7 @@ func newBenchCmd(log *zap.Logger) *cobra.Command {
 		binary                  string
 		pprofDir, pprofTest     string
 		cpus                    string
+		podPrefix               string
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -111,7 +112,8 @@ ratios are paired within a round. Output: a Markdown table, or JSON lines with -
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			rep, err := bench.Run(ctx, bench.Options{Meshcap: binary, Scenarios: scs, Tests: ts, Rounds: r,
-				Duration: d, Warmup: w, ProxyArgs: proxyArgs, Log: log, ProfileDir: pprofDir, ProfileTest: pprofTest, CPUs: cpus})
+				Duration: d, Warmup: w, ProxyArgs: proxyArgs, Log: log, ProfileDir: pprofDir, ProfileTest: pprofTest, CPUs: cpus,
+				PodPrefix: podPrefix})
 			if err != nil {
 				return fmt.Errorf("bench: %w", err)
 			}
@@ -161,6 +163,7 @@ ratios are paired within a round. Output: a Markdown table, or JSON lines with -
 	f.StringVar(&pprofDir, "pprof-dir", "", "collect a CPU profile of every sidecar proxy (via --admin-addr) during --pprof-test into this directory")
 	f.StringVar(&pprofTest, "pprof-test", "rr_1k_c16", "the test during which proxies are profiled")
 	f.StringVar(&cpus, "cpus", "", `pin server, client and proxies to these CPUs (taskset list, e.g. "0"); default unpinned`)
+	f.StringVar(&podPrefix, "pod-prefix", "mcb", "start of the names of the pods (netns + cgroup) the benchmark makes and removes")
 	f.StringVar(&binary, "meshcap", "", "meshcap binary for the pods' processes (default: this binary)")
 	return cmd
 }

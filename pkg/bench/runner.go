@@ -44,6 +44,9 @@ type Options struct {
 
 	// CPUs, when set (taskset list such as "0" or "0-1"), pins the server, client and proxies to those CPUs.
 	CPUs string
+
+	// PodPrefix starts the name of every pod (netns and cgroup) the benchmark makes; default "mcb".
+	PodPrefix string
 }
 
 // proxyPods is implemented by scenarios that run sidecar proxies (for profiling).
@@ -151,8 +154,12 @@ func randHex(n int) string {
 
 // runScenario builds the pod pair, sets up the scenario, runs every test and removes everything.
 func runScenario(ctx context.Context, o Options, env *Env, sc Scenario, round int) (obs []Observation, warns []string, err error) {
-	id := randHex(3)
-	client, err := podnet.NewPod("mcb" + id + "-c")
+	prefix := o.PodPrefix
+	if prefix == "" {
+		prefix = "mcb"
+	}
+	id := prefix + randHex(3)
+	client, err := podnet.NewPod(id + "-c")
 	if err != nil {
 		return nil, nil, err
 	}
@@ -161,7 +168,7 @@ func runScenario(ctx context.Context, o Options, env *Env, sc Scenario, round in
 			err = errors.Join(err, cerr)
 		}
 	}()
-	server, err := podnet.NewPod("mcb" + id + "-s")
+	server, err := podnet.NewPod(id + "-s")
 	if err != nil {
 		return nil, nil, err
 	}
