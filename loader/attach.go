@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -242,17 +243,22 @@ func OpenPinned(pinDir string) (*Objects, error) {
 	return objs, nil
 }
 
-// Detach detaches and unpins the attachment of cgroupDir. Detaching a cgroup that is not attached (or no longer
-// exists) is not an error; attached reports whether there was something to remove.
+// Detach detaches and unpins the attachment of cgroupDir. Detaching a cgroup that is not attached is not an
+// error; attached reports whether there was something to remove. When cgroupDir no longer exists, its inode (the
+// pin dir's name) cannot be known, so Detach removes every attachment whose cgroup is gone instead.
 func Detach(cgroupDir, pinRoot string) (attached bool, err error) {
 	if pinRoot == "" {
 		pinRoot = DefaultPinRoot
 	}
+	if ok, err := pinRootExists(pinRoot); !ok || err != nil {
+		return false, err
+	}
 	id, err := cgroupID(cgroupDir)
+	if errors.Is(err, os.ErrNotExist) {
+		removed, err := detachMatching(pinRoot, func(id uint64) bool { return cgroupPathByID(id) == "" })
+		return len(removed) > 0, err
+	}
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return false, nil
-		}
 		return false, err
 	}
 	dir := pinDirFor(pinRoot, id)
@@ -272,17 +278,36 @@ func DetachAll(pinRoot string) ([]string, error) {
 	if pinRoot == "" {
 		pinRoot = DefaultPinRoot
 	}
-	entries, err := os.ReadDir(pinRoot)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
+	if ok, err := pinRootExists(pinRoot); !ok || err != nil {
+		return nil, err
 	}
+	return detachMatching(pinRoot, func(uint64) bool { return true })
+}
+
+// pinRootExists reports whether pinRoot exists, and refuses one that is not on bpffs: detach removes what it finds
+// there, which must only ever be BPF pins.
+func pinRootExists(pinRoot string) (bool, error) {
+	if _, err := os.Stat(pinRoot); errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err := checkPinRoot(pinRoot); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// detachMatching detaches the cgroup-<id> attachments under pinRoot for which match(id) holds.
+func detachMatching(pinRoot string, match func(id uint64) bool) ([]string, error) {
+	entries, err := os.ReadDir(pinRoot)
 	if err != nil {
 		return nil, err
 	}
 	var removed []string
 	var errs []error
 	for _, e := range entries {
-		if !e.IsDir() || !strings.HasPrefix(e.Name(), "cgroup-") {
+		idText, ok := strings.CutPrefix(e.Name(), "cgroup-")
+		id, perr := strconv.ParseUint(idText, 10, 64)
+		if !e.IsDir() || !ok || perr != nil || !match(id) {
 			continue
 		}
 		dir := filepath.Join(pinRoot, e.Name())
@@ -322,6 +347,7 @@ func detachDir(dir string) error {
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
+	// Everything left in dir is a map pin: dir was found under a pin root checked to be on bpffs.
 	return os.RemoveAll(dir)
 }
 
