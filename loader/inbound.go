@@ -349,6 +349,88 @@ func DetachInboundCookie(pinRoot string, netnsCookie uint64) error {
 	return nil
 }
 
+// DetachAllInbound detaches every inbound attachment pinned under pinRoot ("" = DefaultInboundPinRoot), live or
+// not, and removes their pins. It returns the netns cookies it detached. Idempotent.
+func DetachAllInbound(pinRoot string) ([]uint64, error) {
+	cookies, err := inboundCookies(pinRoot)
+	if err != nil {
+		return nil, fmt.Errorf("detach all inbound: %w", err)
+	}
+	var done []uint64
+	var errs []error
+	for _, c := range cookies {
+		if err := DetachInboundCookie(pinRoot, c); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		done = append(done, c)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return done, fmt.Errorf("detach all inbound: %w", err)
+	}
+	return done, nil
+}
+
+// ListInbound reports every inbound attachment pinned under pinRoot ("" = DefaultInboundPinRoot), sorted by netns
+// cookie. An attachment whose pins cannot be read is skipped, with its error joined into the returned error.
+func ListInbound(pinRoot string) ([]InboundInfo, error) {
+	cookies, err := inboundCookies(pinRoot)
+	if err != nil {
+		return nil, fmt.Errorf("list inbound: %w", err)
+	}
+	var out []InboundInfo
+	var errs []error
+	for _, c := range cookies {
+		info, err := inboundInfo(InboundPinDir(pinRoot, c), c)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("netns cookie %d: %w", c, err))
+			continue
+		}
+		out = append(out, *info)
+	}
+	return out, errors.Join(errs...)
+}
+
+// InboundCookie returns the cookie of the network namespace at netnsPath (the name of its pin directory).
+func InboundCookie(netnsPath string) (uint64, error) {
+	ns, cookie, err := inbOpenNetns(netnsPath)
+	if err != nil {
+		return 0, err
+	}
+	ns.Close()
+	return cookie, nil
+}
+
+// inboundCookies lists the netns cookies that have an inbound pin directory under pinRoot.
+func inboundCookies(pinRoot string) ([]uint64, error) {
+	if pinRoot == "" {
+		pinRoot = DefaultInboundPinRoot
+	}
+	entries, err := os.ReadDir(pinRoot)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []uint64
+	for _, e := range entries {
+		var cookie uint64
+		if !e.IsDir() {
+			continue
+		}
+		if n, err := fmt.Sscanf(e.Name(), "netns-%d", &cookie); err != nil || n != 1 {
+			continue
+		}
+		if _, err := os.Stat(InboundPinDir(pinRoot, cookie)); err != nil {
+			continue
+		}
+		out = append(out, cookie)
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
 // PruneInbound removes the pins of inbound attachments whose network namespace no longer exists, and returns the
 // netns cookies it pruned.
 func PruneInbound(pinRoot string) ([]uint64, error) {

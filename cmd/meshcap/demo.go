@@ -21,11 +21,13 @@ func newDemoCmd(log *zap.Logger) *cobra.Command {
 	var opts demo.Options
 	cmd := &cobra.Command{
 		Use:   "demo",
-		Short: "Build a client and a server pod from netns + cgroups, capture the client with eBPF, show the proxy relaying",
+		Short: "Build a client and a server pod from netns + cgroups, capture both with eBPF, show the two-sidecar path",
 		Long: `demo builds two pods (network namespace + cgroup v2 each, joined by a veth), starts HTTP servers in the
-server pod, attaches meshcap's eBPF capture to the client pod's cgroup, runs the meshcap proxy as a sidecar in the
-client pod (started as root, running as uid 1337), sends requests from the client pod and prints what happened.
-Everything it made is removed at the end, also on Ctrl-C or error. Needs root.`,
+server pod, attaches meshcap's eBPF capture (outbound on the client pod's cgroup, inbound on the server pod's
+netns), runs a meshcap proxy as the sidecar of each pod (started as root, running as uid 1337), sends requests
+from the client pod and prints what happened: app -> client sidecar 15001 -> server sidecar 15006 -> app, an
+excluded port going direct, and the proxy's own uid exempt. Everything it made is removed at the end, also on
+Ctrl-C, SIGTERM, a closed output pipe or an error. Needs root.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if os.Geteuid() != 0 {
@@ -38,6 +40,8 @@ Everything it made is removed at the end, also on Ctrl-C or error. Needs root.`,
 			opts.Meshcap = self
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			// A closed stdout (demo | head) must not kill the demo before its cleanup: writes just fail.
+			signal.Ignore(syscall.SIGPIPE)
 			return demo.Run(ctx, log, cmd.OutOrStdout(), opts)
 		},
 	}

@@ -3,9 +3,13 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/meshcap/meshcap/loader"
 	"github.com/meshcap/meshcap/pkg/capture"
@@ -13,11 +17,14 @@ import (
 
 func init() { register(newEBPFCmd) }
 
-// newEBPFCmd groups the eBPF capture commands: attach and detach per cgroup.
+// ownNetns is the caller's own network namespace: the default of --netns.
+const ownNetns = "/proc/self/ns/net"
+
+// newEBPFCmd groups the eBPF capture commands: attach and detach (outbound per cgroup, inbound per netns).
 func newEBPFCmd(log *zap.Logger) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "ebpf",
-		Short: "Attach or detach eBPF outbound capture on a cgroup (in-kernel replacement for istio-init's NAT rules)",
+		Short: "Attach or detach eBPF capture: outbound on a cgroup, inbound on a network namespace (in-kernel replacement for istio-init's NAT rules)",
 		Args:  cobra.NoArgs,
 	}
 	cmd.AddCommand(newEBPFAttachCmd(log), newEBPFDetachCmd(log))
@@ -26,25 +33,33 @@ func newEBPFCmd(log *zap.Logger) *cobra.Command {
 
 func newEBPFAttachCmd(log *zap.Logger) *cobra.Command {
 	cfg := capture.Default()
-	var cgroupDir, pinRoot string
+	var cgroupDir, netnsPath, pinRoot string
 	cmd := &cobra.Command{
-		Use:   "attach --cgroup DIR [capture flags]",
-		Short: "Capture outbound TCP of every process in a cgroup v2 directory",
+		Use:   "attach --cgroup DIR [--netns PATH] [capture flags]",
+		Short: "Capture outbound TCP of every process in a cgroup v2 directory, and inbound TCP of a network namespace when -b is set",
 		Long: `Attaches the outbound capture programs (cgroup/connect4, sockops, cgroup/getsockopt, cgroup/getpeername4)
 to a cgroup v2 directory. A TCP connect from a process in it is sent to 127.0.0.1:<-p> unless exempt, with the
 same decision order as istio's ISTIO_OUTPUT chain: -o ports, then -u/-g owners, then loopback, then -x CIDRs,
 then -q ports, then -i CIDRs ('*' = all). The proxy learns the original destination with
 getsockopt(SOL_IP, SO_ORIGINAL_DST), exactly as under iptables REDIRECT.
 
-Links and maps are pinned under --pin-dir/cgroup-<cgroup id>, so capture stays after this command exits.
-Attaching a cgroup that is already attached replaces its settings atomically.
+With -b ('*' or a port list) it also attaches inbound capture to the network namespace --netns (default: the
+caller's own): an sk_lookup program hands new inbound TCP connections to the captured ports to the proxy's
+listener on -z (15006), minus the -d ports (with -b '*') and the tunnel port -e, as istio's ISTIO_INBOUND chain.
+The proxy registers its listener itself when it starts (meshcap proxy does); a proxy already running is found and
+registered by this command. Without -b, inbound capture of that netns is removed if it was attached.
+
+Links and maps are pinned under --pin-dir (cgroup-<cgroup id>/ and netns-<netns cookie>/inbound/), so capture
+stays after this command exits. Attaching again replaces the settings atomically. When --pin-dir is under
+/sys/fs/bpf and no bpffs is mounted there, it is mounted (host mount namespace only).
 Capture flags and their environment variables are istio-iptables' own.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runEBPFAttach(log, cgroupDir, pinRoot, cfg)
+			return runEBPFAttach(log, cgroupDir, netnsPath, pinRoot, cfg)
 		},
 	}
 	cmd.Flags().StringVar(&cgroupDir, "cgroup", "", "cgroup v2 directory to capture (required)")
+	cmd.Flags().StringVar(&netnsPath, "netns", ownNetns, "network namespace for inbound capture (/var/run/netns/NAME or /proc/PID/ns/net)")
 	cmd.Flags().StringVar(&pinRoot, "pin-dir", loader.DefaultPinRoot, "bpffs directory where links and maps are pinned")
 	bindCaptureFlags(cmd, &cfg)
 	return cmd
@@ -56,16 +71,26 @@ func bindCaptureFlags(cmd *cobra.Command, cfg *capture.Config) {
 	capture.BindCaptureFlags(cmd.Flags(), cfg, nil)
 }
 
-func runEBPFAttach(log *zap.Logger, cgroupDir, pinRoot string, cfg capture.Config) error {
+func runEBPFAttach(log *zap.Logger, cgroupDir, netnsPath, pinRoot string, cfg capture.Config) error {
 	if cgroupDir == "" {
 		return errors.New("ebpf attach: --cgroup is required")
+	}
+	if netnsPath == "" {
+		return errors.New("ebpf attach: invalid --netns \"\": want /var/run/netns/NAME or /proc/PID/ns/net")
 	}
 	cfg.ResolveDefaults()
 	pol, err := cfg.Policy()
 	if err != nil {
 		return fmt.Errorf("ebpf attach: %w", err)
 	}
+	// Check the netns before touching anything, so that a bad --netns leaves nothing half-applied.
+	if _, err := loader.InboundCookie(netnsPath); err != nil {
+		return fmt.Errorf("ebpf attach: invalid --netns %q: %w", netnsPath, err)
+	}
 	warnUnsupported(log, cfg)
+	if err := ensureBPFFS(log, pinRoot); err != nil {
+		return fmt.Errorf("ebpf attach: %w", err)
+	}
 	a, err := loader.Attach(cgroupDir, pol, pinRoot, loader.LoadOptions{})
 	if err != nil {
 		return fmt.Errorf("ebpf attach: %w", err)
@@ -79,11 +104,67 @@ func runEBPFAttach(log *zap.Logger, cgroupDir, pinRoot string, cfg capture.Confi
 		zap.Uint16("proxyPort", pol.ProxyPort), zap.Uint32s("proxyUIDs", pol.ProxyUIDs), zap.Uint32s("proxyGIDs", pol.ProxyGIDs),
 		zap.Bool("outboundAll", pol.OutboundAll), zap.Stringers("include", pol.OutboundIncludeCIDRs),
 		zap.Stringers("exclude", pol.OutboundExcludeCIDRs))
+
+	if !pol.InboundEnabled() {
+		// -b empty: no inbound capture in this netns (istio adds no PREROUTING jump). Remove one left from before.
+		if _, err := loader.InboundStatus(netnsPath, pinRoot); err == nil {
+			if err := loader.DetachInbound(netnsPath, pinRoot); err != nil {
+				return fmt.Errorf("ebpf attach: -b is empty: %w", err)
+			}
+			log.Info("detached inbound capture (-b is empty)", zap.String("netns", netnsPath))
+		}
+		return nil
+	}
+	info, err := loader.AttachInbound(netnsPath, pol, loader.InboundOptions{PinRoot: pinRoot, FindListener: true})
+	if err != nil {
+		if !a.Replaced {
+			if _, derr := loader.Detach(cgroupDir, pinRoot); derr != nil {
+				err = errors.Join(err, fmt.Errorf("undo outbound attach: %w", derr))
+			}
+		}
+		return fmt.Errorf("ebpf attach: %w", err)
+	}
+	log.Info("attached inbound capture", zap.String("netns", netnsPath), zap.Uint64("netnsCookie", info.NetnsCookie),
+		zap.String("pinDir", info.PinDir), zap.Uint16("capturePort", info.CapturePort), zap.Uint16("tunnelPort", info.TunnelPort),
+		zap.Bool("allPorts", info.AllPorts), zap.Uint16s("ports", info.Ports), zap.Bool("listenerRegistered", info.Listener))
+	if !info.Listener {
+		log.Info("no proxy listens on the inbound capture port yet: captured inbound connections are refused until it starts and registers itself",
+			zap.Uint16("port", info.CapturePort))
+	}
 	return nil
 }
 
-// warnUnsupported names the istio settings that the eBPF outbound programs do not implement (they are accepted so
-// that istio-init argument lists work unchanged).
+// ensureBPFFS mounts bpffs at /sys/fs/bpf when the pin root lies under it and nothing is mounted there, as users
+// expect from a root CLI (systemd normally mounts it). Only in the host's mount namespace (that of PID 1): in a
+// private one (`ip netns exec`, a container without the host's /sys/fs/bpf) the new instance, and every pin in it,
+// would vanish with that namespace, silently detaching the capture. There the loader's error explains instead.
+func ensureBPFFS(log *zap.Logger, pinRoot string) error {
+	const mnt = "/sys/fs/bpf"
+	clean := filepath.Clean(pinRoot)
+	if clean != mnt && !strings.HasPrefix(clean, mnt+"/") {
+		return nil
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(mnt, &st); err != nil || st.Type == unix.BPF_FS_MAGIC {
+		return nil // absent (the loader reports it) or already bpffs
+	}
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	self, err1 := os.Readlink("/proc/self/ns/mnt")
+	init, err2 := os.Readlink("/proc/1/ns/mnt")
+	if err1 != nil || err2 != nil || self != init {
+		return fmt.Errorf("no bpf filesystem at %s, and this process is not in the host's mount namespace, where one would have to be mounted (mount -t bpf bpf %s on the host, or bind it in)", mnt, mnt)
+	}
+	if err := unix.Mount("bpf", mnt, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("mount bpffs at %s: %w", mnt, err)
+	}
+	log.Info("mounted a bpf filesystem (none was mounted)", zap.String("path", mnt))
+	return nil
+}
+
+// warnUnsupported names the istio settings that the eBPF programs do not implement (they are accepted so that
+// istio-init argument lists work unchanged).
 func warnUnsupported(log *zap.Logger, c capture.Config) {
 	for _, s := range []struct {
 		on   bool
@@ -92,52 +173,83 @@ func warnUnsupported(log *zap.Logger, c capture.Config) {
 		{c.KubeVirtInterfaces != "", "-k/--kube-virt-interfaces"},
 		{c.ExcludeInterfaces != "", "-c/--istio-exclude-interfaces"},
 		{c.RedirectDNS || c.CaptureAllDNS, "DNS capture (--redirect-dns/--capture-all-dns)"},
-		{c.InboundInterceptionMode == "TPROXY", "-m TPROXY"},
+		{c.InboundInterceptionMode == "TPROXY", "-m TPROXY (sk_lookup already preserves the client address and original destination)"},
 		{c.OwnerGroupsInclude != "" && c.OwnerGroupsInclude != "*", "ISTIO_OUTBOUND_OWNER_GROUPS"},
 		{c.OwnerGroupsExclude != "", "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE"},
-		{c.InboundPortsInclude != "", "-b/--istio-inbound-ports (inbound capture is attached per netns, not by ebpf attach)"},
 	} {
 		if s.on {
-			log.Warn("not applied by eBPF outbound capture: " + s.what)
+			log.Warn("not applied by eBPF capture: " + s.what)
 		}
 	}
 }
 
 func newEBPFDetachCmd(log *zap.Logger) *cobra.Command {
-	var cgroupDir, pinRoot string
+	var cgroupDir, netnsPath, pinRoot string
 	cmd := &cobra.Command{
-		Use:   "detach [--cgroup DIR]",
-		Short: "Detach and unpin eBPF outbound capture of one cgroup, or of every cgroup when --cgroup is not given",
-		Long: `Detaches the outbound capture of --cgroup (or of every attachment pinned under --pin-dir, including those whose
-cgroup is gone) and removes the pins. Detaching what is not attached is not an error.`,
+		Use:   "detach [--cgroup DIR] [--netns PATH]",
+		Short: "Detach and unpin eBPF capture: of one cgroup (and a netns), of one netns, or everything",
+		Long: `With --cgroup: detaches the outbound capture of that cgroup and the inbound capture of --netns (default: the
+caller's own network namespace). With only --netns: detaches the inbound capture of that network namespace.
+With neither: detaches every attachment pinned under --pin-dir, outbound and inbound, including those whose
+cgroup or network namespace is gone. Pins are removed. Detaching what is not attached is not an error.
+Connections already established are left alone; new ones go direct again.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if cgroupDir == "" {
-				removed, err := loader.DetachAll(pinRoot)
-				for _, d := range removed {
-					log.Info("detached outbound capture", zap.String("pinDir", d))
-				}
-				if err != nil {
-					return fmt.Errorf("ebpf detach: %w", err)
-				}
-				if len(removed) == 0 {
-					log.Info("nothing attached", zap.String("pinDir", pinRoot))
-				}
-				return nil
+			if cgroupDir == "" && !cmd.Flags().Changed("netns") {
+				return detachEverything(log, pinRoot)
 			}
-			was, err := loader.Detach(cgroupDir, pinRoot)
-			if err != nil {
+			if netnsPath == "" {
+				return errors.New("ebpf detach: invalid --netns \"\": want /var/run/netns/NAME or /proc/PID/ns/net")
+			}
+			var errs []error
+			if cgroupDir != "" {
+				was, err := loader.Detach(cgroupDir, pinRoot)
+				switch {
+				case err != nil:
+					errs = append(errs, err)
+				case was:
+					log.Info("detached outbound capture", zap.String("cgroup", cgroupDir))
+				default:
+					log.Info("outbound capture not attached", zap.String("cgroup", cgroupDir))
+				}
+			}
+			_, serr := loader.InboundStatus(netnsPath, pinRoot)
+			if err := loader.DetachInbound(netnsPath, pinRoot); err != nil {
+				errs = append(errs, err)
+			} else if serr == nil {
+				log.Info("detached inbound capture", zap.String("netns", netnsPath))
+			} else {
+				log.Info("inbound capture not attached", zap.String("netns", netnsPath))
+			}
+			if err := errors.Join(errs...); err != nil {
 				return fmt.Errorf("ebpf detach: %w", err)
 			}
-			if was {
-				log.Info("detached outbound capture", zap.String("cgroup", cgroupDir))
-			} else {
-				log.Info("not attached", zap.String("cgroup", cgroupDir))
-			}
+			_ = os.Remove(pinRoot) // only when nothing else is pinned there
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&cgroupDir, "cgroup", "", "cgroup v2 directory to detach (default: every attachment)")
+	cmd.Flags().StringVar(&netnsPath, "netns", ownNetns, "network namespace whose inbound capture to detach (default with --cgroup: the caller's own)")
 	cmd.Flags().StringVar(&pinRoot, "pin-dir", loader.DefaultPinRoot, "bpffs directory where links and maps are pinned")
 	return cmd
+}
+
+// detachEverything removes every inbound and outbound attachment under pinRoot (inbound first: DetachAll removes
+// the pin root once it is empty).
+func detachEverything(log *zap.Logger, pinRoot string) error {
+	cookies, ierr := loader.DetachAllInbound(pinRoot)
+	for _, c := range cookies {
+		log.Info("detached inbound capture", zap.Uint64("netnsCookie", c))
+	}
+	removed, oerr := loader.DetachAll(pinRoot)
+	for _, d := range removed {
+		log.Info("detached outbound capture", zap.String("pinDir", d))
+	}
+	if err := errors.Join(ierr, oerr); err != nil {
+		return fmt.Errorf("ebpf detach: %w", err)
+	}
+	if len(removed) == 0 && len(cookies) == 0 {
+		log.Info("nothing attached", zap.String("pinDir", pinRoot))
+	}
+	return nil
 }

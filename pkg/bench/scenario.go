@@ -83,10 +83,10 @@ var (
 	iptablesFull = []string{"iptables", "-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-b", "*"}
 	ebpfOut      = []string{"ebpf", "attach", "--cgroup", "{cgroup}", "-i", "*"}
 	ebpfDetach   = []string{"ebpf", "detach", "--cgroup", "{cgroup}"}
-	// Inbound eBPF capture is attached per netns (sk_lookup steering the pod's ports to 15006). Its command line is
-	// not final yet: these two are the plug-in point for the -full scenario.
-	ebpfInbound       = []string{"ebpf", "inbound", "attach", "--netns", "{netns}", "-b", "*"}
-	ebpfInboundDetach = []string{"ebpf", "inbound", "detach", "--netns", "{netns}"}
+	// The -full variant adds inbound capture of the pod's netns (sk_lookup steering its ports to 15006) in the same
+	// command; the sidecar, already running, is found and registered by the attach. Detach removes both.
+	ebpfFull       = []string{"ebpf", "attach", "--cgroup", "{cgroup}", "--netns", "{netns}", "-i", "*", "-b", "*"}
+	ebpfFullDetach = []string{"ebpf", "detach", "--cgroup", "{cgroup}", "--netns", "{netns}"}
 )
 
 // Builtin returns the known scenarios by name. "iptables" and "ebpf" capture the client's outbound connections into
@@ -94,12 +94,10 @@ var (
 func Builtin() map[string]Scenario {
 	ipt := func(args []string) *Sidecar { return &Sidecar{Proxy: true, Capture: []Step{{Args: args, InPod: true}}} }
 	bpf := func(inbound bool) *Sidecar {
-		sc := &Sidecar{Proxy: true, Capture: []Step{{Args: ebpfOut}}, Undo: []Step{{Args: ebpfDetach}}}
 		if inbound {
-			sc.Capture = append(sc.Capture, Step{Args: ebpfInbound})
-			sc.Undo = append(sc.Undo, Step{Args: ebpfInboundDetach})
+			return &Sidecar{Proxy: true, Capture: []Step{{Args: ebpfFull}}, Undo: []Step{{Args: ebpfFullDetach}}}
 		}
-		return sc
+		return &Sidecar{Proxy: true, Capture: []Step{{Args: ebpfOut}}, Undo: []Step{{Args: ebpfDetach}}}
 	}
 	return map[string]Scenario{
 		"direct":        Direct{},

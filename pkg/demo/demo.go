@@ -1,5 +1,7 @@
-// Package demo is `meshcap demo`: two pods made of network namespaces and cgroups, eBPF capture on the client
-// pod, the meshcap proxy as its sidecar, requests that show the capture, and a full cleanup.
+// Package demo is `meshcap demo`: two pods made of network namespaces and cgroups, each with the meshcap proxy as
+// its sidecar; eBPF outbound capture on the client pod and inbound capture on the server pod, so that a request
+// takes the full two-sidecar path (app -> client sidecar 15001 -> server sidecar 15006 -> app, which sees
+// 127.0.0.6), one excluded port going straight to the app; then a full cleanup.
 //
 // Invariants: the demo drives the meshcap binary's own subcommands (ebpf attach/detach, proxy, status), so it shows
 // exactly what a user runs; everything it creates is undone before Run returns, on success, error or Ctrl-C.
@@ -60,18 +62,32 @@ func Run(ctx context.Context, log *zap.Logger, out io.Writer, o Options) (err er
 }
 
 type run struct {
-	log            *zap.Logger
-	out            io.Writer
-	o              Options
-	client, server *podnet.Pod
-	servers        []*http.Server
-	attached       bool
-	proxy          *exec.Cmd
-	proxyDone      chan error
-	proxyLog       *logBuffer
-	proxyStopped   bool
-	workDir        string
+	log                          *zap.Logger
+	out                          io.Writer
+	o                            Options
+	client, server               *podnet.Pod
+	servers                      []*http.Server
+	clientAttached, serverAttach bool
+	sidecars                     []*sidecar // client's, then server's
+	workDir                      string
 }
+
+// sidecar is one pod's meshcap proxy.
+type sidecar struct {
+	role    string // "client" or "server"
+	pod     *podnet.Pod
+	cmd     *exec.Cmd
+	done    chan error
+	log     *logBuffer
+	stopped bool
+	stats   string // --stats-file
+}
+
+// The server pod's inbound capture: every port except excludedPort (istio's -b '*' -d).
+const (
+	capturedPort = 8080
+	excludedPort = 9090
+)
 
 func (d *run) say(format string, args ...any) { fmt.Fprintf(d.out, format+"\n", args...) }
 
@@ -103,7 +119,7 @@ func (d *run) buildPods(context.Context) error {
 }
 
 func (d *run) startServers(context.Context) error {
-	for _, port := range []int{8080, 9090} {
+	for _, port := range []int{capturedPort, excludedPort} {
 		ln, err := d.server.Listen(fmt.Sprintf("0.0.0.0:%d", port))
 		if err != nil {
 			return err
@@ -112,7 +128,7 @@ func (d *run) startServers(context.Context) error {
 		d.servers = append(d.servers, srv)
 		go func() { _ = srv.Serve(ln) }()
 	}
-	d.say("   HTTP servers in the server pod on :8080 and :9090")
+	d.say("   HTTP servers in the server pod on :%d and :%d (they answer with the addresses they see)", capturedPort, excludedPort)
 	return nil
 }
 
@@ -131,43 +147,83 @@ func (d *run) meshcap(ctx context.Context, args ...string) (string, error) {
 
 func (d *run) attach(ctx context.Context) error {
 	args := []string{"ebpf", "attach", "--cgroup", d.client.CgroupDir, "-i", "*"}
-	d.say("\n== capture: meshcap %s", strings.Join(args, " "))
-	d.attached = true // detach is idempotent: undo even a half-done attach
+	d.say("\n== capture, client pod (outbound): meshcap %s", strings.Join(args, " "))
+	d.clientAttached = true // detach is idempotent: undo even a half-done attach
 	if _, err := d.meshcap(ctx, args...); err != nil {
 		return err
 	}
 	d.say("   connect4, sockops, getsockopt and getpeername4 programs attached to the client pod's cgroup")
+	args = []string{"ebpf", "attach", "--cgroup", d.server.CgroupDir, "--netns", d.server.NetnsPath, "-b", "*", "-d", fmt.Sprint(excludedPort)}
+	d.say("\n== capture, server pod (inbound): meshcap %s", strings.Join(quote(args), " "))
+	d.serverAttach = true
+	if _, err := d.meshcap(ctx, args...); err != nil {
+		return err
+	}
+	d.say("   sk_lookup program attached to the server pod's netns: new inbound TCP connections go to its sidecar's")
+	d.say("   listener on 15006, except port %d (-d) and 15008 (-e); no NAT, no conntrack", excludedPort)
 	return nil
 }
 
+func quote(args []string) []string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		if a == "*" {
+			a = "'*'"
+		}
+		out[i] = a
+	}
+	return out
+}
+
 func (d *run) startProxy(ctx context.Context) error {
-	stats := filepath.Join(d.workDir, "proxy-stats.json")
-	d.proxy = exec.Command(d.o.Meshcap, "proxy", "--log-connections", "--no-inbound", "--stats-file", stats)
-	d.proxyLog = &logBuffer{}
-	d.proxy.Stdout, d.proxy.Stderr = d.proxyLog, d.proxyLog
-	if err := d.client.Start(d.proxy, nil); err != nil {
-		return err
+	for _, pod := range []*podnet.Pod{d.client, d.server} {
+		sc := &sidecar{role: "client", pod: pod, log: &logBuffer{}, done: make(chan error, 1)}
+		if pod == d.server {
+			sc.role = "server"
+		}
+		sc.stats = filepath.Join(d.workDir, sc.role+"-proxy-stats.json")
+		sc.cmd = exec.Command(d.o.Meshcap, "proxy", "--log-connections", "--stats-file", sc.stats)
+		sc.cmd.Stdout, sc.cmd.Stderr = sc.log, sc.log
+		if err := pod.Start(sc.cmd, nil); err != nil {
+			return err
+		}
+		d.sidecars = append(d.sidecars, sc)
+		go func() { sc.done <- sc.cmd.Wait() }()
+		for _, port := range []int{15001, 15006} {
+			if err := pod.WaitListening(ctx, port); err != nil {
+				return fmt.Errorf("%s proxy did not start: %w\n%s", sc.role, err, sc.log.String())
+			}
+		}
+		// Registration (before the privilege drop) is logged before "dropped privileges".
+		for deadline := time.Now().Add(5 * time.Second); !strings.Contains(sc.log.String(), "dropped privileges") && time.Now().Before(deadline); {
+			time.Sleep(20 * time.Millisecond)
+		}
+		registered := ""
+		if strings.Contains(sc.log.String(), "registered the inbound listener") {
+			registered = "; it registered its 15006 listener with the pod's inbound capture"
+		}
+		d.say("\n== sidecar: meshcap proxy in the %s pod, on 127.0.0.1:15001 and 0.0.0.0:15006, started as root, now uid %s%s",
+			sc.role, procUID(sc.cmd.Process.Pid), registered)
 	}
-	d.proxyDone = make(chan error, 1)
-	go func() { d.proxyDone <- d.proxy.Wait() }()
-	if err := d.client.WaitListening(ctx, 15001); err != nil {
-		return fmt.Errorf("proxy did not start: %w\n%s", err, d.proxyLog.String())
-	}
-	d.say("\n== sidecar: meshcap proxy started as root in the client pod, listening on 127.0.0.1:15001, now uid %s", procUID(d.proxy.Process.Pid))
 	return nil
 }
 
 func (d *run) traffic(ctx context.Context) error {
+	captured := fmt.Sprintf("http://%s:%d/", serverAddr.Addr(), capturedPort)
+	excluded := fmt.Sprintf("http://%s:%d/", serverAlt.Addr(), excludedPort)
 	var urls []string
 	for i := 0; i < d.o.Requests; i++ {
-		urls = append(urls, "http://198.18.0.2:8080/", "http://198.18.1.2:9090/")
+		urls = append(urls, captured, excluded)
 	}
 	d.say("\n== requests from an app in the client pod (uid 2000, in the captured cgroup)")
+	d.say("   :%d  app -> client sidecar 15001 -> server sidecar 15006 -> app, which sees the sidecar's 127.0.0.6", capturedPort)
+	d.say("   :%d  app -> client sidecar 15001 -> app directly (excluded from inbound capture), which sees %s", excludedPort, d.client.IP)
 	if err := d.clientRun(ctx, &podnet.Cred{UID: 2000, GID: 2000}, urls...); err != nil {
 		return err
 	}
-	d.say("\n== the same request as uid 1337 (the proxy's own uid): exempt, so it goes direct")
-	if err := d.clientRun(ctx, &podnet.Cred{UID: 1337, GID: 1337}, "http://198.18.0.2:8080/"); err != nil {
+	d.say("\n== the same request as uid 1337 (the proxy's own uid): exempt from outbound capture, so it leaves the client")
+	d.say("   pod directly; inbound capture in the server pod still hands it to the server's sidecar")
+	if err := d.clientRun(ctx, &podnet.Cred{UID: 1337, GID: 1337}, captured); err != nil {
 		return err
 	}
 	return nil
@@ -191,63 +247,81 @@ func (d *run) clientRun(ctx context.Context, cred *podnet.Cred, urls ...string) 
 }
 
 func (d *run) report(ctx context.Context) error {
-	out, err := d.meshcap(ctx, "status")
-	d.say("\n== meshcap status (while capture is attached)")
+	out, err := d.meshcap(ctx, "status", "--netns", d.server.NetnsPath)
+	d.say("\n== meshcap status --netns %s (while capture is attached)", d.server.NetnsPath)
 	for _, line := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
 		d.say("   %s", line)
 	}
 	if err != nil {
 		return err
 	}
-	d.stopProxy() // its final stats write happens on a graceful stop
-	d.say("\n== what the proxy relayed (its log; each original destination came from SO_ORIGINAL_DST, answered by BPF)")
-	for _, line := range strings.Split(d.proxyLog.String(), "\n") {
-		if strings.Contains(line, "original_dst") {
-			d.say("   %s", strings.TrimSpace(line))
+	for _, sc := range d.sidecars {
+		sc.stop(d) // its final stats write happens on a graceful stop
+	}
+	for _, sc := range d.sidecars {
+		how := "outbound: from SO_ORIGINAL_DST, answered by BPF"
+		if sc.role == "server" {
+			how = "inbound: the accepted socket's own local address, left untouched by sk_lookup"
 		}
+		d.say("\n== what the %s sidecar relayed (its log; original destination %s)", sc.role, how)
+		for _, line := range strings.Split(sc.log.String(), "\n") {
+			if strings.Contains(line, "original_dst") {
+				d.say("   %s", strings.TrimSpace(line))
+			}
+		}
+		stats, err := os.ReadFile(sc.stats)
+		if err != nil {
+			return fmt.Errorf("read %s proxy stats: %w", sc.role, err)
+		}
+		var compact bytes.Buffer
+		if err := json.Compact(&compact, stats); err != nil {
+			return fmt.Errorf("%s proxy stats %q: %w", sc.role, stats, err)
+		}
+		d.say("   counters: %s", compact.String())
 	}
-	stats, err := os.ReadFile(filepath.Join(d.workDir, "proxy-stats.json"))
-	if err != nil {
-		return fmt.Errorf("read proxy stats: %w", err)
-	}
-	var compact bytes.Buffer
-	if err := json.Compact(&compact, stats); err != nil {
-		return fmt.Errorf("proxy stats %q: %w", stats, err)
-	}
-	d.say("   counters: %s", compact.String())
-	d.say("   the proxy's own upstream connections ran as uid 1337: exempt from capture, so no loop")
+	d.say("\n   the sidecars' own upstream connections ran as uid 1337 (exempt from outbound capture) and the server")
+	d.say("   sidecar's came from 127.0.0.6 (never steered inbound), so no loop")
 	return nil
 }
 
-// stopProxy stops the proxy gracefully (SIGINT: drain, final stats write), killing it after 5 s. Idempotent.
-func (d *run) stopProxy() {
-	if d.proxy == nil || d.proxy.Process == nil || d.proxyStopped {
+// stop stops the proxy gracefully (SIGINT: drain, final stats write), killing it after 5 s. Idempotent.
+func (sc *sidecar) stop(d *run) {
+	if sc.cmd == nil || sc.cmd.Process == nil || sc.stopped {
 		return
 	}
-	d.proxyStopped = true
-	_ = d.proxy.Process.Signal(os.Interrupt)
+	sc.stopped = true
+	_ = sc.cmd.Process.Signal(os.Interrupt)
 	select {
-	case <-d.proxyDone:
+	case <-sc.done:
 	case <-time.After(5 * time.Second):
-		_ = d.proxy.Process.Kill()
-		<-d.proxyDone
+		_ = sc.cmd.Process.Kill()
+		<-sc.done
 	}
-	d.say("   proxy stopped")
+	d.say("   %s proxy stopped", sc.role)
 }
 
 // cleanup undoes every step that ran, in reverse order; each undo is safe to repeat.
 func (d *run) cleanup() error {
 	var errs []error
 	d.say("\n== cleanup")
-	d.stopProxy()
-	if d.attached {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		if _, err := d.meshcap(ctx, "ebpf", "detach", "--cgroup", d.client.CgroupDir); err != nil {
+	for i := len(d.sidecars) - 1; i >= 0; i-- {
+		d.sidecars[i].stop(d)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if d.serverAttach {
+		if _, err := d.meshcap(ctx, "ebpf", "detach", "--cgroup", d.server.CgroupDir, "--netns", d.server.NetnsPath); err != nil {
 			errs = append(errs, err)
 		} else {
-			d.say("   capture detached")
+			d.say("   server pod capture detached")
 		}
-		cancel()
+	}
+	if d.clientAttached {
+		if _, err := d.meshcap(ctx, "ebpf", "detach", "--cgroup", d.client.CgroupDir, "--netns", d.client.NetnsPath); err != nil {
+			errs = append(errs, err)
+		} else {
+			d.say("   client pod capture detached")
+		}
 	}
 	for _, srv := range d.servers {
 		_ = srv.Close()

@@ -1,0 +1,43 @@
+package main
+
+import (
+	"errors"
+	"os"
+
+	"github.com/spf13/pflag"
+	"go.uber.org/zap"
+
+	"github.com/meshcap/meshcap/loader"
+	"github.com/meshcap/meshcap/proxy"
+)
+
+// Inbound capture in eBPF mode: the proxy registers its own inbound listener in the sk_lookup sockmap pinned for
+// its network namespace (docs/inbound.md, "the proxy registers itself"). Kept out of proxy.go on purpose.
+
+// bindProxyInboundFlags registers the proxy's eBPF inbound flags.
+func bindProxyInboundFlags(fl *pflag.FlagSet, pinDir *string) {
+	fl.StringVar(pinDir, "pin-dir", loader.DefaultPinRoot, "bpffs directory of meshcap's pins, where the inbound listener is registered in eBPF mode")
+}
+
+// registerInbound puts the proxy's inbound listener into the inbound capture of its network namespace. Called
+// after Listen and before dropping privileges (it needs CAP_BPF). Not being in eBPF inbound mode is normal
+// (iptables mode, or capture attached later: `meshcap ebpf attach` then finds the listener itself); any other
+// failure is logged, because captured inbound connections are refused until a listener is registered.
+func registerInbound(log *zap.Logger, p *proxy.Proxy, pinDir string) {
+	ln := p.Listener(proxy.Inbound)
+	if ln == nil || pinDir == "" {
+		return
+	}
+	err := loader.RegisterInboundListener(pinDir, ln)
+	switch {
+	case err == nil:
+		log.Info("registered the inbound listener with eBPF inbound capture", zap.String("pinDir", pinDir))
+	case errors.Is(err, loader.ErrInboundNotAttached):
+		log.Debug("not in eBPF inbound mode (no inbound capture attached in this netns)", zap.Error(err))
+	case os.Geteuid() != 0:
+		log.Debug("cannot register the inbound listener with eBPF inbound capture (not root)", zap.Error(err))
+	default:
+		log.Warn("cannot register the inbound listener with eBPF inbound capture: captured inbound connections are refused until `meshcap ebpf attach` finds it",
+			zap.Error(err))
+	}
+}
