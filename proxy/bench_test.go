@@ -2,9 +2,11 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,6 +20,7 @@ func BenchmarkConnRR(b *testing.B) {
 	run := func(b *testing.B, target netip.AddrPort) {
 		buf := make([]byte, 1)
 		b.ReportAllocs()
+		defer reportCPU(b)()
 		for b.Loop() {
 			c, err := net.DialTCP("tcp4", nil, net.TCPAddrFromAddrPort(target))
 			if err != nil {
@@ -67,4 +70,58 @@ func benchServe(b *testing.B) netip.AddrPort {
 		}
 	}()
 	return tcpAddrPort(ln.Addr())
+}
+
+// BenchmarkRR measures request/response exchanges of size bytes on one persistent connection through the proxy,
+// in both copy modes (the bench's rr_* tests use 1 B and 1 KiB messages).
+func BenchmarkRR(b *testing.B) {
+	echoAddr := benchServe(b)
+	for _, size := range []int{1, 1024} {
+		for _, mode := range []CopyMode{CopySplice, CopyBuffer} {
+			b.Run(fmt.Sprintf("%s-%d", mode, size), func(b *testing.B) {
+				res := &fixedResolver{}
+				res.set(echoAddr)
+				p, err := New(Config{OutboundAddr: "127.0.0.1:0", Resolver: res, Copy: mode, DrainTimeout: time.Second}, zap.NewNop())
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := p.Listen(); err != nil {
+					b.Fatal(err)
+				}
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan struct{})
+				go func() { p.Serve(ctx); close(done) }()
+				defer func() { cancel(); <-done }()
+				c, err := net.DialTCP("tcp4", nil, net.TCPAddrFromAddrPort(p.Addr(Outbound)))
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer c.Close()
+				buf := make([]byte, size)
+				b.ReportAllocs()
+				defer reportCPU(b)()
+				for b.Loop() {
+					if _, err := c.Write(buf); err != nil {
+						b.Fatal(err)
+					}
+					if _, err := io.ReadFull(c, buf); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
+
+// reportCPU reports the process's CPU time (user + system, all goroutines: client, proxy and echo server) per
+// operation as cpu-ns/op; call the returned function when the loop is done.
+func reportCPU(b *testing.B) func() {
+	t0 := cpuTime()
+	return func() { b.ReportMetric(float64(cpuTime()-t0)/float64(b.N), "cpu-ns/op") }
+}
+
+func cpuTime() int64 {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return ru.Utime.Nano() + ru.Stime.Nano()
 }

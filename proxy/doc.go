@@ -12,9 +12,14 @@
 //     whose peer is one of the proxy's own upstream sockets, is closed and counted (loop).
 //   - Listeners are opened before privileges are dropped; every upstream socket is created afterwards, as the exempt
 //     uid/gid, so that capture does not catch the proxy's own traffic. MPTCP is off on every socket.
-//   - At most two goroutines per relayed connection (the per-connection goroutine copies one direction itself);
+//   - At most two goroutines per relayed connection (the per-connection goroutine copies one direction itself),
+//     reused across connections (workers.go: up to maxIdleWorkers wait for work, keeping their grown stacks);
 //     copy buffers are pooled; splice mode uses the kernel's zero-copy path, buffer mode plain read/write (needed
 //     when sockets sit in a sockmap with sk_msg redirection).
+//   - Per-connection syscalls are kept to what relaying needs: no TCP keep-alive setsockopts (Envoy's default
+//     too), upstream sockets are never bind()ed unless a source address is configured (an explicit bind searches
+//     the whole ephemeral range and cannot reuse TIME_WAIT ports), and the last direction to reach EOF skips
+//     shutdown(2) because the close that follows sends the same FIN.
 //   - Half-close is honoured: EOF in one direction becomes CloseWrite on the other socket; both sockets are closed
 //     only when both directions are done or one fails.
 //   - Counters are atomics, readable any time (Stats().Snapshot()); the logger is passed in, never global.

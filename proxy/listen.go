@@ -81,7 +81,7 @@ func listenTCP(addr string) (*net.TCPListener, error) {
 	if ap.Addr().Is6() && !ap.Addr().Is4In6() {
 		network = "tcp6"
 	}
-	var lc net.ListenConfig
+	lc := net.ListenConfig{KeepAlive: -1} // no keep-alive setsockopt calls on every accepted socket
 	lc.SetMultipathTCP(false)
 	ln, err := lc.Listen(context.Background(), network, addr)
 	if err != nil {

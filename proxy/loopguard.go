@@ -41,41 +41,44 @@ func isLocalAddr(a netip.Addr) bool {
 	return false
 }
 
-// upstreamSet holds the local addresses of the proxy's open upstream sockets: an accepted connection whose
-// peer is in the set is the proxy's own upstream connection captured again (a loop, e.g. when the proxy runs
-// as a uid that capture does not exempt).
+// upstreamSet holds the local and remote addresses of the proxy's open upstream sockets: an accepted connection
+// whose peer is one of those local addresses and whose original destination is that socket's remote address is
+// the proxy's own upstream connection captured again (a loop, e.g. when the proxy runs as a uid that capture does
+// not exempt). Both must match: upstream sockets get their port from connect(), which may give the same local
+// port to connections towards different destinations, so a client socket can share a port with an upstream one.
 type upstreamSet struct {
 	mu sync.Mutex
-	m  map[netip.AddrPort]struct{}
+	m  map[netip.AddrPort]netip.AddrPort
 }
 
-func (s *upstreamSet) add(a netip.AddrPort) {
-	if !a.IsValid() {
+func (s *upstreamSet) add(local, remote netip.AddrPort) {
+	if !local.IsValid() {
 		return
 	}
 	s.mu.Lock()
 	if s.m == nil {
-		s.m = make(map[netip.AddrPort]struct{})
+		s.m = make(map[netip.AddrPort]netip.AddrPort)
 	}
-	s.m[a] = struct{}{}
+	s.m[local] = remote
 	s.mu.Unlock()
 }
 
-func (s *upstreamSet) remove(a netip.AddrPort) {
-	if !a.IsValid() {
+func (s *upstreamSet) remove(local netip.AddrPort) {
+	if !local.IsValid() {
 		return
 	}
 	s.mu.Lock()
-	delete(s.m, a)
+	delete(s.m, local)
 	s.mu.Unlock()
 }
 
-func (s *upstreamSet) contains(a netip.AddrPort) bool {
-	if !a.IsValid() {
+// contains reports whether an open upstream socket goes from local to remote.
+func (s *upstreamSet) contains(local, remote netip.AddrPort) bool {
+	if !local.IsValid() {
 		return false
 	}
 	s.mu.Lock()
-	_, ok := s.m[a]
+	r, ok := s.m[local]
 	s.mu.Unlock()
-	return ok
+	return ok && r == remote
 }

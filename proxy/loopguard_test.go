@@ -35,19 +35,24 @@ func TestIsLoop(t *testing.T) {
 func TestUpstreamSet(t *testing.T) {
 	var s upstreamSet
 	a := netip.MustParseAddrPort("127.0.0.1:40000")
-	if s.contains(a) {
+	dst := netip.MustParseAddrPort("198.18.0.2:8080")
+	if s.contains(a, dst) {
 		t.Fatal("empty set contains an address")
 	}
-	s.add(a)
-	if !s.contains(a) || s.contains(netip.MustParseAddrPort("127.0.0.1:40001")) {
+	s.add(a, dst)
+	if !s.contains(a, dst) || s.contains(netip.MustParseAddrPort("127.0.0.1:40001"), dst) {
 		t.Fatal("contains after add is wrong")
 	}
+	// connect() may give the same local port to a socket towards another destination: not a loop.
+	if s.contains(a, netip.MustParseAddrPort("127.0.0.1:15001")) {
+		t.Fatal("same local address, other destination: reported as a loop")
+	}
 	s.remove(a)
-	if s.contains(a) {
+	if s.contains(a, dst) {
 		t.Fatal("contains after remove")
 	}
-	s.add(netip.AddrPort{}) // ignored
-	if s.contains(netip.AddrPort{}) {
+	s.add(netip.AddrPort{}, dst) // ignored
+	if s.contains(netip.AddrPort{}, dst) {
 		t.Fatal("invalid address stored")
 	}
 }

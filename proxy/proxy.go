@@ -32,6 +32,9 @@ type Proxy struct {
 	stopping atomic.Bool
 	wg       sync.WaitGroup // one per accepted connection
 
+	work chan work    // unbuffered: idle workers wait here (workers.go)
+	idle atomic.Int32 // idle workers
+
 	mu     sync.Mutex
 	active map[*relay]struct{}
 	forced atomic.Bool // drain timed out: remaining and late connections are closed (set under mu)
@@ -51,11 +54,13 @@ func New(cfg Config, log *zap.Logger) (*Proxy, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	p := &Proxy{cfg: cfg.withDefaults(), log: log, active: make(map[*relay]struct{})}
+	p := &Proxy{cfg: cfg.withDefaults(), log: log, active: make(map[*relay]struct{}), work: make(chan work)}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
-	p.dialOut = &net.Dialer{Timeout: p.cfg.DialTimeout}
+	// KeepAlive -1: no TCP keep-alive on upstream sockets (Go's default would cost four setsockopt calls per
+	// connection). Like Envoy's default; the application's own keep-alive still reaches its peer's proxy.
+	p.dialOut = &net.Dialer{Timeout: p.cfg.DialTimeout, KeepAlive: -1}
 	p.dialOut.SetMultipathTCP(false)
-	p.dialIn = &net.Dialer{Timeout: p.cfg.DialTimeout, Control: bindAddressNoPort}
+	p.dialIn = &net.Dialer{Timeout: p.cfg.DialTimeout, KeepAlive: -1, Control: bindAddressNoPort}
 	p.dialIn.SetMultipathTCP(false)
 	return p, nil
 }

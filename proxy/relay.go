@@ -29,6 +29,7 @@ type relay struct {
 	upErr   error
 	downErr error
 	failed  atomic.Bool
+	eofs    atomic.Int32 // directions that ended with EOF
 	wg      sync.WaitGroup
 	lrUp    io.LimitedReader // splice mode, reused across chunks (no per-chunk allocation)
 	lrDown  io.LimitedReader
@@ -40,7 +41,7 @@ var relayPool = sync.Pool{New: func() any { return new(relay) }}
 // It returns when both directions are done; both sockets are then closed.
 func (r *relay) run() {
 	r.wg.Add(1)
-	go r.copyDown()
+	r.p.dispatch(work{r: r})
 	r.upN, r.upErr = r.pipe(r.up, r.down, &r.lrUp, &r.stats.BytesUp)
 	r.finish(r.up, r.upErr)
 	r.wg.Wait()
@@ -56,9 +57,13 @@ func (r *relay) copyDown() {
 
 // finish ends one direction: EOF from the source becomes a FIN (CloseWrite) to dst, so half-closed
 // connections keep working; an error closes both sockets, which also unblocks the other direction.
+// The second direction to see EOF skips the shutdown(2): run closes both sockets right away, and close
+// sends the same FIN (both receive queues are empty: each socket has been read to EOF).
 func (r *relay) finish(dst *net.TCPConn, err error) {
 	if err == nil {
-		_ = dst.CloseWrite()
+		if r.eofs.Add(1) < 2 {
+			_ = dst.CloseWrite()
+		}
 		return
 	}
 	if r.failed.CompareAndSwap(false, true) {
@@ -122,5 +127,6 @@ func (r *relay) reset() {
 	r.dst = netip.AddrPort{}
 	r.upN, r.downN, r.upErr, r.downErr = 0, 0, nil, nil
 	r.failed.Store(false)
+	r.eofs.Store(0)
 	r.lrUp, r.lrDown = io.LimitedReader{}, io.LimitedReader{}
 }

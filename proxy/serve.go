@@ -60,6 +60,7 @@ func (p *Proxy) Serve(ctx context.Context) error {
 		p.cancel() // pending dials
 		p.wg.Wait()
 	}
+	p.stopWorkers()
 	if adminSrv != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_ = adminSrv.Shutdown(sctx)
@@ -124,6 +125,6 @@ func (p *Proxy) acceptLoop(l *listener) {
 		ls.Accepted.Add(1)
 		ls.Active.Add(1)
 		p.wg.Add(1)
-		go p.handle(l, c, ls)
+		p.dispatch(work{l: l, c: c, ls: ls})
 	}
 }

@@ -29,6 +29,7 @@ type proxyFlags struct {
 	dialTimeout, drainTimeout time.Duration
 	copyMode                  string
 	logConnections            bool
+	pinDir                    string // eBPF inbound registration (proxy_inbound.go)
 }
 
 func newProxyCmd(log *zap.Logger) *cobra.Command {
@@ -66,6 +67,7 @@ address: the proxy behaves identically in both modes. Started as root it opens i
 	fl.DurationVar(&f.drainTimeout, "drain-timeout", proxy.DefaultDrainTimeout, "on SIGTERM/SIGINT, wait this long for active connections")
 	fl.StringVar(&f.copyMode, "copy", "splice", "relay copy mode: splice (zero-copy) or buffer (plain read/write; needed with sockmap redirection)")
 	fl.BoolVar(&f.logConnections, "log-connections", false, "log each relayed connection (original destination, bytes) at info level")
+	bindProxyInboundFlags(fl, &f.pinDir)
 	return cmd
 }
 
@@ -156,6 +158,7 @@ func runProxy(ctx context.Context, log *zap.Logger, cfg proxy.Config, f *proxyFl
 	if err := p.Listen(); err != nil {
 		return err
 	}
+	registerInbound(log, p, f.pinDir) // eBPF inbound mode: before the privilege drop (needs CAP_BPF)
 	switch euid := os.Geteuid(); {
 	case f.noDrop:
 		if euid == 0 {
