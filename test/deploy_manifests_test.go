@@ -165,6 +165,20 @@ func TestDeployDaemonSetPrivileges(t *testing.T) {
 	if got := agent.SecurityContext.Capabilities.Add; !slices.Equal(got, []corev1.Capability{"BPF", "NET_ADMIN", "PERFMON"}) {
 		t.Errorf("agent capabilities %v", got)
 	}
+	// `meshcap agent --uninstall`, exec'd in the agent container, must reach the pins, the records and the CNI config.
+	mounted := map[string]string{}
+	for _, m := range agent.VolumeMounts {
+		mounted[m.Name] = m.MountPath
+	}
+	for vol, path := range map[string]string{"bpffs": "/sys/fs/bpf", "run-meshcap": "/var/run/meshcap",
+		"cni-bin": "/host/opt/cni/bin", "cni-conf": "/host/etc/cni/net.d"} {
+		if mounted[vol] != path {
+			t.Errorf("agent mounts %s at %q, want %s", vol, mounted[vol], path)
+		}
+	}
+	if !slices.Contains(agent.Args, "--pin-dir=/sys/fs/bpf/meshcap") {
+		t.Errorf("agent args %q: want --pin-dir=/sys/fs/bpf/meshcap", agent.Args)
+	}
 	if got := spec.InitContainers[0].SecurityContext.Capabilities.Add; len(got) != 0 {
 		t.Errorf("install-cni capabilities %v, want none", got)
 	}

@@ -8,7 +8,9 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
@@ -24,23 +26,37 @@ type agentOptions struct {
 	cgroup, pinRoot, stateDir string
 	uninstall                 bool
 	cniBinDir, cniConfDir     string
+	resync                    time.Duration
 }
 
 // newAgentCmd is DaemonSet mode. Design:
-//   - one outbound attachment at the pods' cgroup root, pinned under --pin-root, with NO netns-0 ("any pod")
-//     settings: a pod is captured only once its netns cookie has a settings entry (enrollment);
-//   - meshcap-cni enrolls at ADD (writes the entry, attaches sk_lookup inbound in the pod netns) and records the
-//     pod in --state-dir; DEL removes both;
-//   - a restart finds the pinned attachment and keeps it as is (no link or map is replaced, so no established
-//     connection loses its state and no new one goes uncaptured), then re-applies every recorded enrollment;
-//   - --uninstall detaches and unpins everything and removes meshcap-cni from the CNI configuration.
+//   - one outbound attachment at the pods' cgroup root (loader.AttachAgent), pinned under --pin-dir, with no
+//     netns-0 ("any netns") settings: a pod is captured only once its netns cookie has settings (enrollment);
+//   - meshcap-cni enrolls at ADD (loader.EnrollNetns under the pod's netns cookie; inbound sk_lookup in the pod's
+//     netns when -b is set) and records the pod in --state-dir; DEL removes both. It finds the pins through
+//     agent.json, which stays in place while the agent restarts, so pods are enrolled during a restart too;
+//   - a restart or upgrade re-attaches with link updates and keeps every map (settings and connection state), so
+//     no established connection loses its state and no new one of an enrolled pod goes uncaptured; it then
+//     re-applies every recorded enrollment in place (a no-op for pods already programmed) and unenrolls pods whose
+//     netns is gone;
+//   - every --resync the records are reconciled again, and the proxy listeners of pods with inbound capture are
+//     registered (a pod's proxy starts after CNI ADD has attached its inbound capture);
+//   - --uninstall detaches and unpins everything (outbound and inbound), removes the records, agent.json and
+//     meshcap-cni from the CNI configuration.
 func newAgentCmd(log *zap.Logger) *cobra.Command {
 	o := agentOptions{pinRoot: loader.DefaultPinRoot, stateDir: cni.DefaultStateDir,
-		cniBinDir: "/host/opt/cni/bin", cniConfDir: "/host/etc/cni/net.d"}
+		cniBinDir: "/host/opt/cni/bin", cniConfDir: "/host/etc/cni/net.d", resync: 30 * time.Second}
 	cmd := &cobra.Command{
 		Use:   "agent --cgroup DIR",
 		Short: "Node agent (DaemonSet mode): capture enrolled pods from one attachment at a cgroup root",
-		Args:  cobra.NoArgs,
+		Long: `Runs in the foreground. Attaches the outbound capture programs once at --cgroup (the pods' cgroup root,
+for example the kubepods cgroup), pinned under --pin-dir, and captures only the pods that meshcap-cni enrolled
+(by network-namespace cookie). Stopping the agent (SIGTERM) leaves capture in place; starting it again upgrades
+the programs in place and keeps every map, so a restart or upgrade drops no connection.
+
+--uninstall removes everything: every outbound and inbound attachment pinned under --pin-dir, the enrollment
+records in --state-dir, and meshcap-cni from the CNI configuration.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.uninstall {
 				return agentUninstall(log, o)
@@ -52,27 +68,32 @@ func newAgentCmd(log *zap.Logger) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.cgroup, "cgroup", "", "cgroup v2 directory to attach at (the pods' root, e.g. <cgroup2>/kubepods.slice)")
-	f.StringVar(&o.pinRoot, "pin-root", o.pinRoot, "bpffs directory for pinned links and maps")
-	f.StringVar(&o.stateDir, "state-dir", o.stateDir, "meshcap-cni's enrollment records")
-	f.BoolVar(&o.uninstall, "uninstall", false, "detach and unpin everything, remove meshcap-cni from the CNI configuration, exit")
+	f.StringVar(&o.pinRoot, "pin-dir", o.pinRoot, "bpffs directory for pinned links and maps")
+	f.StringVar(&o.pinRoot, "pin-root", o.pinRoot, "same as --pin-dir")
+	_ = f.MarkDeprecated("pin-root", "use --pin-dir")
+	f.StringVar(&o.stateDir, "state-dir", o.stateDir, "meshcap-cni's enrollment records (its state_dir)")
+	f.DurationVar(&o.resync, "resync", o.resync, "interval of the reconcile loop (0: only at start)")
+	f.BoolVar(&o.uninstall, "uninstall", false, "detach and unpin everything, remove the records and meshcap-cni from the CNI configuration, exit")
 	f.StringVar(&o.cniBinDir, "cni-bin-dir", o.cniBinDir, "CNI bin dir (for --uninstall)")
 	f.StringVar(&o.cniConfDir, "cni-conf-dir", o.cniConfDir, "CNI conf dir (for --uninstall)")
 	cmd.AddCommand(newAgentInstallCNICmd(log))
 	return cmd
 }
 
-// agentIdlePolicy is the netns-0 policy of the agent's attachment: captures nothing (no -i, no -q). It is written
-// by loader.Attach and deleted right after: until the loader has an agent-mode attach, this keeps the window safe.
-func agentIdlePolicy() (capture.Policy, error) {
-	c := capture.Default()
-	c.ProxyUID, c.ProxyGID = "1337", "1337"
-	c.OutboundIPRangesInclude, c.InboundPortsInclude = "", ""
-	return c.Policy()
-}
-
 func runAgent(ctx context.Context, log *zap.Logger, o agentOptions) error {
 	if o.cgroup == "" {
 		return errors.New("agent: --cgroup is required")
+	}
+	if o.resync < 0 {
+		return fmt.Errorf("agent: invalid --resync %s: want >= 0", o.resync)
+	}
+	// agent.json is read by meshcap-cni, which runs with another working directory.
+	for _, p := range []*string{&o.cgroup, &o.pinRoot, &o.stateDir} {
+		abs, err := filepath.Abs(*p)
+		if err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		*p = abs
 	}
 	checks, err := loader.Probe(loader.ProbeOptions{CgroupParent: o.cgroup})
 	if err != nil {
@@ -85,36 +106,42 @@ func runAgent(ctx context.Context, log *zap.Logger, o agentOptions) error {
 		<-ctx.Done()
 		return nil
 	}
-	pinDir, err := loader.PinDir(o.cgroup, o.pinRoot)
+	a, err := loader.AttachAgent(o.cgroup, o.pinRoot, loader.LoadOptions{})
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
-	if _, err := os.Stat(pinDir); err == nil {
-		log.Info("reusing pinned attachment (restart: links and maps kept)", zap.String("pinDir", pinDir))
+	if a.Replaced {
+		log.Info("re-attached at cgroup root: programs updated in place, links and maps kept",
+			zap.String("cgroup", o.cgroup), zap.String("pinDir", a.PinDir), zap.Int("enrolledNetns", a.Enrolled))
 	} else {
-		idle, err := agentIdlePolicy()
-		if err != nil {
-			return fmt.Errorf("agent: %w", err)
-		}
-		a, err := loader.Attach(o.cgroup, idle, o.pinRoot, loader.LoadOptions{})
-		if err != nil {
-			return fmt.Errorf("agent: %w", err)
-		}
-		pinDir = a.PinDir
-		if err := (cni.PinnedEnroller{PinDir: pinDir, PinRoot: o.pinRoot}).Unenroll(&cni.Enrollment{NetnsCookie: 0}); err != nil {
-			return fmt.Errorf("agent: clear netns-0 settings: %w", err)
-		}
-		log.Info("attached at cgroup root", zap.String("cgroup", o.cgroup), zap.String("pinDir", pinDir))
+		log.Info("attached at cgroup root", zap.String("cgroup", o.cgroup), zap.String("pinDir", a.PinDir))
 	}
-	info := cni.AgentInfo{CgroupDir: o.cgroup, PinDir: pinDir, PinRoot: o.pinRoot}
+	if a.ClearedAnyNetns {
+		log.Warn("removed netns-0 settings (per-pod mode) from the attachment: only enrolled pods are captured", zap.String("pinDir", a.PinDir))
+	}
+	info := cni.AgentInfo{CgroupDir: o.cgroup, PinDir: a.PinDir, PinRoot: o.pinRoot}
 	if err := writeAgentInfo(o.stateDir, info); err != nil {
-		return fmt.Errorf("agent: %w", err)
+		return fmt.Errorf("agent: publish %s: %w", cni.AgentInfoPath(o.stateDir), err)
 	}
-	agentReconcile(log, o.stateDir, cni.PinnedEnroller{PinDir: pinDir, PinRoot: o.pinRoot})
-	<-ctx.Done()
-	// Leave links, maps and agent.json in place: capture continues while the agent restarts or upgrades.
-	log.Info("agent stopping; capture stays attached")
-	return nil
+	r := &agentReconciler{log: log, store: cni.Store{Dir: o.stateDir}, enr: cni.PinnedEnroller{PinDir: a.PinDir, PinRoot: o.pinRoot}}
+	r.reconcile(true)
+	log.Info("agent ready", zap.String("pinDir", a.PinDir), zap.String("stateDir", o.stateDir))
+	var tick <-chan time.Time
+	if o.resync > 0 {
+		t := time.NewTicker(o.resync)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			// Leave links, maps and agent.json in place: capture continues while the agent restarts or upgrades.
+			log.Info("agent stopping; capture stays attached")
+			return nil
+		case <-tick:
+			r.reconcile(false)
+		}
+	}
 }
 
 func writeAgentInfo(stateDir string, info cni.AgentInfo) error {
@@ -130,51 +157,169 @@ func writeAgentInfo(stateDir string, info cni.AgentInfo) error {
 	return os.Rename(tmp, path)
 }
 
-// agentReconcile re-applies every recorded enrollment whose netns still exists with the recorded cookie.
-func agentReconcile(log *zap.Logger, stateDir string, enr cni.PinnedEnroller) {
-	store := cni.Store{Dir: stateDir}
-	ids, err := store.List()
+type agentReconciler struct {
+	log   *zap.Logger
+	store cni.Store
+	enr   cni.PinnedEnroller
+}
+
+// netnsState says whether the recorded netns still exists: alive (same cookie), gone, or unknown (this process
+// cannot tell, for example without access to the runtime's netns directory: then the record is kept).
+type netnsState int
+
+const (
+	netnsUnknown netnsState = iota
+	netnsAlive
+	netnsGone
+)
+
+func recordNetnsState(rec *cni.Enrollment) (netnsState, error) {
+	if rec.Netns == "" {
+		return netnsUnknown, errors.New("no netns path recorded")
+	}
+	id, err := cni.ReadNetnsID(rec.Netns)
+	switch {
+	case err == nil && id.Cookie == rec.NetnsCookie:
+		return netnsAlive, nil
+	case err == nil:
+		return netnsGone, nil // the path names another netns now
+	case errors.Is(err, cni.ErrNetnsGone) && !strings.HasPrefix(rec.Netns, "/proc/"):
+		// Only when the directory holding it is visible: a missing mount is no proof.
+		if _, serr := os.Stat(filepath.Dir(rec.Netns)); serr == nil {
+			return netnsGone, nil
+		}
+	}
+	return netnsUnknown, err
+}
+
+// reconcile re-applies every recorded enrollment in place, unenrolls pods whose netns is gone, and registers the
+// proxy listener of enrolled pods with inbound capture that have none yet.
+func (r *agentReconciler) reconcile(start bool) {
+	ids, err := r.store.List()
 	if err != nil {
-		log.Error("reconcile", zap.Error(err))
+		r.log.Error("reconcile: list enrollments", zap.Error(err))
 		return
 	}
 	for _, id := range ids {
-		rec, err := store.Get(id)
-		if err != nil || rec == nil {
-			continue
-		}
-		nid, err := cni.ReadNetnsID(rec.Netns)
-		if err != nil || nid.Cookie != rec.NetnsCookie {
-			log.Info("stale enrollment: netns gone, unenrolling", zap.String("container", id))
-			_ = enr.Unenroll(rec)
-			_ = store.Delete(id)
-			continue
-		}
-		pol, err := rec.Capture.Policy()
-		if err == nil {
-			err = enr.Enroll(rec, pol)
-		}
-		if err != nil {
-			log.Error("re-enroll", zap.String("container", id), zap.Error(err))
-			continue
-		}
-		log.Info("enrolled", zap.String("pod", rec.Pod.String()), zap.Uint64("netnsCookie", rec.NetnsCookie))
+		r.reconcileOne(id, start)
 	}
+}
+
+// reconcileOne handles one record under the store lock (meshcap-cni's ADD/DEL of the same pod wait meanwhile).
+func (r *agentReconciler) reconcileOne(id string, start bool) {
+	unlock, err := r.store.Lock()
+	if err != nil {
+		r.log.Error("reconcile: lock enrollment records", zap.Error(err))
+		return
+	}
+	defer unlock()
+	rec, err := r.store.Get(id)
+	if err != nil || rec == nil {
+		return // removed meanwhile (DEL)
+	}
+	log := r.log.With(zap.String("container", id), zap.String("pod", rec.Pod.String()), zap.Uint64("netnsCookie", rec.NetnsCookie))
+	state, serr := recordNetnsState(rec)
+	if state == netnsGone {
+		if err := r.enr.Unenroll(rec); err != nil {
+			log.Error("unenroll pod whose netns is gone", zap.Error(err))
+			return
+		}
+		if err := r.store.Delete(id); err != nil {
+			log.Error("remove record", zap.Error(err))
+			return
+		}
+		log.Info("netns gone: unenrolled", zap.String("netns", rec.Netns))
+		return
+	}
+	pol, err := rec.Capture.Policy()
+	if err != nil {
+		log.Error("recorded capture settings", zap.Error(err))
+		return
+	}
+	// In place: for a pod already programmed (agent restart) nothing changes.
+	if err := loader.EnrollNetns(r.enr.PinDir, rec.NetnsCookie, pol); err != nil {
+		log.Error("enroll", zap.Error(err))
+		return
+	}
+	if start {
+		log.Info("enrolled", zap.String("netnsState", [...]string{"unknown", "alive", "gone"}[state]))
+	}
+	if !pol.InboundEnabled() {
+		return
+	}
+	if state != netnsAlive {
+		if start && serr != nil {
+			log.Warn("cannot open the pod's netns: inbound capture not checked", zap.Error(serr))
+		}
+		return
+	}
+	r.ensureInbound(log, rec, pol)
+}
+
+// ensureInbound attaches inbound capture in the pod's netns when it is missing (enrolled while no agent ran), and
+// registers the pod's proxy listener when none is registered yet.
+func (r *agentReconciler) ensureInbound(log *zap.Logger, rec *cni.Enrollment, pol capture.Policy) {
+	st, err := loader.InboundStatus(rec.Netns, r.enr.PinRoot)
+	if errors.Is(err, loader.ErrInboundNotAttached) {
+		info, err := loader.AttachInbound(rec.Netns, pol, loader.InboundOptions{PinRoot: r.enr.PinRoot, FindListener: true})
+		if err != nil {
+			log.Error("attach inbound", zap.Error(err))
+			return
+		}
+		log.Info("attached inbound capture", zap.Bool("listenerRegistered", info.Listener))
+		return
+	}
+	if err != nil {
+		log.Error("inbound status", zap.Error(err))
+		return
+	}
+	if st.Listener {
+		return
+	}
+	f, err := loader.FindInboundListener(rec.Netns, st.CapturePort)
+	if err != nil {
+		if !errors.Is(err, loader.ErrInboundListenerNotFound) {
+			log.Warn("find proxy listener", zap.Error(err))
+		}
+		return
+	}
+	defer f.Close()
+	if err := loader.RegisterInboundListener(r.enr.PinRoot, f); err != nil {
+		log.Error("register proxy listener", zap.Error(err))
+		return
+	}
+	log.Info("registered proxy listener for inbound capture", zap.Uint16("port", st.CapturePort))
 }
 
 func agentUninstall(log *zap.Logger, o agentOptions) error {
 	var errs []error
-	dirs, err := loader.DetachAll(o.pinRoot)
+	res, err := loader.UninstallAll(o.pinRoot)
 	if err != nil {
 		errs = append(errs, err)
 	}
-	log.Info("detached", zap.Strings("pinDirs", dirs))
-	if _, err := loader.PruneInbound(o.pinRoot); err != nil {
+	if res != nil {
+		log.Info("detached and unpinned", zap.Strings("outbound", res.Outbound), zap.Uint64s("inboundNetns", res.Inbound))
+	}
+	store := cni.Store{Dir: o.stateDir}
+	ids, err := store.List()
+	if err != nil {
 		errs = append(errs, err)
 	}
+	if len(ids) > 0 {
+		if unlock, err := store.Lock(); err == nil {
+			defer unlock()
+		}
+	}
+	for _, id := range ids {
+		if err := store.Delete(id); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	_ = os.Remove(o.stateDir) // only when empty
 	if err := os.Remove(cni.AgentInfoPath(o.stateDir)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err)
 	}
+	log.Info("removed enrollment records", zap.Int("records", len(ids)))
 	changed, err := cni.Uninstall(o.cniBinDir, o.cniConfDir)
 	if err != nil {
 		errs = append(errs, err)

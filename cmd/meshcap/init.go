@@ -57,6 +57,7 @@ Exit codes are istio-init's: 0 on success, 1 on any error.`,
 	f.StringVar(&o.podUID, "pod-uid", "", "Kubernetes pod UID: capture the pod's cgroup, found under --host-cgroup")
 	f.StringVar(&o.hostCgroup, "host-cgroup", "/host/sys/fs/cgroup", "host cgroup2 tree, for --pod-uid")
 	f.StringVar(&o.pinRoot, "pin-root", o.pinRoot, "bpffs directory for pinned links and maps (the host's bpffs)")
+	f.StringVar(&o.pinRoot, "pin-dir", o.pinRoot, "same as --pin-root (the name meshcap ebpf and meshcap agent use)")
 	capture.BindFlags(f, &cfg)
 	capture.BindExecFlags(f, &ex, nil)
 	return cmd

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -287,5 +288,37 @@ func TestPluginGC(t *testing.T) {
 	ids, _ := Store{Dir: parsed.StateDir}.List()
 	if !slices.Equal(ids, []string{"keep"}) {
 		t.Fatalf("after GC: %v", ids)
+	}
+}
+
+func TestStoreLockExcludes(t *testing.T) {
+	s := Store{Dir: filepath.Join(t.TempDir(), "state")}
+	unlock, err := s.Lock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan struct{})
+	go func() {
+		u2, err := s.Lock()
+		if err != nil {
+			t.Error(err)
+		} else {
+			u2()
+		}
+		close(got)
+	}()
+	select {
+	case <-got:
+		t.Fatal("second Lock did not wait for the first")
+	case <-time.After(100 * time.Millisecond):
+	}
+	unlock()
+	select {
+	case <-got:
+	case <-time.After(5 * time.Second):
+		t.Fatal("second Lock not granted after release")
+	}
+	if ids, err := s.List(); err != nil || len(ids) != 0 {
+		t.Fatalf("Lock left records %v (%v)", ids, err)
 	}
 }

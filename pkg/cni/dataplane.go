@@ -7,8 +7,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/cilium/ebpf"
-
 	"github.com/meshcap/meshcap/loader"
 	"github.com/meshcap/meshcap/pkg/capture"
 )
@@ -41,67 +39,60 @@ func ReadAgentInfo(stateDir string) (*AgentInfo, error) {
 	return &a, nil
 }
 
-// settingsMapNames are the pinned per-netns settings maps of an outbound attachment (loader/objects.go).
-// TODO(bpf-out): replace with a loader API (OpenPolicyMaps / SetPodPolicy) so the names live in one place.
-var settingsMapNames = []string{"mc_config", "mc_cidr_excl", "mc_cidr_incl", "mc_ports"}
-
-// PinnedEnroller writes per-pod settings (keyed by netns cookie) into the agent's pinned maps, and attaches
-// inbound capture (sk_lookup) in the pod's netns.
+// PinnedEnroller programs the running node agent's dataplane for one pod: the pod's outbound settings keyed by its
+// netns cookie in the agent's pinned attachment (loader.EnrollNetns), and inbound capture (sk_lookup) in the pod's
+// netns when its policy captures inbound ports (-b).
 type PinnedEnroller struct {
 	PinDir  string // the agent's outbound attachment (pinRoot/cgroup-<id>)
-	PinRoot string // for per-netns inbound attachments
+	PinRoot string // for per-netns inbound attachments (pinRoot/netns-<cookie>/inbound)
 }
 
-func (p PinnedEnroller) open() (*loader.Objects, error) {
-	objs := &loader.Objects{Maps: map[string]*ebpf.Map{}}
-	for _, name := range settingsMapNames {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(p.PinDir, name), nil)
-		if err != nil {
-			objs.Close()
-			return nil, fmt.Errorf("open agent map %s: %w", name, err)
-		}
-		objs.Maps[name] = m
-	}
-	return objs, nil
-}
-
-// Enroll writes the pod's policy under its netns cookie (outbound), then attaches inbound capture in its netns.
+// Enroll writes the pod's outbound settings under its netns cookie, then attaches (or updates) inbound capture in
+// its netns, or removes inbound capture the policy no longer asks for. Idempotent. When the inbound attach fails,
+// a pod that was not enrolled before is left unenrolled (nothing half-applied).
 func (p PinnedEnroller) Enroll(e *Enrollment, pol capture.Policy) error {
-	objs, err := p.open()
+	was, err := loader.NetnsEnrolled(p.PinDir, e.NetnsCookie)
 	if err != nil {
-		return err
+		return fmt.Errorf("agent attachment %s: %w", p.PinDir, err)
 	}
-	defer objs.Close()
-	if err := objs.SetPolicy(e.NetnsCookie, pol); err != nil {
-		return err
+	if err := loader.EnrollNetns(p.PinDir, e.NetnsCookie, pol); err != nil {
+		return fmt.Errorf("outbound: %w", err)
 	}
-	if pol.InboundEnabled() && e.Netns != "" {
-		if _, err := loader.AttachInbound(e.Netns, pol, loader.InboundOptions{PinRoot: p.PinRoot, FindListener: true}); err != nil {
-			_ = objs.DeletePolicy(e.NetnsCookie)
-			return err
+	if !pol.InboundEnabled() {
+		if err := loader.DetachInboundCookie(p.PinRoot, e.NetnsCookie); err != nil {
+			return fmt.Errorf("inbound: %w", err)
 		}
+		return nil
+	}
+	if e.Netns == "" {
+		return nil
+	}
+	if _, err := loader.AttachInbound(e.Netns, pol, loader.InboundOptions{PinRoot: p.PinRoot, FindListener: true}); err != nil {
+		if !was {
+			if uerr := loader.UnenrollNetns(p.PinDir, e.NetnsCookie); uerr != nil {
+				err = errors.Join(err, fmt.Errorf("undo outbound: %w", uerr))
+			}
+		}
+		return fmt.Errorf("inbound: %w", err)
 	}
 	return nil
 }
 
-// Unenroll removes the pod's policy and its inbound attachment; neither needs the netns.
+// Unenroll removes the pod's outbound settings and its inbound attachment; neither needs the netns (it may be gone).
 func (p PinnedEnroller) Unenroll(e *Enrollment) error {
-	objs, err := p.open()
-	if err != nil {
-		return err
+	var errs []error
+	if err := loader.UnenrollNetns(p.PinDir, e.NetnsCookie); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("outbound: %w", err))
 	}
-	defer objs.Close()
-	if err := objs.DeletePolicy(e.NetnsCookie); err != nil {
-		return err
+	if err := loader.DetachInboundCookie(p.PinRoot, e.NetnsCookie); err != nil {
+		errs = append(errs, fmt.Errorf("inbound: %w", err))
 	}
-	if err := loader.DetachInboundCookie(p.PinRoot, e.NetnsCookie); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
-// AgentEnroller returns the PinnedEnroller of the running agent, or NopEnroller (records only; the agent
-// programs recorded pods when it starts) when no agent has published its pins.
+// AgentEnroller returns the PinnedEnroller of the node agent, or NopEnroller (records only; the agent programs
+// recorded pods when it starts) when no agent has published its pins. The pins outlive the agent process, so
+// pods are enrolled while the agent restarts too.
 func AgentEnroller(conf *NetConf) (Enroller, error) {
 	info, err := ReadAgentInfo(conf.StateDir)
 	if err != nil {

@@ -163,6 +163,12 @@ func (p *Plugin) Add(a *skel.CmdArgs) error {
 		Network:     in.conf.Name,
 		Created:     p.Now().UTC(),
 	}
+	store := Store{Dir: in.conf.StateDir}
+	unlock, err := store.Lock()
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	defer unlock()
 	enr, err := p.NewEnroller(in.conf)
 	if err != nil {
 		return types.NewError(types.ErrInternal, fmt.Sprintf("dataplane: %v", err), "")
@@ -170,7 +176,6 @@ func (p *Plugin) Add(a *skel.CmdArgs) error {
 	if err := enr.Enroll(e, pol); err != nil {
 		return types.NewError(types.ErrInternal, fmt.Sprintf("enroll pod %s (netns cookie %d): %v", in.pod, id.Cookie, err), "")
 	}
-	store := Store{Dir: in.conf.StateDir}
 	if err := store.Put(e); err != nil {
 		if uerr := enr.Unenroll(e); uerr != nil {
 			err = errors.Join(err, fmt.Errorf("undo enroll: %w", uerr))
@@ -193,6 +198,17 @@ func (p *Plugin) Del(a *skel.CmdArgs) error {
 	store := Store{Dir: conf.StateDir}
 	rec, err := store.Get(a.ContainerID)
 	if err != nil {
+		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	if rec == nil {
+		return nil
+	}
+	unlock, err := store.Lock()
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	defer unlock()
+	if rec, err = store.Get(a.ContainerID); err != nil { // again, under the lock
 		return types.NewError(types.ErrIOFailure, err.Error(), "")
 	}
 	if rec == nil {
@@ -271,6 +287,14 @@ func (p *Plugin) GC(a *skel.CmdArgs) error {
 	if err != nil {
 		return types.NewError(types.ErrIOFailure, err.Error(), "")
 	}
+	if len(ids) == 0 {
+		return nil
+	}
+	unlock, err := store.Lock()
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	defer unlock()
 	valid := map[string]bool{}
 	for _, v := range conf.ValidAttachments {
 		valid[v.ContainerID] = true

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/meshcap/meshcap/pkg/capture"
 )
 
@@ -38,7 +40,8 @@ type Enroller interface {
 	Unenroll(e *Enrollment) error
 }
 
-// NopEnroller records nothing outside the state dir (until the loader's agent-mode map API exists).
+// NopEnroller programs nothing: used when no node agent has published its pins (the agent enrolls the recorded
+// pods when it starts).
 type NopEnroller struct{}
 
 func (NopEnroller) Enroll(*Enrollment, capture.Policy) error { return nil }
@@ -59,6 +62,25 @@ func ValidContainerID(id string) error {
 }
 
 func (s Store) path(id string) string { return filepath.Join(s.Dir, id+".json") }
+
+// Lock takes an exclusive lock on the store (a flock on its directory, created when missing) and returns its
+// release. meshcap-cni (ADD, DEL, GC: one process per call) and the node agent's reconcile loop hold it while they
+// change a pod's dataplane entries and its record together, so that none of them acts on a record another one is
+// changing (for example the agent re-enrolling a pod that DEL is removing).
+func (s Store) Lock() (func(), error) {
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state dir: %w", err)
+	}
+	fd, err := unix.Open(s.Dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("lock state dir %s: %w", s.Dir, err)
+	}
+	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("lock state dir %s: %w", s.Dir, err)
+	}
+	return func() { unix.Close(fd) }, nil
+}
 
 // Put writes the record atomically (temp file + rename).
 func (s Store) Put(e *Enrollment) error {

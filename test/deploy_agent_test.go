@@ -1,0 +1,508 @@
+package test
+
+// End-to-end test of DaemonSet mode: `meshcap agent --cgroup <kubepods root>` in the background, and the CNI chain
+// (bridge + host-local, then meshcap-cni) driven by cnitool exactly as a container runtime drives it, against
+// netns pods whose cgroups live under that root.
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/meshcap/meshcap/loader"
+	"github.com/meshcap/meshcap/pkg/cni"
+	"github.com/meshcap/meshcap/pkg/podnet"
+	"github.com/meshcap/meshcap/proxy"
+)
+
+// holdConnEnv makes the test binary a long-lived client (re-executed inside a pod): it connects to the address in
+// the variable, prints {"local","peer"} (peer = the client address the echo server saw), then for each stdin line
+// sends it and prints the echoed line. It exits at stdin EOF.
+const holdConnEnv = "MESHCAP_E2E_HOLDCONN"
+
+func init() {
+	if addr := os.Getenv(holdConnEnv); addr != "" {
+		if err := holdConn(addr); err != nil {
+			fmt.Fprintln(os.Stderr, "holdconn:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+}
+
+func holdConn(addr string) error {
+	conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	r := bufio.NewReader(conn)
+	greeting, err := r.ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("greeting: %w", err)
+	}
+	f := strings.Fields(greeting)
+	if len(f) != 2 {
+		return fmt.Errorf("bad greeting %q", greeting)
+	}
+	hello, _ := json.Marshal(map[string]string{"local": conn.LocalAddr().String(), "peer": f[1]})
+	fmt.Println(string(hello))
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		if _, err := fmt.Fprintln(conn, in.Text()); err != nil {
+			return fmt.Errorf("send: %w", err)
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		back, err := r.ReadString('\n')
+		if err != nil {
+			return fmt.Errorf("echo: %w", err)
+		}
+		fmt.Print(back)
+	}
+	return in.Err()
+}
+
+// heldConn is a holdConn client running in a pod.
+type heldConn struct {
+	t            *testing.T
+	cmd          *exec.Cmd
+	stdin        *os.File
+	out          *bufio.Reader
+	local, peer  string
+	stderr       *syncBuffer
+	waitDone     chan error
+	lastExchange int
+	once         sync.Once
+}
+
+func startHeldConn(t *testing.T, pod *podnet.Pod, addr string) *heldConn {
+	t.Helper()
+	inR, inW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &heldConn{t: t, stdin: inW, out: bufio.NewReader(outR), stderr: &syncBuffer{}, waitDone: make(chan error, 1)}
+	h.cmd = exec.Command(os.Args[0])
+	h.cmd.Env = append(os.Environ(), holdConnEnv+"="+addr)
+	h.cmd.Stdin, h.cmd.Stdout, h.cmd.Stderr = inR, outW, h.stderr
+	if err := pod.Start(h.cmd, nil); err != nil {
+		t.Fatal(err)
+	}
+	inR.Close()
+	outW.Close()
+	go func() { h.waitDone <- h.cmd.Wait() }()
+	t.Cleanup(func() { h.close(); outR.Close() })
+	var hello struct{ Local, Peer string }
+	line, err := h.readLine()
+	if err != nil || json.Unmarshal([]byte(line), &hello) != nil {
+		t.Fatalf("held connection to %s: %q %v; stderr: %s", addr, line, err, h.stderr.String())
+	}
+	h.local, h.peer = hello.Local, hello.Peer
+	return h
+}
+
+// close ends the client (stdin EOF: it closes its connection) and waits for it. Idempotent.
+func (h *heldConn) close() {
+	h.once.Do(h.doClose)
+}
+
+func (h *heldConn) doClose() {
+	h.stdin.Close()
+	select {
+	case err := <-h.waitDone:
+		if err != nil && !h.t.Failed() {
+			h.t.Errorf("held connection client: %v; stderr: %s", err, h.stderr.String())
+		}
+	case <-time.After(5 * time.Second):
+		_ = h.cmd.Process.Kill()
+		<-h.waitDone
+	}
+}
+
+func (h *heldConn) readLine() (string, error) {
+	type res struct {
+		s   string
+		err error
+	}
+	c := make(chan res, 1)
+	go func() { s, err := h.out.ReadString('\n'); c <- res{strings.TrimSpace(s), err} }()
+	select {
+	case r := <-c:
+		return r.s, r.err
+	case <-time.After(10 * time.Second):
+		return "", errors.New("timeout")
+	}
+}
+
+// exchange sends a line over the held connection and checks that it comes back.
+func (h *heldConn) exchange(what string) {
+	h.t.Helper()
+	h.lastExchange++
+	msg := fmt.Sprintf("%s-%d", strings.ReplaceAll(what, " ", "_"), h.lastExchange)
+	if _, err := fmt.Fprintln(h.stdin, msg); err != nil {
+		h.t.Fatalf("held connection, %s: send: %v", what, err)
+	}
+	got, err := h.readLine()
+	if err != nil || got != msg {
+		h.t.Fatalf("held connection, %s: got %q (%v), want %q; stderr: %s", what, got, err, msg, h.stderr.String())
+	}
+}
+
+// kubepodsCgroup makes a parent cgroup standing for the node's kubepods root; removed when the test ends (after
+// the pods under it, whose Cleanup is registered later).
+func kubepodsCgroup(t *testing.T) string {
+	t.Helper()
+	root, err := podnet.Cgroup2Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(root, "meshcap.slice", "mc"+randHex(3)+"-kubepods")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			err := os.Remove(dir)
+			if err == nil || errors.Is(err, os.ErrNotExist) {
+				return
+			}
+			if !errors.Is(err, syscall.EBUSY) || time.Now().After(deadline) {
+				t.Errorf("remove cgroup %s: %v", dir, err)
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+	return dir
+}
+
+// podUnder makes a pod whose cgroup is <parent>/<pod name> (a pod cgroup under the kubepods root).
+func podUnder(t *testing.T, parent, role string) *podnet.Pod {
+	t.Helper()
+	p := newPod(t, role)
+	dir := filepath.Join(parent, p.Name)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(p.CgroupDir); err != nil {
+		os.Remove(dir)
+		t.Fatal(err)
+	}
+	p.CgroupDir = dir // Close (registered by newPod) removes this one
+	return p
+}
+
+// agentProc is `meshcap agent` running in the background on the host.
+type agentProc struct {
+	cmd  *exec.Cmd
+	log  *syncBuffer
+	done chan struct{}
+	err  error
+}
+
+// startAgent starts `meshcap agent args...` and waits until it is ready. It is killed when the test ends.
+func startAgent(t *testing.T, args ...string) *agentProc {
+	t.Helper()
+	a := &agentProc{cmd: exec.Command(meshcapBin, append([]string{"agent"}, args...)...), log: &syncBuffer{}, done: make(chan struct{})}
+	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
+	if err := a.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { a.err = a.cmd.Wait(); close(a.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-a.done:
+		default:
+			_ = a.cmd.Process.Kill()
+			<-a.done
+		}
+		if t.Failed() {
+			t.Logf("meshcap agent %q log:\n%s", args, a.log.String())
+		}
+	})
+	deadline := time.After(60 * time.Second)
+	for !strings.Contains(a.log.String(), "agent ready") {
+		select {
+		case <-a.done:
+			t.Fatalf("agent exited before ready: %v\n%s", a.err, a.log.String())
+		case <-deadline:
+			t.Fatalf("agent not ready after 60s:\n%s", a.log.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return a
+}
+
+// stop sends SIGTERM (as the kubelet does) and waits for a clean exit.
+func (a *agentProc) stop(t *testing.T) {
+	t.Helper()
+	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-a.done:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("agent did not stop on SIGTERM:\n%s", a.log.String())
+	}
+	if a.err != nil {
+		t.Fatalf("agent exit: %v\n%s", a.err, a.log.String())
+	}
+}
+
+// add runs ADD and returns the pod's IP from the chain's result.
+func (e *cniEnv) add(pod *podnet.Pod, args string) netip.Addr {
+	e.t.Helper()
+	out, err := e.cnitool("add", pod.NetnsPath, args, nil)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	res, err := types100.NewResult([]byte(out))
+	if err != nil {
+		e.t.Fatalf("parse result: %v\n%s", err, out)
+	}
+	r := res.(*types100.Result)
+	if len(r.IPs) != 1 {
+		e.t.Fatalf("result IPs %v, want one", r.IPs)
+	}
+	ip, _ := netip.AddrFromSlice(r.IPs[0].Address.IP)
+	return ip.Unmap()
+}
+
+// cgroupPrograms counts the programs attached to a cgroup for the four outbound hooks (as `bpftool cgroup show`).
+func cgroupPrograms(t *testing.T, dir string) int {
+	t.Helper()
+	n := 0
+	for _, at := range []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupSockOps, ebpf.AttachCGroupGetsockopt, ebpf.AttachCgroupInet4GetPeername} {
+		res, err := link.QueryPrograms(link.QueryOptions{Target: mustOpenFD(t, dir), Attach: at})
+		if err != nil {
+			t.Fatalf("query %s programs of %s: %v", at, dir, err)
+		}
+		n += len(res.Programs)
+	}
+	return n
+}
+
+// netnsSkLookupPrograms counts the sk_lookup programs attached in a netns.
+func netnsSkLookupPrograms(t *testing.T, netnsPath string) int {
+	t.Helper()
+	res, err := link.QueryPrograms(link.QueryOptions{Target: mustOpenFD(t, netnsPath), Attach: ebpf.AttachSkLookup})
+	if err != nil {
+		t.Fatalf("query sk_lookup programs of %s: %v", netnsPath, err)
+	}
+	return len(res.Programs)
+}
+
+func mustOpenFD(t *testing.T, path string) int {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return int(f.Fd())
+}
+
+func linkIDs(t *testing.T, pin string) (links, progs []uint32) {
+	t.Helper()
+	st, err := loader.GetStatus(pin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Attachments) != 1 {
+		t.Fatalf("status: %d attachments, want 1: %+v", len(st.Attachments), st)
+	}
+	for _, p := range st.Attachments[0].Programs {
+		if p.Err != "" {
+			t.Fatalf("status of %s: %s", p.Hook, p.Err)
+		}
+		links, progs = append(links, p.LinkID), append(progs, p.ProgID)
+	}
+	return links, progs
+}
+
+func TestDeployAgentCNI(t *testing.T) {
+	requireRoot(t)
+	start := time.Now()
+	step := func(what string) { t.Logf("%6.1fs %s", time.Since(start).Seconds(), what) }
+	pin := ebPinRoot(t)
+	kubepods := kubepodsCgroup(t)
+	e := newCNIEnv(t)
+	podA, podB := podUnder(t, kubepods, "a"), podUnder(t, kubepods, "b")
+	srv := newPod(t, "srv") // outside the kubepods root: a server somewhere on the pod network
+
+	agentArgs := []string{"--cgroup", kubepods, "--pin-dir", pin, "--state-dir", e.stateDir, "--resync", "1s"}
+	// The chain as a runtime runs it: pod A opts in, pod B and the server do not. No agent runs yet (meshcap-cni
+	// installed, agent container not started): pod A is only recorded, and the agent programs it when it starts.
+	step("CNI ADD before the agent runs")
+	srvIP := e.add(srv, podArgs("default", "srv"))
+	ipA := e.add(podA, podArgs("default", "a", "MESHCAP_ENROLL=true"))
+	e.add(podB, podArgs("default", "b"))
+	if got := e.records(); !slices.Equal(got, []string{cnitoolContainerID(podA.NetnsPath)}) {
+		t.Fatalf("records %v, want only pod A", got)
+	}
+	if got := cgroupPrograms(t, kubepods); got != 0 {
+		t.Fatalf("%d programs attached at the kubepods root before the agent runs", got)
+	}
+
+	step("start agent")
+	agent := startAgent(t, agentArgs...)
+	pinDir, err := loader.PinDir(kubepods, pin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cgroupPrograms(t, kubepods); got != 4 {
+		t.Fatalf("%d programs attached at the kubepods root, want 4", got)
+	}
+	cookieA, err := podA.NetnsCookie()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := loader.EnrolledNetns(pinDir); err != nil || !slices.Equal(got, []uint64{cookieA}) {
+		t.Fatalf("enrolled netns %v (%v), want pod A's cookie %d", got, err, cookieA)
+	}
+	if got := netnsSkLookupPrograms(t, podA.NetnsPath); got != 1 {
+		t.Errorf("pod A: %d sk_lookup programs, want 1 (inbound capture, -b '*')", got)
+	}
+	if got := netnsSkLookupPrograms(t, podB.NetnsPath); got != 0 {
+		t.Errorf("pod B: %d sk_lookup programs, want 0", got)
+	}
+
+	step("servers and proxy")
+	startEcho(t, srv, "0.0.0.0:8080")
+	startEcho(t, podA, "0.0.0.0:9090")
+	proxyA := startProxy(t, podA, "--pin-dir", pin)
+	srvAddr := netip.AddrPortFrom(srvIP, 8080).String()
+	expectDial := func(pod *podnet.Pod, addr string, captured bool, when string) {
+		t.Helper()
+		res, err := dial(t, pod, nil, addr, 1000)
+		if err != nil {
+			t.Fatalf("%s: dial %s from %s: %v", when, addr, pod.Name, err)
+		}
+		if res.Captured() != captured {
+			t.Fatalf("%s: dial %s from %s: captured=%v, want %v (%+v)", when, addr, pod.Name, res.Captured(), captured, res)
+		}
+	}
+	step("dials")
+	expectDial(podA, srvAddr, true, "enrolled pod A")
+	expectDial(podB, srvAddr, false, "pod B, not enrolled")
+	// Inbound to pod A (sk_lookup, attached by the agent; the proxy registered its listener): relayed by the proxy.
+	expectDial(srv, netip.AddrPortFrom(ipA, 9090).String(), true, "inbound to pod A")
+	pxWaitStats(t, proxyA, "one inbound connection", func(s proxy.Snapshot) bool { return s.Inbound.Relayed >= 1 })
+
+	// Restart: an established captured connection survives; new ones are captured, during and after the restart.
+	step("held connection, agent stop")
+	held := startHeldConn(t, podA, srvAddr)
+	if held.peer == held.local {
+		t.Fatalf("held connection not captured: local %s, server saw %s", held.local, held.peer)
+	}
+	held.exchange("before restart")
+	linksBefore, progsBefore := linkIDs(t, pin)
+	agent.stop(t)
+	if got := cgroupPrograms(t, kubepods); got != 4 {
+		t.Fatalf("agent stopped: %d programs attached, want 4 (capture stays)", got)
+	}
+	held.exchange("agent stopped")
+	expectDial(podA, srvAddr, true, "agent stopped")
+	expectDial(podB, srvAddr, false, "agent stopped, pod B")
+	step("agent start again")
+	agent = startAgent(t, agentArgs...)
+	if !strings.Contains(agent.log.String(), "re-attached") {
+		t.Errorf("restarted agent does not say it re-attached:\n%s", agent.log.String())
+	}
+	held.exchange("after restart")
+	expectDial(podA, srvAddr, true, "after restart")
+	expectDial(podB, srvAddr, false, "after restart, pod B")
+	step("checks after restart, DEL")
+	linksAfter, progsAfter := linkIDs(t, pin)
+	if !slices.Equal(linksBefore, linksAfter) {
+		t.Errorf("links replaced by the restart: %v -> %v (want the same links, updated in place)", linksBefore, linksAfter)
+	}
+	if slices.Equal(progsBefore, progsAfter) {
+		t.Errorf("programs not reloaded by the restart (upgrade path): %v", progsAfter)
+	}
+	if got, err := loader.EnrolledNetns(pinDir); err != nil || !slices.Equal(got, []uint64{cookieA}) {
+		t.Fatalf("after restart: enrolled netns %v (%v), want %d", got, err, cookieA)
+	}
+
+	held.close() // while pod A still has its interface, so that the server sees the connection end
+
+	// DEL unenrolls: pod A is no longer captured, its inbound capture is gone; the chain's DEL succeeds.
+	if _, err := e.cnitool("del", podA.NetnsPath, podArgs("default", "a"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.records(); len(got) != 0 {
+		t.Fatalf("records after DEL: %v", got)
+	}
+	if got, err := loader.EnrolledNetns(pinDir); err != nil || len(got) != 0 {
+		t.Fatalf("after DEL: enrolled netns %v (%v), want none", got, err)
+	}
+	if got := netnsSkLookupPrograms(t, podA.NetnsPath); got != 0 {
+		t.Errorf("after DEL: pod A has %d sk_lookup programs", got)
+	}
+	// The chain's DEL also removed pod A's interface: a new sandbox in the same netns, not opted in, is not captured
+	// (its cookie would still be enrolled had DEL not unenrolled it).
+	e.add(podA, podArgs("default", "a"))
+	expectDial(podA, srvAddr, false, "after DEL, added again without opt-in")
+	if _, err := e.cnitool("del", podA.NetnsPath, podArgs("default", "a"), nil); err != nil {
+		t.Fatal(err)
+	}
+	// Enrolled again, then uninstall removes it all.
+	e.add(podA, podArgs("default", "a", "MESHCAP_ENROLL=true"))
+	expectDial(podA, srvAddr, true, "enrolled again")
+	agent.stop(t)
+	step("uninstall")
+	out, err := runMeshcap(t, append([]string{"agent", "--uninstall", "--cni-bin-dir", e.bin, "--cni-conf-dir", e.confDir}, agentArgs[2:]...)...)
+	if err != nil {
+		t.Fatalf("uninstall: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(pin); !errors.Is(err, os.ErrNotExist) {
+		ents, _ := os.ReadDir(pin)
+		t.Errorf("pin dir %s still there after uninstall (%v): %v", pin, err, ents)
+	}
+	if got := cgroupPrograms(t, kubepods); got != 0 {
+		t.Errorf("after uninstall: %d programs attached at the kubepods root", got)
+	}
+	if got := netnsSkLookupPrograms(t, podA.NetnsPath); got != 0 {
+		t.Errorf("after uninstall: pod A has %d sk_lookup programs", got)
+	}
+	if got := e.records(); len(got) != 0 {
+		t.Errorf("records after uninstall: %v", got)
+	}
+	if _, err := os.Stat(cni.AgentInfoPath(e.stateDir)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("agent.json after uninstall: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(e.bin, cni.PluginType)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("meshcap-cni binary after uninstall: %v", err)
+	}
+	if conf, _ := os.ReadFile(filepath.Join(e.confDir, "10-"+e.net+".conflist")); strings.Contains(string(conf), cni.PluginType) {
+		t.Errorf("conflist still chains meshcap-cni:\n%s", conf)
+	}
+	expectDial(podA, srvAddr, false, "after uninstall")
+	// The runtime's DEL still works with the chain as uninstall left it.
+	for _, p := range []*podnet.Pod{podA, podB, srv} {
+		if _, err := e.cnitool("del", p.NetnsPath, podArgs("default", "x"), nil); err != nil {
+			t.Errorf("DEL after uninstall: %v", err)
+		}
+	}
+}
