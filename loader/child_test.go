@@ -57,11 +57,9 @@ type childOutput struct {
 	Err         string
 }
 
-// TestOutboundChild is the child's entry point (no TestMain: the package is shared with other engineers' tests).
-func TestOutboundChild(t *testing.T) {
-	if os.Getenv(childEnv) == "" {
-		t.Skip("helper process for the outbound capture tests; runs only when re-executed by them")
-	}
+// outboundChildMain is the child's entry point, called by TestMain when the test binary is re-executed with
+// childEnv set.
+func outboundChildMain() {
 	out := runChild()
 	_ = json.NewEncoder(os.Stdout).Encode(out)
 	os.Exit(0)
@@ -236,7 +234,7 @@ func outRunChildWithCookie(t *testing.T, cgroupDir string, a childArgs, setup fu
 	}
 	defer cg.Close()
 	js, _ := json.Marshal(a)
-	cmd := exec.Command(os.Args[0], "-test.run=^TestOutboundChild$")
+	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), childEnv+"="+string(js))
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd()), Cloneflags: syscall.CLONE_NEWNET}
@@ -273,7 +271,7 @@ func outRunChild(t *testing.T, cgroupDir string, a childArgs) childOutput {
 	}
 	defer cg.Close()
 	js, _ := json.Marshal(a)
-	cmd := exec.Command(os.Args[0], "-test.run=^TestOutboundChild$")
+	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), childEnv+"="+string(js))
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd()), Cloneflags: syscall.CLONE_NEWNET}

@@ -358,7 +358,7 @@ func TestInboundAcrossProcesses(t *testing.T) {
 	e.serve(t, e.server, "0.0.0.0:8080", "app")
 	e.serve(t, e.server, "0.0.0.0:15020", "app")
 
-	attach := exec.Command(os.Args[0], "-test.run=^TestInboundHelperProcess$")
+	attach := exec.Command(os.Args[0])
 	attach.Env = append(os.Environ(), inbChildEnv+"=attach", "INB_NETNS="+e.server.NetnsPath, "INB_PINROOT="+e.pinRoot)
 	if out, err := attach.CombinedOutput(); err != nil {
 		t.Fatalf("attach process: %v\n%s", err, out)
@@ -366,7 +366,7 @@ func TestInboundAcrossProcesses(t *testing.T) {
 	e.expectRefused(t, e.client, srv("8080")) // attached, no proxy yet: fail closed
 	e.expect(t, e.client, "", srv("15020"), "app "+srv("15020"))
 
-	proxy := exec.Command(os.Args[0], "-test.run=^TestInboundHelperProcess$")
+	proxy := exec.Command(os.Args[0])
 	proxy.Env = append(os.Environ(), inbChildEnv+"=proxy", "INB_NETNS="+e.server.NetnsPath, "INB_PINROOT="+e.pinRoot)
 	stdout, err := proxy.StdoutPipe()
 	if err != nil {
@@ -400,12 +400,9 @@ func TestInboundAcrossProcesses(t *testing.T) {
 
 const inbChildEnv = "MESHCAP_INBOUND_CHILD"
 
-// TestInboundHelperProcess is not a test: it is the child process of TestInboundAcrossProcesses.
-func TestInboundHelperProcess(t *testing.T) {
-	mode := os.Getenv(inbChildEnv)
-	if mode == "" {
-		t.Skip("helper process for TestInboundAcrossProcesses")
-	}
+// inboundChildMain is the child process of TestInboundAcrossProcesses, called by TestMain when the test binary is
+// re-executed with inbChildEnv set.
+func inboundChildMain(mode string) {
 	nsPath, pinRoot := os.Getenv("INB_NETNS"), os.Getenv("INB_PINROOT")
 	switch mode {
 	case "attach":
@@ -457,6 +454,8 @@ func TestInboundHelperProcess(t *testing.T) {
 			c.Close()
 		}
 	}
+	fmt.Fprintf(os.Stderr, "unknown %s mode %q\n", inbChildEnv, mode)
+	os.Exit(2)
 }
 
 // Envoy listens with SO_REUSEPORT, one socket per worker. Registering one member is enough: after bpf_sk_assign

@@ -292,18 +292,14 @@ func TestEBPFBadFlags(t *testing.T) {
 	}
 }
 
-// ebChildEnv makes the test binary a sequential dialler (TestEBPFChildDialer) inside a pod.
+// ebChildEnv makes the test binary a sequential dialler (ebpfChildDialerMain) inside a pod.
 const ebChildEnv = "MESHCAP_E2E_SEQ_DIAL"
 
-// TestEBPFChildDialer is not a test: re-executed inside the client pod by TestEBPFMapsBounded, it makes N short
+// ebpfChildDialerMain: when TestEBPFMapsBounded re-executes the test binary inside the client pod, it makes N short
 // connections one after the other, round-robin over the given addresses, and prints how many went through.
 // Spreading over several destinations keeps the proxy's upstream connections (whose TIME_WAIT ports cannot be
 // reused off loopback) from exhausting the ephemeral port range of one destination.
-func TestEBPFChildDialer(t *testing.T) {
-	spec := os.Getenv(ebChildEnv)
-	if spec == "" {
-		t.Skip("helper process for TestEBPFMapsBounded")
-	}
+func ebpfChildDialerMain(spec string) {
 	nStr, list, _ := strings.Cut(spec, ",")
 	n, _ := strconv.Atoi(nStr)
 	addrs := strings.Split(list, ",")
@@ -362,7 +358,7 @@ func TestEBPFMapsBounded(t *testing.T) {
 	waitListening(t, topo.client, 15001)
 	// The test binary is root-only readable (0700 dir): fine, the child runs as root, which is captured.
 	const n = 20000
-	cmd := exec.Command(os.Args[0], "-test.run=^TestEBPFChildDialer$")
+	cmd := exec.Command(os.Args[0])
 	var addrs []string
 	for _, ip := range []string{"198.18.0.2", "198.18.1.2", "198.18.2.2"} {
 		for _, port := range serverPorts {

@@ -26,6 +26,9 @@ import (
 var meshcapBin, nettoolBin string
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(ebChildEnv); spec != "" {
+		ebpfChildDialerMain(spec) // a child re-executed inside a pod; exits
+	}
 	os.Exit(runMain(m))
 }
 
