@@ -45,8 +45,7 @@ var iptablesBackend = captureBackend{
 // real meshcap proxy: the same flags must capture exactly the same connections in eBPF and in iptables mode.
 func TestCaptureTable(t *testing.T) {
 	requireRoot(t)
-	pinDir := "/sys/fs/bpf/meshcap-test-" + randHex(3)
-	for _, b := range []captureBackend{ebpfBackend(pinDir), iptablesBackend} {
+	for _, b := range []captureBackend{ebpfBackend(ebPinRoot(t)), iptablesBackend} {
 		t.Run(b.name, func(t *testing.T) {
 			topo := newTopology(t)
 			startProxy(t, topo.client)

@@ -11,44 +11,15 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/meshcap/meshcap/loader"
 	"github.com/meshcap/meshcap/pkg/podnet"
 )
-
-// ebPinRoot mounts a private bpffs instance for the test (the host's /sys/fs/bpf may not be bpffs, and the test
-// must not touch shared pins) and returns a pin root inside it. In Cleanup everything pinned there is detached
-// through the CLI, then the instance is unmounted.
-func ebPinRoot(t *testing.T) string {
-	t.Helper()
-	mnt, err := os.MkdirTemp("", "meshcap-e2e-bpffs-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Mount("bpf", mnt, "bpf", 0, "mode=0700"); err != nil {
-		os.Remove(mnt)
-		t.Fatalf("mount bpffs at %s: %v", mnt, err)
-	}
-	root := filepath.Join(mnt, "meshcap")
-	t.Cleanup(func() {
-		if out, err := runMeshcap(t, "ebpf", "detach", "--pin-dir", root); err != nil {
-			t.Errorf("detach all: %v\n%s", err, out)
-		}
-		if err := unix.Unmount(mnt, unix.MNT_DETACH); err != nil {
-			t.Errorf("unmount %s: %v", mnt, err)
-		}
-		os.Remove(mnt)
-	})
-	return root
-}
 
 // ebAttach runs `meshcap ebpf attach` for pod's cgroup.
 func ebAttach(t *testing.T, pinRoot string, pod *podnet.Pod, flags ...string) {
@@ -210,35 +181,6 @@ func TestEBPFOrigdstTool(t *testing.T) {
 			t.Fatalf("origdst records: %q", p.stdout.String())
 		}
 		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// TestEBPFCaseTable runs the shared flag table (cases_test.go) in eBPF mode with the real proxy. Same table as
-// TestCaptureTable, but on a private bpffs so it also runs where /sys/fs/bpf is not mounted.
-func TestEBPFCaseTable(t *testing.T) {
-	requireRoot(t)
-	b := ebpfBackend(ebPinRoot(t))
-	topo := newTopology(t)
-	startProxy(t, topo.client, "--no-inbound")
-	for _, c := range captureCases {
-		t.Run(strings.ReplaceAll(c.name, " ", "_"), func(t *testing.T) {
-			if err := b.apply(t, topo.client, c.flags); err != nil {
-				t.Fatalf("apply %v: %v", c.flags, err)
-			}
-			defer func() {
-				if err := b.remove(t, topo.client); err != nil {
-					t.Errorf("remove: %v", err)
-				}
-			}()
-			res, err := dial(t, topo.client, c.cred, c.dst, 1000)
-			if err != nil || res.Reached != c.dst {
-				t.Fatalf("dial %s: %v (%+v)", c.dst, err, res)
-			}
-			if res.Captured() != c.captured {
-				t.Fatalf("flags %q, dst %s, cred %+v: captured=%v, want %v (client %s, server saw %s)",
-					c.flags, c.dst, c.cred, res.Captured(), c.captured, res.Local, res.Peer)
-			}
-		})
 	}
 }
 

@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/meshcap/meshcap/pkg/podnet"
 )
 
@@ -291,4 +293,30 @@ func worldDir(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return dir
+}
+
+// ebPinRoot mounts a private bpffs instance for the test (the host's /sys/fs/bpf may not be bpffs, and the test
+// must not touch shared pins) and returns a pin root inside it. In Cleanup everything pinned there is detached
+// through the CLI, then the instance is unmounted.
+func ebPinRoot(t *testing.T) string {
+	t.Helper()
+	mnt, err := os.MkdirTemp("", "meshcap-e2e-bpffs-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("bpf", mnt, "bpf", 0, "mode=0700"); err != nil {
+		os.Remove(mnt)
+		t.Fatalf("mount bpffs at %s: %v", mnt, err)
+	}
+	root := filepath.Join(mnt, "meshcap")
+	t.Cleanup(func() {
+		if out, err := runMeshcap(t, "ebpf", "detach", "--pin-dir", root); err != nil {
+			t.Errorf("detach all: %v\n%s", err, out)
+		}
+		if err := unix.Unmount(mnt, unix.MNT_DETACH); err != nil {
+			t.Errorf("unmount %s: %v", mnt, err)
+		}
+		os.Remove(mnt)
+	})
+	return root
 }

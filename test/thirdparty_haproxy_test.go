@@ -18,8 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/meshcap/meshcap/pkg/podnet"
 )
 
@@ -41,31 +39,6 @@ frontend captured
 backend original_dst
     server orig 0.0.0.0
 `
-
-// tpPinRoot mounts a private bpffs instance (shared pins under /sys/fs/bpf are left alone) and returns a pin root
-// inside it; Cleanup detaches everything pinned there through the CLI, then unmounts it.
-func tpPinRoot(t *testing.T) string {
-	t.Helper()
-	mnt, err := os.MkdirTemp("", "meshcap-e2e-tp-bpffs-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Mount("bpf", mnt, "bpf", 0, "mode=0700"); err != nil {
-		os.Remove(mnt)
-		t.Fatalf("mount bpffs at %s: %v", mnt, err)
-	}
-	root := filepath.Join(mnt, "meshcap")
-	t.Cleanup(func() {
-		if out, err := runMeshcap(t, "ebpf", "detach", "--pin-dir", root); err != nil {
-			t.Errorf("detach all: %v\n%s", err, out)
-		}
-		if err := unix.Unmount(mnt, unix.MNT_DETACH); err != nil {
-			t.Errorf("unmount %s: %v", mnt, err)
-		}
-		os.Remove(mnt)
-	})
-	return root
-}
 
 // tpLogRecord is one line of tpHAProxyConfig's log-format.
 type tpLogRecord struct {
@@ -102,7 +75,7 @@ func TestThirdPartyHAProxy(t *testing.T) {
 		}
 		t.Skip("haproxy is not installed (apt-get install haproxy): skipping the third-party SO_ORIGINAL_DST proxy check")
 	}
-	pin := tpPinRoot(t)
+	pin := ebPinRoot(t)
 	topo := newTopology(t)
 
 	const listen = "127.0.0.1:15001"

@@ -63,28 +63,6 @@ Exit codes are istio-init's: 0 on success, 1 on any error.`,
 	return cmd
 }
 
-// ebpfUnsupported lists the requested settings that the eBPF programs do not implement.
-func ebpfUnsupported(c capture.Config) []string {
-	var out []string
-	for _, s := range []struct {
-		on   bool
-		what string
-	}{
-		{c.KubeVirtInterfaces != "", "-k/--kube-virt-interfaces"},
-		{c.ExcludeInterfaces != "", "-c/--istio-exclude-interfaces"},
-		{c.RedirectDNS || c.CaptureAllDNS, "DNS capture (--redirect-dns/--capture-all-dns)"},
-		{c.InboundInterceptionMode == "TPROXY", "-m TPROXY"},
-		{c.DropInvalid, "--drop-invalid"},
-		{c.OwnerGroupsInclude != "" && c.OwnerGroupsInclude != "*", "ISTIO_OUTBOUND_OWNER_GROUPS"},
-		{c.OwnerGroupsExclude != "", "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE"},
-	} {
-		if s.on {
-			out = append(out, s.what)
-		}
-	}
-	return out
-}
-
 // initTarget resolves the cgroup to capture.
 func initTarget(o initOptions) (string, string, error) {
 	switch {
@@ -155,7 +133,7 @@ func decideInitMode(log *zap.Logger, o initOptions, cfg capture.Config, pol capt
 	if err != nil {
 		return loader.ProbeModeIPTables, "no cgroup to attach to: " + err.Error(), ""
 	}
-	if un := ebpfUnsupported(cfg); len(un) > 0 {
+	if un := cfg.EBPFUnsupported(); len(un) > 0 {
 		return loader.ProbeModeIPTables, "settings without an eBPF implementation: " + strings.Join(un, ", "), cgroupDir
 	}
 	checks, err := loader.Probe(loader.ProbeOptions{CgroupParent: cgroupDir})
