@@ -101,6 +101,8 @@ int mc_connect4(struct bpf_sock_addr *ctx)
 	/* Record before rewriting: if the map is full-and-LRU this evicts an old entry, never fails hard. A failed
 	 * update leaves the connection uncaptured rather than captured without an answer for the proxy. */
 	struct mc_orig orig = { .addr = daddr, .port = dport };
+	if (cfg->flags & MC_F_FAST_PATH)
+		orig.flags = MC_ORIG_F_FAST_PATH;
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	if (bpf_map_update_elem(&mc_orig_cookie, &cookie, &orig, BPF_ANY))
 		return SYS_PROCEED;

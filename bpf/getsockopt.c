@@ -3,6 +3,10 @@
  * cgroup/getsockopt: answers getsockopt(SOL_IP, SO_ORIGINAL_DST) on the proxy's accepted socket with the original
  * destination recorded by sockops, exactly as netfilter would after a REDIRECT. This is how an unprivileged proxy
  * (uid 1337, no CAP_BPF) learns where a connection was going. Every other getsockopt is left alone.
+ *
+ * A caller whose buffer holds a struct mc_origdst_ext (meshcap proxy) also learns whether its socket is on the
+ * fast path (in mc_sockhash, see fastpath.c): it then must read it with read(), not splice. The extended answer is
+ * given only then; otherwise the answer is the plain 16-byte sockaddr_in netfilter gives.
  */
 #include "meshcap.h"
 
@@ -12,6 +16,12 @@ struct mc_sockaddr_in {
 	__u16 sin_port; /* network byte order */
 	__u32 sin_addr; /* network byte order */
 	__u8 sin_zero[8];
+};
+
+/* What a caller with a large enough buffer gets for a fast-path socket (proxy/origdst.go has the same layout). */
+struct mc_origdst_ext {
+	struct mc_sockaddr_in sa;
+	__u32 flags; /* MC_ORIGDST_F_* */
 };
 
 SEC("cgroup/getsockopt")
@@ -40,7 +50,13 @@ int mc_getsockopt(struct bpf_sockopt *ctx)
 	sa->sin_addr = orig->addr;
 	__builtin_memset(sa->sin_zero, 0, sizeof(sa->sin_zero));
 
-	ctx->optlen = sizeof(*sa);
+	int optlen = sizeof(*sa);
+	struct mc_origdst_ext *ext = ctx->optval;
+	if ((orig->flags & MC_ORIG_F_PROXY_IN) && (void *)(ext + 1) <= ctx->optval_end) {
+		ext->flags = MC_ORIGDST_F_FAST_PATH;
+		optlen = sizeof(*ext);
+	}
+	ctx->optlen = optlen;
 	/* Why the barrier: clang 14 merges the optlen and retval stores into one 8-byte store, which the verifier
 	 * rejects (invalid bpf_context access off=32 size=8). */
 	asm volatile("" ::: "memory");

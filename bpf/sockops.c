@@ -8,6 +8,11 @@
  *   proxy PASSIVE_ESTABLISHED        -> if it has an entry, ask for state callbacks
  *   STATE_CB to TCP_CLOSE            -> client: delete cookie entry; proxy side: delete tuple entry
  *
+ * Fast path (opt-in, MC_ORIG_F_FAST_PATH from connect4): at ACTIVE_ESTABLISHED the client end, at
+ * PASSIVE_ESTABLISHED the proxy end goes into mc_sockhash, each with a mc_fp_peer storage naming the other end
+ * (see fastpath.c). The proxy end goes in only if the client end did; the tuple entry's flags record what went
+ * in, and getsockopt tells the proxy. The kernel removes a socket from the sockhash when it closes.
+ *
  * Why the tuple entry is freed by the proxy's socket and not the client's: a client may write and close before
  * the proxy has even accepted; its socket reaches TCP_CLOSE (via TIME_WAIT/FIN_WAIT2 minisocks) while the proxy
  * still has to ask SO_ORIGINAL_DST. Both maps are LRU as a backstop (a proxy outside the cgroup, missed events).
@@ -30,6 +35,25 @@ static __always_inline void mc_proxy_view(struct mc_tuple *t, struct bpf_sock_op
 		mc_fill_tuple(t, netns, laddr, lport, raddr, rport);
 }
 
+/* Give the socket its peer's key, then put it into mc_sockhash under self. 1 if it is in. */
+static __always_inline int mc_fp_insert(struct bpf_sock_ops *skops, struct mc_tuple *self, struct mc_tuple *peer)
+{
+	struct bpf_sock *sk = skops->sk;
+	if (!sk)
+		return 0;
+	struct mc_fp_peer *st = bpf_sk_storage_get(&mc_fp_peer, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st)
+		return 0;
+	st->peer = *peer;
+	st->mode = MC_FP_UNDECIDED;
+	/* Fails for sockets a sockhash cannot hold (MPTCP subflows) or when the map is full: plain TCP then. */
+	if (bpf_sock_hash_update(skops, &mc_sockhash, self, BPF_ANY)) {
+		st->mode = MC_FP_TCP;
+		return 0;
+	}
+	return 1;
+}
+
 static __always_inline void mc_active_established(struct bpf_sock_ops *skops)
 {
 	__u64 cookie = bpf_get_socket_cookie(skops);
@@ -40,6 +64,12 @@ static __always_inline void mc_active_established(struct bpf_sock_ops *skops)
 	struct mc_tuple t;
 	mc_proxy_view(&t, skops, 1);
 	struct mc_orig val = *orig; /* copy: map values must not be passed as keys/values of another map update */
+	if (val.flags & MC_ORIG_F_FAST_PATH) {
+		struct mc_tuple self; /* the client's own view: the key the proxy end looks it up by */
+		mc_fill_tuple(&self, t.netns, t.remote_addr, t.remote_port, t.local_addr, t.local_port);
+		if (mc_fp_insert(skops, &self, &t))
+			val.flags |= MC_ORIG_F_APP_IN;
+	}
 	bpf_map_update_elem(&mc_orig_tuple, &t, &val, BPF_ANY);
 }
 
@@ -47,8 +77,16 @@ static __always_inline void mc_passive_established(struct bpf_sock_ops *skops)
 {
 	struct mc_tuple t;
 	mc_proxy_view(&t, skops, 0);
-	if (bpf_map_lookup_elem(&mc_orig_tuple, &t))
-		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+	struct mc_orig *orig = bpf_map_lookup_elem(&mc_orig_tuple, &t);
+	if (!orig)
+		return;
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+	if ((orig->flags & (MC_ORIG_F_FAST_PATH | MC_ORIG_F_APP_IN)) != (MC_ORIG_F_FAST_PATH | MC_ORIG_F_APP_IN))
+		return;
+	struct mc_tuple peer; /* the client's own view */
+	mc_fill_tuple(&peer, t.netns, t.remote_addr, t.remote_port, t.local_addr, t.local_port);
+	if (mc_fp_insert(skops, &t, &peer))
+		orig->flags |= MC_ORIG_F_PROXY_IN; /* read by getsockopt: only this socket's own entry, no race */
 }
 
 static __always_inline void mc_closed(struct bpf_sock_ops *skops)

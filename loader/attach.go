@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -165,11 +166,28 @@ func replace(dir string, p *capture.Policy, opts LoadOptions) (err error) {
 			opts.MaxPolicies = m.MaxEntries()
 		}
 	}
+	var newPins []string // fast-path maps an older attachment did not have
+	for _, name := range fastPathMaps {
+		m, err := ebpf.LoadPinnedMap(mapPin(dir, name), nil)
+		if errors.Is(err, os.ErrNotExist) {
+			newPins = append(newPins, name)
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("open pinned map %s: %w", name, err)
+		}
+		reuse[name] = m
+	}
 	objs, err := load(opts, reuse)
 	if err != nil {
 		return err
 	}
 	defer objs.Close()
+	for _, name := range newPins {
+		if err := objs.Maps[name].Pin(mapPin(dir, name)); err != nil {
+			return fmt.Errorf("pin map %s: %w", name, err)
+		}
+	}
 	if p == nil {
 		return updateLinks(dir, objs)
 	}
@@ -232,8 +250,11 @@ func updateLinks(dir string, objs *Objects) error {
 // DeletePolicy on a live attachment (node-agent mode). Objects.Programs is empty. Close it when done.
 func OpenPinned(pinDir string) (*Objects, error) {
 	objs := &Objects{Programs: map[string]*ebpf.Program{}, Maps: map[string]*ebpf.Map{}}
-	for _, name := range append(append([]string{}, settingsMaps...), stateMaps...) {
+	for _, name := range append(append(append([]string{}, settingsMaps...), stateMaps...), fastPathMaps...) {
 		m, err := ebpf.LoadPinnedMap(mapPin(pinDir, name), nil)
+		if errors.Is(err, os.ErrNotExist) && slices.Contains(fastPathMaps, name) {
+			continue // attached before the fast path existed
+		}
 		if err != nil {
 			objs.Close()
 			return nil, fmt.Errorf("open pinned map %s: %w", name, err)
@@ -270,6 +291,37 @@ func Detach(cgroupDir, pinRoot string) (attached bool, err error) {
 	}
 	removeIfEmpty(pinRoot)
 	return true, nil
+}
+
+// FastPathStats are the fast path's counters (bpf/fastpath.c), summed over CPUs.
+type FastPathStats struct {
+	RedirectMsgs  uint64 // messages moved straight into the peer socket's receive queue
+	RedirectBytes uint64
+	PassMsgs      uint64 // messages of sockets in the sockhash that went through TCP
+}
+
+// ReadFastPathStats reads the fast-path counters of the attachment pinned in pinDir (zero for an attachment
+// without the fast-path maps).
+func ReadFastPathStats(pinDir string) (FastPathStats, error) {
+	var st FastPathStats
+	m, err := ebpf.LoadPinnedMap(mapPin(pinDir, mapFPStats), nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return st, nil
+	}
+	if err != nil {
+		return st, fmt.Errorf("open pinned map %s: %w", mapFPStats, err)
+	}
+	defer m.Close()
+	for i, dst := range []*uint64{&st.RedirectMsgs, &st.RedirectBytes, &st.PassMsgs} {
+		var perCPU []uint64
+		if err := m.Lookup(uint32(i), &perCPU); err != nil {
+			return st, fmt.Errorf("read %s[%d]: %w", mapFPStats, i, err)
+		}
+		for _, v := range perCPU {
+			*dst += v
+		}
+	}
+	return st, nil
 }
 
 // DetachAll detaches every attachment pinned under pinRoot (including those whose cgroup is gone) and removes the

@@ -195,14 +195,21 @@ func TestCaptureOwnerExempt(t *testing.T) {
 }
 
 // TestMapsBounded: 20k sequential short captured connections leave (almost) nothing behind in the state maps.
+// With the fast path on, the sockhash must be empty too.
 func TestMapsBounded(t *testing.T) {
 	outRequireRoot(t)
 	if testing.Short() {
 		t.Skip("20k connections")
 	}
+	for _, fast := range []bool{false, true} {
+		t.Run(fmt.Sprintf("fastpath=%v", fast), func(t *testing.T) { testMapsBounded(t, fast) })
+	}
+}
+
+func testMapsBounded(t *testing.T, fast bool) {
 	cg := outNewCgroup(t)
 	root := outNewPinRoot(t)
-	a, err := Attach(cg, outPolicy(t, nil), root, LoadOptions{})
+	a, err := Attach(cg, outPolicy(t, nil), root, LoadOptions{FastPath: fast})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,7 +218,14 @@ func TestMapsBounded(t *testing.T) {
 	if out.SeqOK != n {
 		t.Errorf("%d of %d sequential connections went through the proxy", out.SeqOK, n)
 	}
-	for _, m := range stateMaps {
+	maps := stateMaps
+	if fast {
+		maps = append(append([]string{}, stateMaps...), mapSockhash)
+		if st, err := ReadFastPathStats(a.PinDir); err != nil || st.RedirectMsgs < n {
+			t.Errorf("fast path counters: %+v %v", st, err)
+		}
+	}
+	for _, m := range maps {
 		got, err := MapEntries(a.PinDir, m)
 		if err != nil {
 			t.Fatal(err)

@@ -28,6 +28,13 @@ type connect4McConfig struct {
 	Gids         [8]uint32
 }
 
+type connect4McFpPeer struct {
+	_    structs.HostLayout
+	Peer connect4McTuple
+	Mode uint32
+	Pad  uint32
+}
+
 type connect4McLpmKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -37,10 +44,10 @@ type connect4McLpmKey struct {
 }
 
 type connect4McOrig struct {
-	_    structs.HostLayout
-	Addr uint32
-	Port uint16
-	Pad  uint16
+	_     structs.HostLayout
+	Addr  uint32
+	Port  uint16
+	Flags uint16
 }
 
 type connect4McPortKey struct {
@@ -68,9 +75,12 @@ const (
 	connect4MapMcCidrExcl   = "mc_cidr_excl"
 	connect4MapMcCidrIncl   = "mc_cidr_incl"
 	connect4MapMcConfig     = "mc_config"
+	connect4MapMcFpPeer     = "mc_fp_peer"
+	connect4MapMcFpStats    = "mc_fp_stats"
 	connect4MapMcOrigCookie = "mc_orig_cookie"
 	connect4MapMcOrigTuple  = "mc_orig_tuple"
 	connect4MapMcPorts      = "mc_ports"
+	connect4MapMcSockhash   = "mc_sockhash"
 	connect4ProgMcConnect4  = "mc_connect4"
 )
 
@@ -126,9 +136,12 @@ type connect4MapSpecs struct {
 	McCidrExcl   *ebpf.MapSpec `ebpf:"mc_cidr_excl"`
 	McCidrIncl   *ebpf.MapSpec `ebpf:"mc_cidr_incl"`
 	McConfig     *ebpf.MapSpec `ebpf:"mc_config"`
+	McFpPeer     *ebpf.MapSpec `ebpf:"mc_fp_peer"`
+	McFpStats    *ebpf.MapSpec `ebpf:"mc_fp_stats"`
 	McOrigCookie *ebpf.MapSpec `ebpf:"mc_orig_cookie"`
 	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McPorts      *ebpf.MapSpec `ebpf:"mc_ports"`
+	McSockhash   *ebpf.MapSpec `ebpf:"mc_sockhash"`
 }
 
 // connect4VariableSpecs contains global variables before they are loaded into the kernel.
@@ -160,9 +173,12 @@ type connect4Maps struct {
 	McCidrExcl   *ebpf.Map `ebpf:"mc_cidr_excl"`
 	McCidrIncl   *ebpf.Map `ebpf:"mc_cidr_incl"`
 	McConfig     *ebpf.Map `ebpf:"mc_config"`
+	McFpPeer     *ebpf.Map `ebpf:"mc_fp_peer"`
+	McFpStats    *ebpf.Map `ebpf:"mc_fp_stats"`
 	McOrigCookie *ebpf.Map `ebpf:"mc_orig_cookie"`
 	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McPorts      *ebpf.Map `ebpf:"mc_ports"`
+	McSockhash   *ebpf.Map `ebpf:"mc_sockhash"`
 }
 
 func (m *connect4Maps) Close() error {
@@ -170,9 +186,12 @@ func (m *connect4Maps) Close() error {
 		m.McCidrExcl,
 		m.McCidrIncl,
 		m.McConfig,
+		m.McFpPeer,
+		m.McFpStats,
 		m.McOrigCookie,
 		m.McOrigTuple,
 		m.McPorts,
+		m.McSockhash,
 	)
 }
 

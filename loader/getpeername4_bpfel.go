@@ -19,9 +19,12 @@ const (
 	getpeername4MapMcCidrExcl      = "mc_cidr_excl"
 	getpeername4MapMcCidrIncl      = "mc_cidr_incl"
 	getpeername4MapMcConfig        = "mc_config"
+	getpeername4MapMcFpPeer        = "mc_fp_peer"
+	getpeername4MapMcFpStats       = "mc_fp_stats"
 	getpeername4MapMcOrigCookie    = "mc_orig_cookie"
 	getpeername4MapMcOrigTuple     = "mc_orig_tuple"
 	getpeername4MapMcPorts         = "mc_ports"
+	getpeername4MapMcSockhash      = "mc_sockhash"
 	getpeername4ProgMcGetpeername4 = "mc_getpeername4"
 )
 
@@ -77,9 +80,12 @@ type getpeername4MapSpecs struct {
 	McCidrExcl   *ebpf.MapSpec `ebpf:"mc_cidr_excl"`
 	McCidrIncl   *ebpf.MapSpec `ebpf:"mc_cidr_incl"`
 	McConfig     *ebpf.MapSpec `ebpf:"mc_config"`
+	McFpPeer     *ebpf.MapSpec `ebpf:"mc_fp_peer"`
+	McFpStats    *ebpf.MapSpec `ebpf:"mc_fp_stats"`
 	McOrigCookie *ebpf.MapSpec `ebpf:"mc_orig_cookie"`
 	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McPorts      *ebpf.MapSpec `ebpf:"mc_ports"`
+	McSockhash   *ebpf.MapSpec `ebpf:"mc_sockhash"`
 }
 
 // getpeername4VariableSpecs contains global variables before they are loaded into the kernel.
@@ -111,9 +117,12 @@ type getpeername4Maps struct {
 	McCidrExcl   *ebpf.Map `ebpf:"mc_cidr_excl"`
 	McCidrIncl   *ebpf.Map `ebpf:"mc_cidr_incl"`
 	McConfig     *ebpf.Map `ebpf:"mc_config"`
+	McFpPeer     *ebpf.Map `ebpf:"mc_fp_peer"`
+	McFpStats    *ebpf.Map `ebpf:"mc_fp_stats"`
 	McOrigCookie *ebpf.Map `ebpf:"mc_orig_cookie"`
 	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McPorts      *ebpf.Map `ebpf:"mc_ports"`
+	McSockhash   *ebpf.Map `ebpf:"mc_sockhash"`
 }
 
 func (m *getpeername4Maps) Close() error {
@@ -121,9 +130,12 @@ func (m *getpeername4Maps) Close() error {
 		m.McCidrExcl,
 		m.McCidrIncl,
 		m.McConfig,
+		m.McFpPeer,
+		m.McFpStats,
 		m.McOrigCookie,
 		m.McOrigTuple,
 		m.McPorts,
+		m.McSockhash,
 	)
 }
 

@@ -19,9 +19,12 @@ const (
 	getsockoptMapMcCidrExcl    = "mc_cidr_excl"
 	getsockoptMapMcCidrIncl    = "mc_cidr_incl"
 	getsockoptMapMcConfig      = "mc_config"
+	getsockoptMapMcFpPeer      = "mc_fp_peer"
+	getsockoptMapMcFpStats     = "mc_fp_stats"
 	getsockoptMapMcOrigCookie  = "mc_orig_cookie"
 	getsockoptMapMcOrigTuple   = "mc_orig_tuple"
 	getsockoptMapMcPorts       = "mc_ports"
+	getsockoptMapMcSockhash    = "mc_sockhash"
 	getsockoptProgMcGetsockopt = "mc_getsockopt"
 )
 
@@ -77,9 +80,12 @@ type getsockoptMapSpecs struct {
 	McCidrExcl   *ebpf.MapSpec `ebpf:"mc_cidr_excl"`
 	McCidrIncl   *ebpf.MapSpec `ebpf:"mc_cidr_incl"`
 	McConfig     *ebpf.MapSpec `ebpf:"mc_config"`
+	McFpPeer     *ebpf.MapSpec `ebpf:"mc_fp_peer"`
+	McFpStats    *ebpf.MapSpec `ebpf:"mc_fp_stats"`
 	McOrigCookie *ebpf.MapSpec `ebpf:"mc_orig_cookie"`
 	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McPorts      *ebpf.MapSpec `ebpf:"mc_ports"`
+	McSockhash   *ebpf.MapSpec `ebpf:"mc_sockhash"`
 }
 
 // getsockoptVariableSpecs contains global variables before they are loaded into the kernel.
@@ -111,9 +117,12 @@ type getsockoptMaps struct {
 	McCidrExcl   *ebpf.Map `ebpf:"mc_cidr_excl"`
 	McCidrIncl   *ebpf.Map `ebpf:"mc_cidr_incl"`
 	McConfig     *ebpf.Map `ebpf:"mc_config"`
+	McFpPeer     *ebpf.Map `ebpf:"mc_fp_peer"`
+	McFpStats    *ebpf.Map `ebpf:"mc_fp_stats"`
 	McOrigCookie *ebpf.Map `ebpf:"mc_orig_cookie"`
 	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McPorts      *ebpf.Map `ebpf:"mc_ports"`
+	McSockhash   *ebpf.Map `ebpf:"mc_sockhash"`
 }
 
 func (m *getsockoptMaps) Close() error {
@@ -121,9 +130,12 @@ func (m *getsockoptMaps) Close() error {
 		m.McCidrExcl,
 		m.McCidrIncl,
 		m.McConfig,
+		m.McFpPeer,
+		m.McFpStats,
 		m.McOrigCookie,
 		m.McOrigTuple,
 		m.McPorts,
+		m.McSockhash,
 	)
 }
 

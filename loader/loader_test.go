@@ -130,13 +130,13 @@ func TestLoadVerifies(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer objs.Close()
-	for _, h := range hooks {
+	for _, h := range append(append([]hook{}, hooks...), fastPathHook) {
 		if objs.Programs[h.name] == nil {
 			t.Errorf("program %s not loaded", h.name)
 		}
 	}
-	if len(objs.Maps) != 6 {
-		t.Errorf("want 6 shared maps, got %d", len(objs.Maps))
+	if want := len(settingsMaps) + len(stateMaps) + len(fastPathMaps); len(objs.Maps) != want {
+		t.Errorf("want %d shared maps, got %d", want, len(objs.Maps))
 	}
 	// Every hook must use the same map instance: ids of the maps each program references.
 	want := map[ebpf.MapID]bool{}
@@ -180,14 +180,15 @@ func TestEnumsMatchHeader(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, name := range []string{
-		`MC_F_OUTBOUND_ALL = 1 << 0`, `MC_F_LOOPBACK_INCLUDED = 1 << 1`,
+		`MC_F_OUTBOUND_ALL = 1 << 0`, `MC_F_LOOPBACK_INCLUDED = 1 << 1`, `MC_F_FAST_PATH = 1 << 2`,
+		`MC_FP_REDIRECT_MSGS = 0`, `MC_FP_REDIRECT_BYTES = 1`, `MC_FP_PASS_MSGS = 2`,
 		`MC_PORT_OUT_EXCLUDE = 1`, `MC_PORT_OUT_INCLUDE = 2`, `#define MC_MAX_IDS 8`,
 	} {
 		if !strings.Contains(string(b), name) {
 			t.Errorf("header no longer has %q: update the constants in objects.go", name)
 		}
 	}
-	if flagOutboundAll != 1 || flagLoopbackIncluded != 2 || portOutExclude != 1 || portOutInclude != 2 || maxIDs != 8 {
+	if flagOutboundAll != 1 || flagLoopbackIncluded != 2 || flagFastPath != 4 || portOutExclude != 1 || portOutInclude != 2 || maxIDs != 8 {
 		t.Error("Go constants differ from the header")
 	}
 }

@@ -11,6 +11,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) != "" {
 		outboundChildMain()
 	}
+	if os.Getenv(fpChildEnv) != "" {
+		fastPathChildMain()
+	}
 	if mode := os.Getenv(inbChildEnv); mode != "" {
 		inboundChildMain(mode)
 	}

@@ -4,6 +4,8 @@
 // Model: one "attachment" = the four outbound programs (connect4, sockops, getsockopt, getpeername4) attached to one
 // cgroup v2 directory with bpf_links, plus their maps. Links and maps are pinned under <pin root>/cgroup-<id>
 // (id = the cgroup's inode number = kernel cgroup id), so capture outlives the process that attached it.
+// A fifth program, the sk_msg fast path (bpf/fastpath.c), is attached to the mc_sockhash map (a map attachment, not
+// a link: it goes with the map); sockets only enter that map where the fast path is on (LoadOptions.FastPath).
 //
 // The same programs serve per-pod mode (settings under netns key 0 of an attachment's own maps) and node-agent mode
 // (one attachment at a root cgroup, settings per netns cookie); see bpf/include/meshcap.h.
@@ -16,6 +18,7 @@ import (
 	"net/netip"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 
 	"github.com/meshcap/meshcap/pkg/capture"
 )
@@ -28,12 +31,18 @@ const (
 	mapPorts      = "mc_ports"
 	mapOrigCookie = "mc_orig_cookie"
 	mapOrigTuple  = "mc_orig_tuple"
+	mapSockhash   = "mc_sockhash"
+	mapFPStats    = "mc_fp_stats"
+	mapFPPeer     = "mc_fp_peer"
 )
 
 // settingsMaps hold one attachment's policy; stateMaps hold its live connections (kept across a re-attach).
 var (
 	settingsMaps = []string{mapConfig, mapCIDRExcl, mapCIDRIncl, mapPorts}
 	stateMaps    = []string{mapOrigCookie, mapOrigTuple}
+	// fastPathMaps are state too, but optional in a pin dir (attachments made before the fast path existed lack
+	// them): kept across a re-attach when pinned, created and pinned otherwise.
+	fastPathMaps = []string{mapSockhash, mapFPStats, mapFPPeer}
 )
 
 // Values of the C enums (enums are not in the objects' BTF, so bpf2go cannot emit them).
@@ -41,6 +50,7 @@ var (
 const (
 	flagOutboundAll      = 1 << 0 // MC_F_OUTBOUND_ALL
 	flagLoopbackIncluded = 1 << 1 // MC_F_LOOPBACK_INCLUDED
+	flagFastPath         = 1 << 2 // MC_F_FAST_PATH
 	portOutExclude       = 1      // MC_PORT_OUT_EXCLUDE
 	portOutInclude       = 2      // MC_PORT_OUT_INCLUDE
 	maxIDs               = 8      // MC_MAX_IDS
@@ -73,16 +83,28 @@ var hooks = []hook{
 	{"connect4", "mc_connect4", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet4Connect, loadConnect4},
 }
 
+// fastPathHook is the sk_msg program (bpf/fastpath.c); it is attached to mc_sockhash, not to a cgroup.
+var fastPathHook = hook{"fastpath", "mc_fastpath", ebpf.SkMsg, ebpf.AttachSkMsgVerdict, loadFastpath}
+
 // LoadOptions size the maps. Zero values keep the defaults compiled into the objects.
 type LoadOptions struct {
-	MaxConns    uint32 // mc_orig_cookie, mc_orig_tuple (in-flight captured connections)
+	MaxConns    uint32 // mc_orig_cookie, mc_orig_tuple (in-flight captured connections); mc_sockhash holds twice this
 	MaxPolicies uint32 // mc_config (pods, in node-agent mode)
+	// FastPath turns on the sk_msg fast path of the app<->proxy hop in the settings Attach writes (see
+	// Objects.FastPath). Opt-in: the proxy must read accelerated sockets with read(), never splice.
+	FastPath bool
 }
 
 // Objects are loaded (not attached) programs and their shared maps.
 type Objects struct {
 	Programs map[string]*ebpf.Program // by hook name
 	Maps     map[string]*ebpf.Map     // by map name
+	// FastPath makes SetPolicy turn the fast path on for that netns key (MC_F_FAST_PATH): both ends of each
+	// captured app<->proxy connection go into mc_sockhash and the sk_msg program moves their data directly into
+	// the peer's receive queue. Only for proxies that read with read()/recvmsg() (meshcap proxy and Envoy do;
+	// a proxy using splice(2) would never see the data). meshcap proxy learns per connection whether it is on
+	// it from its SO_ORIGINAL_DST call (bpf/getsockopt.c).
+	FastPath bool
 }
 
 // Close releases the file descriptors (pinned or attached objects stay in the kernel).
@@ -106,45 +128,64 @@ func load(opts LoadOptions, reuse map[string]*ebpf.Map) (_ *Objects, err error) 
 	if err := checkKernel(); err != nil {
 		return nil, err
 	}
-	objs := &Objects{Programs: map[string]*ebpf.Program{}, Maps: map[string]*ebpf.Map{}}
+	objs := &Objects{Programs: map[string]*ebpf.Program{}, Maps: map[string]*ebpf.Map{}, FastPath: opts.FastPath}
 	defer func() {
 		if err != nil {
 			objs.Close()
 		}
 	}()
-	for _, h := range hooks {
-		spec, err := h.spec()
-		if err != nil {
-			return nil, fmt.Errorf("load %s object: %w", h.name, err)
-		}
-		resize(spec, opts)
-		replace := map[string]*ebpf.Map{}
-		for name, ms := range spec.Maps {
-			m, ok := objs.Maps[name]
-			if !ok {
-				if m, ok = reuse[name]; ok {
-					m, err = m.Clone()
-				} else {
-					m, err = ebpf.NewMap(ms)
-				}
-				if err != nil {
-					return nil, fmt.Errorf("create map %s: %w", name, err)
-				}
-				objs.Maps[name] = m
-			}
-			replace[name] = m
-		}
-		coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: replace})
-		if err != nil {
-			return nil, fmt.Errorf("load %s program: %w", h.name, verifierError(err))
-		}
-		objs.Programs[h.name] = coll.DetachProgram(h.prog)
-		coll.Close()
-		if objs.Programs[h.name] == nil {
-			return nil, fmt.Errorf("load %s program: %s missing from object", h.name, h.prog)
+	for _, h := range append(append([]hook{}, hooks...), fastPathHook) {
+		if err := objs.loadHook(h, opts, reuse); err != nil {
+			return nil, err
 		}
 	}
+	// The sk_msg program runs for every socket sockops puts into mc_sockhash (only with MC_F_FAST_PATH). Attaching
+	// to a map is not a bpf_link: the map holds the program (a re-attach swaps it for sockets added from then on),
+	// and sockets already in the map keep the program they were added with.
+	if err := link.RawAttachProgram(link.RawAttachProgramOptions{
+		Target:  objs.Maps[mapSockhash].FD(),
+		Program: objs.Programs[fastPathHook.name],
+		Attach:  fastPathHook.attach,
+	}); err != nil {
+		return nil, fmt.Errorf("attach %s program to %s: %w", fastPathHook.name, mapSockhash, err)
+	}
 	return objs, nil
+}
+
+// loadHook loads one hook's object against the maps already in objs (creating, or cloning from reuse, the others).
+func (objs *Objects) loadHook(h hook, opts LoadOptions, reuse map[string]*ebpf.Map) (err error) {
+	spec, err := h.spec()
+	if err != nil {
+		return fmt.Errorf("load %s object: %w", h.name, err)
+	}
+	resize(spec, opts)
+	replace := map[string]*ebpf.Map{}
+	for name, ms := range spec.Maps {
+		m, ok := objs.Maps[name]
+		if !ok {
+			if m, ok = reuse[name]; ok {
+				m, err = m.Clone()
+			} else {
+				m, err = ebpf.NewMap(ms)
+			}
+			if err != nil {
+				return fmt.Errorf("create map %s: %w", name, err)
+			}
+			objs.Maps[name] = m
+		}
+		ms.MaxEntries = m.MaxEntries() // a replacement must match its spec (pinned maps keep their size)
+		replace[name] = m
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: replace})
+	if err != nil {
+		return fmt.Errorf("load %s program: %w", h.name, verifierError(err))
+	}
+	objs.Programs[h.name] = coll.DetachProgram(h.prog)
+	coll.Close()
+	if objs.Programs[h.name] == nil {
+		return fmt.Errorf("load %s program: %s missing from object", h.name, h.prog)
+	}
+	return nil
 }
 
 func resize(spec *ebpf.CollectionSpec, opts LoadOptions) {
@@ -152,6 +193,8 @@ func resize(spec *ebpf.CollectionSpec, opts LoadOptions) {
 		switch {
 		case opts.MaxConns > 0 && (name == mapOrigCookie || name == mapOrigTuple):
 			ms.MaxEntries = opts.MaxConns
+		case opts.MaxConns > 0 && name == mapSockhash:
+			ms.MaxEntries = 2 * opts.MaxConns
 		case opts.MaxPolicies > 0 && name == mapConfig:
 			ms.MaxEntries = opts.MaxPolicies
 		}
@@ -174,6 +217,9 @@ func (o *Objects) SetPolicy(cfgKey uint64, p capture.Policy) error {
 	cfg, err := configFor(p)
 	if err != nil {
 		return err
+	}
+	if o.FastPath {
+		cfg.Flags |= flagFastPath
 	}
 	if err := o.DeletePolicy(cfgKey); err != nil {
 		return err

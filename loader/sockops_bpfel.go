@@ -19,9 +19,12 @@ const (
 	sockopsMapMcCidrExcl   = "mc_cidr_excl"
 	sockopsMapMcCidrIncl   = "mc_cidr_incl"
 	sockopsMapMcConfig     = "mc_config"
+	sockopsMapMcFpPeer     = "mc_fp_peer"
+	sockopsMapMcFpStats    = "mc_fp_stats"
 	sockopsMapMcOrigCookie = "mc_orig_cookie"
 	sockopsMapMcOrigTuple  = "mc_orig_tuple"
 	sockopsMapMcPorts      = "mc_ports"
+	sockopsMapMcSockhash   = "mc_sockhash"
 	sockopsProgMcSockops   = "mc_sockops"
 )
 
@@ -77,9 +80,12 @@ type sockopsMapSpecs struct {
 	McCidrExcl   *ebpf.MapSpec `ebpf:"mc_cidr_excl"`
 	McCidrIncl   *ebpf.MapSpec `ebpf:"mc_cidr_incl"`
 	McConfig     *ebpf.MapSpec `ebpf:"mc_config"`
+	McFpPeer     *ebpf.MapSpec `ebpf:"mc_fp_peer"`
+	McFpStats    *ebpf.MapSpec `ebpf:"mc_fp_stats"`
 	McOrigCookie *ebpf.MapSpec `ebpf:"mc_orig_cookie"`
 	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McPorts      *ebpf.MapSpec `ebpf:"mc_ports"`
+	McSockhash   *ebpf.MapSpec `ebpf:"mc_sockhash"`
 }
 
 // sockopsVariableSpecs contains global variables before they are loaded into the kernel.
@@ -111,9 +117,12 @@ type sockopsMaps struct {
 	McCidrExcl   *ebpf.Map `ebpf:"mc_cidr_excl"`
 	McCidrIncl   *ebpf.Map `ebpf:"mc_cidr_incl"`
 	McConfig     *ebpf.Map `ebpf:"mc_config"`
+	McFpPeer     *ebpf.Map `ebpf:"mc_fp_peer"`
+	McFpStats    *ebpf.Map `ebpf:"mc_fp_stats"`
 	McOrigCookie *ebpf.Map `ebpf:"mc_orig_cookie"`
 	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McPorts      *ebpf.Map `ebpf:"mc_ports"`
+	McSockhash   *ebpf.Map `ebpf:"mc_sockhash"`
 }
 
 func (m *sockopsMaps) Close() error {
@@ -121,9 +130,12 @@ func (m *sockopsMaps) Close() error {
 		m.McCidrExcl,
 		m.McCidrIncl,
 		m.McConfig,
+		m.McFpPeer,
+		m.McFpStats,
 		m.McOrigCookie,
 		m.McOrigTuple,
 		m.McPorts,
+		m.McSockhash,
 	)
 }
 

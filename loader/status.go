@@ -97,6 +97,9 @@ func attachmentStatus(dir string, id uint64) AttachmentStatus {
 		a.Programs = append(a.Programs, ps)
 	}
 	names := append(append([]string{}, settingsMaps...), stateMaps...)
+	if _, err := os.Stat(mapPin(dir, mapSockhash)); err == nil {
+		names = append(names, mapSockhash) // sockets on the fast path (mc_fp_peer cannot be iterated)
+	}
 	sort.Strings(names)
 	for _, name := range names {
 		ms := MapStatus{Name: name}

@@ -74,7 +74,8 @@ type Config struct {
 	// DrainTimeout bounds the wait for active connections on stop. 0 = DefaultDrainTimeout.
 	DrainTimeout time.Duration
 	Copy         CopyMode
-	// Resolver, if non-nil, is asked first for each connection's original destination.
+	// Resolver, if non-nil, is asked first for each connection's original destination. A connection it answers
+	// is not checked for the eBPF fast path (that answer comes with SO_ORIGINAL_DST): no Resolver with --fast-path.
 	Resolver Resolver
 	// ExtraPorts are more ports of the local proxy (for example the sidecar's other ports) that must never
 	// be relayed to on a local address (loop guard). The listeners' and admin ports are always included.

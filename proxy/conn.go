@@ -35,7 +35,7 @@ func (p *Proxy) handle(l *listener, down *net.TCPConn, ls *ListenerStats) {
 	defer ls.Active.Add(-1)
 	start := time.Now()
 	peer := tcpAddrPort(down.RemoteAddr())
-	dst, err := p.originalDst(l.dir, down, l.addr.Port())
+	dst, fast, err := p.originalDst(l.dir, down, l.addr.Port())
 	if err != nil {
 		p.stats.Errors.OrigDst.Add(1)
 		p.refuse(l.dir, down, peer, dst, "original destination unknown", err)
@@ -63,6 +63,10 @@ func (p *Proxy) handle(l *listener, down *net.TCPConn, ls *ListenerStats) {
 
 	r := relayPool.Get().(*relay)
 	r.p, r.dir, r.stats, r.down, r.up, r.dst = p, l.dir, ls, down, up, dst
+	r.buffer = fast || p.cfg.Copy == CopyBuffer // fast path: splice would never see the redirected data
+	if fast {
+		ls.FastPath.Add(1)
+	}
 	p.mu.Lock()
 	forced := p.forced.Load()
 	if !forced {

@@ -16,6 +16,12 @@
 //     reused across connections (workers.go: up to maxIdleWorkers wait for work, keeping their grown stacks);
 //     copy buffers are pooled; splice mode uses the kernel's zero-copy path, buffer mode plain read/write (needed
 //     when sockets sit in a sockmap with sk_msg redirection).
+//   - eBPF fast path (`meshcap ebpf attach --fast-path`): the SO_ORIGINAL_DST call passes a 20-byte buffer
+//     (sockaddr_in + flags, struct mc_origdst_ext in bpf/getsockopt.c); the cgroup/getsockopt program sets
+//     flag 1 when the accepted socket is in the fast path's sockhash, and that connection is then relayed with
+//     read/write whatever the copy mode (splice would never see the redirected data). Netfilter and the program
+//     answer 16 bytes otherwise, so iptables mode and plain eBPF mode keep splice. No extra syscall, no bpf().
+//     A Resolver answer skips that call: do not combine a Resolver with --fast-path.
 //   - Per-connection syscalls are kept to what relaying needs: no TCP keep-alive setsockopts (Envoy's default
 //     too), upstream sockets are never bind()ed unless a source address is configured (an explicit bind searches
 //     the whole ephemeral range and cannot reuse TIME_WAIT ports), and the last direction to reach EOF skips

@@ -32,16 +32,30 @@ func (f ResolverFunc) OriginalDst(dir Direction, c *net.TCPConn) (netip.AddrPort
 	return f(dir, c)
 }
 
+// origDstExt is meshcap's extended SO_ORIGINAL_DST answer (struct mc_origdst_ext in bpf/getsockopt.c): with a
+// buffer this large, the cgroup/getsockopt program also says whether the accepted socket is on the sk_msg fast path
+// (bpf/fastpath.c). Netfilter (iptables mode) writes only the sockaddr_in and leaves flags zero, and so does the
+// program for a socket not on the fast path; neither costs an extra syscall.
+type origDstExt struct {
+	sa    unix.RawSockaddrInet4
+	flags uint32
+}
+
+// origDstFastPath (MC_ORIGDST_F_FAST_PATH): the socket is in the fast path's sockhash. Data for it arrives in its
+// sk_msg ingress queue, which splice(2) never sees: it must be relayed with read/write.
+const origDstFastPath = 1
+
 // errNoOrigDst: no method knew the original destination.
 var errNoOrigDst = errors.New("original destination unknown")
 
 // originalDst runs the resolution chain described in the package doc. listenPort is the port of the listener
-// that accepted c.
-func (p *Proxy) originalDst(dir Direction, c *net.TCPConn, listenPort uint16) (netip.AddrPort, error) {
+// that accepted c. fast reports that c is on the eBPF fast path (learned from the SO_ORIGINAL_DST answer only:
+// a Resolver cannot tell, so a Resolver must not be combined with `ebpf attach --fast-path`).
+func (p *Proxy) originalDst(dir Direction, c *net.TCPConn, listenPort uint16) (dst netip.AddrPort, fast bool, err error) {
 	if p.cfg.Resolver != nil {
 		dst, ok, err := p.cfg.Resolver.OriginalDst(dir, c)
 		if err == nil && ok {
-			return unmapAddrPort(dst), nil
+			return unmapAddrPort(dst), false, nil
 		}
 		if err != nil && p.debug() {
 			p.log.Debug("resolver failed, falling back", zapDir(dir), zapErr(err))
@@ -50,59 +64,64 @@ func (p *Proxy) originalDst(dir Direction, c *net.TCPConn, listenPort uint16) (n
 	local := tcpAddrPort(c.LocalAddr())
 	if dir == Inbound && local.IsValid() && local.Port() != listenPort {
 		// sk_lookup (or TPROXY) steering: no NAT, the local address is the original destination.
-		return local, nil
+		return local, false, nil
 	}
-	dst, err := GetOriginalDst(c)
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	return dst, nil
+	return getOriginalDst(c)
 }
 
 // GetOriginalDst asks the socket for SO_ORIGINAL_DST: answered by conntrack under iptables NAT, or by a
 // cgroup/getsockopt BPF program in eBPF mode. IPv4 (and v4-mapped) sockets use SOL_IP, IPv6 sockets SOL_IPV6.
 func GetOriginalDst(c *net.TCPConn) (netip.AddrPort, error) {
+	dst, _, err := getOriginalDst(c)
+	return dst, err
+}
+
+// getOriginalDst is GetOriginalDst that also reports whether c is on the eBPF fast path.
+func getOriginalDst(c *net.TCPConn) (netip.AddrPort, bool, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("get original dst: %w", err)
+		return netip.AddrPort{}, false, fmt.Errorf("get original dst: %w", err)
 	}
 	v6 := false
 	if la := tcpAddrPort(c.LocalAddr()); la.IsValid() && la.Addr().Is6() && !la.Addr().Is4In6() {
 		v6 = true
 	}
 	var dst netip.AddrPort
+	var fast bool
 	var serr error
-	cerr := rc.Control(func(fd uintptr) { dst, serr = getOriginalDstFD(int(fd), v6) })
+	cerr := rc.Control(func(fd uintptr) { dst, fast, serr = getOriginalDstFD(int(fd), v6) })
 	if cerr != nil {
-		return netip.AddrPort{}, fmt.Errorf("get original dst: %w", cerr)
+		return netip.AddrPort{}, false, fmt.Errorf("get original dst: %w", cerr)
 	}
 	if serr != nil {
-		return netip.AddrPort{}, serr
+		return netip.AddrPort{}, false, serr
 	}
-	return dst, nil
+	return dst, fast, nil
 }
 
-func getOriginalDstFD(fd int, v6 bool) (netip.AddrPort, error) {
+func getOriginalDstFD(fd int, v6 bool) (netip.AddrPort, bool, error) {
 	if v6 {
 		var sa unix.RawSockaddrInet6
 		l := uint32(unix.SizeofSockaddrInet6)
 		if err := getsockopt(fd, unix.SOL_IPV6, ip6tSoOriginalDst, unsafe.Pointer(&sa), &l); err != nil {
-			return netip.AddrPort{}, fmt.Errorf("getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST): %w", err)
+			return netip.AddrPort{}, false, fmt.Errorf("getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST): %w", err)
 		}
 		if sa.Family != unix.AF_INET6 || l < unix.SizeofSockaddrInet6 {
-			return netip.AddrPort{}, fmt.Errorf("getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST): bad answer (family %d, len %d)", sa.Family, l)
+			return netip.AddrPort{}, false, fmt.Errorf("getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST): bad answer (family %d, len %d)", sa.Family, l)
 		}
-		return unmapAddrPort(netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), ntohs(sa.Port))), nil
+		return unmapAddrPort(netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), ntohs(sa.Port))), false, nil
 	}
-	var sa unix.RawSockaddrInet4
-	l := uint32(unix.SizeofSockaddrInet4)
-	if err := getsockopt(fd, unix.SOL_IP, soOriginalDst, unsafe.Pointer(&sa), &l); err != nil {
-		return netip.AddrPort{}, fmt.Errorf("getsockopt(SOL_IP, SO_ORIGINAL_DST): %w", err)
+	var ext origDstExt
+	l := uint32(unsafe.Sizeof(ext))
+	if err := getsockopt(fd, unix.SOL_IP, soOriginalDst, unsafe.Pointer(&ext), &l); err != nil {
+		return netip.AddrPort{}, false, fmt.Errorf("getsockopt(SOL_IP, SO_ORIGINAL_DST): %w", err)
 	}
+	sa := &ext.sa
 	if sa.Family != unix.AF_INET || l < 8 {
-		return netip.AddrPort{}, fmt.Errorf("getsockopt(SOL_IP, SO_ORIGINAL_DST): bad answer (family %d, len %d)", sa.Family, l)
+		return netip.AddrPort{}, false, fmt.Errorf("getsockopt(SOL_IP, SO_ORIGINAL_DST): bad answer (family %d, len %d)", sa.Family, l)
 	}
-	return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), ntohs(sa.Port)), nil
+	fast := l >= uint32(unsafe.Sizeof(ext)) && ext.flags&origDstFastPath != 0
+	return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), ntohs(sa.Port)), fast, nil
 }
 
 func getsockopt(fd, level, name int, val unsafe.Pointer, vallen *uint32) error {

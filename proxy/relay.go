@@ -24,6 +24,7 @@ type relay struct {
 	down    *net.TCPConn // accepted from the client
 	up      *net.TCPConn // dialed to the original destination
 	dst     netip.AddrPort
+	buffer  bool  // copy with read/write (CopyBuffer, or the client socket is on the eBPF fast path)
 	upN     int64 // bytes down -> up (written by the goroutine copying that way)
 	downN   int64 // bytes up -> down
 	upErr   error
@@ -77,7 +78,7 @@ func (r *relay) finish(dst *net.TCPConn, err error) {
 
 // pipe copies src to dst until EOF (nil error) or failure, adding to counter as it goes.
 func (r *relay) pipe(dst, src *net.TCPConn, lr *io.LimitedReader, counter *atomic.Uint64) (int64, error) {
-	if r.p.cfg.Copy == CopyBuffer {
+	if r.buffer {
 		return copyBuffer(dst, src, counter)
 	}
 	var total int64
@@ -125,6 +126,7 @@ func copyBuffer(dst, src *net.TCPConn, counter *atomic.Uint64) (int64, error) {
 func (r *relay) reset() {
 	r.p, r.stats, r.down, r.up = nil, nil, nil, nil
 	r.dst = netip.AddrPort{}
+	r.buffer = false
 	r.upN, r.downN, r.upErr, r.downErr = 0, 0, nil, nil
 	r.failed.Store(false)
 	r.eofs.Store(0)

@@ -324,26 +324,26 @@ func TestOriginalDstInboundLocalAddr(t *testing.T) {
 	defer c.Close()
 	accepted := <-srv
 	// As if accepted on a listener on port 15006 although the socket's local port is dst's.
-	got, err := p.originalDst(Inbound, accepted, 15006)
+	got, _, err := p.originalDst(Inbound, accepted, 15006)
 	if err != nil || got != dst {
 		t.Fatalf("originalDst = %s, %v; want %s", got, err, dst)
 	}
 	// The outbound listener never trusts the local address: no NAT here, so getsockopt decides (ENOENT or the
 	// local address itself, which the loop guard would then refuse).
-	if got, err := p.originalDst(Outbound, accepted, 15001); err == nil && got != dst {
+	if got, _, err := p.originalDst(Outbound, accepted, 15001); err == nil && got != dst {
 		t.Fatalf("outbound originalDst = %s", got)
 	}
 	// A Resolver answer wins; "no answer" falls through.
 	p.cfg.Resolver = ResolverFunc(func(Direction, *net.TCPConn) (netip.AddrPort, bool, error) {
 		return netip.MustParseAddrPort("[::ffff:198.18.0.9]:80"), true, nil
 	})
-	if got, _ := p.originalDst(Inbound, accepted, 15006); got != netip.MustParseAddrPort("198.18.0.9:80") {
+	if got, _, _ := p.originalDst(Inbound, accepted, 15006); got != netip.MustParseAddrPort("198.18.0.9:80") {
 		t.Fatalf("resolver answer ignored (or not unmapped): %s", got)
 	}
 	p.cfg.Resolver = ResolverFunc(func(Direction, *net.TCPConn) (netip.AddrPort, bool, error) {
 		return netip.AddrPort{}, false, errors.New("map miss")
 	})
-	if got, _ := p.originalDst(Inbound, accepted, 15006); got != dst {
+	if got, _, _ := p.originalDst(Inbound, accepted, 15006); got != dst {
 		t.Fatalf("resolver error did not fall through: %s", got)
 	}
 }

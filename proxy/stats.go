@@ -7,6 +7,7 @@ type ListenerStats struct {
 	Accepted atomic.Uint64 // connections accepted
 	Active   atomic.Int64  // connections currently open (accepted, not yet closed)
 	Relayed  atomic.Uint64 // connections whose upstream was connected (relay started)
+	FastPath atomic.Uint64 // relayed connections whose client socket was on the eBPF fast path (read/write copy)
 	// BytesUp: downstream (the accepted client) -> upstream (original destination). BytesDown: the reverse.
 	BytesUp   atomic.Uint64
 	BytesDown atomic.Uint64
@@ -40,6 +41,7 @@ type ListenerSnapshot struct {
 	Accepted  uint64 `json:"accepted"`
 	Active    int64  `json:"active"`
 	Relayed   uint64 `json:"relayed"`
+	FastPath  uint64 `json:"fast_path,omitempty"`
 	BytesUp   uint64 `json:"bytes_up"`
 	BytesDown uint64 `json:"bytes_down"`
 }
@@ -65,6 +67,7 @@ func (l *ListenerStats) snapshot() ListenerSnapshot {
 		Accepted:  l.Accepted.Load(),
 		Active:    l.Active.Load(),
 		Relayed:   l.Relayed.Load(),
+		FastPath:  l.FastPath.Load(),
 		BytesUp:   l.BytesUp.Load(),
 		BytesDown: l.BytesDown.Load(),
 	}

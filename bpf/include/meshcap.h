@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * Shared definitions of the outbound capture programs (connect4, sockops, getsockopt, getpeername4).
+ * Shared definitions of the outbound capture programs (connect4, sockops, getsockopt, getpeername4) and of the
+ * opt-in sk_msg fast path (fastpath.c).
  *
  * Every struct here is shared with Go through bpf2go -type; never copy a layout by hand on the Go side.
  * Every map is defined here once; each hook's object carries the same definitions and the loader makes the
- * four objects share one instance of each map (MapReplacements), so "one file per hook" costs nothing at run time.
+ * five objects share one instance of each map (MapReplacements), so "one file per hook" costs nothing at run time.
  *
  * Settings are runtime data, not -D permutations:
  *   - mc_config is keyed by a netns cookie. Key 0 means "any netns": per-pod mode (one attach per pod cgroup,
@@ -58,6 +59,9 @@ enum mc_config_flags {
 	MC_F_OUTBOUND_ALL = 1 << 0,      /* -i '*' */
 	MC_F_LOOPBACK_INCLUDED = 1 << 1, /* an -i CIDR is loopback: 127/8 is not exempt as a whole (istio drops the
 	                                  * "-o lo ! --uid-owner RETURN" rules then) */
+	MC_F_FAST_PATH = 1 << 2,         /* opt-in (ebpf attach --fast-path): both ends of a captured app<->proxy
+	                                  * connection go into mc_sockhash and mc_fastpath redirects their data (see
+	                                  * fastpath.c). Only for proxies that read with read()/recvmsg(), not splice. */
 };
 
 /* Per-netns (or, for key 0, per-attach) outbound settings. Ports in host byte order, addresses in network order. */
@@ -97,11 +101,18 @@ struct mc_port_key {
 	__u8 _pad[5];
 };
 
+/* mc_orig.flags */
+enum mc_orig_flags {
+	MC_ORIG_F_FAST_PATH = 1 << 0, /* the netns has MC_F_FAST_PATH: sockops tries to put both ends in mc_sockhash */
+	MC_ORIG_F_APP_IN = 1 << 1,    /* the app (client) end is in mc_sockhash */
+	MC_ORIG_F_PROXY_IN = 1 << 2,  /* the proxy (accepted) end is in mc_sockhash */
+};
+
 /* Original destination of a captured connection. */
 struct mc_orig {
-	__u32 addr; /* network byte order */
-	__u16 port; /* host byte order */
-	__u16 _pad;
+	__u32 addr;  /* network byte order */
+	__u16 port;  /* host byte order */
+	__u16 flags; /* enum mc_orig_flags (mc_orig_tuple only) */
 };
 
 /*
@@ -166,6 +177,65 @@ struct {
 	__type(key, struct mc_tuple);
 	__type(value, struct mc_orig);
 } mc_orig_tuple SEC(".maps");
+
+/*
+ * Fast path (MC_F_FAST_PATH). Each end of a captured app<->proxy connection is keyed by its OWN view of the
+ * 4-tuple (local = itself); the sk_msg program finds the peer under the reversed tuple. Entries leave the
+ * sockhash when their socket closes (the kernel unlinks it). Twice MC_MAX_CONNS: two sockets per connection.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 2 * MC_MAX_CONNS);
+	__type(key, struct mc_tuple);
+	__type(value, __u64);
+} mc_sockhash SEC(".maps");
+
+/* Fast-path counters (per CPU), indexes of enum mc_fp_stat. Read by tests and `meshcap status`. */
+enum mc_fp_stat {
+	MC_FP_REDIRECT_MSGS = 0,  /* messages redirected into the peer's ingress queue */
+	MC_FP_REDIRECT_BYTES = 1, /* their bytes */
+	MC_FP_PASS_MSGS = 2,      /* messages that went through TCP (peer absent, or the connection started on TCP) */
+	MC_FP_STATS = 3,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MC_FP_STATS);
+	__type(key, __u32);
+	__type(value, __u64);
+} mc_fp_stats SEC(".maps");
+
+/*
+ * Per-socket decision of the sk_msg program, taken at a socket's first message and never changed, so that the
+ * bytes of one direction never take two paths (the receiver reads its redirect queue before its TCP queue: data
+ * redirected after data sent by TCP and not yet read would overtake it). Freed with the socket.
+ */
+enum mc_fp_mode {
+	MC_FP_UNDECIDED = 0,
+	MC_FP_REDIRECT = 1,
+	MC_FP_TCP = 2,
+};
+
+/* Socket storage of a socket in mc_sockhash: the key of its peer and its decision. Created by sockops before the
+ * socket goes into the map; a socket without it is never redirected. */
+struct mc_fp_peer {
+	struct mc_tuple peer;
+	__u32 mode; /* enum mc_fp_mode */
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct mc_fp_peer);
+} mc_fp_peer SEC(".maps");
+
+/* Meshcap-private answer of getsockopt(SOL_IP, SO_ORIGINAL_DST): a proxy that passes optlen >= sizeof(struct
+ * mc_origdst_ext) gets this struct (optlen = its size) when the program answers. Netfilter's own answer (iptables
+ * mode) writes only the sockaddr_in and leaves the rest of the buffer as the caller set it (zero), so the same
+ * call tells a proxy whether its accepted socket is on the fast path, without another syscall and without bpf(). */
+#define MC_ORIGDST_F_FAST_PATH 1 /* the accepted socket is in mc_sockhash: read it with read(), never splice */
 
 /* Find the settings that apply to a socket in netns `netns`: its own, else the "any netns" key 0.
  * Sets *cfg_key to the key found, which scopes every list lookup. */

@@ -34,8 +34,9 @@ func newEBPFCmd(log *zap.Logger) *cobra.Command {
 func newEBPFAttachCmd(log *zap.Logger) *cobra.Command {
 	cfg := capture.Default()
 	var cgroupDir, netnsPath, pinRoot string
+	var fastPath bool
 	cmd := &cobra.Command{
-		Use:   "attach --cgroup DIR [--netns PATH] [capture flags]",
+		Use:   "attach --cgroup DIR [--netns PATH] [--fast-path] [capture flags]",
 		Short: "Capture outbound TCP of every process in a cgroup v2 directory, and inbound TCP of a network namespace when -b is set",
 		Long: `Attaches the outbound capture programs (cgroup/connect4, sockops, cgroup/getsockopt, cgroup/getpeername4)
 to a cgroup v2 directory. A TCP connect from a process in it is sent to 127.0.0.1:<-p> unless exempt, with the
@@ -49,18 +50,26 @@ listener on -z (15006), minus the -d ports (with -b '*') and the tunnel port -e,
 The proxy registers its listener itself when it starts (meshcap proxy does); a proxy already running is found and
 registered by this command. Without -b, inbound capture of that netns is removed if it was attached.
 
+--fast-path (opt-in) also short-circuits the loopback hop between the app and the proxy: both ends of each
+captured connection go into a SOCKHASH and an sk_msg program moves every write straight into the other end's
+receive queue (no loopback TCP processing). The proxy must read those sockets with read()/recvmsg(): data moved
+this way is invisible to splice(2), so a proxy that splices (HAProxy, for one) would hang. meshcap proxy detects it
+per connection and copies with read/write; Envoy uses plain reads and writes. Off unless given; attaching again
+without it turns it off for new connections.
+
 Links and maps are pinned under --pin-dir (cgroup-<cgroup id>/ and netns-<netns cookie>/inbound/), so capture
 stays after this command exits. Attaching again replaces the settings atomically. When --pin-dir is under
 /sys/fs/bpf and no bpffs is mounted there, it is mounted (host mount namespace only).
 Capture flags and their environment variables are istio-iptables' own.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runEBPFAttach(log, cgroupDir, netnsPath, pinRoot, cfg)
+			return runEBPFAttach(log, cgroupDir, netnsPath, pinRoot, cfg, fastPath)
 		},
 	}
 	cmd.Flags().StringVar(&cgroupDir, "cgroup", "", "cgroup v2 directory to capture (required)")
 	cmd.Flags().StringVar(&netnsPath, "netns", ownNetns, "network namespace for inbound capture (/var/run/netns/NAME or /proc/PID/ns/net)")
 	cmd.Flags().StringVar(&pinRoot, "pin-dir", loader.DefaultPinRoot, "bpffs directory where links and maps are pinned")
+	cmd.Flags().BoolVar(&fastPath, "fast-path", false, "redirect app<->proxy data with sk_msg (the proxy must not use splice: see above)")
 	bindCaptureFlags(cmd, &cfg)
 	return cmd
 }
@@ -71,7 +80,7 @@ func bindCaptureFlags(cmd *cobra.Command, cfg *capture.Config) {
 	capture.BindCaptureFlags(cmd.Flags(), cfg, nil)
 }
 
-func runEBPFAttach(log *zap.Logger, cgroupDir, netnsPath, pinRoot string, cfg capture.Config) error {
+func runEBPFAttach(log *zap.Logger, cgroupDir, netnsPath, pinRoot string, cfg capture.Config, fastPath bool) error {
 	if cgroupDir == "" {
 		return errors.New("ebpf attach: --cgroup is required")
 	}
@@ -88,10 +97,14 @@ func runEBPFAttach(log *zap.Logger, cgroupDir, netnsPath, pinRoot string, cfg ca
 		return fmt.Errorf("ebpf attach: invalid --netns %q: %w", netnsPath, err)
 	}
 	warnUnsupported(log, cfg)
+	if !pol.OutboundAll && len(pol.OutboundIncludeCIDRs) == 0 && len(pol.OutboundIncludePorts) == 0 {
+		// Same meaning as istio-iptables (no -i: no outbound redirect), but easy to miss.
+		log.Warn("no outbound TCP is captured: -i is empty and -q lists no port (use -i '*' to capture all)")
+	}
 	if err := ensureBPFFS(log, pinRoot); err != nil {
 		return fmt.Errorf("ebpf attach: %w", err)
 	}
-	a, err := loader.Attach(cgroupDir, pol, pinRoot, loader.LoadOptions{})
+	a, err := loader.Attach(cgroupDir, pol, pinRoot, loader.LoadOptions{FastPath: fastPath})
 	if err != nil {
 		return fmt.Errorf("ebpf attach: %w", err)
 	}
@@ -102,7 +115,7 @@ func runEBPFAttach(log *zap.Logger, cgroupDir, netnsPath, pinRoot string, cfg ca
 	log.Info(verb+" outbound capture",
 		zap.String("cgroup", a.CgroupDir), zap.Uint64("cgroupID", a.CgroupID), zap.String("pinDir", a.PinDir),
 		zap.Uint16("proxyPort", pol.ProxyPort), zap.Uint32s("proxyUIDs", pol.ProxyUIDs), zap.Uint32s("proxyGIDs", pol.ProxyGIDs),
-		zap.Bool("outboundAll", pol.OutboundAll), zap.Stringers("include", pol.OutboundIncludeCIDRs),
+		zap.Bool("outboundAll", pol.OutboundAll), zap.Bool("fastPath", fastPath), zap.Stringers("include", pol.OutboundIncludeCIDRs),
 		zap.Stringers("exclude", pol.OutboundExcludeCIDRs))
 
 	if !pol.InboundEnabled() {
@@ -166,20 +179,8 @@ func ensureBPFFS(log *zap.Logger, pinRoot string) error {
 // warnUnsupported names the istio settings that the eBPF programs do not implement (they are accepted so that
 // istio-init argument lists work unchanged).
 func warnUnsupported(log *zap.Logger, c capture.Config) {
-	for _, s := range []struct {
-		on   bool
-		what string
-	}{
-		{c.KubeVirtInterfaces != "", "-k/--kube-virt-interfaces"},
-		{c.ExcludeInterfaces != "", "-c/--istio-exclude-interfaces"},
-		{c.RedirectDNS || c.CaptureAllDNS, "DNS capture (--redirect-dns/--capture-all-dns)"},
-		{c.InboundInterceptionMode == "TPROXY", "-m TPROXY (sk_lookup already preserves the client address and original destination)"},
-		{c.OwnerGroupsInclude != "" && c.OwnerGroupsInclude != "*", "ISTIO_OUTBOUND_OWNER_GROUPS"},
-		{c.OwnerGroupsExclude != "", "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE"},
-	} {
-		if s.on {
-			log.Warn("not applied by eBPF capture: " + s.what)
-		}
+	for _, what := range c.EBPFUnsupported() {
+		log.Warn("not applied by eBPF capture: " + what)
 	}
 }
 

@@ -102,6 +102,13 @@ func WriteMarkdown(w io.Writer, rep *Report, mo MarkdownOptions) error {
 	if len(rep.ProxyArgs) > 0 {
 		fmt.Fprintf(&b, "- Sidecar: `meshcap %s`\n", strings.Join(rep.ProxyArgs, " "))
 	}
+	for _, sc := range rep.Results.Scenarios() {
+		if strings.HasPrefix(sc, "ebpf") && sc != "ebpf-nofastpath" {
+			b.WriteString("- eBPF scenarios attach with `--fast-path`: an sk_msg program moves data between the app and its sidecar " +
+				"directly into the peer socket (no loopback TCP on that hop); `ebpf-nofastpath` is eBPF capture without it\n")
+			break
+		}
+	}
 	fmt.Fprintf(&b, "- Cells: median [min - max] over rounds. Ratios are paired within a round, then summarized.\n")
 	fmt.Fprintf(&b, "- cpu_*: CPU time of everything in both pods (client, server, sidecar proxies; cgroup cpu.stat) per request, connection or MiB.\n")
 	fmt.Fprintf(&b, "- conntrack_peak: highest sum of both pods' nf_conntrack_count during the scenario.\n\n")
