@@ -24,7 +24,7 @@ func init() {
 	register(newBenchClientCmd)
 }
 
-// Quick and thorough defaults: --quick takes about 2 minutes on 2 cores with all five scenarios.
+// Quick and thorough defaults: --quick takes about 2.5 minutes on 2 cores with all six scenarios.
 const (
 	quickRounds, quickDuration, quickWarmup          = 3, 600 * time.Millisecond, 150 * time.Millisecond
 	thoroughRounds, thoroughDuration, thoroughWarmup = 5, 3 * time.Second, 500 * time.Millisecond

@@ -116,7 +116,7 @@ func Builtin() map[string]Scenario {
 }
 
 // DefaultScenarios is the report's scenario order.
-var DefaultScenarios = []string{"direct", "iptables", "ebpf", "iptables-full", "ebpf-full"}
+var DefaultScenarios = []string{"direct", "iptables", "ebpf", "ebpf-nofastpath", "iptables-full", "ebpf-full"}
 
 // ParseScenarios resolves a comma list against Builtin (order kept, duplicates dropped).
 func ParseScenarios(list string) ([]Scenario, error) {

@@ -8,6 +8,7 @@
 #   direct         no capture, no nat table
 #   iptables       client: meshcap iptables -i '*' + meshcap proxy
 #   ebpf           client: meshcap ebpf attach -i '*' + meshcap proxy
+#   ebpf-fastpath  as ebpf, with --fast-path (sk_msg redirect on the app<->sidecar hop)
 #   iptables-full  as iptables, plus the server pod: meshcap iptables -b '*' + meshcap proxy
 #   ebpf-full      as ebpf, plus the server pod: meshcap ebpf attach -b '*' + meshcap proxy
 # Metrics: keep-alive request rate (wrk -c16, 1 KiB body) and new-connection rate (Connection: close, -c16).
@@ -18,7 +19,7 @@ MESHCAP=${MESHCAP:-$(cd "$(dirname "$0")/../.." && pwd)/bin/meshcap}
 CG2=$(awk '$9 == "cgroup2" {print $5; exit}' /proc/self/mountinfo)
 WORK=$(mktemp -d /tmp/meshcap-indep.XXXXXX)
 chmod 755 "$WORK"
-SCENARIOS=(direct iptables ebpf iptables-full ebpf-full)
+SCENARIOS=(direct iptables ebpf ebpf-fastpath iptables-full ebpf-full)
 PIDS=()
 
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
@@ -90,6 +91,9 @@ setup() {
 	iptables-full)
 		run inpod "$S" "$MESHCAP" iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -b '*'
 		proxy "$S" ;;
+	ebpf-fastpath)
+		run "$MESHCAP" ebpf attach --pin-dir "$WORK/pins-mnt/meshcap" --cgroup "$CG2/meshcap.slice/$C" --netns "/var/run/netns/$C" -i '*' --fast-path
+		proxy "$C" ;;
 	ebpf|ebpf-full)
 		run "$MESHCAP" ebpf attach --pin-dir "$WORK/pins-mnt/meshcap" --cgroup "$CG2/meshcap.slice/$C" --netns "/var/run/netns/$C" -i '*'
 		proxy "$C" ;;&
@@ -126,7 +130,7 @@ printf '%-14s %12s %12s\n' scenario rr_median connect_median
 for sc in "${SCENARIOS[@]}"; do
 	printf '%-14s %12s %12s\n' "$sc" "$(echo "${RES[$sc,rr]}" | median)" "$(echo "${RES[$sc,connect]}" | median)"
 done
-for pair in ebpf/iptables ebpf-full/iptables-full; do
+for pair in ebpf/iptables ebpf-fastpath/iptables ebpf-full/iptables-full; do
 	a=${pair%/*} b=${pair#*/}
 	for m in rr connect; do
 		printf '%-24s %-8s %s\n' "$pair" "$m" "$(awk -v x="$(echo "${RES[$a,$m]}" | median)" -v y="$(echo "${RES[$b,$m]}" | median)" 'BEGIN {printf "%.2fx", x / y}')"
