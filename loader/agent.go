@@ -13,11 +13,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
-	"path/filepath"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 
 	"github.com/meshcap/meshcap/pkg/capture"
 )
@@ -39,7 +36,7 @@ func AttachAgent(cgroupDir, pinRoot string, opts LoadOptions) (*AgentAttachment,
 		return nil, err
 	}
 	res := &AgentAttachment{Attachment: a}
-	unlock, err := lockPinDir(a.PinDir)
+	unlock, err := lockDir(a.PinDir)
 	if err != nil {
 		return nil, err
 	}
@@ -76,7 +73,7 @@ func EnrollNetns(pinDir string, netnsCookie uint64, p capture.Policy) error {
 	if err != nil {
 		return err
 	}
-	unlock, err := lockPinDir(pinDir)
+	unlock, err := lockDir(pinDir)
 	if err != nil {
 		return err
 	}
@@ -163,7 +160,7 @@ func UnenrollNetns(pinDir string, netnsCookie uint64) error {
 	if netnsCookie == 0 {
 		return errors.New("unenroll: netns cookie 0 is reserved")
 	}
-	unlock, err := lockPinDir(pinDir)
+	unlock, err := lockDir(pinDir)
 	if err != nil {
 		return err
 	}
@@ -244,18 +241,4 @@ func UninstallAll(pinRoot string) (*Uninstalled, error) {
 	}
 	removeIfEmpty(pinRoot)
 	return res, errors.Join(errs...)
-}
-
-// lockPinDir takes an exclusive flock on an attachment's pin directory: meshcap-cni processes (one per pod) and the
-// agent write settings of different pods into the same maps; the lock keeps each pod's update whole.
-func lockPinDir(dir string) (func(), error) {
-	fd, err := unix.Open(filepath.Clean(dir), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", dir, &os.PathError{Op: "open", Path: dir, Err: err})
-	}
-	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("lock %s: %w", dir, err)
-	}
-	return func() { unix.Close(fd) }, nil
 }

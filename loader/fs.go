@@ -1,16 +1,15 @@
 package loader
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
+	"github.com/meshcap/meshcap/pkg/podnet"
 	"golang.org/x/sys/unix"
 )
 
@@ -93,31 +92,9 @@ func checkKernel() error {
 	return kernelCheck.err
 }
 
-// Cgroup2Root returns the cgroup2 mount point (for example /sys/fs/cgroup/unified on a hybrid host).
-func Cgroup2Root() (string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		for i, fld := range fields {
-			if fld == "-" && i+1 < len(fields) && fields[i+1] == "cgroup2" && len(fields) > 4 {
-				return fields[4], nil
-			}
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return "", err
-	}
-	return "", errors.New("no cgroup2 filesystem mounted")
-}
-
 // cgroupPathByID finds the directory of cgroup id under the cgroup2 root ("" if it no longer exists).
 func cgroupPathByID(id uint64) string {
-	root, err := Cgroup2Root()
+	root, err := podnet.Cgroup2Root()
 	if err != nil {
 		return ""
 	}
@@ -135,4 +112,18 @@ func cgroupPathByID(id uint64) string {
 		return nil
 	})
 	return found
+}
+
+// lockDir takes an exclusive flock on a pin directory and returns its release. meshcap-cni processes (one per pod),
+// the agent and the CLI write into the same pinned maps; the lock keeps each attach, detach or pod update whole.
+func lockDir(dir string) (func(), error) {
+	fd, err := unix.Open(filepath.Clean(dir), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", dir, &os.PathError{Op: "open", Path: dir, Err: err})
+	}
+	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	return func() { unix.Close(fd) }, nil
 }

@@ -161,7 +161,7 @@ func attachInbound(netnsPath string, p capture.Policy, opts InboundOptions) (_ *
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create pin directory: %w", err)
 	}
-	unlock, err := inbLockDir(dir)
+	unlock, err := lockDir(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -313,7 +313,7 @@ func DetachInboundCookie(pinRoot string, netnsCookie uint64) error {
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	unlock, err := inbLockDir(dir)
+	unlock, err := lockDir(dir)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil // removed meanwhile

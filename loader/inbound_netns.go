@@ -99,19 +99,6 @@ func inbRequireBPFFS(root string) error {
 	}
 }
 
-// inbLockDir takes an exclusive flock on dir (serialises concurrent attach/detach of one netns).
-func inbLockDir(dir string) (func(), error) {
-	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", dir, &os.PathError{Op: "open", Path: dir, Err: err})
-	}
-	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("lock %s: %w", dir, err)
-	}
-	return func() { unix.Close(fd) }, nil
-}
-
 // FindInboundListener finds a listening TCP socket on port in the network namespace at netnsPath, whichever process
 // holds it, and returns a duplicate of it (pidfd_getfd; needs CAP_SYS_PTRACE over that process, which root has).
 // The error wraps ErrInboundListenerNotFound when there is none.

@@ -10,7 +10,6 @@ package loader
 // everything.
 
 import (
-	"bufio"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -26,6 +25,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
+	"github.com/meshcap/meshcap/pkg/podnet"
 	"golang.org/x/sys/unix"
 )
 
@@ -337,24 +337,18 @@ func (r *probeRun) checkCgroup2() (string, error) {
 	return mnt, nil
 }
 
-// FindCgroup2Mount returns the cgroup v2 mount point from /proc/self/mountinfo.
-func FindCgroup2Mount() (string, error) {
-	mnt, _, err := findCgroup2()
-	return mnt, err
-}
-
 func findCgroup2() (mnt string, hybrid bool, err error) {
-	mounts, err := readMountinfo()
+	mounts, err := podnet.Mounts()
 	if err != nil {
 		return "", false, err
 	}
 	for _, m := range mounts {
-		switch m.fstype {
+		switch m.FSType {
 		case "cgroup":
 			hybrid = true
 		case "cgroup2":
 			if mnt == "" {
-				mnt = m.point
+				mnt = m.Point
 			}
 		}
 	}
@@ -363,51 +357,6 @@ func findCgroup2() (mnt string, hybrid bool, err error) {
 	}
 	return mnt, hybrid, nil
 }
-
-type mountEntry struct{ point, fstype string }
-
-func readMountinfo() ([]mountEntry, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil, fmt.Errorf("read mounts: %w", err)
-	}
-	defer f.Close()
-	var out []mountEntry
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		// 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
-		pre, post, ok := strings.Cut(sc.Text(), " - ")
-		if !ok {
-			continue
-		}
-		f1, f2 := strings.Fields(pre), strings.Fields(post)
-		if len(f1) < 5 || len(f2) < 1 {
-			continue
-		}
-		out = append(out, mountEntry{point: unescapeMount(f1[4]), fstype: f2[0]})
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("read mounts: %w", err)
-	}
-	return out, nil
-}
-
-// unescapeMount decodes the octal escapes (\040 for a space) of mountinfo paths.
-func unescapeMount(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) && isOctal(s[i+1]) && isOctal(s[i+2]) && isOctal(s[i+3]) {
-			b.WriteByte((s[i+1]-'0')<<6 | (s[i+2]-'0')<<3 | (s[i+3] - '0'))
-			i += 3
-			continue
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-func isOctal(c byte) bool { return c >= '0' && c <= '7' }
 
 func (r *probeRun) checkBPFFS() (string, error) {
 	var st unix.Statfs_t
@@ -468,7 +417,7 @@ func (r *probeRun) makeProbeCgroup() (string, string, error) {
 // OwnCgroupDir returns the cgroup v2 directory of the calling process (from /proc/self/cgroup) under the
 // cgroup2 mount point.
 func OwnCgroupDir() (string, error) {
-	mnt, err := FindCgroup2Mount()
+	mnt, err := podnet.Cgroup2Root()
 	if err != nil {
 		return "", err
 	}

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/meshcap/meshcap/pkg/podnet"
 )
 
 func probeNeedsRoot(t *testing.T) {
@@ -32,7 +34,7 @@ func findCheck(t *testing.T, checks []FeatureCheck, name string) FeatureCheck {
 
 func leftoverProbeCgroups(t *testing.T) []string {
 	t.Helper()
-	mnt, err := FindCgroup2Mount()
+	mnt, err := podnet.Cgroup2Root()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,12 +182,6 @@ func TestParseCgroupV2Path(t *testing.T) {
 	}
 	if _, err := parseCgroupV2Path("1:name=systemd:/y\n"); err == nil {
 		t.Fatal("want error without a 0:: line")
-	}
-}
-
-func TestUnescapeMount(t *testing.T) {
-	if got := unescapeMount(`/a\040b\134c\0`); got != `/a b\c\0` {
-		t.Fatalf("got %q", got)
 	}
 }
 

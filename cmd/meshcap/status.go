@@ -16,6 +16,7 @@ import (
 
 	"github.com/meshcap/meshcap/loader"
 	"github.com/meshcap/meshcap/pkg/iptables"
+	"github.com/meshcap/meshcap/pkg/podnet"
 )
 
 func init() { register(newStatusCmd) }
@@ -99,7 +100,7 @@ func captureMode(ctx context.Context, pinRoot, netnsPath, cgroupDir string, netn
 // outboundAttachedAbove reports the first of dir and its ancestors (up to the cgroup2 root) with an outbound
 // attachment pinned under pinRoot.
 func outboundAttachedAbove(pinRoot, dir string) (string, bool) {
-	root, err := loader.Cgroup2Root()
+	root, err := podnet.Cgroup2Root()
 	if err != nil {
 		return "", false
 	}

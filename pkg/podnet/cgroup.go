@@ -1,7 +1,6 @@
 package podnet
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
@@ -13,49 +12,6 @@ import (
 
 	"golang.org/x/sys/unix"
 )
-
-// Cgroup2Root returns the mount point of the cgroup v2 hierarchy (/sys/fs/cgroup on a pure v2 host,
-// /sys/fs/cgroup/unified on a hybrid one).
-func Cgroup2Root() (string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return "", fmt.Errorf("find cgroup2 mount: %w", err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// mountinfo: id parent maj:min root mountpoint opts ... - fstype source superopts
-		fields := strings.Fields(sc.Text())
-		for i, fld := range fields {
-			if fld == "-" && i+1 < len(fields) && fields[i+1] == "cgroup2" && len(fields) > 4 {
-				return unescapeMountPath(fields[4]), nil
-			}
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return "", fmt.Errorf("read mountinfo: %w", err)
-	}
-	return "", errors.New("no cgroup2 filesystem mounted (cgroup v2 is required for eBPF capture)")
-}
-
-// unescapeMountPath undoes mountinfo's octal escapes (\040 for space).
-func unescapeMountPath(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
 
 // IsCgroup2 reports whether dir is a directory on a cgroup2 filesystem.
 func IsCgroup2(dir string) bool {
