@@ -5,9 +5,7 @@ package test
 // path and relays it with read/write; data must arrive intact in both directions, with half-close.
 
 import (
-	"fmt"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/meshcap/meshcap/loader"
@@ -26,28 +24,8 @@ func TestEBPFFastPathProxy(t *testing.T) {
 	if err != nil || !res.OK || !res.Captured() || res.Reached != "198.18.0.2:8080" || res.Echoed != 32<<20 {
 		t.Fatalf("bulk dial through the proxy: %+v %v", res, err)
 	}
-	var dests []string
-	for _, ip := range []string{"198.18.0.2", "198.18.1.2", "198.18.2.2"} {
-		for _, port := range serverPorts {
-			for i := 0; i < 4; i++ {
-				dests = append(dests, fmt.Sprintf("%s:%d", ip, port))
-			}
-		}
-	}
-	var wg sync.WaitGroup
-	results := make([]DialResult, len(dests))
-	errs := make([]error, len(dests))
-	for i, d := range dests {
-		wg.Add(1)
-		go func() { defer wg.Done(); results[i], errs[i] = dial(t, topo.client, user, d, 256<<10) }()
-	}
-	wg.Wait()
-	for i, d := range dests {
-		if r := results[i]; errs[i] != nil || !r.OK || !r.Captured() || r.Reached != d || r.Remote != d {
-			t.Errorf("concurrent dial %s: %+v %v", d, r, errs[i])
-		}
-	}
-	n := uint64(1 + len(dests))
+	ndests := dialAllCaptured(t, topo.client, user, 4, 256<<10)
+	n := uint64(1 + ndests)
 	s := pxWaitStats(t, px, "all relayed", func(s proxy.Snapshot) bool { return s.Outbound.Relayed >= n })
 	if s.Outbound.FastPath != n || s.Errors.Relay != 0 {
 		t.Errorf("proxy stats: %d of %d connections on the fast path, %d relay errors: %+v", s.Outbound.FastPath, n, s.Errors.Relay, s)

@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -79,27 +78,7 @@ func TestEBPFOutboundProxy(t *testing.T) {
 	}
 
 	// Concurrent connections to every server address and port, three of each.
-	var dests []string
-	for _, ip := range []string{"198.18.0.2", "198.18.1.2", "198.18.2.2"} {
-		for _, port := range serverPorts {
-			for i := 0; i < 3; i++ {
-				dests = append(dests, fmt.Sprintf("%s:%d", ip, port))
-			}
-		}
-	}
-	var wg sync.WaitGroup
-	results := make([]DialResult, len(dests))
-	errs := make([]error, len(dests))
-	for i, d := range dests {
-		wg.Add(1)
-		go func() { defer wg.Done(); results[i], errs[i] = dial(t, topo.client, user, d, 64<<10) }()
-	}
-	wg.Wait()
-	for i, d := range dests {
-		if r := results[i]; errs[i] != nil || !r.OK || !r.Captured() || r.Reached != d || r.Remote != d {
-			t.Errorf("concurrent dial %s: %+v %v", d, r, errs[i])
-		}
-	}
+	dialAllCaptured(t, topo.client, user, 3, 64<<10)
 
 	for name, cred := range map[string]*podnet.Cred{"uid 1337": uid1337, "gid 1337": gid1337} {
 		res, err := dial(t, topo.client, cred, "198.18.1.2:9090", 1000)

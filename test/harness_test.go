@@ -320,3 +320,32 @@ func ebPinRoot(t *testing.T) string {
 	})
 	return root
 }
+
+// dialAllCaptured dials every server address and port of the default topology `copies` times at once from pod as
+// cred, sending payload bytes each, and fails the test unless every connection went through the proxy, reached its
+// exact original destination and saw that destination as its peer. It returns the number of connections.
+func dialAllCaptured(t *testing.T, pod *podnet.Pod, cred *podnet.Cred, copies int, payload int64) int {
+	t.Helper()
+	var dests []string
+	for _, ip := range []string{"198.18.0.2", "198.18.1.2", "198.18.2.2"} {
+		for _, port := range serverPorts {
+			for i := 0; i < copies; i++ {
+				dests = append(dests, fmt.Sprintf("%s:%d", ip, port))
+			}
+		}
+	}
+	var wg sync.WaitGroup
+	results := make([]DialResult, len(dests))
+	errs := make([]error, len(dests))
+	for i, d := range dests {
+		wg.Add(1)
+		go func() { defer wg.Done(); results[i], errs[i] = dial(t, pod, cred, d, payload) }()
+	}
+	wg.Wait()
+	for i, d := range dests {
+		if r := results[i]; errs[i] != nil || !r.OK || !r.Captured() || r.Reached != d || r.Remote != d {
+			t.Errorf("concurrent dial %s: %+v %v", d, r, errs[i])
+		}
+	}
+	return len(dests)
+}
