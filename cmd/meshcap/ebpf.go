@@ -87,6 +87,7 @@ func runEBPFAttach(log *zap.Logger, cgroupDir, netnsPath, pinRoot string, cfg ca
 	if netnsPath == "" {
 		return errors.New("ebpf attach: invalid --netns \"\": want /var/run/netns/NAME or /proc/PID/ns/net")
 	}
+	useHostViews(log, &pinRoot, &cgroupDir)
 	cfg.ResolveDefaults()
 	pol, err := cfg.Policy()
 	if err != nil {
@@ -196,6 +197,7 @@ cgroup or network namespace is gone. Pins are removed. Detaching what is not att
 Connections already established are left alone; new ones go direct again.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			useHostViews(log, &pinRoot, &cgroupDir)
 			if cgroupDir == "" && !cmd.Flags().Changed("netns") {
 				return detachEverything(log, pinRoot)
 			}

@@ -28,6 +28,14 @@ func registerInbound(log *zap.Logger, p *proxy.Proxy, pinDir string) {
 	if ln == nil || pinDir == "" {
 		return
 	}
+	useHostViews(log, &pinDir, nil)
+	if !loader.OnBPFFS(pinDir) {
+		log.Warn("pin dir is not on a bpf filesystem here, so the inbound listener cannot be registered with eBPF inbound capture; "+
+			"if inbound capture is attached to this netns, its connections are refused until `meshcap ebpf attach` is run again "+
+			"(it finds this listener) or the proxy is started where the pins are visible (nsenter --net=... instead of ip netns exec)",
+			zap.String("pinDir", pinDir))
+		return
+	}
 	err := loader.RegisterInboundListener(pinDir, ln)
 	switch {
 	case err == nil:

@@ -31,7 +31,7 @@ type statusReport struct {
 	InboundErr string               `json:"inboundError,omitempty"`
 }
 
-func newStatusCmd(_ *zap.Logger) *cobra.Command {
+func newStatusCmd(log *zap.Logger) *cobra.Command {
 	var pinRoot, netnsPath, cgroupDir string
 	var asJSON bool
 	cmd := &cobra.Command{
@@ -46,6 +46,7 @@ Then every attachment pinned under --pin-dir: outbound per cgroup (programs, map
 per network namespace (settings, listener registration, counters).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			useHostViews(log, &pinRoot, &cgroupDir)
 			st, err := loader.GetStatus(pinRoot)
 			if err != nil {
 				return fmt.Errorf("status: %w", err)
