@@ -276,7 +276,7 @@ func Detach(cgroupDir, pinRoot string) (attached bool, err error) {
 	}
 	id, err := cgroupID(cgroupDir)
 	if errors.Is(err, os.ErrNotExist) {
-		removed, err := detachMatching(pinRoot, func(id uint64) bool { return cgroupPathByID(id) == "" })
+		removed, err := detachMatching(pinRoot, func(id uint64) bool { _, gone := cgroupPathByID(id); return gone })
 		return len(removed) > 0, err
 	}
 	if err != nil {

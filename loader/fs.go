@@ -94,26 +94,40 @@ func checkKernel() error {
 	return kernelCheck.err
 }
 
-// cgroupPathByID finds the directory of cgroup id under the cgroup2 root ("" if it no longer exists).
-func cgroupPathByID(id uint64) string {
-	root, err := podnet.Cgroup2Root()
-	if err != nil {
-		return ""
+// cgroup2Root is the cgroup2 mount point as this process can reach it: its own mount, else the host's through
+// HostView (ip netns exec hides /sys/fs/cgroup).
+func cgroup2Root() (string, error) {
+	if root, err := podnet.Cgroup2Root(); err == nil {
+		return root, nil
 	}
-	found := ""
+	for _, mnt := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
+		if v, ok := HostView(mnt, unix.CGROUP2_SUPER_MAGIC); ok {
+			return v, nil
+		}
+	}
+	return "", errors.New("no cgroup2 filesystem mounted (nor visible through the host's mount namespace)")
+}
+
+// cgroupPathByID finds the directory of cgroup id under the cgroup2 root. gone is true only when the tree was
+// searched and the cgroup is not in it; when the tree cannot be searched, path is "" and gone is false.
+func cgroupPathByID(id uint64) (path string, gone bool) {
+	root, err := cgroup2Root()
+	if err != nil {
+		return "", false
+	}
 	errStop := errors.New("stop")
-	_ = filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+	_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
 		if err != nil || !d.IsDir() {
 			return nil
 		}
 		var st unix.Stat_t
-		if unix.Stat(path, &st) == nil && st.Ino == id {
-			found = path
+		if unix.Stat(p, &st) == nil && st.Ino == id {
+			path = p
 			return errStop
 		}
 		return nil
 	})
-	return found
+	return path, path == ""
 }
 
 // lockDir takes an exclusive flock on a pin directory and returns its release. meshcap-cni processes (one per pod),

@@ -327,6 +327,11 @@ func (r *probeRun) cleanup() {
 
 func (r *probeRun) checkCgroup2() (string, error) {
 	mnt, hybrid, err := findCgroup2()
+	if err != nil && r.opts.CgroupParent != "" && podnet.IsCgroup2(r.opts.CgroupParent) {
+		// This mount namespace hides the cgroup2 mount (ip netns exec), but the target cgroup, seen through the
+		// host's mount namespace, is on cgroup2: that is what capture attaches to.
+		return "hidden here; target cgroup " + r.opts.CgroupParent + " is on cgroup2", nil
+	}
 	r.cgroup2, r.cgroup2Err = mnt, err
 	if err != nil {
 		return "", err
@@ -417,10 +422,6 @@ func (r *probeRun) makeProbeCgroup() (string, string, error) {
 // OwnCgroupDir returns the cgroup v2 directory of the calling process (from /proc/self/cgroup) under the
 // cgroup2 mount point.
 func OwnCgroupDir() (string, error) {
-	mnt, err := podnet.Cgroup2Root()
-	if err != nil {
-		return "", err
-	}
 	data, err := os.ReadFile("/proc/self/cgroup")
 	if err != nil {
 		return "", fmt.Errorf("read own cgroup: %w", err)
@@ -429,7 +430,18 @@ func OwnCgroupDir() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return filepath.Join(mnt, rel), nil
+	if mnt, err := podnet.Cgroup2Root(); err == nil {
+		return filepath.Join(mnt, rel), nil
+	}
+	// No cgroup2 mount visible here (ip netns exec remounts /sys): the host's, at either usual mount point.
+	for _, mnt := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
+		if dir, ok := HostView(filepath.Join(mnt, rel), unix.CGROUP2_SUPER_MAGIC); ok {
+			if _, err := os.Stat(dir); err == nil {
+				return dir, nil
+			}
+		}
+	}
+	return "", errors.New("no cgroup2 filesystem mounted (nor visible through the host's mount namespace)")
 }
 
 // parseCgroupV2Path returns the path of the "0::" line of a /proc/<pid>/cgroup file.

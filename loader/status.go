@@ -76,7 +76,8 @@ func GetStatus(pinRoot string) (*Status, error) {
 }
 
 func attachmentStatus(dir string, id uint64) AttachmentStatus {
-	a := AttachmentStatus{CgroupID: id, CgroupPath: cgroupPathByID(id), PinDir: dir}
+	path, _ := cgroupPathByID(id)
+	a := AttachmentStatus{CgroupID: id, CgroupPath: path, PinDir: dir}
 	for _, h := range hooks {
 		ps := ProgramStatus{Hook: h.name}
 		l, err := link.LoadPinnedLink(linkPin(dir, h.name), nil)

@@ -104,7 +104,10 @@ func runInit(ctx context.Context, log *zap.Logger, cmd *cobra.Command, o initOpt
 		return runIptables(ctx, log, cmd, cfg, ex)
 	}
 
+	useHostViews(log, &o.pinRoot, &o.cgroup)
 	mode, reason, cgroupDir := decideInitMode(log, o, cfg, pol)
+	log.Info("capture mode chosen", zap.String("mode", mode), zap.String("reason", reason),
+		zap.String("cgroup", cgroupDir), zap.String("requested", o.mode))
 	if mode == loader.ProbeModeEBPF {
 		err := initEBPF(log, o, cgroupDir, ex.NetworkNamespace, pol)
 		if err == nil {
@@ -144,8 +147,7 @@ func decideInitMode(log *zap.Logger, o initOptions, cfg capture.Config, pol capt
 		log.Debug("probe", zap.String("check", c.Name), zap.Bool("ok", c.OK), zap.String("detail", c.Detail))
 	}
 	d := loader.DecideMode(checks, loader.ProbeRequirements{Inbound: pol.InboundEnabled()})
-	log.Info("capture mode chosen", zap.String("mode", d.Mode), zap.String("reason", d.Reason),
-		zap.String("cgroup", cgroupDir), zap.String("cgroupFrom", how), zap.String("requested", o.mode))
+	log.Debug("cgroup to capture", zap.String("cgroup", cgroupDir), zap.String("from", how))
 	return d.Mode, d.Reason, cgroupDir
 }
 

@@ -101,21 +101,16 @@ func captureMode(ctx context.Context, pinRoot, netnsPath, cgroupDir string, netn
 // outboundAttachedAbove reports the first of dir and its ancestors (up to the cgroup2 root) with an outbound
 // attachment pinned under pinRoot.
 func outboundAttachedAbove(pinRoot, dir string) (string, bool) {
-	root, err := podnet.Cgroup2Root()
-	if err != nil {
-		return "", false
-	}
-	root = filepath.Clean(root)
-	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+	// Walk up while still on the cgroup2 filesystem: that bounds the walk at its root in the local view and in the
+	// host's view alike (/proc/self/fd/N/... under ip netns exec).
+	for d := filepath.Clean(dir); podnet.IsCgroup2(d); d = filepath.Dir(d) {
 		if pd, err := loader.PinDir(d, pinRoot); err == nil {
 			if _, err := os.Stat(pd); err == nil {
 				return d, true
 			}
 		}
-		if d == root || !strings.HasPrefix(d, root+"/") {
-			return "", false
-		}
 	}
+	return "", false
 }
 
 // istioChains lists "table/chain" for the ISTIO* chains that iptables-legacy-save or iptables-nft-save show (IPv4
