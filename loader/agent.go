@@ -73,16 +73,11 @@ func EnrollNetns(pinDir string, netnsCookie uint64, p capture.Policy) error {
 	if err != nil {
 		return err
 	}
-	unlock, err := lockDir(pinDir)
+	objs, release, err := openLocked(pinDir)
 	if err != nil {
 		return err
 	}
-	defer unlock()
-	objs, err := OpenPinned(pinDir)
-	if err != nil {
-		return err
-	}
-	defer objs.Close()
+	defer release()
 
 	one := uint8(1)
 	wantLPM := map[string]map[lpmKey]bool{mapCIDRExcl: {}, mapCIDRIncl: {}}
@@ -160,16 +155,11 @@ func UnenrollNetns(pinDir string, netnsCookie uint64) error {
 	if netnsCookie == 0 {
 		return errors.New("unenroll: netns cookie 0 is reserved")
 	}
-	unlock, err := lockDir(pinDir)
+	objs, release, err := openLocked(pinDir)
 	if err != nil {
 		return err
 	}
-	defer unlock()
-	objs, err := OpenPinned(pinDir)
-	if err != nil {
-		return err
-	}
-	defer objs.Close()
+	defer release()
 	return objs.DeletePolicy(netnsCookie)
 }
 
@@ -241,4 +231,19 @@ func UninstallAll(pinRoot string) (*Uninstalled, error) {
 	}
 	removeIfEmpty(pinRoot)
 	return res, errors.Join(errs...)
+}
+
+// openLocked takes the pin dir's lock and opens the pinned maps: every per-pod settings writer does both.
+// release closes the maps and drops the lock.
+func openLocked(pinDir string) (*Objects, func(), error) {
+	unlock, err := lockDir(pinDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	objs, err := OpenPinned(pinDir)
+	if err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	return objs, func() { objs.Close(); unlock() }, nil
 }

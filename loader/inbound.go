@@ -437,25 +437,14 @@ func PruneInbound(pinRoot string) ([]uint64, error) {
 	if pinRoot == "" {
 		pinRoot = DefaultInboundPinRoot
 	}
-	entries, err := os.ReadDir(pinRoot)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
+	cookies, err := inboundCookies(pinRoot)
 	if err != nil {
 		return nil, fmt.Errorf("prune inbound: %w", err)
 	}
 	var pruned []uint64
 	var errs []error
-	for _, e := range entries {
-		var cookie uint64
-		if _, err := fmt.Sscanf(e.Name(), "netns-%d", &cookie); err != nil || !e.IsDir() {
-			continue
-		}
-		dir := InboundPinDir(pinRoot, cookie)
-		if _, err := os.Stat(dir); err != nil {
-			continue
-		}
-		if inbLinkAttached(filepath.Join(dir, inbPinLink)) {
+	for _, cookie := range cookies {
+		if inbLinkAttached(filepath.Join(InboundPinDir(pinRoot, cookie), inbPinLink)) {
 			continue
 		}
 		if err := DetachInboundCookie(pinRoot, cookie); err != nil {
