@@ -34,11 +34,12 @@ func BenchmarkConnRR(b *testing.B) {
 		}
 	}
 	b.Run("direct", func(b *testing.B) { run(b, echoAddr) })
-	for _, mode := range []CopyMode{CopySplice, CopyBuffer} {
-		b.Run("proxy-"+mode.String(), func(b *testing.B) {
+	for _, cfg := range benchConfigs {
+		b.Run("proxy-"+benchName(cfg), func(b *testing.B) {
 			res := &fixedResolver{}
 			res.set(echoAddr)
-			p, err := New(Config{OutboundAddr: "127.0.0.1:0", Resolver: res, Copy: mode, DrainTimeout: time.Second}, zap.NewNop())
+			cfg.OutboundAddr, cfg.Resolver, cfg.DrainTimeout = "127.0.0.1:0", res, time.Second
+			p, err := New(cfg, zap.NewNop())
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -77,11 +78,12 @@ func benchServe(b *testing.B) netip.AddrPort {
 func BenchmarkRR(b *testing.B) {
 	echoAddr := benchServe(b)
 	for _, size := range []int{1, 1024} {
-		for _, mode := range []CopyMode{CopySplice, CopyBuffer} {
-			b.Run(fmt.Sprintf("%s-%d", mode, size), func(b *testing.B) {
+		for _, cfg := range benchConfigs {
+			b.Run(fmt.Sprintf("%s-%d", benchName(cfg), size), func(b *testing.B) {
 				res := &fixedResolver{}
 				res.set(echoAddr)
-				p, err := New(Config{OutboundAddr: "127.0.0.1:0", Resolver: res, Copy: mode, DrainTimeout: time.Second}, zap.NewNop())
+				cfg.OutboundAddr, cfg.Resolver, cfg.DrainTimeout = "127.0.0.1:0", res, time.Second
+				p, err := New(cfg, zap.NewNop())
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -111,6 +113,16 @@ func BenchmarkRR(b *testing.B) {
 			})
 		}
 	}
+}
+
+// benchConfigs: the engines (and the goroutine engine's copy modes) the benchmarks compare.
+var benchConfigs = []Config{{Engine: EngineLoop}, {Engine: EngineGoroutine, Copy: CopySplice}, {Engine: EngineGoroutine, Copy: CopyBuffer}}
+
+func benchName(c Config) string {
+	if c.Engine == EngineGoroutine {
+		return c.Engine.String() + "-" + c.Copy.String()
+	}
+	return c.Engine.String()
 }
 
 // reportCPU reports the process's CPU time (user + system, all goroutines: client, proxy and echo server) per

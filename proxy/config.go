@@ -50,6 +50,36 @@ func ParseCopyMode(s string) (CopyMode, error) {
 	return 0, fmt.Errorf("invalid copy mode %q: want splice or buffer", s)
 }
 
+// Engine selects how the proxy runs its connections.
+type Engine uint8
+
+const (
+	// EngineLoop (the default) runs every connection on a few epoll event loops with raw non-blocking sockets and
+	// read/write through one buffer per loop: no goroutine per connection (loop.go).
+	EngineLoop Engine = iota
+	// EngineGoroutine runs each connection on pooled goroutines with Go's net package and the Copy mode (splice
+	// by default).
+	EngineGoroutine
+)
+
+func (e Engine) String() string {
+	if e == EngineGoroutine {
+		return "goroutine"
+	}
+	return "loop"
+}
+
+// ParseEngine parses "loop" or "goroutine".
+func ParseEngine(s string) (Engine, error) {
+	switch s {
+	case "loop":
+		return EngineLoop, nil
+	case "goroutine":
+		return EngineGoroutine, nil
+	}
+	return 0, fmt.Errorf("invalid engine %q: want loop or goroutine", s)
+}
+
 // Defaults.
 const (
 	DefaultOutboundAddr  = "127.0.0.1:15001"
@@ -73,7 +103,11 @@ type Config struct {
 	DialTimeout time.Duration
 	// DrainTimeout bounds the wait for active connections on stop. 0 = DefaultDrainTimeout.
 	DrainTimeout time.Duration
-	Copy         CopyMode
+	// Engine: EngineLoop (default) or EngineGoroutine. Loops is the number of event loops (0 = DefaultLoops).
+	Engine Engine
+	Loops  int
+	// Copy applies to EngineGoroutine; EngineLoop always relays with read/write.
+	Copy CopyMode
 	// Resolver, if non-nil, is asked first for each connection's original destination. A connection it answers
 	// is not checked for the eBPF fast path (that answer comes with SO_ORIGINAL_DST): no Resolver with --fast-path.
 	Resolver Resolver
@@ -117,6 +151,12 @@ func (c *Config) Validate() error {
 	}
 	if c.StatsInterval < 0 {
 		return fmt.Errorf("invalid stats interval %s: negative", c.StatsInterval)
+	}
+	if c.Engine != EngineLoop && c.Engine != EngineGoroutine {
+		return fmt.Errorf("invalid engine %d", c.Engine)
+	}
+	if c.Loops < 0 {
+		return fmt.Errorf("invalid loops %d: negative", c.Loops)
 	}
 	if c.Copy != CopySplice && c.Copy != CopyBuffer {
 		return fmt.Errorf("invalid copy mode %d", c.Copy)

@@ -35,7 +35,7 @@ func (p *Proxy) handle(l *listener, down *net.TCPConn, ls *ListenerStats) {
 	defer ls.Active.Add(-1)
 	start := time.Now()
 	peer := tcpAddrPort(down.RemoteAddr())
-	dst, fast, err := p.originalDst(l.dir, down, l.addr.Port())
+	dst, fast, err := p.originalDst(l.dir, down, l.addr)
 	if err != nil {
 		p.stats.Errors.OrigDst.Add(1)
 		p.refuse(l.dir, down, peer, dst, "original destination unknown", err)
@@ -108,6 +108,10 @@ func (p *Proxy) connLevel() zapcore.Level {
 func (p *Proxy) refuse(dir Direction, c *net.TCPConn, peer, dst netip.AddrPort, why string, err error) {
 	_ = c.SetLinger(0)
 	_ = c.Close()
+	p.logRefused(dir, peer, dst, why, err)
+}
+
+func (p *Proxy) logRefused(dir Direction, peer, dst netip.AddrPort, why string, err error) {
 	if ce := p.log.Check(p.connLevel(), "connection refused"); ce != nil {
 		f := []zap.Field{zap.Stringer("direction", dir), zap.Stringer("client", peer), zap.String("reason", why)}
 		if dst.IsValid() {

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 )
 
 // Addr returns the bound address of a listener (useful with port 0); invalid if that listener is off.
@@ -46,13 +47,18 @@ func (p *Proxy) Listen() (err error) {
 		if l.addr == "" {
 			continue
 		}
-		ln, err := listenTCP(l.addr)
+		pl, err := p.listen(l.dir, l.addr)
 		if err != nil {
 			return fmt.Errorf("listen %s on %s: %w", l.dir, l.addr, err)
 		}
-		a := tcpAddrPort(ln.Addr())
-		p.log.Info("listening", zap.Stringer("direction", l.dir), zap.Stringer("addr", a), zap.Stringer("copy", p.cfg.Copy))
-		p.listeners = append(p.listeners, &listener{dir: l.dir, ln: ln, addr: a})
+		a := pl.addr
+		if p.cfg.Engine == EngineLoop {
+			p.log.Info("listening", zap.Stringer("direction", l.dir), zap.Stringer("addr", a), zap.Stringer("engine", p.cfg.Engine))
+		} else {
+			p.log.Info("listening", zap.Stringer("direction", l.dir), zap.Stringer("addr", a), zap.Stringer("engine", p.cfg.Engine),
+				zap.Stringer("copy", p.cfg.Copy))
+		}
+		p.listeners = append(p.listeners, pl)
 		p.listenAddrs = append(p.listenAddrs, a)
 		p.ports = append(p.ports, a.Port())
 	}
@@ -69,6 +75,26 @@ func (p *Proxy) Listen() (err error) {
 	}
 	p.ports = append(p.ports, p.cfg.ExtraPorts...)
 	return nil
+}
+
+// listen opens one relay listener: a raw non-blocking socket for EngineLoop, a net.TCPListener otherwise.
+func (p *Proxy) listen(dir Direction, addr string) (*listener, error) {
+	if p.cfg.Engine == EngineLoop {
+		ap, err := netip.ParseAddrPort(addr)
+		if err != nil {
+			return nil, err
+		}
+		fd, a, err := listenRaw(ap)
+		if err != nil {
+			return nil, err
+		}
+		return &listener{dir: dir, fd: fd, addr: a}, nil
+	}
+	ln, err := listenTCP(addr)
+	if err != nil {
+		return nil, err
+	}
+	return &listener{dir: dir, ln: ln, fd: -1, addr: tcpAddrPort(ln.Addr())}, nil
 }
 
 // listenTCP listens with MPTCP off, on IPv4 only for an IPv4 literal and IPv6 only for an IPv6 literal.
@@ -99,7 +125,12 @@ func (p *Proxy) Close() error {
 
 func (p *Proxy) closeListeners() {
 	for _, l := range p.listeners {
-		_ = l.ln.Close()
+		if l.ln != nil {
+			_ = l.ln.Close()
+		} else if l.fd >= 0 {
+			_ = unix.Close(l.fd)
+			l.fd = -1
+		}
 	}
 	if p.admin != nil {
 		_ = p.admin.Close()

@@ -19,17 +19,18 @@ const (
 
 // Resolver answers the original destination of an accepted connection, for example from a BPF map filled by
 // the capture programs. It is asked first; ok=false (or an error) makes the proxy try its own methods.
-// It is called concurrently from many goroutines.
+// fd is the accepted socket (borrowed: do not close or keep it) and peer its remote address.
+// It is called concurrently from several goroutines and must not block.
 type Resolver interface {
-	OriginalDst(dir Direction, c *net.TCPConn) (dst netip.AddrPort, ok bool, err error)
+	OriginalDst(dir Direction, fd int, peer netip.AddrPort) (dst netip.AddrPort, ok bool, err error)
 }
 
 // ResolverFunc adapts a function to Resolver.
-type ResolverFunc func(dir Direction, c *net.TCPConn) (netip.AddrPort, bool, error)
+type ResolverFunc func(dir Direction, fd int, peer netip.AddrPort) (netip.AddrPort, bool, error)
 
 // OriginalDst calls f.
-func (f ResolverFunc) OriginalDst(dir Direction, c *net.TCPConn) (netip.AddrPort, bool, error) {
-	return f(dir, c)
+func (f ResolverFunc) OriginalDst(dir Direction, fd int, peer netip.AddrPort) (netip.AddrPort, bool, error) {
+	return f(dir, fd, peer)
 }
 
 // origDstExt is meshcap's extended SO_ORIGINAL_DST answer (struct mc_origdst_ext in bpf/getsockopt.c): with a
@@ -51,9 +52,22 @@ var errNoOrigDst = errors.New("original destination unknown")
 // originalDst runs the resolution chain described in the package doc. listenPort is the port of the listener
 // that accepted c. fast reports that c is on the eBPF fast path (learned from the SO_ORIGINAL_DST answer only:
 // a Resolver cannot tell, so a Resolver must not be combined with `ebpf attach --fast-path`).
-func (p *Proxy) originalDst(dir Direction, c *net.TCPConn, listenPort uint16) (dst netip.AddrPort, fast bool, err error) {
+func (p *Proxy) originalDst(dir Direction, c *net.TCPConn, listenAddr netip.AddrPort) (dst netip.AddrPort, fast bool, err error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return netip.AddrPort{}, false, fmt.Errorf("get original dst: %w", err)
+	}
+	peer := tcpAddrPort(c.RemoteAddr())
+	if cerr := rc.Control(func(fd uintptr) { dst, fast, err = p.originalDstFD(dir, int(fd), peer, listenAddr) }); cerr != nil {
+		return netip.AddrPort{}, false, fmt.Errorf("get original dst: %w", cerr)
+	}
+	return dst, fast, err
+}
+
+// originalDstFD is originalDst on a raw accepted socket (both engines).
+func (p *Proxy) originalDstFD(dir Direction, fd int, peer, listenAddr netip.AddrPort) (netip.AddrPort, bool, error) {
 	if p.cfg.Resolver != nil {
-		dst, ok, err := p.cfg.Resolver.OriginalDst(dir, c)
+		dst, ok, err := p.cfg.Resolver.OriginalDst(dir, fd, peer)
 		if err == nil && ok {
 			return unmapAddrPort(dst), false, nil
 		}
@@ -61,12 +75,16 @@ func (p *Proxy) originalDst(dir Direction, c *net.TCPConn, listenPort uint16) (d
 			p.log.Debug("resolver failed, falling back", zapDir(dir), zapErr(err))
 		}
 	}
-	local := tcpAddrPort(c.LocalAddr())
-	if dir == Inbound && local.IsValid() && local.Port() != listenPort {
+	if dir == Inbound {
 		// sk_lookup (or TPROXY) steering: no NAT, the local address is the original destination.
-		return local, false, nil
+		if sa, err := unix.Getsockname(fd); err == nil {
+			if local := fromSockaddr(sa); local.IsValid() && local.Port() != listenAddr.Port() {
+				return local, false, nil
+			}
+		}
 	}
-	return getOriginalDst(c)
+	v6 := listenAddr.Addr().Is6() && !listenAddr.Addr().Is4In6()
+	return getOriginalDstFD(fd, v6)
 }
 
 // GetOriginalDst asks the socket for SO_ORIGINAL_DST: answered by conntrack under iptables NAT, or by a

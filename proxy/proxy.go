@@ -35,6 +35,8 @@ type Proxy struct {
 	work chan work    // unbuffered: idle workers wait here (workers.go)
 	idle atomic.Int32 // idle workers
 
+	engine *loopEngine // EngineLoop, once Serve started it
+
 	mu     sync.Mutex
 	active map[*relay]struct{}
 	forced atomic.Bool // drain timed out: remaining and late connections are closed (set under mu)
@@ -42,7 +44,8 @@ type Proxy struct {
 
 type listener struct {
 	dir  Direction
-	ln   *net.TCPListener
+	ln   *net.TCPListener // EngineGoroutine
+	fd   int              // EngineLoop: raw non-blocking listener (-1 once closed)
 	addr netip.AddrPort
 }
 

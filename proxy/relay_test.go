@@ -27,7 +27,7 @@ type fixedResolver struct {
 }
 
 func (r *fixedResolver) set(a netip.AddrPort) { r.dst.Store(&a) }
-func (r *fixedResolver) OriginalDst(Direction, *net.TCPConn) (netip.AddrPort, bool, error) {
+func (r *fixedResolver) OriginalDst(Direction, int, netip.AddrPort) (netip.AddrPort, bool, error) {
 	if p := r.dst.Load(); p != nil {
 		return *p, true, nil
 	}
@@ -41,9 +41,21 @@ type testProxy struct {
 	done chan error
 }
 
-// startProxy runs a Proxy on loopback ports chosen by the kernel; original destinations come from a resolver.
-func startProxy(t *testing.T, cfg Config) *testProxy {
+// engines are the relay engines every behaviour test runs against.
+var engines = []Engine{EngineLoop, EngineGoroutine}
+
+// forEachEngine runs test once per engine, as a subtest named after it.
+func forEachEngine(t *testing.T, test func(t *testing.T, eng Engine)) {
+	for _, eng := range engines {
+		t.Run(eng.String(), func(t *testing.T) { test(t, eng) })
+	}
+}
+
+// startProxy runs a Proxy with engine eng on loopback ports chosen by the kernel; original destinations come
+// from a resolver.
+func startProxy(t *testing.T, eng Engine, cfg Config) *testProxy {
 	t.Helper()
+	cfg.Engine = eng
 	res := &fixedResolver{}
 	if cfg.OutboundAddr == "" && cfg.InboundAddr == "" {
 		cfg.OutboundAddr = "127.0.0.1:0"
@@ -114,9 +126,13 @@ func dialTCP(t *testing.T, a netip.AddrPort) *net.TCPConn {
 }
 
 func TestRelayBulkEcho(t *testing.T) {
-	for _, mode := range []CopyMode{CopySplice, CopyBuffer} {
-		t.Run(mode.String(), func(t *testing.T) {
-			tp := startProxy(t, Config{Copy: mode})
+	for _, cfg := range []Config{{Engine: EngineLoop}, {Engine: EngineGoroutine, Copy: CopySplice}, {Engine: EngineGoroutine, Copy: CopyBuffer}} {
+		name := cfg.Engine.String()
+		if cfg.Engine == EngineGoroutine {
+			name += "-" + cfg.Copy.String()
+		}
+		t.Run(name, func(t *testing.T) {
+			tp := startProxy(t, cfg.Engine, cfg)
 			tp.res.set(serve(t, echo))
 			c := dialTCP(t, tp.Addr(Outbound))
 			const size = 32 << 20
@@ -144,8 +160,10 @@ func TestRelayBulkEcho(t *testing.T) {
 	}
 }
 
-func TestRelayHalfClose(t *testing.T) {
-	tp := startProxy(t, Config{})
+func TestRelayHalfClose(t *testing.T) { forEachEngine(t, testRelayHalfClose) }
+
+func testRelayHalfClose(t *testing.T, eng Engine) {
+	tp := startProxy(t, eng, Config{})
 	tp.res.set(serve(t, func(c *net.TCPConn) {
 		b, _ := io.ReadAll(c) // until the client's FIN
 		c.Write([]byte("got " + string(b)))
@@ -159,8 +177,10 @@ func TestRelayHalfClose(t *testing.T) {
 	}
 }
 
-func TestLoopGuard(t *testing.T) {
-	tp := startProxy(t, Config{AdminAddr: "127.0.0.1:0"})
+func TestLoopGuard(t *testing.T) { forEachEngine(t, testLoopGuard) }
+
+func testLoopGuard(t *testing.T, eng Engine) {
+	tp := startProxy(t, eng, Config{AdminAddr: "127.0.0.1:0"})
 	for _, dst := range []netip.AddrPort{tp.Addr(Outbound), tp.AdminAddr(),
 		netip.AddrPortFrom(netip.MustParseAddr("127.0.0.9"), tp.Addr(Outbound).Port())} {
 		tp.res.set(dst)
@@ -173,8 +193,10 @@ func TestLoopGuard(t *testing.T) {
 	}
 }
 
-func TestDialFailureClosesClient(t *testing.T) {
-	tp := startProxy(t, Config{DialTimeout: time.Second})
+func TestDialFailureClosesClient(t *testing.T) { forEachEngine(t, testDialFailureClosesClient) }
+
+func testDialFailureClosesClient(t *testing.T, eng Engine) {
+	tp := startProxy(t, eng, Config{DialTimeout: time.Second})
 	ln, _ := listenTCP("127.0.0.1:0")
 	dead := tcpAddrPort(ln.Addr())
 	ln.Close()
@@ -189,18 +211,22 @@ func TestDialFailureClosesClient(t *testing.T) {
 	}
 }
 
-func TestNoOriginalDst(t *testing.T) {
-	tp := startProxy(t, Config{}) // resolver unset; a plain loopback connection has no SO_ORIGINAL_DST (or its own)
+func TestNoOriginalDst(t *testing.T) { forEachEngine(t, testNoOriginalDst) }
+
+func testNoOriginalDst(t *testing.T, eng Engine) {
+	tp := startProxy(t, eng, Config{}) // resolver unset; a plain loopback connection has no SO_ORIGINAL_DST (or its own)
 	if refusedOrClosed(t, tp.Addr(Outbound)) == nil {
 		t.Fatal("read succeeded")
 	}
 	waitFor(t, func() bool { s := tp.Stats().Snapshot(); return s.Errors.OrigDst+s.Errors.Loop == 1 })
 }
 
-func TestInboundSource(t *testing.T) {
+func TestInboundSource(t *testing.T) { forEachEngine(t, testInboundSource) }
+
+func testInboundSource(t *testing.T, eng Engine) {
 	peers := make(chan netip.AddrPort, 1)
 	dst := serve(t, func(c *net.TCPConn) { peers <- tcpAddrPort(c.RemoteAddr()); c.Write([]byte("x")) })
-	tp := startProxy(t, Config{InboundAddr: "127.0.0.1:0", InboundSource: netip.MustParseAddr(DefaultInboundSource)})
+	tp := startProxy(t, eng, Config{InboundAddr: "127.0.0.1:0", InboundSource: netip.MustParseAddr(DefaultInboundSource)})
 	tp.res.set(dst)
 	c := dialTCP(t, tp.Addr(Inbound))
 	if _, err := c.Read(make([]byte, 1)); err != nil {
@@ -211,11 +237,13 @@ func TestInboundSource(t *testing.T) {
 	}
 }
 
-func TestInboundSourceFallback(t *testing.T) {
+func TestInboundSourceFallback(t *testing.T) { forEachEngine(t, testInboundSourceFallback) }
+
+func testInboundSourceFallback(t *testing.T, eng Engine) {
 	peers := make(chan netip.AddrPort, 1)
 	dst := serve(t, func(c *net.TCPConn) { peers <- tcpAddrPort(c.RemoteAddr()); c.Write([]byte("x")) })
 	// 192.0.2.1 (TEST-NET-1) is not a local address: bind fails, the proxy falls back.
-	tp := startProxy(t, Config{InboundAddr: "127.0.0.1:0", InboundSource: netip.MustParseAddr("192.0.2.1")})
+	tp := startProxy(t, eng, Config{InboundAddr: "127.0.0.1:0", InboundSource: netip.MustParseAddr("192.0.2.1")})
 	tp.res.set(dst)
 	for range 2 {
 		c := dialTCP(t, tp.Addr(Inbound))
@@ -228,9 +256,11 @@ func TestInboundSourceFallback(t *testing.T) {
 	}
 }
 
-func TestAdminAndStatsFileAndDrain(t *testing.T) {
+func TestAdminAndStatsFileAndDrain(t *testing.T) { forEachEngine(t, testAdminAndStatsFileAndDrain) }
+
+func testAdminAndStatsFileAndDrain(t *testing.T, eng Engine) {
 	path := filepath.Join(t.TempDir(), "stats.json")
-	tp := startProxy(t, Config{AdminAddr: "127.0.0.1:0", StatsFile: path, DrainTimeout: 200 * time.Millisecond})
+	tp := startProxy(t, eng, Config{AdminAddr: "127.0.0.1:0", StatsFile: path, DrainTimeout: 200 * time.Millisecond})
 	tp.res.set(serve(t, echo))
 	c := dialTCP(t, tp.Addr(Outbound))
 	c.Write([]byte("hello"))
@@ -323,35 +353,38 @@ func TestOriginalDstInboundLocalAddr(t *testing.T) {
 	c := dialTCP(t, dst)
 	defer c.Close()
 	accepted := <-srv
+	listen15006, listen15001 := netip.MustParseAddrPort("127.0.0.1:15006"), netip.MustParseAddrPort("127.0.0.1:15001")
 	// As if accepted on a listener on port 15006 although the socket's local port is dst's.
-	got, _, err := p.originalDst(Inbound, accepted, 15006)
+	got, _, err := p.originalDst(Inbound, accepted, listen15006)
 	if err != nil || got != dst {
 		t.Fatalf("originalDst = %s, %v; want %s", got, err, dst)
 	}
 	// The outbound listener never trusts the local address: no NAT here, so getsockopt decides (ENOENT or the
 	// local address itself, which the loop guard would then refuse).
-	if got, _, err := p.originalDst(Outbound, accepted, 15001); err == nil && got != dst {
+	if got, _, err := p.originalDst(Outbound, accepted, listen15001); err == nil && got != dst {
 		t.Fatalf("outbound originalDst = %s", got)
 	}
 	// A Resolver answer wins; "no answer" falls through.
-	p.cfg.Resolver = ResolverFunc(func(Direction, *net.TCPConn) (netip.AddrPort, bool, error) {
+	p.cfg.Resolver = ResolverFunc(func(Direction, int, netip.AddrPort) (netip.AddrPort, bool, error) {
 		return netip.MustParseAddrPort("[::ffff:198.18.0.9]:80"), true, nil
 	})
-	if got, _, _ := p.originalDst(Inbound, accepted, 15006); got != netip.MustParseAddrPort("198.18.0.9:80") {
+	if got, _, _ := p.originalDst(Inbound, accepted, listen15006); got != netip.MustParseAddrPort("198.18.0.9:80") {
 		t.Fatalf("resolver answer ignored (or not unmapped): %s", got)
 	}
-	p.cfg.Resolver = ResolverFunc(func(Direction, *net.TCPConn) (netip.AddrPort, bool, error) {
+	p.cfg.Resolver = ResolverFunc(func(Direction, int, netip.AddrPort) (netip.AddrPort, bool, error) {
 		return netip.AddrPort{}, false, errors.New("map miss")
 	})
-	if got, _, _ := p.originalDst(Inbound, accepted, 15006); got != dst {
+	if got, _, _ := p.originalDst(Inbound, accepted, listen15006); got != dst {
 		t.Fatalf("resolver error did not fall through: %s", got)
 	}
 }
 
 // TestGracefulDrain: after stop, the listener is closed but an active connection keeps working until it ends;
 // then Serve returns.
-func TestGracefulDrain(t *testing.T) {
-	tp := startProxy(t, Config{DrainTimeout: 10 * time.Second})
+func TestGracefulDrain(t *testing.T) { forEachEngine(t, testGracefulDrain) }
+
+func testGracefulDrain(t *testing.T, eng Engine) {
+	tp := startProxy(t, eng, Config{DrainTimeout: 10 * time.Second})
 	tp.res.set(serve(t, echo))
 	c := dialTCP(t, tp.Addr(Outbound))
 	c.Write([]byte("a"))

@@ -20,10 +20,19 @@ func (p *Proxy) Serve(ctx context.Context) error {
 		return errors.New("serve: not listening (call Listen first)")
 	}
 	defer p.cancel()
+	if p.cfg.Engine == EngineLoop {
+		if err := p.prepareLoops(); err != nil {
+			p.closeListeners()
+			return fmt.Errorf("start event loops: %w", err)
+		}
+	}
 	var sw *statsWriter
 	if p.cfg.StatsFile != "" {
 		sw = newStatsWriter(p.cfg.StatsFile, p.cfg.StatsInterval, &p.stats, p.log)
 		if err := sw.write(); err != nil {
+			if p.engine != nil {
+				p.discardLoops()
+			}
 			p.closeListeners()
 			return fmt.Errorf("stats file (uid %d must be able to create files in its directory): %w", os.Geteuid(), err)
 		}
@@ -38,29 +47,14 @@ func (p *Proxy) Serve(ctx context.Context) error {
 			}
 		}()
 	}
-	var accepting sync.WaitGroup
-	for _, l := range p.listeners {
-		accepting.Add(1)
-		go func() {
-			defer accepting.Done()
-			p.acceptLoop(l)
-		}()
+	if p.cfg.Engine == EngineLoop {
+		p.runLoops()
+		<-ctx.Done()
+		p.stopping.Store(true)
+		p.stopLoops()
+	} else {
+		p.serveGoroutines(ctx)
 	}
-
-	<-ctx.Done()
-	p.stopping.Store(true)
-	for _, l := range p.listeners {
-		_ = l.ln.Close()
-	}
-	accepting.Wait()
-	if !waitTimeout(&p.wg, p.cfg.DrainTimeout) {
-		n := p.forceClose()
-		p.log.Warn("drain timeout: closed remaining connections", zap.Duration("drain_timeout", p.cfg.DrainTimeout),
-			zap.Int("closed", n))
-		p.cancel() // pending dials
-		p.wg.Wait()
-	}
-	p.stopWorkers()
 	if adminSrv != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_ = adminSrv.Shutdown(sctx)
@@ -79,6 +73,32 @@ func (p *Proxy) Serve(ctx context.Context) error {
 		zap.Uint64("err_origdst", s.Errors.OrigDst), zap.Uint64("err_dial", s.Errors.Dial),
 		zap.Uint64("err_loop", s.Errors.Loop), zap.Uint64("err_relay", s.Errors.Relay))
 	return err
+}
+
+// serveGoroutines is Serve's accept and drain for EngineGoroutine.
+func (p *Proxy) serveGoroutines(ctx context.Context) {
+	var accepting sync.WaitGroup
+	for _, l := range p.listeners {
+		accepting.Add(1)
+		go func() {
+			defer accepting.Done()
+			p.acceptLoop(l)
+		}()
+	}
+	<-ctx.Done()
+	p.stopping.Store(true)
+	for _, l := range p.listeners {
+		_ = l.ln.Close()
+	}
+	accepting.Wait()
+	if !waitTimeout(&p.wg, p.cfg.DrainTimeout) {
+		n := p.forceClose()
+		p.log.Warn("drain timeout: closed remaining connections", zap.Duration("drain_timeout", p.cfg.DrainTimeout),
+			zap.Int("closed", n))
+		p.cancel() // pending dials
+		p.wg.Wait()
+	}
+	p.stopWorkers()
 }
 
 func waitTimeout(wg *sync.WaitGroup, d time.Duration) bool {

@@ -27,7 +27,8 @@ type proxyFlags struct {
 	noDrop                    bool
 	adminAddr, statsFile      string
 	dialTimeout, drainTimeout time.Duration
-	copyMode                  string
+	copyMode, engine          string
+	loops                     int
 	logConnections            bool
 	pinDir                    string // eBPF inbound registration (proxy_inbound.go)
 }
@@ -65,7 +66,9 @@ address: the proxy behaves identically in both modes. Started as root it opens i
 	fl.StringVar(&f.statsFile, "stats-file", "", "write JSON counters to this file (atomically, at most every 200ms, and at exit)")
 	fl.DurationVar(&f.dialTimeout, "dial-timeout", proxy.DefaultDialTimeout, "timeout of each upstream connect")
 	fl.DurationVar(&f.drainTimeout, "drain-timeout", proxy.DefaultDrainTimeout, "on SIGTERM/SIGINT, wait this long for active connections")
-	fl.StringVar(&f.copyMode, "copy", "splice", "relay copy mode: splice (zero-copy) or buffer (plain read/write; needed with sockmap redirection)")
+	fl.StringVar(&f.engine, "engine", "loop", "relay engine: loop (epoll event loops, read/write, no goroutine per connection) or goroutine (Go net, pooled goroutines, --copy)")
+	fl.IntVar(&f.loops, "loops", 0, "event loops of the loop engine (0 = half the CPUs the process may use, at least 1)")
+	fl.StringVar(&f.copyMode, "copy", "splice", "goroutine engine's copy mode: splice (zero-copy) or buffer (plain read/write); the loop engine always uses read/write")
 	fl.BoolVar(&f.logConnections, "log-connections", false, "log each relayed connection (original destination, bytes) at info level")
 	bindProxyInboundFlags(fl, &f.pinDir)
 	return cmd
@@ -105,6 +108,13 @@ func (f *proxyFlags) config(cmd *cobra.Command) (proxy.Config, error) {
 	if cfg.Copy, err = proxy.ParseCopyMode(f.copyMode); err != nil {
 		return cfg, fmt.Errorf("invalid --copy %q: want splice or buffer", f.copyMode)
 	}
+	if cfg.Engine, err = proxy.ParseEngine(f.engine); err != nil {
+		return cfg, fmt.Errorf("invalid --engine %q: want loop or goroutine", f.engine)
+	}
+	if f.loops < 0 {
+		return cfg, fmt.Errorf("invalid --loops %d: negative", f.loops)
+	}
+	cfg.Loops = f.loops
 	if f.uid < 0 {
 		return cfg, fmt.Errorf("invalid --uid %d: negative", f.uid)
 	}

@@ -19,7 +19,7 @@ MESHCAP=${MESHCAP:-$(cd "$(dirname "$0")/../.." && pwd)/bin/meshcap}
 CG2=$(awk '$9 == "cgroup2" {print $5; exit}' /proc/self/mountinfo)
 WORK=$(mktemp -d /tmp/meshcap-indep.XXXXXX)
 chmod 755 "$WORK"
-SCENARIOS=(direct iptables ebpf ebpf-fastpath iptables-full ebpf-full)
+read -r -a SCENARIOS <<<"${SCENARIOS:-direct iptables ebpf ebpf-fastpath iptables-full ebpf-full}"
 PIDS=()
 
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
@@ -77,7 +77,32 @@ mkdir -p "$WORK/www" && head -c 1024 /dev/zero | tr '\0' x >"$WORK/www/1k"
 # run CMD...: run a set-up step; on failure show its output and stop.
 run() { local out; if ! out=$("$@" 2>&1); then echo "failed: $*" >&2; echo "$out" >&2; exit 1; fi; }
 
-proxy() { inpod_bg "$1" "$MESHCAP" proxy --pin-dir "$WORK/pins-mnt/meshcap"; for _ in $(seq 100); do ip netns exec "$1" ss -Hltn 'sport = :15001' | grep -q . && return; sleep 0.05; done; echo "proxy in $1 did not start" >&2; exit 1; }
+cat >"$WORK/haproxy.cfg" <<CONF
+global
+    maxconn 8000
+    nbthread 1
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend captured
+    bind 0.0.0.0:15001
+    default_backend original_dst
+backend original_dst
+    server orig 0.0.0.0
+CONF
+
+# sidecar POD: the pod's sidecar (SIDECAR=meshcap, the default, or SIDECAR=haproxy: Debian's haproxy reading
+# SO_ORIGINAL_DST, as uid/gid 1337), outbound 15001 only for haproxy.
+sidecar() {
+	case ${SIDECAR:-meshcap} in
+	meshcap) inpod_bg "$1" "$MESHCAP" proxy --pin-dir "$WORK/pins-mnt/meshcap" ;;
+	haproxy) inpod_bg "$1" setpriv --reuid 1337 --regid 1337 --clear-groups haproxy -db -f "$WORK/haproxy.cfg" ;;
+	*) echo "unknown SIDECAR=${SIDECAR}" >&2; exit 1 ;;
+	esac
+}
+proxy() { sidecar "$1"; for _ in $(seq 100); do ip netns exec "$1" ss -Hltn 'sport = :15001' | grep -q . && return; sleep 0.05; done; echo "proxy in $1 did not start" >&2; exit 1; }
 
 setup() {
 	local sc=$1
