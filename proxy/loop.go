@@ -44,7 +44,7 @@ var pendingPool = sync.Pool{New: func() any { b := make([]byte, 0, loopBufSize);
 type evloop struct {
 	p      *Proxy
 	epfd   int
-	wakefd int // eventfd: Serve wakes the loop to stop accepting or to force-close
+	wakefd int            // eventfd: Serve wakes the loop to stop accepting or to force-close
 	lns    []loopListener // the proxy's listeners, as this loop registered them
 	buf    []byte
 	events []unix.EpollEvent

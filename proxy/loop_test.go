@@ -154,4 +154,3 @@ func TestParseEngine(t *testing.T) {
 		t.Error("negative loops accepted")
 	}
 }
-
