@@ -12,20 +12,24 @@
 //     whose peer is one of the proxy's own upstream sockets, is closed and counted (loop).
 //   - Listeners are opened before privileges are dropped; every upstream socket is created afterwards, as the exempt
 //     uid/gid, so that capture does not catch the proxy's own traffic. MPTCP is off on every socket.
-//   - At most two goroutines per relayed connection (the per-connection goroutine copies one direction itself),
-//     reused across connections (workers.go: up to maxIdleWorkers wait for work, keeping their grown stacks);
-//     copy buffers are pooled; splice mode uses the kernel's zero-copy path, buffer mode plain read/write (needed
-//     when sockets sit in a sockmap with sk_msg redirection).
+//   - Two engines behave identically (the same tests run against both). EngineLoop, the default (loop.go): a few
+//     epoll event loops own raw non-blocking sockets; no goroutine, netpoller registration or timer per
+//     connection; read/write through one buffer per loop. EngineGoroutine (`--engine goroutine`): Go's net
+//     package, at most two goroutines per relayed connection (the per-connection goroutine copies one direction
+//     itself), reused across connections (workers.go); copy buffers are pooled; splice mode uses the kernel's
+//     zero-copy path, buffer mode plain read/write (needed when sockets sit in a sockmap with sk_msg redirection).
 //   - eBPF fast path (`meshcap ebpf attach --fast-path`): the SO_ORIGINAL_DST call passes a 20-byte buffer
 //     (sockaddr_in + flags, struct mc_origdst_ext in bpf/getsockopt.c); the cgroup/getsockopt program sets
 //     flag 1 when the accepted socket is in the fast path's sockhash, and that connection is then relayed with
 //     read/write whatever the copy mode (splice would never see the redirected data). Netfilter and the program
-//     answer 16 bytes otherwise, so iptables mode and plain eBPF mode keep splice. No extra syscall, no bpf().
+//     answer 16 bytes otherwise, so iptables mode and plain eBPF mode keep splice (goroutine engine; the loop
+//     engine never splices). No extra syscall, no bpf().
 //     A Resolver answer skips that call: do not combine a Resolver with --fast-path.
 //   - Per-connection syscalls are kept to what relaying needs: no TCP keep-alive setsockopts (Envoy's default
 //     too), upstream sockets are never bind()ed unless a source address is configured (an explicit bind searches
 //     the whole ephemeral range and cannot reuse TIME_WAIT ports), and the last direction to reach EOF skips
-//     shutdown(2) because the close that follows sends the same FIN.
+//     shutdown(2) because the close that follows sends the same FIN. The upstream socket's local address is
+//     recorded for the loop guard as soon as connect() has picked it, before the SYN can loop back.
 //   - Half-close is honoured: EOF in one direction becomes CloseWrite on the other socket; both sockets are closed
 //     only when both directions are done or one fails.
 //   - Counters are atomics, readable any time (Stats().Snapshot()); the logger is passed in, never global.

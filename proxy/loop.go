@@ -25,17 +25,18 @@ import (
 //   - Edge-triggered reads: a read shorter than the buffer means the socket was drained, unless the peer's FIN is
 //     known (EPOLLRDHUP), in which case the loop reads on until EOF. A partial write keeps the rest in a pending
 //     buffer and stops reading that direction until EPOLLOUT on the destination has flushed it.
-//   - Relaying is read/write through one buffer per loop (never splice), which is also what the eBPF fast path
-//     needs (its data sits in the sk_msg queue).
+//   - Relaying is read/write through one buffer per loop; a direction whose read fills the buffer (bulk) switches
+//     to splice through pooled pipes (CopySplice, the default; loop_splice.go). Never for eBPF fast-path
+//     connections, whose data sits in the sk_msg queue where splice does not look.
 //   - Upstream connects are non-blocking; their deadlines (DialTimeout) form a FIFO per loop (one timeout for all),
 //     and epoll_wait sleeps at most until the oldest one.
 //   - Stop: loops drop their listeners, then run until their last connection ends; on drain timeout they close
 //     every connection (forced) and return.
 
 const (
-	loopBufSize  = 64 << 10 // one read buffer per loop
-	loopMaxBatch = 128      // epoll events per epoll_wait
-	acceptBatch  = 1        // accepts per listener event
+	loopBufSize  = 256 << 10 // one read buffer per loop
+	loopMaxBatch = 128       // epoll events per epoll_wait
+	acceptBatch  = 1         // accepts per listener event
 	connEvents   = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
 )
 
@@ -53,7 +54,9 @@ type evloop struct {
 	conns  map[*lconn]struct{}
 	dials  []*lconn // connecting upstreams, oldest deadline first
 
-	stalls      uint64 // writes that came back short (the rest went to a pending buffer); tests read it
+	pipes       []pipePair // empty pipes for splice (loop_splice.go)
+	stalls      uint64     // writes that came back short (the rest became pending data); tests read it
+	spliced     uint64     // splice transfers; tests read it
 	accepting   bool
 	acceptPause time.Time // after an accept error (EMFILE...): listeners off until then
 	backoff     time.Duration
@@ -143,7 +146,14 @@ func (p *Proxy) newLoop() (*evloop, error) {
 func (l *evloop) addListeners() error {
 	for _, ln := range l.lns {
 		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(ln.fd)}
-		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, ln.fd, &ev); err != nil {
+		err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, ln.fd, &ev)
+		if errors.Is(err, unix.EINVAL) {
+			// Kernels before 4.5 have no EPOLLEXCLUSIVE (the iptables fallback may run there): every loop is
+			// then woken for a new connection and all but one find nothing to accept.
+			ev.Events = unix.EPOLLIN
+			err = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, ln.fd, &ev)
+		}
+		if err != nil {
 			return errorf("epoll_ctl listener", err)
 		}
 	}
@@ -159,6 +169,10 @@ func (l *evloop) dropListeners() {
 }
 
 func (l *evloop) close() {
+	for _, pp := range l.pipes {
+		closePipe(pp)
+	}
+	l.pipes = nil
 	_ = unix.Close(l.wakefd)
 	_ = unix.Close(l.epfd)
 }
