@@ -106,8 +106,7 @@ type Config struct {
 	// Engine: EngineLoop (default) or EngineGoroutine. Loops is the number of event loops (0 = DefaultLoops).
 	Engine Engine
 	Loops  int
-	// Copy: EngineGoroutine splices every direction with CopySplice; EngineLoop starts every direction with
-	// read/write and splices only bulk ones (a read that fills its buffer). CopyBuffer: read/write only.
+	// Copy applies to EngineGoroutine; EngineLoop always relays with read/write.
 	Copy CopyMode
 	// Resolver, if non-nil, is asked first for each connection's original destination. A connection it answers
 	// is not checked for the eBPF fast path (that answer comes with SO_ORIGINAL_DST): no Resolver with --fast-path.

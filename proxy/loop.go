@@ -25,9 +25,9 @@ import (
 //   - Edge-triggered reads: a read shorter than the buffer means the socket was drained, unless the peer's FIN is
 //     known (EPOLLRDHUP), in which case the loop reads on until EOF. A partial write keeps the rest in a pending
 //     buffer and stops reading that direction until EPOLLOUT on the destination has flushed it.
-//   - Relaying is read/write through one buffer per loop; a direction whose read fills the buffer (bulk) switches
-//     to splice through pooled pipes (CopySplice, the default; loop_splice.go). Never for eBPF fast-path
-//     connections, whose data sits in the sk_msg queue where splice does not look.
+//   - Relaying is read/write through one 256 KiB buffer per loop, never splice (which also suits the eBPF fast
+//     path, whose data sits in the sk_msg queue where splice does not look). A direction whose destination is
+//     full holds at most one read (256 KiB) in user space; the rest waits in the kernel's socket buffers.
 //   - Upstream connects are non-blocking; their deadlines (DialTimeout) form a FIFO per loop (one timeout for all),
 //     and epoll_wait sleeps at most until the oldest one.
 //   - Stop: loops drop their listeners, then run until their last connection ends; on drain timeout they close
@@ -54,9 +54,7 @@ type evloop struct {
 	conns  map[*lconn]struct{}
 	dials  []*lconn // connecting upstreams, oldest deadline first
 
-	pipes       []pipePair // empty pipes for splice (loop_splice.go)
-	stalls      uint64     // writes that came back short (the rest became pending data); tests read it
-	spliced     uint64     // splice transfers; tests read it
+	stalls      uint64 // writes that came back short (the rest became pending data); tests read it
 	accepting   bool
 	acceptPause time.Time // after an accept error (EMFILE...): listeners off until then
 	backoff     time.Duration
@@ -169,10 +167,6 @@ func (l *evloop) dropListeners() {
 }
 
 func (l *evloop) close() {
-	for _, pp := range l.pipes {
-		closePipe(pp)
-	}
-	l.pipes = nil
 	_ = unix.Close(l.wakefd)
 	_ = unix.Close(l.epfd)
 }

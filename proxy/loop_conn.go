@@ -27,8 +27,8 @@ type lconn struct {
 	registered bool // up is in the loop's sides (and the dial FIFO)
 }
 
-// side is one socket of an lconn. pending (read/write mode) or pipe (splice mode) holds bytes read from this
-// socket that the other socket did not take yet; while either is set this socket is not read.
+// side is one socket of an lconn. pending holds bytes read from this socket that the other socket did not take
+// yet; while it is set this socket is not read.
 type side struct {
 	fd       int
 	gen      int32
@@ -38,9 +38,6 @@ type side struct {
 	rdhup    bool // the peer's FIN was signalled: read until EOF even after a short read
 	eof      bool
 	pending  *[]byte
-	splice   bool     // bulk direction relayed with splice (loop_splice.go)
-	pipe     pipePair // splice mode: the pipe holding pipeN pending bytes
-	pipeN    int
 	n        int64 // bytes relayed from this socket to the other
 }
 
@@ -185,11 +182,9 @@ func (l *evloop) onSide(s *side, events uint32) {
 	if events&unix.EPOLLOUT != 0 {
 		if src := s.other(); src.pending != nil {
 			l.flush(src)
-		} else if src.pipeN > 0 {
-			l.flushPipe(src)
-		}
-		if c.closed {
-			return
+			if c.closed {
+				return
+			}
 		}
 	}
 	if s.readable {
@@ -212,18 +207,12 @@ func (l *evloop) connected(c *lconn) {
 func (l *evloop) pump(src *side) {
 	c := src.c
 	dst := src.other()
-	for src.readable && src.pending == nil && src.pipeN == 0 && !src.eof && !c.closed {
-		if src.splice {
-			l.pumpSplice(src, dst)
-			return
-		}
+	for src.readable && src.pending == nil && !src.eof && !c.closed {
 		n, err := unix.Read(src.fd, l.buf)
 		switch {
 		case n > 0:
 			if n < len(l.buf) && !src.rdhup {
 				src.readable = false // drained (edge-triggered: new data brings a new event)
-			} else if n == len(l.buf) && l.p.cfg.Copy == CopySplice && !c.fast {
-				src.splice = true // bulk: splice from now on
 			}
 			if !l.write(src, dst, l.buf[:n]) {
 				return
@@ -364,7 +353,6 @@ func (l *evloop) closeSockets(c *lconn) {
 			pendingPool.Put(s.pending)
 			s.pending = nil
 		}
-		s.dropPipe()
 	}
 	if c.upLocal.IsValid() {
 		l.p.upstreams.remove(c.upLocal)

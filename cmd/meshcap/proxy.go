@@ -68,7 +68,7 @@ address: the proxy behaves identically in both modes. Started as root it opens i
 	fl.DurationVar(&f.drainTimeout, "drain-timeout", proxy.DefaultDrainTimeout, "on SIGTERM/SIGINT, wait this long for active connections")
 	fl.StringVar(&f.engine, "engine", "loop", "relay engine: loop (epoll event loops, read/write, no goroutine per connection) or goroutine (Go net, pooled goroutines, --copy)")
 	fl.IntVar(&f.loops, "loops", 0, "event loops of the loop engine (0 = half the CPUs the process may use, at least 1)")
-	fl.StringVar(&f.copyMode, "copy", "splice", "copy mode: splice (zero-copy; the loop engine splices bulk transfers only) or buffer (plain read/write)")
+	fl.StringVar(&f.copyMode, "copy", "splice", "copy mode of --engine goroutine: splice (zero-copy) or buffer (plain read/write); the loop engine always uses read/write")
 	fl.BoolVar(&f.logConnections, "log-connections", false, "log each relayed connection (original destination, bytes) at info level")
 	bindProxyInboundFlags(fl, &f.pinDir)
 	return cmd
