@@ -118,18 +118,18 @@ func (p *Proxy) discardLoops() {
 func (p *Proxy) newLoop() (*evloop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
-		return nil, errorf("epoll_create1", err)
+		return nil, fmt.Errorf("epoll_create1: %w", err)
 	}
 	wfd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
 	if err != nil {
 		_ = unix.Close(epfd)
-		return nil, errorf("eventfd", err)
+		return nil, fmt.Errorf("eventfd: %w", err)
 	}
 	l := &evloop{p: p, epfd: epfd, wakefd: wfd, buf: make([]byte, loopBufSize),
 		events: make([]unix.EpollEvent, loopMaxBatch), conns: make(map[*lconn]struct{}), done: make(chan struct{})}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wfd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wfd)}); err != nil {
 		l.close()
-		return nil, errorf("epoll_ctl eventfd", err)
+		return nil, fmt.Errorf("epoll_ctl eventfd: %w", err)
 	}
 	for _, ln := range p.listeners {
 		l.lns = append(l.lns, loopListener{fd: ln.fd, ln: ln})
@@ -152,7 +152,7 @@ func (l *evloop) addListeners() error {
 			err = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, ln.fd, &ev)
 		}
 		if err != nil {
-			return errorf("epoll_ctl listener", err)
+			return fmt.Errorf("epoll_ctl listener: %w", err)
 		}
 	}
 	l.accepting = true
@@ -350,5 +350,3 @@ func (l *evloop) closeAll() {
 		l.closeConn(c, nil)
 	}
 }
-
-func errorf(what string, err error) error { return fmt.Errorf("%s: %w", what, err) }

@@ -311,14 +311,12 @@ func (l *evloop) dialFailed(c *lconn, err error) {
 		return
 	}
 	l.p.stats.Errors.Dial.Add(1)
-	c.err = err
-	_ = unix.SetsockoptLinger(c.down.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
-	l.closeSockets(c)
-	l.p.logRefused(c.dir, c.peer, c.dst, "dial failed", err)
+	l.abort(c, "dial failed", err)
 }
 
-// abort ends a connection whose setup failed after the upstream socket was created.
+// abort ends a connection whose setup failed after the upstream socket was created: the client gets a reset.
 func (l *evloop) abort(c *lconn, what string, err error) {
+	c.err = err
 	_ = unix.SetsockoptLinger(c.down.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 	l.closeSockets(c)
 	l.p.logRefused(c.dir, c.peer, c.dst, what, err)
