@@ -36,23 +36,29 @@ func BenchmarkConnRR(b *testing.B) {
 	b.Run("direct", func(b *testing.B) { run(b, echoAddr) })
 	for _, cfg := range benchConfigs {
 		b.Run("proxy-"+benchName(cfg), func(b *testing.B) {
-			res := &fixedResolver{}
-			res.set(echoAddr)
-			cfg.OutboundAddr, cfg.Resolver, cfg.DrainTimeout = "127.0.0.1:0", res, time.Second
-			p, err := New(cfg, zap.NewNop())
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := p.Listen(); err != nil {
-				b.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan struct{})
-			go func() { p.Serve(ctx); close(done) }()
-			defer func() { cancel(); <-done }()
-			run(b, p.Addr(Outbound))
+			run(b, benchProxy(b, cfg, echoAddr))
 		})
 	}
+}
+
+// benchProxy serves a proxy with cfg (plus a loopback outbound listener) relaying everything to dst until the
+// benchmark ends, and returns its outbound address.
+func benchProxy(b *testing.B, cfg Config, dst netip.AddrPort) netip.AddrPort {
+	res := &fixedResolver{}
+	res.set(dst)
+	cfg.OutboundAddr, cfg.Resolver, cfg.DrainTimeout = "127.0.0.1:0", res, time.Second
+	p, err := New(cfg, zap.NewNop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := p.Listen(); err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.Serve(ctx); close(done) }()
+	b.Cleanup(func() { cancel(); <-done })
+	return p.Addr(Outbound)
 }
 
 func benchServe(b *testing.B) netip.AddrPort {
@@ -74,27 +80,15 @@ func benchServe(b *testing.B) netip.AddrPort {
 }
 
 // BenchmarkRR measures request/response exchanges of size bytes on one persistent connection through the proxy,
-// in both copy modes (the bench's rr_* tests use 1 B and 1 KiB messages).
+// for each of benchConfigs (the bench's rr_* tests use 1 B and 1 KiB messages). Client, proxy and echo server
+// share this process: the loop engine then pays a wakeup between its thread and Go's netpoller on every message,
+// which a separate proxy process pays in both engines; compare engines with `meshcap bench` (perf-notes.md).
 func BenchmarkRR(b *testing.B) {
 	echoAddr := benchServe(b)
 	for _, size := range []int{1, 1024} {
 		for _, cfg := range benchConfigs {
 			b.Run(fmt.Sprintf("%s-%d", benchName(cfg), size), func(b *testing.B) {
-				res := &fixedResolver{}
-				res.set(echoAddr)
-				cfg.OutboundAddr, cfg.Resolver, cfg.DrainTimeout = "127.0.0.1:0", res, time.Second
-				p, err := New(cfg, zap.NewNop())
-				if err != nil {
-					b.Fatal(err)
-				}
-				if err := p.Listen(); err != nil {
-					b.Fatal(err)
-				}
-				ctx, cancel := context.WithCancel(context.Background())
-				done := make(chan struct{})
-				go func() { p.Serve(ctx); close(done) }()
-				defer func() { cancel(); <-done }()
-				c, err := net.DialTCP("tcp4", nil, net.TCPAddrFromAddrPort(p.Addr(Outbound)))
+				c, err := net.DialTCP("tcp4", nil, net.TCPAddrFromAddrPort(benchProxy(b, cfg, echoAddr)))
 				if err != nil {
 					b.Fatal(err)
 				}

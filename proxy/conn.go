@@ -41,14 +41,8 @@ func (p *Proxy) handle(l *listener, down *net.TCPConn, ls *ListenerStats) {
 		p.refuse(l.dir, down, peer, dst, "original destination unknown", err)
 		return
 	}
-	if p.upstreams.contains(peer, dst) {
-		p.stats.Errors.Loop.Add(1)
-		p.refuse(l.dir, down, peer, dst, "loop: peer is the proxy's own upstream socket", nil)
-		return
-	}
-	if isLoop(dst, p.listenAddrs, p.ports, isLocalAddr) {
-		p.stats.Errors.Loop.Add(1)
-		p.refuse(l.dir, down, peer, dst, "loop: destination is the proxy itself", nil)
+	if why := p.loopReason(peer, dst); why != "" {
+		p.refuse(l.dir, down, peer, dst, why, nil)
 		return
 	}
 	up, err := p.dial(l.dir, dst)

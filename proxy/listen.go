@@ -52,12 +52,11 @@ func (p *Proxy) Listen() (err error) {
 			return fmt.Errorf("listen %s on %s: %w", l.dir, l.addr, err)
 		}
 		a := pl.addr
-		if p.cfg.Engine == EngineLoop {
-			p.log.Info("listening", zap.Stringer("direction", l.dir), zap.Stringer("addr", a), zap.Stringer("engine", p.cfg.Engine))
-		} else {
-			p.log.Info("listening", zap.Stringer("direction", l.dir), zap.Stringer("addr", a), zap.Stringer("engine", p.cfg.Engine),
-				zap.Stringer("copy", p.cfg.Copy))
+		fields := []zap.Field{zap.Stringer("direction", l.dir), zap.Stringer("addr", a), zap.Stringer("engine", p.cfg.Engine)}
+		if p.cfg.Engine == EngineGoroutine {
+			fields = append(fields, zap.Stringer("copy", p.cfg.Copy))
 		}
+		p.log.Info("listening", fields...)
 		p.listeners = append(p.listeners, pl)
 		p.listenAddrs = append(p.listenAddrs, a)
 		p.ports = append(p.ports, a.Port())

@@ -12,19 +12,17 @@ import (
 // lconn is one connection of the event-loop engine: the accepted (down) socket and the upstream (up) socket.
 // Only its loop touches it.
 type lconn struct {
-	dir        Direction
-	ls         *ListenerStats
-	down, up   side
-	peer, dst  netip.AddrPort
-	upLocal    netip.AddrPort
-	fast       bool
-	connected  bool // upstream connect completed; relaying
-	closed     bool
-	eofs       int // directions that reached EOF
-	deadline   time.Time
-	start      time.Time
-	err        error
-	registered bool // up is in the loop's sides (and the dial FIFO)
+	dir       Direction
+	ls        *ListenerStats
+	down, up  side
+	peer, dst netip.AddrPort
+	upLocal   netip.AddrPort
+	fast      bool
+	connected bool // upstream connect completed; relaying
+	closed    bool
+	eofs      int // directions that reached EOF
+	deadline  time.Time
+	start     time.Time
 }
 
 // side is one socket of an lconn. pending holds bytes read from this socket that the other socket did not take
@@ -61,14 +59,8 @@ func (l *evloop) newConn(ln *listener, fd int, peer netip.AddrPort) {
 		l.refuseFD(ln.dir, ls, fd, peer, dst, "original destination unknown", err)
 		return
 	}
-	if p.upstreams.contains(peer, dst) {
-		p.stats.Errors.Loop.Add(1)
-		l.refuseFD(ln.dir, ls, fd, peer, dst, "loop: peer is the proxy's own upstream socket", nil)
-		return
-	}
-	if isLoop(dst, p.listenAddrs, p.ports, isLocalAddr) {
-		p.stats.Errors.Loop.Add(1)
-		l.refuseFD(ln.dir, ls, fd, peer, dst, "loop: destination is the proxy itself", nil)
+	if why := p.loopReason(peer, dst); why != "" {
+		l.refuseFD(ln.dir, ls, fd, peer, dst, why, nil)
 		return
 	}
 	ufd, err := p.connectUpstream(ln.dir, dst)
@@ -100,7 +92,6 @@ func (l *evloop) newConn(ln *listener, fd int, peer netip.AddrPort) {
 		l.abort(c, "epoll_ctl", err)
 		return
 	}
-	c.registered = true
 	l.dials = append(l.dials, c)
 }
 
@@ -316,7 +307,6 @@ func (l *evloop) dialFailed(c *lconn, err error) {
 
 // abort ends a connection whose setup failed after the upstream socket was created: the client gets a reset.
 func (l *evloop) abort(c *lconn, what string, err error) {
-	c.err = err
 	_ = unix.SetsockoptLinger(c.down.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 	l.closeSockets(c)
 	l.p.logRefused(c.dir, c.peer, c.dst, what, err)
@@ -327,7 +317,6 @@ func (l *evloop) closeConn(c *lconn, err error) {
 	if c.closed {
 		return
 	}
-	c.err = err
 	l.closeSockets(c)
 	if ce := l.p.log.Check(l.p.connLevel(), "connection"); ce != nil {
 		ce.Write(zap.Stringer("direction", c.dir), zap.Stringer("client", c.peer), zap.Stringer("original_dst", c.dst),

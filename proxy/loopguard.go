@@ -25,6 +25,22 @@ func isLoop(dst netip.AddrPort, listeners []netip.AddrPort, ports []uint16, isLo
 	return isLocal != nil && isLocal(a)
 }
 
+// loopReason says why relaying the connection from peer to dst would loop back into the proxy ("" if it would
+// not), and counts a loop error when it would. Both engines ask it before dialing.
+func (p *Proxy) loopReason(peer, dst netip.AddrPort) string {
+	why := ""
+	switch {
+	case p.upstreams.contains(peer, dst):
+		why = "loop: peer is the proxy's own upstream socket"
+	case isLoop(dst, p.listenAddrs, p.ports, isLocalAddr):
+		why = "loop: destination is the proxy itself"
+	default:
+		return ""
+	}
+	p.stats.Errors.Loop.Add(1)
+	return why
+}
+
 // isLocalAddr reports whether a is assigned to an interface of the current network namespace.
 func isLocalAddr(a netip.Addr) bool {
 	addrs, err := net.InterfaceAddrs()

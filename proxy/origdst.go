@@ -49,7 +49,7 @@ const origDstFastPath = 1
 // errNoOrigDst: no method knew the original destination.
 var errNoOrigDst = errors.New("original destination unknown")
 
-// originalDst runs the resolution chain described in the package doc. listenPort is the port of the listener
+// originalDst runs the resolution chain described in the package doc. listenAddr is the address of the listener
 // that accepted c. fast reports that c is on the eBPF fast path (learned from the SO_ORIGINAL_DST answer only:
 // a Resolver cannot tell, so a Resolver must not be combined with `ebpf attach --fast-path`).
 func (p *Proxy) originalDst(dir Direction, c *net.TCPConn, listenAddr netip.AddrPort) (dst netip.AddrPort, fast bool, err error) {
