@@ -27,6 +27,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/meshcap/meshcap/pkg/capture"
+	"github.com/meshcap/meshcap/pkg/hostfs"
 )
 
 // DefaultInboundPinRoot is where inbound attachments are pinned unless InboundOptions.PinRoot says otherwise: the
@@ -35,16 +36,6 @@ const DefaultInboundPinRoot = DefaultPinRoot
 
 // ErrInboundNotAttached: no inbound capture is pinned for that network namespace.
 var ErrInboundNotAttached = errors.New("inbound capture is not attached in this network namespace")
-
-// Pin names inside <pin root>/netns-<cookie>/inbound/.
-const (
-	inbPinLink     = "link"
-	inbPinConfig   = "config"
-	inbPinPorts    = "ports"
-	inbPinListener = "listener"
-	inbPinStats    = "stats"
-	inbPinNewSufx  = "_new" // settings maps of a re-attach, renamed over the old ones once the program is swapped (bpffs refuses "." in names)
-)
 
 // Values of the C enums in bpf/include/inbound.h (enums are not in the object's BTF, so bpf2go cannot emit them).
 const (
@@ -91,14 +82,6 @@ type InboundInfo struct {
 	AllPorts       bool     // -b '*'
 	Ports          []uint16 // with AllPorts: the -d exclusions; without: the -b list (sorted)
 	Stats          InboundStats
-}
-
-// InboundPinDir is where the inbound attachment of the netns with this cookie is pinned.
-func InboundPinDir(pinRoot string, netnsCookie uint64) string {
-	if pinRoot == "" {
-		pinRoot = DefaultInboundPinRoot
-	}
-	return filepath.Join(pinRoot, fmt.Sprintf("netns-%d", netnsCookie), "inbound")
 }
 
 // inboundSettings turns a policy into the program's config value and port verdicts (istio's ISTIO_INBOUND chain).
@@ -154,7 +137,7 @@ func attachInbound(netnsPath string, p capture.Policy, opts InboundOptions) (_ *
 	if root == "" {
 		root = DefaultInboundPinRoot
 	}
-	if err := inbRequireBPFFS(root); err != nil {
+	if err := hostfs.RequireBPFFS(root); err != nil {
 		return nil, err
 	}
 	dir := InboundPinDir(root, cookie)
@@ -182,8 +165,8 @@ func attachInbound(netnsPath string, p capture.Policy, opts InboundOptions) (_ *
 			for _, name := range created {
 				_ = os.Remove(filepath.Join(dir, name))
 			}
-			_ = os.Remove(filepath.Join(dir, inbPinConfig+inbPinNewSufx))
-			_ = os.Remove(filepath.Join(dir, inbPinPorts+inbPinNewSufx))
+			_ = os.Remove(inbPin(dir, inbPinConfig+inbPinNewSufx))
+			_ = os.Remove(inbPin(dir, inbPinPorts+inbPinNewSufx))
 			_ = os.Remove(dir) // only when empty: a failed fresh attach leaves nothing
 			_ = os.Remove(filepath.Dir(dir))
 		}
@@ -260,7 +243,7 @@ func attachInbound(netnsPath string, p capture.Policy, opts InboundOptions) (_ *
 		}
 	}
 
-	linkPath := filepath.Join(dir, inbPinLink)
+	linkPath := inbPin(dir, inbPinLink)
 	if inbLinkAttached(linkPath) {
 		l, err := link.LoadPinnedLink(linkPath, nil)
 		if err != nil {
@@ -321,7 +304,7 @@ func DetachInboundCookie(pinRoot string, netnsCookie uint64) error {
 		return err
 	}
 	defer unlock()
-	linkPath := filepath.Join(dir, inbPinLink)
+	linkPath := inbPin(dir, inbPinLink)
 	if l, err := link.LoadPinnedLink(linkPath, nil); err == nil {
 		// Detach explicitly: another process may still hold a reference to the link.
 		if err := l.Detach(); err != nil && !errors.Is(err, unix.ENOLINK) {
@@ -401,36 +384,6 @@ func InboundCookie(netnsPath string) (uint64, error) {
 	return cookie, nil
 }
 
-// inboundCookies lists the netns cookies that have an inbound pin directory under pinRoot.
-func inboundCookies(pinRoot string) ([]uint64, error) {
-	if pinRoot == "" {
-		pinRoot = DefaultInboundPinRoot
-	}
-	entries, err := os.ReadDir(pinRoot)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	var out []uint64
-	for _, e := range entries {
-		var cookie uint64
-		if !e.IsDir() {
-			continue
-		}
-		if n, err := fmt.Sscanf(e.Name(), "netns-%d", &cookie); err != nil || n != 1 {
-			continue
-		}
-		if _, err := os.Stat(InboundPinDir(pinRoot, cookie)); err != nil {
-			continue
-		}
-		out = append(out, cookie)
-	}
-	slices.Sort(out)
-	return out, nil
-}
-
 // PruneInbound removes the pins of inbound attachments whose network namespace no longer exists, and returns the
 // netns cookies it pruned.
 func PruneInbound(pinRoot string) ([]uint64, error) {
@@ -487,7 +440,7 @@ func RegisterInboundListener(pinRoot string, ln syscall.Conn) error {
 		return fmt.Errorf("register inbound listener: %w", err)
 	}
 	dir := InboundPinDir(pinRoot, li.netnsCookie)
-	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, inbPinListener), nil)
+	m, err := ebpf.LoadPinnedMap(inbPin(dir, inbPinListener), nil)
 	if errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("register inbound listener: %w (no %s)", ErrInboundNotAttached, dir)
 	}
@@ -584,7 +537,7 @@ func inbInspectListener(ln syscall.Conn) (inbListenerFacts, error) {
 			ierr = fmt.Errorf("listener has unsupported address %T", sa)
 			return
 		}
-		lf.netnsCookie, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+		lf.netnsCookie, err = hostfs.SocketNetnsCookie(fd)
 		if err != nil {
 			ierr = fmt.Errorf("listener: netns cookie: %w", err)
 		}
@@ -604,7 +557,7 @@ func InboundStatus(netnsPath, pinRoot string) (*InboundInfo, error) {
 	}
 	ns.Close()
 	dir := InboundPinDir(pinRoot, cookie)
-	if _, err := os.Stat(filepath.Join(dir, inbPinLink)); errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(inbPin(dir, inbPinLink)); errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("inbound status of %s: %w", netnsPath, ErrInboundNotAttached)
 	}
 	info, err := inboundInfo(dir, cookie)
@@ -616,7 +569,7 @@ func InboundStatus(netnsPath, pinRoot string) (*InboundInfo, error) {
 
 func readInboundConfig(dir string) (inbConfigValue, error) {
 	var cfg inbConfigValue
-	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, inbPinConfig), nil)
+	m, err := ebpf.LoadPinnedMap(inbPin(dir, inbPinConfig), nil)
 	if err != nil {
 		return cfg, fmt.Errorf("load pinned config: %w", err)
 	}
@@ -629,7 +582,7 @@ func readInboundConfig(dir string) (inbConfigValue, error) {
 
 // inboundInfo reads everything back from the pins in dir.
 func inboundInfo(dir string, cookie uint64) (*InboundInfo, error) {
-	info := &InboundInfo{NetnsCookie: cookie, PinDir: dir, Attached: inbLinkAttached(filepath.Join(dir, inbPinLink))}
+	info := &InboundInfo{NetnsCookie: cookie, PinDir: dir, Attached: inbLinkAttached(inbPin(dir, inbPinLink))}
 	cfg, err := readInboundConfig(dir)
 	if err != nil {
 		return nil, err
@@ -637,7 +590,7 @@ func inboundInfo(dir string, cookie uint64) (*InboundInfo, error) {
 	info.CapturePort, info.TunnelPort = cfg.CapturePort, cfg.TunnelPort
 	info.AllPorts = cfg.Flags&inbFlagAllPorts != 0
 
-	ports, err := ebpf.LoadPinnedMap(filepath.Join(dir, inbPinPorts), nil)
+	ports, err := ebpf.LoadPinnedMap(inbPin(dir, inbPinPorts), nil)
 	if err != nil {
 		return nil, fmt.Errorf("load pinned ports: %w", err)
 	}
@@ -653,7 +606,7 @@ func inboundInfo(dir string, cookie uint64) (*InboundInfo, error) {
 	}
 	slices.Sort(info.Ports)
 
-	lis, err := ebpf.LoadPinnedMap(filepath.Join(dir, inbPinListener), nil)
+	lis, err := ebpf.LoadPinnedMap(inbPin(dir, inbPinListener), nil)
 	if err != nil {
 		return nil, fmt.Errorf("load pinned listener map: %w", err)
 	}
@@ -665,7 +618,7 @@ func inboundInfo(dir string, cookie uint64) (*InboundInfo, error) {
 		return nil, fmt.Errorf("read listener map: %w", err)
 	}
 
-	stats, err := ebpf.LoadPinnedMap(filepath.Join(dir, inbPinStats), nil)
+	stats, err := ebpf.LoadPinnedMap(inbPin(dir, inbPinStats), nil)
 	if err != nil {
 		return nil, fmt.Errorf("load pinned stats: %w", err)
 	}

@@ -16,7 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/meshcap/meshcap/pkg/capture"
-	"github.com/meshcap/meshcap/pkg/podnet"
+	"github.com/meshcap/meshcap/pkg/hostfs"
 )
 
 func outRequireRoot(t *testing.T) {
@@ -38,7 +38,7 @@ func outSuffix() string {
 // newCgroup creates a cgroup of the test's own under the cgroup2 root, removed in Cleanup.
 func outNewCgroup(t *testing.T) string {
 	t.Helper()
-	root, err := podnet.Cgroup2Root()
+	root, err := hostfs.Cgroup2Root()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,8 +25,9 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
-	"github.com/meshcap/meshcap/pkg/podnet"
 	"golang.org/x/sys/unix"
+
+	"github.com/meshcap/meshcap/pkg/hostfs"
 )
 
 // ProbeDisableEnv names the environment variable listing features to treat as missing.
@@ -327,7 +328,7 @@ func (r *probeRun) cleanup() {
 
 func (r *probeRun) checkCgroup2() (string, error) {
 	mnt, hybrid, err := findCgroup2()
-	if err != nil && r.opts.CgroupParent != "" && podnet.IsCgroup2(r.opts.CgroupParent) {
+	if err != nil && r.opts.CgroupParent != "" && hostfs.IsCgroup2(r.opts.CgroupParent) {
 		// This mount namespace hides the cgroup2 mount (ip netns exec), but the target cgroup, seen through the
 		// host's mount namespace, is on cgroup2: that is what capture attaches to.
 		return "hidden here; target cgroup " + r.opts.CgroupParent + " is on cgroup2", nil
@@ -343,7 +344,7 @@ func (r *probeRun) checkCgroup2() (string, error) {
 }
 
 func findCgroup2() (mnt string, hybrid bool, err error) {
-	mounts, err := podnet.Mounts()
+	mounts, err := hostfs.Mounts()
 	if err != nil {
 		return "", false, err
 	}
@@ -430,12 +431,12 @@ func OwnCgroupDir() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if mnt, err := podnet.Cgroup2Root(); err == nil {
+	if mnt, err := hostfs.Cgroup2Mount(); err == nil {
 		return filepath.Join(mnt, rel), nil
 	}
 	// No cgroup2 mount visible here (ip netns exec remounts /sys): the host's, at either usual mount point.
 	for _, mnt := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
-		if dir, ok := HostView(filepath.Join(mnt, rel), unix.CGROUP2_SUPER_MAGIC); ok {
+		if dir, ok := hostfs.HostView(filepath.Join(mnt, rel), unix.CGROUP2_SUPER_MAGIC); ok {
 			if _, err := os.Stat(dir); err == nil {
 				return dir, nil
 			}

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/meshcap/meshcap/pkg/podnet"
+	"github.com/meshcap/meshcap/pkg/hostfs"
 )
 
 func probeNeedsRoot(t *testing.T) {
@@ -34,7 +34,7 @@ func findCheck(t *testing.T, checks []FeatureCheck, name string) FeatureCheck {
 
 func leftoverProbeCgroups(t *testing.T) []string {
 	t.Helper()
-	mnt, err := podnet.Cgroup2Root()
+	mnt, err := hostfs.Cgroup2Root()
 	if err != nil {
 		t.Fatal(err)
 	}

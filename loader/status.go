@@ -12,6 +12,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/meshcap/meshcap/pkg/hostfs"
 )
 
 // Status is what is attached and pinned under one pin root.
@@ -76,7 +78,7 @@ func GetStatus(pinRoot string) (*Status, error) {
 }
 
 func attachmentStatus(dir string, id uint64) AttachmentStatus {
-	path, _ := cgroupPathByID(id)
+	path := hostfs.CgroupPathByID(id)
 	a := AttachmentStatus{CgroupID: id, CgroupPath: path, PinDir: dir}
 	for _, h := range hooks {
 		ps := ProgramStatus{Hook: h.name}
@@ -153,7 +155,7 @@ func PinDir(cgroupDir, pinRoot string) (string, error) {
 	if pinRoot == "" {
 		pinRoot = DefaultPinRoot
 	}
-	id, err := cgroupID(cgroupDir)
+	id, err := hostfs.CgroupID(cgroupDir)
 	if err != nil {
 		return "", err
 	}

@@ -16,7 +16,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/meshcap/meshcap/loader"
-	"github.com/meshcap/meshcap/pkg/capture"
 	"github.com/meshcap/meshcap/pkg/cni"
 )
 
@@ -236,13 +235,25 @@ func (r *agentReconciler) reconcileOne(id string, start bool) {
 		log.Error("recorded capture settings", zap.Error(err))
 		return
 	}
-	// In place: for a pod already programmed (agent restart) nothing changes.
-	if err := loader.EnrollNetns(r.enr.PinDir, rec.NetnsCookie, pol); err != nil {
+	// In place: for a pod already programmed (agent restart) nothing changes. The inbound step runs only when the
+	// pod's netns is alive and has no inbound attachment (enrolled while no agent ran).
+	netns := ""
+	if state == netnsAlive && pol.InboundEnabled() {
+		if _, err := loader.InboundStatus(rec.Netns, r.enr.PinRoot); errors.Is(err, loader.ErrInboundNotAttached) {
+			netns = rec.Netns
+		}
+	}
+	res, err := loader.CapturePod(loader.PodTarget{AgentPinDir: r.enr.PinDir, Netns: netns, NetnsCookie: rec.NetnsCookie},
+		pol, loader.CaptureOptions{FindListener: true})
+	if err != nil {
 		log.Error("enroll", zap.Error(err))
 		return
 	}
 	if start {
 		log.Info("enrolled", zap.String("netnsState", [...]string{"unknown", "alive", "gone"}[state]))
+	}
+	if res.Inbound != nil {
+		log.Info("attached inbound capture", zap.Bool("listenerRegistered", res.Inbound.Listener))
 	}
 	if !pol.InboundEnabled() {
 		return
@@ -253,22 +264,13 @@ func (r *agentReconciler) reconcileOne(id string, start bool) {
 		}
 		return
 	}
-	r.ensureInbound(log, rec, pol)
+	r.registerListener(log, rec)
 }
 
-// ensureInbound attaches inbound capture in the pod's netns when it is missing (enrolled while no agent ran), and
-// registers the pod's proxy listener when none is registered yet.
-func (r *agentReconciler) ensureInbound(log *zap.Logger, rec *cni.Enrollment, pol capture.Policy) {
+// registerListener registers the pod's proxy listener for inbound capture when none is registered yet (the proxy
+// starts after CNI ADD has attached inbound capture, and may not register itself).
+func (r *agentReconciler) registerListener(log *zap.Logger, rec *cni.Enrollment) {
 	st, err := loader.InboundStatus(rec.Netns, r.enr.PinRoot)
-	if errors.Is(err, loader.ErrInboundNotAttached) {
-		info, err := loader.AttachInbound(rec.Netns, pol, loader.InboundOptions{PinRoot: r.enr.PinRoot, FindListener: true})
-		if err != nil {
-			log.Error("attach inbound", zap.Error(err))
-			return
-		}
-		log.Info("attached inbound capture", zap.Bool("listenerRegistered", info.Listener))
-		return
-	}
 	if err != nil {
 		log.Error("inbound status", zap.Error(err))
 		return

@@ -23,12 +23,13 @@ type initOptions struct {
 	podUID     string // find the pod's cgroup under hostCgroup
 	hostCgroup string
 	pinRoot    string
+	maxConns   uint32
 }
 
 func newInitCmd(log *zap.Logger) *cobra.Command {
 	cfg := capture.Default()
 	var ex capture.ExecOptions
-	o := initOptions{mode: "auto", pinRoot: loader.DefaultPinRoot}
+	o := initOptions{mode: "auto", pinRoot: loader.DefaultPinRoot, maxConns: capture.DefaultMaxConnections}
 	cmd := &cobra.Command{
 		Use:   "init [--mode auto|ebpf|iptables] [istio-iptables flags]",
 		Short: "Set up capture for the pod this runs in (drop-in for istio-init)",
@@ -58,6 +59,7 @@ Exit codes are istio-init's: 0 on success, 1 on any error.`,
 	f.StringVar(&o.hostCgroup, "host-cgroup", "/host/sys/fs/cgroup", "host cgroup2 tree, for --pod-uid")
 	f.StringVar(&o.pinRoot, "pin-root", o.pinRoot, "bpffs directory for pinned links and maps (the host's bpffs)")
 	f.StringVar(&o.pinRoot, "pin-dir", o.pinRoot, "same as --pin-root (the name meshcap ebpf and meshcap agent use)")
+	f.Uint32Var(&o.maxConns, "max-connections", o.maxConns, "eBPF mode: per-pod capacity of captured connections; beyond it new connects are refused (EPERM) and counted")
 	capture.BindFlags(f, &cfg)
 	capture.BindExecFlags(f, &ex, nil)
 	return cmd
@@ -89,6 +91,9 @@ func runInit(ctx context.Context, log *zap.Logger, cmd *cobra.Command, o initOpt
 	// Validate for both backends before looking at the host: a value rejected for one mode is rejected for both.
 	pol, err := iptables.Validate(cfg)
 	if err != nil {
+		return err
+	}
+	if err := capture.CheckMaxConnections(o.maxConns); err != nil {
 		return err
 	}
 	if ex.SkipRuleApply {
@@ -151,34 +156,17 @@ func decideInitMode(log *zap.Logger, o initOptions, cfg capture.Config, pol capt
 	return d.Mode, d.Reason, cgroupDir
 }
 
-// initEBPF attaches outbound capture to the cgroup and inbound capture to the netns; on error nothing stays attached.
+// initEBPF captures the pod (outbound on the cgroup, inbound on the netns); on error nothing new stays attached.
 func initEBPF(log *zap.Logger, o initOptions, cgroupDir, netnsPath string, pol capture.Policy) error {
-	a, err := loader.Attach(cgroupDir, pol, o.pinRoot, loader.LoadOptions{})
-	if err != nil {
-		return fmt.Errorf("attach outbound: %w", err)
-	}
-	log.Info("attached outbound capture", zap.String("cgroup", a.CgroupDir), zap.Uint64("cgroupID", a.CgroupID),
-		zap.String("pinDir", a.PinDir), zap.Bool("replaced", a.Replaced))
-	if !pol.InboundEnabled() {
-		return nil
-	}
 	if netnsPath == "" {
-		netnsPath = "/proc/self/ns/net"
+		netnsPath = ownNetns
 	}
-	info, err := loader.AttachInbound(netnsPath, pol, loader.InboundOptions{PinRoot: o.pinRoot, FindListener: true})
+	res, err := loader.CapturePod(loader.PodTarget{Cgroup: cgroupDir, Netns: netnsPath}, pol, loader.CaptureOptions{
+		PinRoot: o.pinRoot, Load: loader.LoadOptions{MaxConns: o.maxConns}, FindListener: true,
+	})
 	if err != nil {
-		if !a.Replaced {
-			if _, derr := loader.Detach(cgroupDir, o.pinRoot); derr != nil {
-				err = errors.Join(err, fmt.Errorf("undo outbound attach: %w", derr))
-			}
-		}
 		return err
 	}
-	log.Info("attached inbound capture", zap.Uint64("netnsCookie", info.NetnsCookie), zap.String("pinDir", info.PinDir),
-		zap.Bool("listenerRegistered", info.Listener))
-	if !info.Listener {
-		log.Warn("no proxy listener registered yet on the inbound capture port: captured inbound connections are refused until the proxy registers it",
-			zap.Uint16("port", info.CapturePort))
-	}
+	logPodCapture(log, res, pol)
 	return nil
 }

@@ -15,8 +15,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/meshcap/meshcap/loader"
+	"github.com/meshcap/meshcap/pkg/hostfs"
 	"github.com/meshcap/meshcap/pkg/iptables"
-	"github.com/meshcap/meshcap/pkg/podnet"
 )
 
 func init() { register(newStatusCmd) }
@@ -103,7 +103,7 @@ func captureMode(ctx context.Context, pinRoot, netnsPath, cgroupDir string, netn
 func outboundAttachedAbove(pinRoot, dir string) (string, bool) {
 	// Walk up while still on the cgroup2 filesystem: that bounds the walk at its root in the local view and in the
 	// host's view alike (/proc/self/fd/N/... under ip netns exec).
-	for d := filepath.Clean(dir); podnet.IsCgroup2(d); d = filepath.Dir(d) {
+	for d := filepath.Clean(dir); hostfs.IsCgroup2(d); d = filepath.Dir(d) {
 		if pd, err := loader.PinDir(d, pinRoot); err == nil {
 			if _, err := os.Stat(pd); err == nil {
 				return d, true

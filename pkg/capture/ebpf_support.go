@@ -1,5 +1,7 @@
 package capture
 
+import "fmt"
+
 // EBPFUnsupported names the requested settings that eBPF capture does not implement. They are accepted by every
 // command so that istio-init argument lists work unchanged: `meshcap ebpf attach` warns about them, and
 // `meshcap init --mode auto` falls back to the iptables mode when any is requested.
@@ -16,6 +18,8 @@ func (c Config) EBPFUnsupported() []string {
 		{c.DropInvalid, "--drop-invalid"},
 		{c.OwnerGroupsInclude != "" && c.OwnerGroupsInclude != "*", "ISTIO_OUTBOUND_OWNER_GROUPS"},
 		{c.OwnerGroupsExclude != "", "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE"},
+		{len(SplitList(c.ProxyUID)) > MaxIDs, fmt.Sprintf("more than %d -u/--proxy-uid values", MaxIDs)},
+		{len(SplitList(c.ProxyGID)) > MaxIDs, fmt.Sprintf("more than %d -g/--proxy-gid values", MaxIDs)},
 	} {
 		if s.on {
 			out = append(out, s.what)

@@ -47,47 +47,22 @@ type PinnedEnroller struct {
 	PinRoot string // for per-netns inbound attachments (pinRoot/netns-<cookie>/inbound)
 }
 
-// Enroll writes the pod's outbound settings under its netns cookie, then attaches (or updates) inbound capture in
-// its netns, or removes inbound capture the policy no longer asks for. Idempotent. When the inbound attach fails,
-// a pod that was not enrolled before is left unenrolled (nothing half-applied).
+// Enroll captures the pod through the agent's attachment (loader.CapturePod: its outbound settings under its netns
+// cookie, then inbound capture in its netns, or the removal of inbound capture the policy no longer asks for).
+// Idempotent; a pod that was not enrolled before is left unenrolled on error.
 func (p PinnedEnroller) Enroll(e *Enrollment, pol capture.Policy) error {
-	was, err := loader.NetnsEnrolled(p.PinDir, e.NetnsCookie)
-	if err != nil {
-		return fmt.Errorf("agent attachment %s: %w", p.PinDir, err)
-	}
-	if err := loader.EnrollNetns(p.PinDir, e.NetnsCookie, pol); err != nil {
-		return fmt.Errorf("outbound: %w", err)
-	}
-	if !pol.InboundEnabled() {
-		if err := loader.DetachInboundCookie(p.PinRoot, e.NetnsCookie); err != nil {
-			return fmt.Errorf("inbound: %w", err)
-		}
-		return nil
-	}
-	if e.Netns == "" {
-		return nil
-	}
-	if _, err := loader.AttachInbound(e.Netns, pol, loader.InboundOptions{PinRoot: p.PinRoot, FindListener: true}); err != nil {
-		if !was {
-			if uerr := loader.UnenrollNetns(p.PinDir, e.NetnsCookie); uerr != nil {
-				err = errors.Join(err, fmt.Errorf("undo outbound: %w", uerr))
-			}
-		}
-		return fmt.Errorf("inbound: %w", err)
-	}
-	return nil
+	_, err := loader.CapturePod(p.target(e, e.Netns), pol, loader.CaptureOptions{FindListener: true})
+	return err
 }
 
 // Unenroll removes the pod's outbound settings and its inbound attachment; neither needs the netns (it may be gone).
 func (p PinnedEnroller) Unenroll(e *Enrollment) error {
-	var errs []error
-	if err := loader.UnenrollNetns(p.PinDir, e.NetnsCookie); err != nil && !errors.Is(err, os.ErrNotExist) {
-		errs = append(errs, fmt.Errorf("outbound: %w", err))
-	}
-	if err := loader.DetachInboundCookie(p.PinRoot, e.NetnsCookie); err != nil {
-		errs = append(errs, fmt.Errorf("inbound: %w", err))
-	}
-	return errors.Join(errs...)
+	_, err := loader.UncapturePod(p.target(e, ""), "")
+	return err
+}
+
+func (p PinnedEnroller) target(e *Enrollment, netns string) loader.PodTarget {
+	return loader.PodTarget{AgentPinDir: p.PinDir, Netns: netns, NetnsCookie: e.NetnsCookie}
 }
 
 // AgentEnroller returns the PinnedEnroller of the node agent, or NopEnroller (records only; the agent programs
