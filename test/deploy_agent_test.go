@@ -27,6 +27,7 @@ import (
 
 	"github.com/meshcap/meshcap/loader"
 	"github.com/meshcap/meshcap/pkg/cni"
+	"github.com/meshcap/meshcap/pkg/hostfs"
 	"github.com/meshcap/meshcap/pkg/podnet"
 	"github.com/meshcap/meshcap/proxy"
 )
@@ -172,7 +173,7 @@ func (h *heldConn) exchange(what string) {
 // the pods under it, whose Cleanup is registered later).
 func kubepodsCgroup(t *testing.T) string {
 	t.Helper()
-	root, err := podnet.Cgroup2Root()
+	root, err := hostfs.Cgroup2Root()
 	if err != nil {
 		t.Fatal(err)
 	}
