@@ -10,19 +10,15 @@
  */
 #include "meshcap.h"
 
-/* struct sockaddr_in, as userspace expects it (16 bytes). */
-struct mc_sockaddr_in {
-	__u16 sin_family;
-	__u16 sin_port; /* network byte order */
-	__u32 sin_addr; /* network byte order */
-	__u8 sin_zero[8];
-};
+/* Puts struct mc_origdst_ext into this object's BTF, so that bpf2go generates its Go type (the proxy's decoder of
+ * the extended answer comes from it). No program uses it; the loader drops the section it lands in. */
+const struct mc_origdst_ext *mc_origdst_ext_btf __attribute__((unused));
 
-/* What a caller with a large enough buffer gets for a fast-path socket (proxy/origdst.go has the same layout). */
-struct mc_origdst_ext {
-	struct mc_sockaddr_in sa;
-	__u32 flags; /* MC_ORIGDST_F_* */
-};
+/* The one netns-cookie read of this program type (bpf_get_netns_cookie: sockopt programs have it from 5.15). */
+static __always_inline __u64 mc_sockopt_netns(struct bpf_sockopt *ctx)
+{
+	return bpf_get_netns_cookie(ctx);
+}
 
 SEC("cgroup/getsockopt")
 int mc_getsockopt(struct bpf_sockopt *ctx)
@@ -35,7 +31,7 @@ int mc_getsockopt(struct bpf_sockopt *ctx)
 		return 1;
 
 	struct mc_tuple t;
-	mc_fill_tuple(&t, bpf_get_netns_cookie(ctx), sk->src_ip4, (__u16)sk->src_port, sk->dst_ip4,
+	mc_fill_tuple(&t, mc_sockopt_netns(ctx), sk->src_ip4, (__u16)sk->src_port, sk->dst_ip4,
 	              bpf_ntohs(sk->dst_port));
 	struct mc_orig *orig = bpf_map_lookup_elem(&mc_orig_tuple, &t);
 	if (!orig)

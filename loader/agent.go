@@ -67,12 +67,12 @@ func EnrollNetns(pinDir string, netnsCookie uint64, p capture.Policy) error {
 	if err := validatePolicy(p); err != nil {
 		return err
 	}
-	return withPinDir(pinDir, func() error { _, err := enrollLocked(pinDir, netnsCookie, p); return err })
+	return withPinDir(pinDir, func() error { _, err := enrollLocked(pinDir, netnsCookie, p, 0); return err })
 }
 
-// enrollLocked writes the settings of netnsCookie; was reports that it had settings before. The caller holds the
-// pin root's lock.
-func enrollLocked(pinDir string, netnsCookie uint64, p capture.Policy) (was bool, err error) {
+// enrollLocked writes the settings of netnsCookie with capacity maxConns (0 = the default); was reports that it had
+// settings before. The caller holds the pin root's lock.
+func enrollLocked(pinDir string, netnsCookie uint64, p capture.Policy, maxConns uint32) (was bool, err error) {
 	if netnsCookie == 0 {
 		return false, errors.New("enroll: netns cookie 0 is reserved (it would capture every netns under the cgroup)")
 	}
@@ -81,6 +81,7 @@ func enrollLocked(pinDir string, netnsCookie uint64, p capture.Policy) (was bool
 		return false, err
 	}
 	defer objs.Close()
+	objs.MaxConns = maxConns
 	var cfg configValue
 	was = objs.Maps[mapConfig].Lookup(&netnsCookie, &cfg) == nil
 	return was, objs.SetPolicy(netnsCookie, p)

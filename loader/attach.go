@@ -51,7 +51,11 @@ func withRoot[T any](pinRoot string, fn func(root string) (T, error)) (T, error)
 		return zero, err
 	}
 	defer unlock()
-	return fn(root)
+	v, err := fn(root)
+	if err != nil {
+		removeIfEmpty(root) // a failed first attach leaves no pin root behind
+	}
+	return v, err
 }
 
 // attachLocked: p == nil means "no settings change" (AttachShared). The caller holds the pin root's lock.
@@ -154,6 +158,7 @@ func replace(dir string, p *capture.Policy, opts LoadOptions) (err error) {
 			m.Close()
 		}
 	}()
+	var sizeConns uint32
 	keep := stateMaps
 	if p == nil {
 		keep = append(append([]string{}, stateMaps...), settingsMaps...)
@@ -166,8 +171,11 @@ func replace(dir string, p *capture.Policy, opts LoadOptions) (err error) {
 		reuse[name] = m
 		// Keep the pinned sizes: a replacement map must match its spec.
 		switch name {
-		case mapOrigCookie, mapOrigTuple:
-			opts.MaxConns = m.MaxEntries()
+		case mapOrigTuple:
+			if p != nil && opts.MaxConns > m.MaxEntries()/2 {
+				return fmt.Errorf("--max-connections %d is above this attachment's capacity %d: detach, then attach again", opts.MaxConns, m.MaxEntries()/2)
+			}
+			sizeConns = m.MaxEntries() / 2
 		case mapConfig:
 			opts.MaxPolicies = m.MaxEntries()
 		}
@@ -184,11 +192,14 @@ func replace(dir string, p *capture.Policy, opts LoadOptions) (err error) {
 		}
 		reuse[name] = m
 	}
+	cfgConns := opts.MaxConns
+	opts.MaxConns = sizeConns
 	objs, err := load(opts, reuse)
 	if err != nil {
 		return err
 	}
 	defer objs.Close()
+	objs.MaxConns = cfgConns
 	for _, name := range newPins {
 		if err := objs.Maps[name].Pin(mapPin(dir, name)); err != nil {
 			return fmt.Errorf("pin map %s: %w", name, err)

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -31,8 +32,9 @@ const (
 	mapCIDRExcl   = "mc_cidr_excl"
 	mapCIDRIncl   = "mc_cidr_incl"
 	mapPorts      = "mc_ports"
-	mapOrigCookie = "mc_orig_cookie"
+	mapClient     = "mc_client"
 	mapOrigTuple  = "mc_orig_tuple"
+	mapStats      = "mc_stats"
 	mapSockhash   = "mc_sockhash"
 	mapFPStats    = "mc_fp_stats"
 	mapFPPeer     = "mc_fp_peer"
@@ -41,7 +43,7 @@ const (
 // settingsMaps hold one attachment's policy; stateMaps hold its live connections (kept across a re-attach).
 var (
 	settingsMaps = []string{mapConfig, mapCIDRExcl, mapCIDRIncl, mapPorts}
-	stateMaps    = []string{mapOrigCookie, mapOrigTuple}
+	stateMaps    = []string{mapClient, mapOrigTuple, mapStats}
 	// fastPathMaps are state too, but optional in a pin dir (attachments made before the fast path existed lack
 	// them): kept across a re-attach when pinned, created and pinned otherwise.
 	fastPathMaps = []string{mapSockhash, mapFPStats, mapFPPeer}
@@ -65,6 +67,7 @@ type (
 	portKey     = connect4McPortKey
 	origValue   = connect4McOrig
 	tupleKey    = connect4McTuple
+	statsValue  = connect4McStats
 )
 
 // hook describes one program: its object, entry point and attach type.
@@ -82,6 +85,7 @@ var hooks = []hook{
 	{"sockops", "mc_sockops", ebpf.SockOps, ebpf.AttachCGroupSockOps, loadSockops},
 	{"getsockopt", "mc_getsockopt", ebpf.CGroupSockopt, ebpf.AttachCGroupGetsockopt, loadGetsockopt},
 	{"getpeername4", "mc_getpeername4", ebpf.CGroupSockAddr, ebpf.AttachCgroupInet4GetPeername, loadGetpeername4},
+	{"sockrelease", "mc_sock_release", ebpf.CGroupSock, ebpf.AttachCgroupInetSockRelease, loadSockrelease},
 	{"connect4", "mc_connect4", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet4Connect, loadConnect4},
 }
 
@@ -90,7 +94,9 @@ var fastPathHook = hook{"fastpath", "mc_fastpath", ebpf.SkMsg, ebpf.AttachSkMsgV
 
 // LoadOptions size the maps. Zero values keep the defaults compiled into the objects.
 type LoadOptions struct {
-	MaxConns    uint32 // mc_orig_cookie, mc_orig_tuple (in-flight captured connections); mc_sockhash holds twice this
+	// MaxConns is the capacity of captured connections: per-pod mode, the pod's --max-connections (written into its
+	// settings; mc_orig_tuple and mc_sockhash hold twice this); agent mode, the node-wide table size.
+	MaxConns    uint32
 	MaxPolicies uint32 // mc_config (pods, in node-agent mode)
 	// FastPath turns on the sk_msg fast path of the app<->proxy hop in the settings Attach writes (see
 	// Objects.FastPath). Opt-in: the proxy must read accelerated sockets with read(), never splice.
@@ -107,6 +113,8 @@ type Objects struct {
 	// a proxy using splice(2) would never see the data). meshcap proxy learns per connection whether it is on
 	// it from its SO_ORIGINAL_DST call (bpf/getsockopt.c).
 	FastPath bool
+	// MaxConns is written by SetPolicy as the key's capacity (0 = capture.DefaultMaxConnections).
+	MaxConns uint32
 }
 
 // Close releases the file descriptors (pinned or attached objects stay in the kernel).
@@ -130,7 +138,7 @@ func load(opts LoadOptions, reuse map[string]*ebpf.Map) (_ *Objects, err error) 
 	if err := checkKernel(); err != nil {
 		return nil, err
 	}
-	objs := &Objects{Programs: map[string]*ebpf.Program{}, Maps: map[string]*ebpf.Map{}, FastPath: opts.FastPath}
+	objs := &Objects{Programs: map[string]*ebpf.Program{}, Maps: map[string]*ebpf.Map{}, FastPath: opts.FastPath, MaxConns: opts.MaxConns}
 	defer func() {
 		if err != nil {
 			objs.Close()
@@ -161,6 +169,17 @@ func (objs *Objects) loadHook(h hook, opts LoadOptions, reuse map[string]*ebpf.M
 		return fmt.Errorf("load %s object: %w", h.name, err)
 	}
 	resize(spec, opts)
+	// A data section no program uses: getsockopt.c's BTF anchor of struct mc_origdst_ext.
+	for name, v := range spec.Variables {
+		if strings.HasPrefix(v.SectionName, ".") {
+			delete(spec.Variables, name)
+		}
+	}
+	for name := range spec.Maps {
+		if strings.HasPrefix(name, ".") {
+			delete(spec.Maps, name)
+		}
+	}
 	replace := map[string]*ebpf.Map{}
 	for name, ms := range spec.Maps {
 		m, ok := objs.Maps[name]
@@ -193,11 +212,9 @@ func (objs *Objects) loadHook(h hook, opts LoadOptions, reuse map[string]*ebpf.M
 func resize(spec *ebpf.CollectionSpec, opts LoadOptions) {
 	for name, ms := range spec.Maps {
 		switch {
-		case opts.MaxConns > 0 && (name == mapOrigCookie || name == mapOrigTuple):
-			ms.MaxEntries = opts.MaxConns
-		case opts.MaxConns > 0 && name == mapSockhash:
+		case opts.MaxConns > 0 && (name == mapOrigTuple || name == mapSockhash):
 			ms.MaxEntries = 2 * opts.MaxConns
-		case opts.MaxPolicies > 0 && name == mapConfig:
+		case opts.MaxPolicies > 0 && (name == mapConfig || name == mapStats):
 			ms.MaxEntries = opts.MaxPolicies
 		}
 	}
@@ -225,6 +242,18 @@ func (o *Objects) SetPolicy(cfgKey uint64, p capture.Policy) error {
 	}
 	if o.FastPath {
 		cfg.Flags |= flagFastPath
+	}
+	cfg.MaxConns = o.MaxConns
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = capture.DefaultMaxConnections
+	}
+	if err := capture.CheckMaxConnections(cfg.MaxConns); err != nil {
+		return err
+	}
+	// The counters exist before the settings that make connect4 use them (kept when they already exist).
+	var zero statsValue
+	if err := o.Maps[mapStats].Update(&cfgKey, &zero, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+		return fmt.Errorf("create %s entry: %w", mapStats, err)
 	}
 	want, err := o.writeLists(cfgKey, p)
 	if err != nil {
@@ -313,7 +342,13 @@ func (o *Objects) DeletePolicy(cfgKey uint64) error {
 	if err := o.Maps[mapConfig].Delete(&cfgKey); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("delete %s key %d: %w", mapConfig, cfgKey, err)
 	}
-	return o.deleteLists(cfgKey, policyKeys{})
+	if err := o.deleteLists(cfgKey, policyKeys{}); err != nil {
+		return err
+	}
+	if err := o.Maps[mapStats].Delete(&cfgKey); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete %s key %d: %w", mapStats, cfgKey, err)
+	}
+	return nil
 }
 
 // configFor builds the mc_config value of p.

@@ -144,6 +144,9 @@ func checkPinRoot(root string) error {
 // ok=false (and no lock) when the root does not exist and create is not set. The lock is taken on the directory
 // itself; a root removed and made again meanwhile (removeIfEmpty by the previous holder) is locked anew.
 func lockRoot(root string, create bool) (unlock func(), ok bool, err error) {
+	if _, err := os.Lstat(root); errors.Is(err, os.ErrNotExist) && !create {
+		return nil, false, nil
+	}
 	if err := checkPinRoot(root); err != nil {
 		return nil, false, err
 	}

@@ -40,7 +40,7 @@ func (t PodTarget) agent() bool { return t.AgentPinDir != "" }
 // CaptureOptions tune CapturePod.
 type CaptureOptions struct {
 	PinRoot      string      // per-pod mode ("" = DefaultPinRoot); agent mode uses AgentPinDir's parent
-	Load         LoadOptions // per-pod mode: map sizes and the fast path
+	Load         LoadOptions // per-pod mode: capacity (MaxConns) and the fast path; agent mode: MaxConns only
 	FindListener bool        // inbound: register a proxy already listening on the capture port
 }
 
@@ -78,6 +78,7 @@ func CapturePod(t PodTarget, p capture.Policy, o CaptureOptions) (*PodCapture, e
 	defer unlock()
 	undo, err := captureOutbound(t, p, root, o, res)
 	if err != nil {
+		removeIfEmpty(root)
 		return nil, err
 	}
 	if err := captureInbound(t, p, root, o, res); err != nil {
@@ -86,6 +87,7 @@ func CapturePod(t PodTarget, p capture.Policy, o CaptureOptions) (*PodCapture, e
 				err = errors.Join(err, fmt.Errorf("undo outbound capture: %w", uerr))
 			}
 		}
+		removeIfEmpty(root)
 		return nil, err
 	}
 	return res, nil
@@ -107,7 +109,7 @@ func (t PodTarget) root(pinRoot string) (string, error) {
 // captureOutbound does step 1 and returns the undo of a first capture (nil when the pod was captured before).
 func captureOutbound(t PodTarget, p capture.Policy, root string, o CaptureOptions, res *PodCapture) (func() error, error) {
 	if t.agent() {
-		was, err := enrollLocked(t.AgentPinDir, res.NetnsCookie, p)
+		was, err := enrollLocked(t.AgentPinDir, res.NetnsCookie, p, o.Load.MaxConns)
 		if err != nil {
 			return nil, fmt.Errorf("enroll netns cookie %d in %s: %w", res.NetnsCookie, t.AgentPinDir, err)
 		}

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -171,6 +173,7 @@ func printStatus(w io.Writer, rep *statusReport) {
 			fmt.Fprintf(tw, "  %s\t%s\t%d\t%d\n", m.Name, m.Type, m.Entries, m.MaxEntries)
 		}
 		tw.Flush()
+		printCaptureStats(w, a)
 	}
 	for _, in := range rep.Inbound {
 		state := "attached"
@@ -209,4 +212,26 @@ func joinPorts(ports []uint16) string {
 		s[i] = fmt.Sprint(p)
 	}
 	return strings.Join(s, ",")
+}
+
+// printCaptureStats prints an attachment's outbound counters, one line per pod (config key).
+func printCaptureStats(w io.Writer, a loader.AttachmentStatus) {
+	if a.StatsErr != "" {
+		fmt.Fprintf(w, "  counters: error: %s\n", a.StatsErr)
+	}
+	for _, key := range slices.Sorted(maps.Keys(a.Stats)) {
+		s := a.Stats[key]
+		who := "pod"
+		if key != 0 {
+			who = fmt.Sprintf("netns cookie %d", key)
+		}
+		fmt.Fprintf(w, "  %s: captured %d, refused at capacity %d, in use %d of %d (proxy-side entries %d)\n",
+			who, s.Captured, s.RefusedFull, s.ConnsInUse, s.MaxConns, s.TuplesInUse)
+		fmt.Fprintf(w, "    exempt: port (-o) %d, owner (-u/-g) %d, loopback %d, CIDR (-x) %d, not included (-i/-q) %d",
+			s.ExemptPort, s.ExemptOwner, s.ExemptLoopback, s.ExemptCIDR, s.NotIncluded)
+		if s.TupleLost > 0 {
+			fmt.Fprintf(w, "; destinations lost (table full) %d", s.TupleLost)
+		}
+		fmt.Fprintln(w)
+	}
 }
