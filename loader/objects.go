@@ -28,16 +28,16 @@ import (
 
 // Map names (as in bpf/include/meshcap.h).
 const (
-	mapConfig     = "mc_config"
-	mapCIDRExcl   = "mc_cidr_excl"
-	mapCIDRIncl   = "mc_cidr_incl"
-	mapPorts      = "mc_ports"
-	mapClient     = "mc_client"
-	mapOrigTuple  = "mc_orig_tuple"
-	mapStats      = "mc_stats"
-	mapSockhash   = "mc_sockhash"
-	mapFPStats    = "mc_fp_stats"
-	mapFPPeer     = "mc_fp_peer"
+	mapConfig    = "mc_config"
+	mapCIDRExcl  = "mc_cidr_excl"
+	mapCIDRIncl  = "mc_cidr_incl"
+	mapPorts     = "mc_ports"
+	mapClient    = "mc_client"
+	mapOrigTuple = "mc_orig_tuple"
+	mapStats     = "mc_stats"
+	mapSockhash  = "mc_sockhash"
+	mapFPStats   = "mc_fp_stats"
+	mapFPPeer    = "mc_fp_peer"
 )
 
 // settingsMaps hold one attachment's policy; stateMaps hold its live connections (kept across a re-attach).
