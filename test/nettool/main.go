@@ -6,6 +6,8 @@
 //	nettool origdst ADDR                      a minimal transparent proxy: accept, getsockopt(SO_ORIGINAL_DST),
 //	                                          dial it, relay; one JSON line per connection on stdout
 //	nettool serve ADDR                        echo server: "<local addr> <peer addr>\n", then echo until EOF
+//	nettool burst DESTS -n N -go FILE         N concurrent connects, then (once FILE exists) check each; one JSON
+//	                                          BurstResult
 package main
 
 import (
@@ -26,6 +28,8 @@ func main() {
 		err = origdstCmd(os.Args[2])
 	case "serve":
 		err = serveCmd(os.Args[2])
+	case "burst":
+		err = burstCmd(os.Args[2], os.Args[3:])
 	default:
 		err = fmt.Errorf("unknown subcommand %q", os.Args[1])
 	}

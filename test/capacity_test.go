@@ -1,0 +1,154 @@
+package test
+
+// Issue 11, fail closed at capacity: original destinations are never lost while a connection lives, a pod beyond
+// --max-connections is refused at connect (never let through uncaptured, never sent to the sidecar without a
+// destination), and every path frees what it took.
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/meshcap/meshcap/loader"
+	"github.com/meshcap/meshcap/pkg/podnet"
+)
+
+// burstResult mirrors nettool's BurstResult.
+type burstResult struct {
+	Connected     int      `json:"connected"`
+	RefusedEPERM  int      `json:"refused_eperm"`
+	ConnectOther  int      `json:"connect_other"`
+	OK            int      `json:"ok"`
+	WrongDest     int      `json:"wrong_dest"`
+	BadPeername   int      `json:"bad_peername"`
+	FailedAfter   int      `json:"failed_after"`
+	Errors        []string `json:"errors"`
+	ConnectErrors []string `json:"connect_errors"`
+}
+
+const burstDests = "198.18.0.2:8080,198.18.1.2:9090,198.18.2.2:7070"
+
+// startBurst starts nettool burst in pod as uid/gid 2000; wait for the connects with waitConnected.
+func startBurst(t *testing.T, pod *podnet.Pod, n int, goFile string) *proc {
+	t.Helper()
+	return startIn(t, pod, &podnet.Cred{UID: 2000, GID: 2000}, nettoolBin, "burst", burstDests, "-n", itoa(n), "-go", goFile)
+}
+
+func waitConnected(t *testing.T, p *proc) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(p.stderr.String(), "connected ") {
+		if time.Now().After(deadline) {
+			t.Fatalf("burst: connects did not finish: %s", p.stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func burstOutcome(t *testing.T, p *proc) burstResult {
+	t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(90 * time.Second):
+		t.Fatal("burst did not finish")
+	}
+	var res burstResult
+	if err := json.Unmarshal([]byte(p.stdout.String()), &res); err != nil {
+		t.Fatalf("burst output %q (%v): %v", p.stdout.String(), p.err, err)
+	}
+	return res
+}
+
+// podStats is the per-pod counters of the only attachment under pinRoot (per-pod mode: key 0).
+func podStats(t *testing.T, pinRoot string) loader.CaptureStats {
+	t.Helper()
+	st := ebStatus(t, pinRoot)
+	if len(st.Attachments) != 1 {
+		t.Fatalf("status: %d attachments, want 1", len(st.Attachments))
+	}
+	s, ok := st.Attachments[0].Stats[0]
+	if !ok {
+		t.Fatalf("status: no counters for the pod: %+v", st.Attachments[0])
+	}
+	return s
+}
+
+// waitStats polls the counters until ok holds (entries are freed by the kernel as sockets finish closing).
+func waitStats(t *testing.T, pinRoot string, what string, ok func(loader.CaptureStats) bool) loader.CaptureStats {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		s := podStats(t, pinRoot)
+		if ok(s) {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("counters never reached %s: %+v", what, s)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestCaptureCapacityFailsClosed: --max-connections 512, 2000 concurrent connects while the sidecar is stopped
+// (SIGSTOP), then resumed: exactly 512 connect and every one of them reaches its own destination with the right
+// getpeername; the other 1488 are refused at connect (EPERM), none goes anywhere else. After they close, entries in
+// use are back to zero. Then failed connects (no proxy listening; loopback down) leave no entry.
+func TestCaptureCapacityFailsClosed(t *testing.T) {
+	requireRoot(t)
+	pin := ebPinRoot(t)
+	topo := newTopology(t)
+	ebAttach(t, pin, topo.client, "-i", "*", "--max-connections", "512")
+	px := startProxy(t, topo.client)
+	if err := px.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = px.cmd.Process.Signal(syscall.SIGCONT) })
+
+	goFile := filepath.Join(worldDir(t), "go")
+	b := startBurst(t, topo.client, 2000, goFile)
+	waitConnected(t, b)
+	mid := podStats(t, pin)
+	if mid.ConnsInUse != 512 || mid.RefusedFull != 1488 || mid.Captured != 512 || mid.MaxConns != 512 {
+		t.Errorf("counters with the sidecar stopped: %+v; want 512 in use, 1488 refused, 512 captured", mid)
+	}
+	if err := px.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(goFile, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res := burstOutcome(t, b)
+	if res.Connected != 512 || res.RefusedEPERM != 1488 || res.ConnectOther != 0 || res.OK != 512 ||
+		res.WrongDest != 0 || res.BadPeername != 0 || res.FailedAfter != 0 {
+		t.Errorf("burst: %+v; want 512 connected and relayed to their own destinations, 1488 refused with EPERM", res)
+	}
+	waitStats(t, pin, "zero in use", func(s loader.CaptureStats) bool { return s.ConnsInUse == 0 && s.TuplesInUse == 0 })
+
+	// No proxy listening: every captured connect is refused by the kernel; nothing stays.
+	px.stop()
+	b = startBurst(t, topo.client, 50, goFile)
+	res = burstOutcome(t, b)
+	if res.Connected != 0 || res.ConnectOther != 50 {
+		t.Errorf("burst without a proxy: %+v; want 50 refused connects", res)
+	}
+	s := waitStats(t, pin, "zero in use", func(s loader.CaptureStats) bool { return s.ConnsInUse == 0 && s.TuplesInUse == 0 })
+	if s.Captured != 512+50 {
+		t.Errorf("captured %d, want %d", s.Captured, 512+50)
+	}
+
+	// Loopback down: the rewritten connect fails before TCP starts (no TCP callback runs); release frees it.
+	if out, err := exec.Command("nsenter", "--net="+topo.client.NetnsPath, "ip", "link", "set", "lo", "down").CombinedOutput(); err != nil {
+		t.Fatalf("lo down: %v %s", err, out)
+	}
+	b = startBurst(t, topo.client, 20, goFile)
+	res = burstOutcome(t, b)
+	if res.Connected != 0 || res.ConnectOther != 20 {
+		t.Errorf("burst with loopback down: %+v; want 20 failed connects", res)
+	}
+	waitStats(t, pin, "zero in use", func(s loader.CaptureStats) bool { return s.ConnsInUse == 0 && s.TuplesInUse == 0 })
+}
