@@ -17,13 +17,13 @@ import (
 
 // BurstResult counts what a burst of concurrent connections saw; the tests decode it.
 type BurstResult struct {
-	Connected     int      `json:"connected"`      // connect() succeeded
-	RefusedEPERM  int      `json:"refused_eperm"`  // connect() failed with EPERM (refused by capture at capacity)
-	ConnectOther  int      `json:"connect_other"`  // connect() failed otherwise
-	OK            int      `json:"ok"`             // reached its destination, echo intact
-	WrongDest     int      `json:"wrong_dest"`     // the server that answered is not the one dialled
-	BadPeername   int      `json:"bad_peername"`   // getpeername() after connect was not the dialled address
-	FailedAfter   int      `json:"failed_after"`   // reset, closed or timed out after a successful connect
+	Connected     int      `json:"connected"`     // connect() succeeded
+	RefusedEPERM  int      `json:"refused_eperm"` // connect() failed with EPERM (refused by capture at capacity)
+	ConnectOther  int      `json:"connect_other"` // connect() failed otherwise
+	OK            int      `json:"ok"`            // reached its destination, echo intact
+	WrongDest     int      `json:"wrong_dest"`    // the server that answered is not the one dialled
+	BadPeername   int      `json:"bad_peername"`  // getpeername() after connect was not the dialled address
+	FailedAfter   int      `json:"failed_after"`  // reset, closed or timed out after a successful connect
 	Errors        []string `json:"errors,omitempty"`
 	ConnectErrors []string `json:"connect_errors,omitempty"`
 }
