@@ -25,22 +25,39 @@ type getsockoptMcOrigdstExt struct {
 	Flags uint32
 }
 
+type getsockoptMcStatsAnswer struct {
+	_              structs.HostLayout
+	Conns          int64
+	Tuples         int64
+	Captured       uint64
+	ExemptPort     uint64
+	ExemptOwner    uint64
+	ExemptLoopback uint64
+	ExemptCidr     uint64
+	NotIncluded    uint64
+	RefusedFull    uint64
+	TupleLost      uint64
+	MaxConns       uint32
+	Pad            uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	getsockoptMapMcCidrExcl      = "mc_cidr_excl"
-	getsockoptMapMcCidrIncl      = "mc_cidr_incl"
-	getsockoptMapMcClient        = "mc_client"
-	getsockoptMapMcConfig        = "mc_config"
-	getsockoptMapMcFpPeer        = "mc_fp_peer"
-	getsockoptMapMcFpStats       = "mc_fp_stats"
-	getsockoptMapMcOrigTuple     = "mc_orig_tuple"
-	getsockoptMapMcPorts         = "mc_ports"
-	getsockoptMapMcSockhash      = "mc_sockhash"
-	getsockoptMapMcStats         = "mc_stats"
-	getsockoptProgMcGetsockopt   = "mc_getsockopt"
-	getsockoptVarMcOrigdstExtBtf = "mc_origdst_ext_btf"
+	getsockoptMapMcCidrExcl       = "mc_cidr_excl"
+	getsockoptMapMcCidrIncl       = "mc_cidr_incl"
+	getsockoptMapMcClient         = "mc_client"
+	getsockoptMapMcConfig         = "mc_config"
+	getsockoptMapMcFpPeer         = "mc_fp_peer"
+	getsockoptMapMcFpStats        = "mc_fp_stats"
+	getsockoptMapMcOrigTuple      = "mc_orig_tuple"
+	getsockoptMapMcPorts          = "mc_ports"
+	getsockoptMapMcSockhash       = "mc_sockhash"
+	getsockoptMapMcStats          = "mc_stats"
+	getsockoptProgMcGetsockopt    = "mc_getsockopt"
+	getsockoptVarMcOrigdstExtBtf  = "mc_origdst_ext_btf"
+	getsockoptVarMcStatsAnswerBtf = "mc_stats_answer_btf"
 )
 
 // loadGetsockopt returns the embedded CollectionSpec for getsockopt.
@@ -108,7 +125,8 @@ type getsockoptMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type getsockoptVariableSpecs struct {
-	McOrigdstExtBtf *ebpf.VariableSpec `ebpf:"mc_origdst_ext_btf"`
+	McOrigdstExtBtf  *ebpf.VariableSpec `ebpf:"mc_origdst_ext_btf"`
+	McStatsAnswerBtf *ebpf.VariableSpec `ebpf:"mc_stats_answer_btf"`
 }
 
 // getsockoptObjects contains all objects after they have been loaded into the kernel.
@@ -162,7 +180,8 @@ func (m *getsockoptMaps) Close() error {
 //
 // It can be passed to loadGetsockoptObjects or ebpf.CollectionSpec.LoadAndAssign.
 type getsockoptVariables struct {
-	McOrigdstExtBtf *ebpf.Variable `ebpf:"mc_origdst_ext_btf"`
+	McOrigdstExtBtf  *ebpf.Variable `ebpf:"mc_origdst_ext_btf"`
+	McStatsAnswerBtf *ebpf.Variable `ebpf:"mc_stats_answer_btf"`
 }
 
 // getsockoptPrograms contains all programs after they have been loaded into the kernel.

@@ -7,24 +7,12 @@ import (
 	"os"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/meshcap/meshcap/pkg/capture"
 )
 
-// CaptureStats are one pod's outbound counters (struct mc_stats; per-pod mode: netns key 0 of its attachment,
-// agent mode: its netns cookie). ConnsInUse and TuplesInUse are gauges; the rest count since the pod's settings
-// were first written.
-type CaptureStats struct {
-	Captured       uint64 `json:"captured"`        // connects sent to the proxy
-	ExemptPort     uint64 `json:"exempt_port"`     // -o ports
-	ExemptOwner    uint64 `json:"exempt_owner"`    // -u / -g owners
-	ExemptLoopback uint64 `json:"exempt_loopback"` // loopback destinations
-	ExemptCIDR     uint64 `json:"exempt_cidr"`     // -x CIDRs
-	NotIncluded    uint64 `json:"not_included"`    // neither -q nor -i
-	RefusedFull    uint64 `json:"refused_full"`    // refused at connect: --max-connections reached
-	TupleLost      uint64 `json:"tuple_lost"`      // proxy-side entry not written (node-wide table full)
-	ConnsInUse     int64  `json:"conns_in_use"`    // captured client sockets open now (entries in use)
-	TuplesInUse    int64  `json:"tuples_in_use"`   // proxy-side destination entries in use
-	MaxConns       uint32 `json:"max_connections"` // the capacity (0 when the settings are gone)
-}
+// CaptureStats are one pod's outbound counters (capture.Counters).
+type CaptureStats = capture.Counters
 
 // ReadCaptureStats returns the counters of every config key of the attachment pinned in pinDir (a cgroup-<id>
 // directory). An attachment made before the counters existed has none (empty map).
@@ -47,7 +35,7 @@ func ReadCaptureStats(pinDir string) (map[uint64]CaptureStats, error) {
 	var v statsValue
 	it := m.Iterate()
 	for it.Next(&key, &v) {
-		st := CaptureStats{
+		st := capture.Counters{
 			Captured: v.Captured, ExemptPort: v.ExemptPort, ExemptOwner: v.ExemptOwner, ExemptLoopback: v.ExemptLoopback,
 			ExemptCIDR: v.ExemptCidr, NotIncluded: v.NotIncluded, RefusedFull: v.RefusedFull, TupleLost: v.TupleLost,
 			ConnsInUse: max(v.Conns, 0), TuplesInUse: max(v.Tuples, 0),
@@ -80,3 +68,36 @@ func OrigDstExt() (size int, fastPath func(answer []byte) bool) {
 
 // origDstFastPath is MC_ORIGDST_F_FAST_PATH (a #define: not in BTF; TestEnumsMatchHeader checks it).
 const origDstFastPath = 1
+
+// StatsSockopt is how a process in a captured pod reads its own pod's counters without bpf(): getsockopt(Level,
+// Name) on any of its sockets, with a buffer of Size bytes, answered by the cgroup/getsockopt program (struct
+// mc_stats_answer, generated from its BTF); Decode reads the answer. The kernel alone answers ENOPROTOOPT (not
+// captured).
+type StatsSockopt struct {
+	Level, Name, Size int
+	Decode            func(answer []byte) (capture.Counters, bool)
+}
+
+// mcSoCaptureStats is MC_SO_CAPTURE_STATS (a #define: not in BTF; TestEnumsMatchHeader checks it).
+const mcSoCaptureStats = 0x4d43
+
+// CaptureStatsSockopt returns the StatsSockopt of the loaded programs.
+func CaptureStatsSockopt() StatsSockopt {
+	var a getsockoptMcStatsAnswer
+	return StatsSockopt{Level: 0 /* SOL_IP */, Name: mcSoCaptureStats, Size: binary.Size(a), Decode: decodeStatsAnswer}
+}
+
+func decodeStatsAnswer(answer []byte) (capture.Counters, bool) {
+	var a getsockoptMcStatsAnswer
+	if len(answer) < binary.Size(a) {
+		return capture.Counters{}, false
+	}
+	if _, err := binary.Decode(answer, binary.NativeEndian, &a); err != nil {
+		return capture.Counters{}, false
+	}
+	return capture.Counters{
+		Captured: a.Captured, ExemptPort: a.ExemptPort, ExemptOwner: a.ExemptOwner, ExemptLoopback: a.ExemptLoopback,
+		ExemptCIDR: a.ExemptCidr, NotIncluded: a.NotIncluded, RefusedFull: a.RefusedFull, TupleLost: a.TupleLost,
+		ConnsInUse: max(a.Conns, 0), TuplesInUse: max(a.Tuples, 0), MaxConns: a.MaxConns,
+	}, true
+}

@@ -6,9 +6,13 @@ package test
 
 import (
 	"encoding/json"
+	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -17,6 +21,36 @@ import (
 	"github.com/meshcap/meshcap/loader"
 	"github.com/meshcap/meshcap/pkg/podnet"
 )
+
+// scrape GETs /metrics at addr inside pod's netns and returns every sample by its series text.
+func scrape(t *testing.T, pod *podnet.Pod, addr string) map[string]float64 {
+	t.Helper()
+	var conn net.Conn
+	if err := pod.Do(func() (err error) { conn, err = net.DialTimeout("tcp", addr, 5*time.Second); return err }); err != nil {
+		t.Fatalf("scrape %s: %v", addr, err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(conn, "GET /metrics HTTP/1.0\r\nHost: %s\r\n\r\n", addr)
+	body, err := io.ReadAll(conn)
+	if err != nil {
+		t.Fatalf("scrape %s: %v", addr, err)
+	}
+	out := map[string]float64{}
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, "meshcap_") {
+			i := strings.LastIndexByte(line, ' ')
+			v, err := strconv.ParseFloat(line[i+1:], 64)
+			if err == nil {
+				out[line[:i]] = v
+			}
+		}
+	}
+	if len(out) == 0 {
+		t.Fatalf("scrape %s: no meshcap metrics in %q", addr, body)
+	}
+	return out
+}
 
 // burstResult mirrors nettool's BurstResult.
 type burstResult struct {
@@ -103,7 +137,7 @@ func TestCaptureCapacityFailsClosed(t *testing.T) {
 	pin := ebPinRoot(t)
 	topo := newTopology(t)
 	ebAttach(t, pin, topo.client, "-i", "*", "--max-connections", "512")
-	px := startProxy(t, topo.client)
+	px := startProxy(t, topo.client, "--admin-addr", "127.0.0.1:15000")
 	if err := px.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
@@ -128,6 +162,27 @@ func TestCaptureCapacityFailsClosed(t *testing.T) {
 		t.Errorf("burst: %+v; want 512 connected and relayed to their own destinations, 1488 refused with EPERM", res)
 	}
 	waitStats(t, pin, "zero in use", func(s loader.CaptureStats) bool { return s.ConnsInUse == 0 && s.TuplesInUse == 0 })
+
+	// The sidecar's /metrics: its pod's capture counters (read by the unprivileged proxy through getsockopt) and its
+	// own, equal to what this test did.
+	m := scrape(t, topo.client, "127.0.0.1:15000")
+	for series, want := range map[string]float64{
+		`meshcap_capture_connections_captured_total{cgroup="",netns_cookie="0",pod=""}`:                   512,
+		`meshcap_capture_connections_refused_total{cgroup="",netns_cookie="0",pod=""}`:                    1488,
+		`meshcap_capture_connections_in_use{cgroup="",netns_cookie="0",pod=""}`:                           0,
+		`meshcap_capture_connections_capacity{cgroup="",netns_cookie="0",pod=""}`:                         512,
+		`meshcap_capture_destinations_in_use{cgroup="",netns_cookie="0",pod=""}`:                          0,
+		`meshcap_capture_connections_exempt_total{cgroup="",netns_cookie="0",pod="",rule="not_included"}`: 0,
+		`meshcap_proxy_connections_relayed_total{direction="outbound"}`:                                   512,
+	} {
+		if got, ok := m[series]; !ok || got != want {
+			t.Errorf("/metrics %s = %v (present %v), want %v", series, got, ok, want)
+		}
+	}
+	// The proxy's own upstream connects (uid 1337) are exempt by owner, one per relayed connection.
+	if got := m[`meshcap_capture_connections_exempt_total{cgroup="",netns_cookie="0",pod="",rule="owner"}`]; got != 512 {
+		t.Errorf("exempt by owner = %v, want 512 (the sidecar's upstream connects)", got)
+	}
 
 	// No proxy listening: every captured connect is refused by the kernel; nothing stays.
 	px.stop()

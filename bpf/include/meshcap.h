@@ -299,6 +299,27 @@ struct mc_origdst_ext {
 	__u32 flags; /* MC_ORIGDST_F_* */
 };
 
+/* Meshcap-private getsockopt(SOL_IP, MC_SO_CAPTURE_STATS) on any socket of a captured pod: answered by the
+ * cgroup/getsockopt program with the pod's counters, so that its sidecar, unprivileged (no bpf()), can export them.
+ * The number is far from every IP_* option; the kernel itself answers ENOPROTOOPT for it. */
+#define MC_SO_CAPTURE_STATS 0x4d43
+
+/* The answer: struct mc_stats without its lock. */
+struct mc_stats_answer {
+	__s64 conns;
+	__s64 tuples;
+	__u64 captured;
+	__u64 exempt_port;
+	__u64 exempt_owner;
+	__u64 exempt_loopback;
+	__u64 exempt_cidr;
+	__u64 not_included;
+	__u64 refused_full;
+	__u64 tuple_lost;
+	__u32 max_conns;
+	__u32 _pad;
+};
+
 /* Find the settings that apply to a socket in netns `netns`: its own, else the "any netns" key 0.
  * Sets *cfg_key to the key found, which scopes every list lookup. */
 static __always_inline struct mc_config *mc_lookup_config(__u64 netns, __u64 *cfg_key)

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/meshcap/meshcap/loader"
+	"github.com/meshcap/meshcap/pkg/capture"
 	"github.com/meshcap/meshcap/pkg/cni"
 )
 
@@ -23,6 +24,8 @@ func init() { register(newAgentCmd) }
 
 type agentOptions struct {
 	cgroup, pinRoot, stateDir string
+	metricsAddr               string
+	maxConns                  uint32
 	uninstall                 bool
 	cniBinDir, cniConfDir     string
 	resync                    time.Duration
@@ -44,7 +47,8 @@ type agentOptions struct {
 //     meshcap-cni from the CNI configuration.
 func newAgentCmd(log *zap.Logger) *cobra.Command {
 	o := agentOptions{pinRoot: loader.DefaultPinRoot, stateDir: cni.DefaultStateDir,
-		cniBinDir: "/host/opt/cni/bin", cniConfDir: "/host/etc/cni/net.d", resync: 30 * time.Second}
+		cniBinDir: "/host/opt/cni/bin", cniConfDir: "/host/etc/cni/net.d", resync: 30 * time.Second,
+		maxConns: capture.DefaultMaxConnections}
 	cmd := &cobra.Command{
 		Use:   "agent --cgroup DIR",
 		Short: "Node agent (DaemonSet mode): capture enrolled pods from one attachment at a cgroup root",
@@ -72,6 +76,8 @@ records in --state-dir, and meshcap-cni from the CNI configuration.`,
 	_ = f.MarkDeprecated("pin-root", "use --pin-dir")
 	f.StringVar(&o.stateDir, "state-dir", o.stateDir, "meshcap-cni's enrollment records (its state_dir)")
 	f.DurationVar(&o.resync, "resync", o.resync, "interval of the reconcile loop (0: only at start)")
+	f.Uint32Var(&o.maxConns, "max-connections", o.maxConns, "per-pod capacity of captured connections; beyond it a pod's new connects are refused (EPERM) and counted")
+	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus /metrics (every enrolled pod's capture counters) on this address, e.g. 127.0.0.1:15090 (default off)")
 	f.BoolVar(&o.uninstall, "uninstall", false, "detach and unpin everything, remove the records and meshcap-cni from the CNI configuration, exit")
 	f.StringVar(&o.cniBinDir, "cni-bin-dir", o.cniBinDir, "CNI bin dir (for --uninstall)")
 	f.StringVar(&o.cniConfDir, "cni-conf-dir", o.cniConfDir, "CNI conf dir (for --uninstall)")
@@ -85,6 +91,9 @@ func runAgent(ctx context.Context, log *zap.Logger, o agentOptions) error {
 	}
 	if o.resync < 0 {
 		return fmt.Errorf("agent: invalid --resync %s: want >= 0", o.resync)
+	}
+	if err := capture.CheckMaxConnections(o.maxConns); err != nil {
+		return fmt.Errorf("agent: %w", err)
 	}
 	// agent.json is read by meshcap-cni, which runs with another working directory.
 	for _, p := range []*string{&o.cgroup, &o.pinRoot, &o.stateDir} {
@@ -105,7 +114,7 @@ func runAgent(ctx context.Context, log *zap.Logger, o agentOptions) error {
 		<-ctx.Done()
 		return nil
 	}
-	a, err := loader.AttachAgent(o.cgroup, o.pinRoot, loader.LoadOptions{})
+	a, err := loader.AttachAgent(o.cgroup, o.pinRoot, loader.LoadOptions{MaxConns: agentTableSize(o.maxConns)})
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
@@ -118,12 +127,20 @@ func runAgent(ctx context.Context, log *zap.Logger, o agentOptions) error {
 	if a.ClearedAnyNetns {
 		log.Warn("removed netns-0 settings (per-pod mode) from the attachment: only enrolled pods are captured", zap.String("pinDir", a.PinDir))
 	}
-	info := cni.AgentInfo{CgroupDir: o.cgroup, PinDir: a.PinDir, PinRoot: o.pinRoot}
+	info := cni.AgentInfo{CgroupDir: o.cgroup, PinDir: a.PinDir, PinRoot: o.pinRoot, MaxConnections: o.maxConns}
 	if err := writeAgentInfo(o.stateDir, info); err != nil {
 		return fmt.Errorf("agent: publish %s: %w", cni.AgentInfoPath(o.stateDir), err)
 	}
-	r := &agentReconciler{log: log, store: cni.Store{Dir: o.stateDir}, enr: cni.PinnedEnroller{PinDir: a.PinDir, PinRoot: o.pinRoot}}
+	r := &agentReconciler{log: log, store: cni.Store{Dir: o.stateDir},
+		enr: cni.PinnedEnroller{PinDir: a.PinDir, PinRoot: o.pinRoot, MaxConns: o.maxConns}}
 	r.reconcile(true)
+	if o.metricsAddr != "" {
+		stop, err := serveAgentMetrics(log, o.metricsAddr, r)
+		if err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		defer stop()
+	}
 	log.Info("agent ready", zap.String("pinDir", a.PinDir), zap.String("stateDir", o.stateDir))
 	var tick <-chan time.Time
 	if o.resync > 0 {
@@ -244,7 +261,7 @@ func (r *agentReconciler) reconcileOne(id string, start bool) {
 		}
 	}
 	res, err := loader.CapturePod(loader.PodTarget{AgentPinDir: r.enr.PinDir, Netns: netns, NetnsCookie: rec.NetnsCookie},
-		pol, loader.CaptureOptions{FindListener: true})
+		pol, loader.CaptureOptions{FindListener: true, Load: loader.LoadOptions{MaxConns: r.enr.MaxConns}})
 	if err != nil {
 		log.Error("enroll", zap.Error(err))
 		return

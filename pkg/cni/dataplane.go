@@ -16,6 +16,8 @@ type AgentInfo struct {
 	CgroupDir string `json:"cgroupDir"`
 	PinDir    string `json:"pinDir"`
 	PinRoot   string `json:"pinRoot"`
+	// MaxConnections is the per-pod capacity the agent runs with (its --max-connections); 0 = the default.
+	MaxConnections uint32 `json:"maxConnections,omitempty"`
 }
 
 // AgentInfoPath is where the agent publishes AgentInfo for meshcap-cni configured with stateDir.
@@ -45,13 +47,16 @@ func ReadAgentInfo(stateDir string) (*AgentInfo, error) {
 type PinnedEnroller struct {
 	PinDir  string // the agent's outbound attachment (pinRoot/cgroup-<id>)
 	PinRoot string // for per-netns inbound attachments (pinRoot/netns-<cookie>/inbound)
+	// MaxConns is each pod's capacity of captured connections (0 = the default).
+	MaxConns uint32
 }
 
 // Enroll captures the pod through the agent's attachment (loader.CapturePod: its outbound settings under its netns
 // cookie, then inbound capture in its netns, or the removal of inbound capture the policy no longer asks for).
 // Idempotent; a pod that was not enrolled before is left unenrolled on error.
 func (p PinnedEnroller) Enroll(e *Enrollment, pol capture.Policy) error {
-	_, err := loader.CapturePod(p.target(e, e.Netns), pol, loader.CaptureOptions{FindListener: true})
+	_, err := loader.CapturePod(p.target(e, e.Netns), pol, loader.CaptureOptions{FindListener: true,
+		Load: loader.LoadOptions{MaxConns: p.MaxConns}})
 	return err
 }
 
@@ -76,5 +81,5 @@ func AgentEnroller(conf *NetConf) (Enroller, error) {
 	if info == nil {
 		return NopEnroller{}, nil
 	}
-	return PinnedEnroller{PinDir: info.PinDir, PinRoot: info.PinRoot}, nil
+	return PinnedEnroller{PinDir: info.PinDir, PinRoot: info.PinRoot, MaxConns: info.MaxConnections}, nil
 }
