@@ -76,12 +76,28 @@ func CapturePod(t PodTarget, p capture.Policy, o CaptureOptions) (*PodCapture, e
 		return nil, err
 	}
 	defer unlock()
+	if err := Failpoint("capture-before"); err != nil {
+		return nil, err
+	}
 	undo, err := captureOutbound(t, p, root, o, res)
 	if err != nil {
 		removeIfEmpty(root)
 		return nil, err
 	}
-	if err := captureInbound(t, p, root, o, res); err != nil {
+	inboundFresh := res.NetnsCookie != 0 && !exists(InboundPinDir(root, res.NetnsCookie))
+	err = Failpoint("capture-after-outbound")
+	if err == nil {
+		err = captureInbound(t, p, root, o, res)
+	}
+	if err == nil {
+		err = Failpoint("capture-after-inbound")
+	}
+	if err != nil {
+		if inboundFresh && res.Inbound != nil {
+			if uerr := DetachInboundCookie(root, res.NetnsCookie); uerr != nil {
+				err = errors.Join(err, fmt.Errorf("undo inbound capture: %w", uerr))
+			}
+		}
 		if undo != nil {
 			if uerr := undo(); uerr != nil {
 				err = errors.Join(err, fmt.Errorf("undo outbound capture: %w", uerr))
@@ -213,4 +229,22 @@ func unenrollIfEnrolled(pinDir string, cookie uint64) (bool, error) {
 		return false, err
 	}
 	return true, unenrollLocked(pinDir, cookie)
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+// FailpointEnv names the test-only failure injection: MESHCAP_FAILPOINT=NAME makes the step NAME fail (see README,
+// "Testing"). Steps: capture-before, capture-after-outbound, capture-after-inbound (CapturePod), init-after-ebpf
+// (meshcap init). Unset in production, it changes nothing.
+const FailpointEnv = "MESHCAP_FAILPOINT"
+
+// Failpoint returns an error when MESHCAP_FAILPOINT names this step.
+func Failpoint(name string) error {
+	if os.Getenv(FailpointEnv) == name {
+		return fmt.Errorf("injected failure at %s (%s)", name, FailpointEnv)
+	}
+	return nil
 }

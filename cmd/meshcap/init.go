@@ -116,6 +116,13 @@ func runInit(ctx context.Context, log *zap.Logger, cmd *cobra.Command, o initOpt
 	if mode == loader.ProbeModeEBPF {
 		err := initEBPF(log, o, cgroupDir, ex.NetworkNamespace, pol)
 		if err == nil {
+			err = loader.Failpoint("init-after-ebpf")
+		}
+		if err == nil {
+			// Exactly one mode: istio's rules from an earlier iptables run of this pod go.
+			if err := removeIstioRules(ctx, log, cmd, cfg, ex); err != nil {
+				return fmt.Errorf("eBPF capture is in place, but removing the iptables rules of an earlier run failed: %w", err)
+			}
 			log.Info("capture set up", zap.String("mode", loader.ProbeModeEBPF))
 			return nil
 		}
@@ -128,11 +135,42 @@ func runInit(ctx context.Context, log *zap.Logger, cmd *cobra.Command, o initOpt
 	if o.mode == loader.ProbeModeEBPF {
 		return fmt.Errorf("init --mode ebpf: eBPF capture is not possible: %s", reason)
 	}
+	// Exactly one mode: eBPF capture of this pod (from an earlier run, or a partial one) goes before the rules.
+	if err := uncaptureEBPF(log, o, cgroupDir, ex.NetworkNamespace); err != nil {
+		return fmt.Errorf("eBPF capture of this pod could not be removed, so istio's rules are not applied on top of it: %w", err)
+	}
 	if err := runIptables(ctx, log, cmd, cfg, ex); err != nil {
 		return err
 	}
 	log.Info("capture set up", zap.String("mode", loader.ProbeModeIPTables))
 	return nil
+}
+
+// uncaptureEBPF removes the eBPF capture of the pod (its cgroup's outbound attachment, its netns's inbound one).
+func uncaptureEBPF(log *zap.Logger, o initOptions, cgroupDir, netnsPath string) error {
+	if netnsPath == "" {
+		netnsPath = ownNetns
+	}
+	res, err := loader.UncapturePod(loader.PodTarget{Cgroup: cgroupDir, Netns: netnsPath}, o.pinRoot)
+	if res.Outbound || res.Inbound {
+		log.Info("removed eBPF capture of this pod", zap.Bool("outbound", res.Outbound), zap.Bool("inbound", res.Inbound))
+	}
+	return err
+}
+
+// removeIstioRules runs istio's cleanup in the pod's netns when ISTIO chains are there.
+func removeIstioRules(ctx context.Context, log *zap.Logger, cmd *cobra.Command, cfg capture.Config, ex capture.ExecOptions) error {
+	runner := iptables.ExecRunner{}
+	if ex.NetworkNamespace != "" {
+		runner = iptables.NetnsRunner(ex.NetworkNamespace)
+	}
+	chains := istioChains(ctx, runner)
+	if len(chains) == 0 {
+		return nil
+	}
+	log.Info("removing istio's iptables rules of an earlier run", zap.Strings("chains", chains))
+	cfg.CleanupOnly = true
+	return runIptables(ctx, log, cmd, cfg, ex)
 }
 
 // decideInitMode runs the probe and returns the mode (ebpf or iptables), why, and the target cgroup.
