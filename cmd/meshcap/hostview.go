@@ -24,3 +24,14 @@ func useHostViews(log *zap.Logger, pinRoot, cgroupDir *string) {
 		}
 	}
 }
+
+// throwawayBPFFS mounts bpffs at /sys/fs/bpf for the demo and the benchmark when none is there, even in a private
+// mount namespace: their pins live no longer than they do. A fresh machine (nothing mounted, /proc/1/ns/mnt not
+// readable) then works as it is.
+func throwawayBPFFS(log *zap.Logger) error {
+	mounted, err := hostfs.EnsureBPFFS(hostfs.BPFFSMount, true)
+	if mounted {
+		log.Info("mounted a bpf filesystem (none was mounted)", zap.String("path", hostfs.BPFFSMount))
+	}
+	return err
+}
