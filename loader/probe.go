@@ -126,6 +126,7 @@ var cgroupAttaches = []sockAttach{
 	{"sockops", ebpf.SockOps, ebpf.AttachCGroupSockOps},
 	{"getsockopt", ebpf.CGroupSockopt, ebpf.AttachCGroupGetsockopt},
 	{"getpeername4", ebpf.CGroupSockAddr, ebpf.AttachCgroupInet4GetPeername},
+	{"sock_release", ebpf.CGroupSock, ebpf.AttachCgroupInetSockRelease},
 }
 
 type helperUse struct {
@@ -137,18 +138,24 @@ type helperUse struct {
 // helperUses lists every helper the BPF programs call, per program type (bpf/*.c: keep in sync).
 var helperUses = []helperUse{
 	{ebpf.CGroupSockAddr, asm.FnGetCurrentUidGid, ScopeCore},
-	{ebpf.CGroupSockAddr, asm.FnGetSocketCookie, ScopeCore},
 	{ebpf.CGroupSockAddr, asm.FnGetNetnsCookie, ScopeCore},
 	{ebpf.CGroupSockAddr, asm.FnMapLookupElem, ScopeCore},
 	{ebpf.CGroupSockAddr, asm.FnMapUpdateElem, ScopeCore},
-	{ebpf.SockOps, asm.FnGetSocketCookie, ScopeCore},
+	{ebpf.CGroupSockAddr, asm.FnSkStorageGet, ScopeCore},
+	{ebpf.CGroupSockAddr, asm.FnSkStorageDelete, ScopeCore},
+	{ebpf.CGroupSockAddr, asm.FnSpinLock, ScopeCore},
 	{ebpf.SockOps, asm.FnGetNetnsCookie, ScopeCore},
+	{ebpf.SockOps, asm.FnSkStorageGet, ScopeCore},
+	{ebpf.SockOps, asm.FnSpinLock, ScopeCore},
 	{ebpf.SockOps, asm.FnSockOpsCbFlagsSet, ScopeCore},
 	{ebpf.SockOps, asm.FnMapLookupElem, ScopeCore},
 	{ebpf.SockOps, asm.FnMapUpdateElem, ScopeCore},
 	{ebpf.SockOps, asm.FnMapDeleteElem, ScopeCore},
 	{ebpf.CGroupSockopt, asm.FnGetNetnsCookie, ScopeCore},
 	{ebpf.CGroupSockopt, asm.FnMapLookupElem, ScopeCore},
+	{ebpf.CGroupSock, asm.FnSkStorageGet, ScopeCore},
+	{ebpf.CGroupSock, asm.FnMapLookupElem, ScopeCore},
+	{ebpf.CGroupSock, asm.FnSpinLock, ScopeCore},
 	{ebpf.SkLookup, asm.FnSkAssign, ScopeInbound},
 	{ebpf.SkLookup, asm.FnMapLookupElem, ScopeInbound},
 	{ebpf.SkLookup, asm.FnSkRelease, ScopeInbound},
@@ -160,6 +167,7 @@ var progTypeNames = map[ebpf.ProgramType]string{
 	ebpf.SockOps:        "sock_ops",
 	ebpf.CGroupSockopt:  "cgroup_sockopt",
 	ebpf.SkLookup:       "sk_lookup",
+	ebpf.CGroupSock:     "cgroup_sock",
 }
 
 // helperName turns asm.FnGetNetnsCookie into "get_netns_cookie".
@@ -183,7 +191,7 @@ func probeItems() []probeItem {
 		{"cgroup2", ScopeCore, (*probeRun).checkCgroup2},
 		{"bpffs", ScopeCore, (*probeRun).checkBPFFS},
 	}
-	for _, pt := range []ebpf.ProgramType{ebpf.CGroupSockAddr, ebpf.SockOps, ebpf.CGroupSockopt, ebpf.SkLookup} {
+	for _, pt := range []ebpf.ProgramType{ebpf.CGroupSockAddr, ebpf.SockOps, ebpf.CGroupSockopt, ebpf.CGroupSock, ebpf.SkLookup} {
 		scope := ScopeCore
 		if pt == ebpf.SkLookup {
 			scope = ScopeInbound
@@ -201,7 +209,7 @@ func probeItems() []probeItem {
 		scope string
 	}{
 		{"hash", ebpf.Hash, ScopeCore},
-		{"lru_hash", ebpf.LRUHash, ScopeCore},
+		{"sk_storage", ebpf.SkStorage, ScopeCore},
 		{"lpm_trie", ebpf.LPMTrie, ScopeCore},
 		{"array", ebpf.Array, ScopeInbound},
 		{"percpu_array", ebpf.PerCPUArray, ScopeInbound},
