@@ -297,13 +297,7 @@ func detachLocked(cgroupDir, root string) (bool, error) {
 // does not resolve: hostfs.CgroupGone), and returns their pin dirs. A cgroup that merely cannot be seen from here
 // (another cgroup namespace, a hidden mount) is kept.
 func PruneGone(pinRoot string) ([]string, error) {
-	root := rootOrDefault(pinRoot)
-	unlock, ok, err := lockRoot(root, false)
-	if !ok || err != nil {
-		return nil, err
-	}
-	defer unlock()
-	return detachMatching(root, func(id uint64) bool {
+	return detachMatchingLocked(pinRoot, func(id uint64) bool {
 		gone, _ := hostfs.CgroupGone(id)
 		return gone
 	})
@@ -343,13 +337,18 @@ func ReadFastPathStats(pinDir string) (FastPathStats, error) {
 // DetachAll detaches every attachment pinned under pinRoot (including those whose cgroup is gone) and removes the
 // pin root when it is left empty. It returns the pin dirs it removed.
 func DetachAll(pinRoot string) ([]string, error) {
+	return detachMatchingLocked(pinRoot, func(uint64) bool { return true })
+}
+
+// detachMatchingLocked is detachMatching under the pin root's lock (nothing to do when the root does not exist).
+func detachMatchingLocked(pinRoot string, match func(id uint64) bool) ([]string, error) {
 	root := rootOrDefault(pinRoot)
 	unlock, ok, err := lockRoot(root, false)
 	if !ok || err != nil {
 		return nil, err
 	}
 	defer unlock()
-	return detachMatching(root, func(uint64) bool { return true })
+	return detachMatching(root, match)
 }
 
 // detachMatching detaches the cgroup-<id> attachments under pinRoot for which match(id) holds.

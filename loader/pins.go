@@ -68,7 +68,20 @@ func InboundPinDir(pinRoot string, netnsCookie uint64) string {
 }
 
 // outboundIDs lists the cgroup ids that have an outbound pin directory under root (sorted).
-func outboundIDs(root string) ([]uint64, error) {
+func outboundIDs(root string) ([]uint64, error) { return pinnedIDs(root, outboundPrefix) }
+
+// inboundCookies lists the netns cookies that have an inbound pin directory under pinRoot (sorted).
+func inboundCookies(pinRoot string) ([]uint64, error) {
+	pinRoot = rootOrDefault(pinRoot)
+	all, err := pinnedIDs(pinRoot, inboundPrefix)
+	return slices.DeleteFunc(all, func(c uint64) bool {
+		_, serr := os.Stat(InboundPinDir(pinRoot, c))
+		return serr != nil
+	}), err
+}
+
+// pinnedIDs lists the numbers N of the directories <prefix>N under root (sorted); none when root does not exist.
+func pinnedIDs(root, prefix string) ([]uint64, error) {
 	entries, err := os.ReadDir(root)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -78,7 +91,7 @@ func outboundIDs(root string) ([]uint64, error) {
 	}
 	var ids []uint64
 	for _, e := range entries {
-		text, ok := strings.CutPrefix(e.Name(), outboundPrefix)
+		text, ok := strings.CutPrefix(e.Name(), prefix)
 		id, perr := strconv.ParseUint(text, 10, 64)
 		if e.IsDir() && ok && perr == nil {
 			ids = append(ids, id)
@@ -86,32 +99,6 @@ func outboundIDs(root string) ([]uint64, error) {
 	}
 	slices.Sort(ids)
 	return ids, nil
-}
-
-// inboundCookies lists the netns cookies that have an inbound pin directory under pinRoot (sorted).
-func inboundCookies(pinRoot string) ([]uint64, error) {
-	pinRoot = rootOrDefault(pinRoot)
-	entries, err := os.ReadDir(pinRoot)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	var out []uint64
-	for _, e := range entries {
-		text, ok := strings.CutPrefix(e.Name(), inboundPrefix)
-		cookie, perr := strconv.ParseUint(text, 10, 64)
-		if !e.IsDir() || !ok || perr != nil {
-			continue
-		}
-		if _, err := os.Stat(InboundPinDir(pinRoot, cookie)); err != nil {
-			continue
-		}
-		out = append(out, cookie)
-	}
-	slices.Sort(out)
-	return out, nil
 }
 
 // checkPinRoot refuses a pin root that is not (or would not be) on bpffs, or that exists and is not a directory
