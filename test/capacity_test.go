@@ -131,7 +131,8 @@ func waitStats(t *testing.T, pinRoot string, what string, ok func(loader.Capture
 // TestCaptureCapacityFailsClosed: --max-connections 512, 2000 concurrent connects while the sidecar is stopped
 // (SIGSTOP), then resumed: exactly 512 connect and every one of them reaches its own destination with the right
 // getpeername; the other 1488 are refused at connect (EPERM), none goes anywhere else. After they close, entries in
-// use are back to zero. Then failed connects (no proxy listening; loopback down) leave no entry.
+// use are back to zero. Then connections the sidecar never accepts, and failed connects (no proxy listening;
+// loopback down) leave no entry.
 func TestCaptureCapacityFailsClosed(t *testing.T) {
 	requireRoot(t)
 	pin := ebPinRoot(t)
@@ -184,16 +185,26 @@ func TestCaptureCapacityFailsClosed(t *testing.T) {
 		t.Errorf("exempt by owner = %v, want 512 (the sidecar's upstream connects)", got)
 	}
 
-	// No proxy listening: every captured connect is refused by the kernel; nothing stays.
+	// Connections the sidecar never accepts: made and closed while it is stopped, then it is killed.
+	if err := px.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	b = startIn(t, topo.client, &podnet.Cred{UID: 2000, GID: 2000}, nettoolBin, "burst", burstDests, "-n", "100", "-close")
+	if res := burstOutcome(t, b); res.Connected != 100 {
+		t.Errorf("burst against a stopped sidecar: %+v; want 100 connected", res)
+	}
 	px.stop()
+	waitStats(t, pin, "zero in use", func(s loader.CaptureStats) bool { return s.ConnsInUse == 0 && s.TuplesInUse == 0 })
+
+	// No proxy listening: every captured connect is refused by the kernel; nothing stays.
 	b = startBurst(t, topo.client, 50, goFile)
 	res = burstOutcome(t, b)
 	if res.Connected != 0 || res.ConnectOther != 50 {
 		t.Errorf("burst without a proxy: %+v; want 50 refused connects", res)
 	}
 	s := waitStats(t, pin, "zero in use", func(s loader.CaptureStats) bool { return s.ConnsInUse == 0 && s.TuplesInUse == 0 })
-	if s.Captured != 512+50 {
-		t.Errorf("captured %d, want %d", s.Captured, 512+50)
+	if s.Captured != 512+100+50 {
+		t.Errorf("captured %d, want %d", s.Captured, 512+100+50)
 	}
 
 	// Loopback down: the rewritten connect fails before TCP starts (no TCP callback runs); release frees it.

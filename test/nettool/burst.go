@@ -36,6 +36,7 @@ func burstCmd(dests string, args []string) error {
 	n := fs.Int("n", 100, "connections")
 	goFile := fs.String("go", "", "wait for this file before using the connections")
 	timeout := fs.Duration("timeout", 60*time.Second, "per-connection timeout after the go file appears")
+	closeNow := fs.Bool("close", false, "close every connection right after connect (never used)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -69,6 +70,14 @@ func burstCmd(dests string, args []string) error {
 		}
 	}
 	fmt.Fprintf(os.Stderr, "connected %d\n", res.Connected)
+	if *closeNow {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+		return json.NewEncoder(os.Stdout).Encode(res)
+	}
 	for *goFile != "" {
 		if _, err := os.Stat(*goFile); err == nil {
 			break
