@@ -66,6 +66,14 @@ func checkSerial(t *testing.T, pod int, ops []stormOp, ks kernelState) {
 	if !attached && (ks.progs != 0 || ks.pinned) {
 		t.Fatalf("pod %d: half attached: %d of %d programs, pins present %v complete %v", pod, ks.progs, len(hooks), ks.pinned, ks.complete)
 	}
+	if !serialOutcome(pod, ops, attached, ks.port) {
+		t.Fatalf("pod %d: kernel state %+v is the outcome of no serial order of its calls", pod, ks)
+	}
+}
+
+// serialOutcome reports whether (captured, port) is the result of an op on pod that may come last in a serial order
+// consistent with real time.
+func serialOutcome(pod int, ops []stormOp, attached bool, port uint16) bool {
 	for _, f := range ops {
 		if f.pod != pod {
 			continue
@@ -77,11 +85,102 @@ func checkSerial(t *testing.T, pod int, ops []stormOp, ks kernelState) {
 				break
 			}
 		}
-		if last && f.attach == attached && (!attached || f.port == ks.port) {
-			return
+		if last && f.attach == attached && (!attached || f.port == port) {
+			return true
 		}
 	}
-	t.Fatalf("pod %d: kernel state %+v is the outcome of no serial order of its calls", pod, ks)
+	return false
+}
+
+// runStorm runs ops from goroutines goroutines (4 each, on random pods of npods) with do, and returns them.
+func runStorm(t *testing.T, goroutines, npods int, seed uint64, do func(op stormOp) error) []stormOp {
+	t.Helper()
+	var (
+		mu  sync.Mutex
+		ops []stormOp
+		wg  sync.WaitGroup
+	)
+	for g := range goroutines {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(g), seed))
+			for i := range 4 {
+				op := stormOp{pod: r.IntN(npods), attach: r.IntN(3) != 0, port: uint16(20000 + g*10 + i)}
+				op.start = time.Now()
+				op.err = do(op)
+				op.end = time.Now()
+				mu.Lock()
+				ops = append(ops, op)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	for _, op := range ops {
+		if op.err != nil { // Errorf: runStorm may run outside the test goroutine
+			t.Errorf("pod %d attach=%v: %v", op.pod, op.attach, op.err)
+		}
+	}
+	return ops
+}
+
+// TestEnrollStormSerial: agent mode, enrolls and unenrolls of a few pods (netns cookies) from tens of goroutines,
+// at the same time as per-pod attaches and detaches of other cgroups under the same pin root; afterwards every
+// pod's settings are the outcome of some serial order of its calls.
+func TestEnrollStormSerial(t *testing.T) {
+	outRequireRoot(t)
+	root := outNewPinRoot(t)
+	parent := outNewCgroup(t)
+	agent, err := AttachAgent(parent, root, LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cgs := []string{outNewCgroup(t), outNewCgroup(t)}
+	base := outPolicy(t, nil)
+	cookies := []uint64{7001, 7002, 7003}
+	var enrollOps []stormOp
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		enrollOps = runStorm(t, 16, len(cookies), 13, func(op stormOp) error {
+			target := PodTarget{AgentPinDir: agent.PinDir, NetnsCookie: cookies[op.pod]}
+			if !op.attach {
+				_, err := UncapturePod(target, "")
+				return err
+			}
+			p := base
+			p.ProxyPort = op.port
+			_, err := CapturePod(target, p, CaptureOptions{})
+			return err
+		})
+	}()
+	podOps := runStorm(t, 16, len(cgs), 17, func(op stormOp) error {
+		if !op.attach {
+			_, err := UncapturePod(PodTarget{Cgroup: cgs[op.pod]}, root)
+			return err
+		}
+		p := base
+		p.ProxyPort = op.port
+		_, err := CapturePod(PodTarget{Cgroup: cgs[op.pod]}, p, CaptureOptions{PinRoot: root})
+		return err
+	})
+	<-done
+	objs, err := OpenPinned(agent.PinDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer objs.Close()
+	for i, c := range cookies {
+		var cfg configValue
+		enrolled := objs.Maps[mapConfig].Lookup(&c, &cfg) == nil
+		if !serialOutcome(i, enrollOps, enrolled, cfg.ProxyPort) {
+			t.Errorf("netns %d: enrolled %v port %d is the outcome of no serial order of its calls", c, enrolled, cfg.ProxyPort)
+		}
+	}
+	for i, cg := range cgs {
+		checkSerial(t, i, podOps, readKernelState(t, root, cg))
+	}
 }
 
 // TestCaptureStormSerial: tens of goroutines attach (each with its own proxy port) and detach a few pods at once;
@@ -93,43 +192,21 @@ func TestCaptureStormSerial(t *testing.T) {
 	root := outNewPinRoot(t)
 	cgs := []string{outNewCgroup(t), outNewCgroup(t), outNewCgroup(t)}
 	base := outPolicy(t, nil)
-	var (
-		mu  sync.Mutex
-		ops []stormOp
-		wg  sync.WaitGroup
-	)
-	for g := range 32 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r := rand.New(rand.NewPCG(uint64(g), 11))
-			for i := range 4 {
-				op := stormOp{pod: r.IntN(len(cgs)), attach: r.IntN(3) != 0, port: uint16(20000 + g*10 + i)}
-				op.start = time.Now()
-				if op.attach {
-					p := base
-					p.ProxyPort = op.port
-					_, op.err = CapturePod(PodTarget{Cgroup: cgs[op.pod]}, p, CaptureOptions{PinRoot: root})
-				} else {
-					_, op.err = UncapturePod(PodTarget{Cgroup: cgs[op.pod]}, root)
-				}
-				op.end = time.Now()
-				mu.Lock()
-				ops = append(ops, op)
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	for _, op := range ops {
-		if op.err != nil {
-			t.Fatalf("pod %d attach=%v: %v", op.pod, op.attach, op.err)
+	ops := runStorm(t, 32, len(cgs), 11, func(op stormOp) error {
+		if !op.attach {
+			_, err := UncapturePod(PodTarget{Cgroup: cgs[op.pod]}, root)
+			return err
 		}
-	}
+		p := base
+		p.ProxyPort = op.port
+		_, err := CapturePod(PodTarget{Cgroup: cgs[op.pod]}, p, CaptureOptions{PinRoot: root})
+		return err
+	})
 	for i, cg := range cgs {
 		checkSerial(t, i, ops, readKernelState(t, root, cg))
 	}
 
+	var wg sync.WaitGroup
 	errs := make(chan error, 16)
 	for i := range 16 {
 		wg.Add(1)
