@@ -29,6 +29,21 @@ func scrape(t *testing.T, pod *podnet.Pod, addr string) map[string]float64 {
 	if err := pod.Do(func() (err error) { conn, err = net.DialTimeout("tcp", addr, 5*time.Second); return err }); err != nil {
 		t.Fatalf("scrape %s: %v", addr, err)
 	}
+	return scrapeConn(t, conn, addr)
+}
+
+// scrapeHost is scrape from the test's own netns.
+func scrapeHost(t *testing.T, addr string) map[string]float64 {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatalf("scrape %s: %v", addr, err)
+	}
+	return scrapeConn(t, conn, addr)
+}
+
+func scrapeConn(t *testing.T, conn net.Conn, addr string) map[string]float64 {
+	t.Helper()
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
 	fmt.Fprintf(conn, "GET /metrics HTTP/1.0\r\nHost: %s\r\n\r\n", addr)

@@ -114,6 +114,9 @@ func runAgent(ctx context.Context, log *zap.Logger, o agentOptions) error {
 		<-ctx.Done()
 		return nil
 	}
+	if err := ensureBPFFS(log, o.pinRoot); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
 	a, err := loader.AttachAgent(o.cgroup, o.pinRoot, loader.LoadOptions{MaxConns: agentTableSize(o.maxConns)})
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)

@@ -199,6 +199,9 @@ func initEBPF(log *zap.Logger, o initOptions, cgroupDir, netnsPath string, pol c
 	if netnsPath == "" {
 		netnsPath = ownNetns
 	}
+	if err := ensureBPFFS(log, o.pinRoot); err != nil {
+		return err
+	}
 	res, err := loader.CapturePod(loader.PodTarget{Cgroup: cgroupDir, Netns: netnsPath}, pol, loader.CaptureOptions{
 		PinRoot: o.pinRoot, Load: loader.LoadOptions{MaxConns: o.maxConns}, FindListener: true,
 	})
