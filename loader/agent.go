@@ -5,8 +5,9 @@ package loader
 // <pin root>/netns-<cookie>/inbound. This file holds the pieces only the agent and meshcap-cni use:
 //   - AttachAgent: AttachShared plus the removal of any netns-0 ("every netns") settings, so that only enrolled
 //     pods are captured even on a cgroup that was once attached in per-pod mode;
-//   - EnrollNetns / UnenrollNetns / EnrolledNetns: per-pod settings on the live attachment, serialised by a lock
-//     on the pin directory, and written in place (no moment without settings for a pod already enrolled);
+//   - EnrollNetns / UnenrollNetns / EnrolledNetns: per-pod settings on the live attachment, serialised by the pin
+//     root's lock, and written in place (no moment without settings for a pod already enrolled); CapturePod with
+//     an agent target adds the pod's inbound capture in the same sequence;
 //   - UninstallAll: detach and unpin every outbound and inbound attachment under a pin root.
 
 import (

@@ -22,7 +22,7 @@ type Status struct {
 // AttachmentStatus describes one pinned attachment.
 type AttachmentStatus struct {
 	CgroupID   uint64
-	CgroupPath string // "" when the cgroup no longer exists
+	CgroupPath string // "" when the cgroup is not found from here (gone, or outside this cgroup view)
 	PinDir     string
 	ProxyPort  uint16 // from the per-pod (key 0) settings; 0 if none
 	Programs   []ProgramStatus

@@ -103,13 +103,11 @@ func runAgent(ctx context.Context, log *zap.Logger, o agentOptions) error {
 		}
 		*p = abs
 	}
-	checks, err := loader.Probe(loader.ProbeOptions{CgroupParent: o.cgroup})
+	ok, err := agentCanUseEBPF(log, o.cgroup)
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
-	d := loader.DecideMode(checks, loader.ProbeRequirements{Inbound: true})
-	log.Info("capture mode chosen", zap.String("mode", d.Mode), zap.String("reason", d.Reason))
-	if d.Mode != loader.ProbeModeEBPF {
+	if !ok {
 		log.Warn("eBPF unavailable on this node: the agent stays idle; use per-pod `meshcap init` (iptables fallback)")
 		<-ctx.Done()
 		return nil
@@ -161,6 +159,17 @@ func runAgent(ctx context.Context, log *zap.Logger, o agentOptions) error {
 			r.reconcile(false)
 		}
 	}
+}
+
+// agentCanUseEBPF runs the probe and logs the mode it chose.
+func agentCanUseEBPF(log *zap.Logger, cgroup string) (bool, error) {
+	checks, err := loader.Probe(loader.ProbeOptions{CgroupParent: cgroup})
+	if err != nil {
+		return false, err
+	}
+	d := loader.DecideMode(checks, loader.ProbeRequirements{Inbound: true})
+	log.Info("capture mode chosen", zap.String("mode", d.Mode), zap.String("reason", d.Reason))
+	return d.Mode == loader.ProbeModeEBPF, nil
 }
 
 func writeAgentInfo(stateDir string, info cni.AgentInfo) error {

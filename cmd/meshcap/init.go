@@ -119,12 +119,7 @@ func runInit(ctx context.Context, log *zap.Logger, cmd *cobra.Command, o initOpt
 			err = loader.Failpoint("init-after-ebpf")
 		}
 		if err == nil {
-			// Exactly one mode: istio's rules from an earlier iptables run of this pod go.
-			if err := removeIstioRules(ctx, log, cmd, cfg, ex); err != nil {
-				return fmt.Errorf("eBPF capture is in place, but removing the iptables rules of an earlier run failed: %w", err)
-			}
-			log.Info("capture set up", zap.String("mode", loader.ProbeModeEBPF))
-			return nil
+			return finishEBPF(ctx, log, cmd, cfg, ex)
 		}
 		if o.mode == loader.ProbeModeEBPF {
 			return fmt.Errorf("init --mode ebpf: %w", err)
@@ -143,6 +138,15 @@ func runInit(ctx context.Context, log *zap.Logger, cmd *cobra.Command, o initOpt
 		return err
 	}
 	log.Info("capture set up", zap.String("mode", loader.ProbeModeIPTables))
+	return nil
+}
+
+// finishEBPF makes eBPF the one mode: istio's rules from an earlier iptables run of this pod go.
+func finishEBPF(ctx context.Context, log *zap.Logger, cmd *cobra.Command, cfg capture.Config, ex capture.ExecOptions) error {
+	if err := removeIstioRules(ctx, log, cmd, cfg, ex); err != nil {
+		return fmt.Errorf("eBPF capture is in place, but removing the iptables rules of an earlier run failed: %w", err)
+	}
+	log.Info("capture set up", zap.String("mode", loader.ProbeModeEBPF))
 	return nil
 }
 

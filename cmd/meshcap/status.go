@@ -149,7 +149,7 @@ func printStatus(w io.Writer, rep *statusReport) {
 	for _, a := range st.Attachments {
 		path := a.CgroupPath
 		if path == "" {
-			path = "(cgroup gone; `meshcap ebpf detach` cleans up)"
+			path = "(cgroup not found from here: gone, or outside this view; `meshcap ebpf detach` with no arguments cleans up)"
 		}
 		fmt.Fprintf(w, "\ncgroup %s (id %d), proxy port %d, pins %s\n", path, a.CgroupID, a.ProxyPort, a.PinDir)
 		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
