@@ -143,6 +143,21 @@ static __always_inline int mc_take_slot(struct mc_stats *st, struct mc_client *c
 	return ok;
 }
 
+/* A socket connecting again after a failed captured connect, this time to an exempt destination, must not keep
+ * the old record: getpeername4 would show the old destination. Give its slot back and drop it. */
+static __always_inline void mc_forget(struct bpf_sock *sk)
+{
+	struct mc_client *cl = bpf_sk_storage_get(&mc_client, sk, 0, 0);
+	if (!cl)
+		return;
+	if (cl->flags & MC_CL_F_COUNTED) {
+		struct mc_stats *old = bpf_map_lookup_elem(&mc_stats, &cl->orig.cfg);
+		if (old)
+			mc_gauge_add(old, &old->conns, -1);
+	}
+	bpf_sk_storage_delete(&mc_client, sk);
+}
+
 SEC("cgroup/connect4")
 int mc_connect4(struct bpf_sock_addr *ctx)
 {
@@ -159,12 +174,14 @@ int mc_connect4(struct bpf_sock_addr *ctx)
 	__u16 dport = bpf_ntohs((__u16)ctx->user_port);
 	int verdict = mc_decide(cfg, cfg_key, daddr, dport);
 	struct mc_stats *st = mc_stats_of(cfg_key);
+	struct bpf_sock *sk = ctx->sk;
 	if (verdict != MC_V_CAPTURE) {
 		if (st)
 			mc_count_exempt(st, verdict);
+		if (sk)
+			mc_forget(sk);
 		return SYS_PROCEED;
 	}
-	struct bpf_sock *sk = ctx->sk;
 	if (!st || !sk)
 		return 0; /* no counters, no socket: refuse rather than capture blind */
 	struct mc_client *cl = bpf_sk_storage_get(&mc_client, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
