@@ -373,8 +373,7 @@ func findCgroup2() (mnt string, hybrid bool, err error) {
 }
 
 func (r *probeRun) checkBPFFS() (string, error) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(r.opts.BPFFSPath, &st); err == nil && uint32(st.Type) == uint32(unix.BPF_FS_MAGIC) {
+	if hostfs.IsBPFFS(r.opts.BPFFSPath) {
 		return "mounted at " + r.opts.BPFFSPath, nil
 	}
 	// Not mounted: usable when the kernel knows the filesystem (meshcap mounts it when it needs pins).
@@ -439,18 +438,12 @@ func OwnCgroupDir() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if mnt, err := hostfs.Cgroup2Mount(); err == nil {
-		return filepath.Join(mnt, rel), nil
+	// Under ip netns exec no cgroup2 mount is visible here: Cgroup2Root falls back to the host's view.
+	root, err := hostfs.Cgroup2Root()
+	if err != nil {
+		return "", err
 	}
-	// No cgroup2 mount visible here (ip netns exec remounts /sys): the host's, at either usual mount point.
-	for _, mnt := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
-		if dir, ok := hostfs.HostView(filepath.Join(mnt, rel), unix.CGROUP2_SUPER_MAGIC); ok {
-			if _, err := os.Stat(dir); err == nil {
-				return dir, nil
-			}
-		}
-	}
-	return "", errors.New("no cgroup2 filesystem mounted (nor visible through the host's mount namespace)")
+	return filepath.Join(root, rel), nil
 }
 
 // parseCgroupV2Path returns the path of the "0::" line of a /proc/<pid>/cgroup file.
