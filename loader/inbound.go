@@ -163,7 +163,7 @@ func attachInbound(netnsPath string, p capture.Policy, opts InboundOptions) (_ *
 		}
 		if err != nil {
 			for _, name := range created {
-				_ = os.Remove(filepath.Join(dir, name))
+				_ = os.Remove(inbPin(dir, name))
 			}
 			_ = os.Remove(inbPin(dir, inbPinConfig+inbPinNewSufx))
 			_ = os.Remove(inbPin(dir, inbPinPorts+inbPinNewSufx))
@@ -173,7 +173,7 @@ func attachInbound(netnsPath string, p capture.Policy, opts InboundOptions) (_ *
 	}()
 	reused := map[string]bool{}
 	for pin, name := range map[string]string{inbPinListener: inboundMapInbListener, inbPinStats: inboundMapInbStats} {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, pin), nil)
+		m, err := ebpf.LoadPinnedMap(inbPin(dir, pin), nil)
 		if err != nil {
 			continue // absent (fresh attach) or unreadable: a new map is created and pinned below
 		}
@@ -228,51 +228,48 @@ func attachInbound(netnsPath string, p capture.Policy, opts InboundOptions) (_ *
 		if reused[pin] {
 			continue
 		}
-		path := filepath.Join(dir, pin)
+		path := inbPin(dir, pin)
 		_ = os.Remove(path) // a stale pin that could not be reused
 		if err := m.Pin(path); err != nil {
 			return nil, fmt.Errorf("pin %s map: %w", pin, err)
 		}
 		created = append(created, pin)
 	}
-	for pin, m := range map[string]*ebpf.Map{inbPinConfig: cfgMap, inbPinPorts: portMap} {
-		tmp := filepath.Join(dir, pin+inbPinNewSufx)
-		_ = os.Remove(tmp) // left by an interrupted attach
-		if err := m.Pin(tmp); err != nil {
-			return nil, fmt.Errorf("pin %s map: %w", pin, err)
-		}
+	// The settings maps replace the old pins (swapIn) once the program that uses them is live.
+	fresh := map[string]interface{ Pin(string) error }{inbPinConfig: cfgMap, inbPinPorts: portMap}
+	if err := swapIn(dir, fresh, func() error { return inbActivate(dir, ns, prog) }); err != nil {
+		return nil, err
 	}
+	return inboundInfo(dir, cookie)
+}
 
+// inbActivate points the pinned netns link at prog (atomic: every lookup sees either the old program and maps or
+// the new ones), or attaches and pins a new link.
+func inbActivate(dir string, ns *os.File, prog *ebpf.Program) error {
 	linkPath := inbPin(dir, inbPinLink)
 	if inbLinkAttached(linkPath) {
 		l, err := link.LoadPinnedLink(linkPath, nil)
 		if err != nil {
-			return nil, fmt.Errorf("load pinned link: %w", err)
+			return fmt.Errorf("load pinned link: %w", err)
 		}
-		err = l.Update(prog) // atomic: every lookup sees either the old program and maps or the new ones
+		err = l.Update(prog)
 		l.Close()
 		if err != nil {
-			return nil, fmt.Errorf("replace sk_lookup program: %w", err)
+			return fmt.Errorf("replace sk_lookup program: %w", err)
 		}
-	} else {
-		l, err := link.AttachNetNs(int(ns.Fd()), prog)
-		if err != nil {
-			return nil, fmt.Errorf("attach sk_lookup: %w", err)
-		}
-		_ = os.Remove(linkPath) // a stale pin: unloadable, or a link someone detached
-		if err := l.Pin(linkPath); err != nil {
-			l.Close() // the only reference: this detaches
-			return nil, fmt.Errorf("pin sk_lookup link: %w", err)
-		}
-		l.Close()
+		return nil
 	}
-	for _, pin := range []string{inbPinConfig, inbPinPorts} {
-		// Cannot fail in practice (same directory); if it did, the live program still has its maps.
-		if err := os.Rename(filepath.Join(dir, pin+inbPinNewSufx), filepath.Join(dir, pin)); err != nil {
-			return nil, fmt.Errorf("pin %s map: %w", pin, err)
-		}
+	l, err := link.AttachNetNs(int(ns.Fd()), prog)
+	if err != nil {
+		return fmt.Errorf("attach sk_lookup: %w", err)
 	}
-	return inboundInfo(dir, cookie)
+	_ = os.Remove(linkPath) // a stale pin: unloadable, or a link someone detached
+	if err := l.Pin(linkPath); err != nil {
+		l.Close() // the only reference: this detaches
+		return fmt.Errorf("pin sk_lookup link: %w", err)
+	}
+	l.Close()
+	return nil
 }
 
 // DetachInbound removes inbound capture from the network namespace at netnsPath and its pins. Idempotent: a netns
@@ -321,7 +318,7 @@ func DetachInboundCookie(pinRoot string, netnsCookie uint64) error {
 	}
 	// Unpinning the maps frees them; the proxy's listener itself stays open (only its sockmap entry goes).
 	for _, e := range entries {
-		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := os.Remove(inbPin(dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("unpin %s: %w", e.Name(), err)
 		}
 	}
