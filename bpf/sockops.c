@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * sockops: turns the client socket's record (mc_client, from connect4) into "4-tuple -> original destination"
- * that the proxy can find from its accepted socket, and frees tuple entries on every path.
+ * sockops: turns the client socket's record (mc_client, from connect4 or connect6) into "4-tuple -> original
+ * destination" that the proxy can find from its accepted socket, and frees tuple entries on every path.
  *
  *   client TCP_CONNECT (captured)   -> ask for state callbacks (a refused or reset connect then frees its entry)
  *   client ACTIVE_ESTABLISHED        -> mc_orig_tuple[(netns, proxy-local, client-addr)] = original destination
@@ -147,10 +147,21 @@ static __always_inline void mc_closed(struct bpf_sock_ops *skops)
 	mc_free_tuple(&t, 1);
 }
 
+/* An AF_INET6 socket with an IPv4-mapped peer (a client connect6 captured, ::ffff:127.0.0.1:<proxy port>): IPv4 on
+ * the wire, with its IPv4 addresses in local_ip4/remote_ip4, so it is handled exactly as an AF_INET socket. */
+static __always_inline int mc_sock_ops_v4mapped(struct bpf_sock_ops *skops)
+{
+	if (skops->family != AF_INET6)
+		return 0;
+	/* Why volatile: one 4-byte context load per word (see mc_proxy_view). */
+	return mc_is_v4mapped(*(volatile __u32 *)&skops->remote_ip6[0], *(volatile __u32 *)&skops->remote_ip6[1],
+	                      *(volatile __u32 *)&skops->remote_ip6[2]);
+}
+
 SEC("sockops")
 int mc_sockops(struct bpf_sock_ops *skops)
 {
-	if (skops->family != AF_INET)
+	if (skops->family != AF_INET && !mc_sock_ops_v4mapped(skops))
 		return 1;
 
 	switch (skops->op) {

@@ -72,7 +72,7 @@ func attachLocked(cgroupDir string, p *capture.Policy, pinRoot string, opts Load
 	if _, err := os.Stat(dir); err == nil {
 		if complete(dir) {
 			a.Replaced = true
-			if err := replace(dir, p, opts); err != nil {
+			if err := replace(cgroupDir, dir, p, opts); err != nil {
 				return nil, fmt.Errorf("replace settings of %s: %w", cgroupDir, err)
 			}
 			return a, nil
@@ -92,7 +92,7 @@ func attachLocked(cgroupDir string, p *capture.Policy, pinRoot string, opts Load
 // complete reports whether dir holds every link and map pin of an attachment.
 func complete(dir string) bool {
 	for _, h := range hooks {
-		if _, err := os.Stat(linkPin(dir, h.name)); err != nil {
+		if _, err := os.Stat(linkPin(dir, h.name)); err != nil && !h.added {
 			return false
 		}
 	}
@@ -151,7 +151,7 @@ func fresh(cgroupDir, dir string, p *capture.Policy, opts LoadOptions) (err erro
 
 // replace swaps in programs bound to fresh settings maps (holding p) and the existing state maps. With p == nil
 // the settings maps are kept too (a program upgrade).
-func replace(dir string, p *capture.Policy, opts LoadOptions) (err error) {
+func replace(cgroupDir, dir string, p *capture.Policy, opts LoadOptions) (err error) {
 	reuse := map[string]*ebpf.Map{}
 	defer func() {
 		for _, m := range reuse {
@@ -206,7 +206,7 @@ func replace(dir string, p *capture.Policy, opts LoadOptions) (err error) {
 		}
 	}
 	if p == nil {
-		return updateLinks(dir, objs)
+		return updateLinks(cgroupDir, dir, objs)
 	}
 	if err := objs.SetPolicy(0, *p); err != nil {
 		return err
@@ -215,26 +215,44 @@ func replace(dir string, p *capture.Policy, opts LoadOptions) (err error) {
 	for _, name := range settingsMaps {
 		fresh[name] = objs.Maps[name]
 	}
-	return swapIn(dir, fresh, func() error { return updateLinks(dir, objs) })
+	return swapIn(dir, fresh, func() error { return updateLinks(cgroupDir, dir, objs) })
 }
 
-// updateLinks points every pinned link of dir at the programs of objs.
-func updateLinks(dir string, objs *Objects) error {
-	links := make([]link.Link, 0, len(hooks))
+// updateLinks points every pinned link of dir at the programs of objs; a newer hook's link the attachment lacks
+// (made before the hook existed) is attached to cgroupDir and pinned, in hook order.
+func updateLinks(cgroupDir, dir string, objs *Objects) error {
+	links := make([]link.Link, len(hooks))
 	defer func() {
 		for _, l := range links {
-			l.Close()
+			if l != nil {
+				l.Close()
+			}
 		}
 	}()
-	for _, h := range hooks {
+	for i, h := range hooks {
 		l, err := link.LoadPinnedLink(linkPin(dir, h.name), nil)
+		if errors.Is(err, os.ErrNotExist) && h.added {
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("open pinned %s link: %w", h.name, err)
 		}
-		links = append(links, l)
+		links[i] = l
 	}
-	// connect4 is last in hooks: the only program that reads settings switches after the others.
+	// The connect programs are last in hooks: the programs that read settings switch after the others.
 	for i, h := range hooks {
+		if links[i] == nil {
+			l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupDir, Attach: h.attach, Program: objs.Programs[h.name]})
+			if err != nil {
+				return fmt.Errorf("attach %s: %w", h.name, err)
+			}
+			links[i] = l
+			if err := l.Pin(linkPin(dir, h.name)); err != nil {
+				_ = l.Detach()
+				return fmt.Errorf("pin %s link: %w", h.name, err)
+			}
+			continue
+		}
 		if err := links[i].Update(objs.Programs[h.name]); err != nil {
 			return fmt.Errorf("update %s link: %w", h.name, err)
 		}

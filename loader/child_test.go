@@ -32,11 +32,13 @@ type childArgs struct {
 	Dests      []string // dialled once each, concurrently
 	Sequential string   // dialled Count times, one after the other
 	Count      int
-	UID, GID   int    // drop to these ids before dialling (-1: stay root)
-	HoldMillis int    // keep the process (and netns) alive this long after dialling
-	PinRoot    string // when set, the proxy also asks OrigDst() through the pinned map
-	EarlyClose bool   // clients connect and close at once; the proxy accepts only afterwards
-	WaitStdin  bool   // print "cookie=<netns cookie>" and wait for a line on stdin before dialling
+	UID, GID   int      // drop to these ids before dialling (-1: stay root)
+	HoldMillis int      // keep the process (and netns) alive this long after dialling
+	PinRoot    string   // when set, the proxy also asks OrigDst() through the pinned map
+	EarlyClose bool     // clients connect and close at once; the proxy accepts only afterwards
+	WaitStdin  bool     // print "cookie=<netns cookie>" and wait for a line on stdin before dialling
+	NoProxy    bool     // no listener on the proxy port (the sidecar stopped)
+	HoldOpen   []string // dialled first, one after the other, and kept open until the child exits
 }
 
 type childResult struct {
@@ -84,9 +86,13 @@ func runChild() (out childOutput) {
 		fmt.Printf("cookie=%d\n", out.NetnsCookie)
 		_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
 	}
+	port := a.ProxyPort
+	if a.NoProxy {
+		port = 0 // a listener nobody is sent to: the proxy port has none
+	}
 	var lc net.ListenConfig
 	lc.SetMultipathTCP(false)
-	ln, err := lc.Listen(context.Background(), "tcp4", fmt.Sprintf("127.0.0.1:%d", a.ProxyPort))
+	ln, err := lc.Listen(context.Background(), "tcp4", fmt.Sprintf("127.0.0.1:%d", port))
 	if err != nil {
 		out.Err = "listen: " + err.Error()
 		return
@@ -135,6 +141,14 @@ func runChild() (out childOutput) {
 			return
 		}
 	}
+	for _, d := range a.HoldOpen {
+		c, err := dialConn(d)
+		if err != nil {
+			out.Err = "hold " + d + ": " + err.Error()
+			return
+		}
+		defer c.Close()
+	}
 	res := make(chan childResult, len(a.Dests))
 	for _, d := range a.Dests {
 		go func() { res <- dialOnce(d) }()
@@ -172,9 +186,7 @@ func dialOnce(dest string) (r childResult) {
 		c.Close()
 		return
 	}
-	d := net.Dialer{Timeout: 2 * time.Second}
-	d.SetMultipathTCP(false)
-	c, err := d.Dial("tcp4", dest)
+	c, err := dialConn(dest)
 	if err != nil {
 		r.Err = err.Error()
 		return
@@ -182,10 +194,11 @@ func dialOnce(dest string) (r childResult) {
 	defer c.Close()
 	raw, _ := c.(*net.TCPConn).SyscallConn()
 	_ = raw.Control(func(fd uintptr) {
-		if sa, err := unix.Getpeername(int(fd)); err == nil {
-			if in4, ok := sa.(*unix.SockaddrInet4); ok {
-				r.Peer = netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), uint16(in4.Port)).String()
-			}
+		switch sa, _ := unix.Getpeername(int(fd)); sa := sa.(type) {
+		case *unix.SockaddrInet4:
+			r.Peer = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port)).String()
+		case *unix.SockaddrInet6:
+			r.Peer = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port)).String()
 		}
 	})
 	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
@@ -200,6 +213,31 @@ func dialOnce(dest string) (r childResult) {
 	fmt.Sscanf(string(buf[:n]), "%s %s %s %s", &od, &l, &rem, &md)
 	r.OrigDst, r.ProxyKey, r.MapDst = od, [2]string{l, rem}, md
 	return
+}
+
+// dialConn connects to dest; "mapped:A:P" connects an AF_INET6 socket to ::ffff:A:P with the plain socket API, as
+// Java does (Go itself would use an AF_INET socket for a mapped address).
+func dialConn(dest string) (net.Conn, error) {
+	m, ok := strings.CutPrefix(dest, "mapped:")
+	if !ok {
+		d := net.Dialer{Timeout: 2 * time.Second}
+		d.SetMultipathTCP(false)
+		return d.Dial("tcp4", dest)
+	}
+	ap, err := netip.ParseAddrPort(m)
+	if err != nil {
+		return nil, err
+	}
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), "mapped")
+	defer f.Close()
+	if err := unix.Connect(fd, &unix.SockaddrInet6{Addr: ap.Addr().As16(), Port: int(ap.Port())}); err != nil {
+		return nil, fmt.Errorf("connect %s: %w", dest, err)
+	}
+	return net.FileConn(f)
 }
 
 // origDst asks SO_ORIGINAL_DST with the plain socket API, as any transparent proxy does.

@@ -1,8 +1,8 @@
 // Package loader loads, attaches, pins and inspects meshcap's outbound capture programs. It is the only package that
 // imports cilium/ebpf.
 //
-// Model: one "attachment" = the four outbound programs (connect4, sockops, getsockopt, getpeername4) attached to one
-// cgroup v2 directory with bpf_links, plus their maps. Links and maps are pinned under <pin root>/cgroup-<id>
+// Model: one "attachment" = the outbound programs (connect4, connect6, sockops, getsockopt, getpeername4,
+// getpeername6, sock_release) attached to one cgroup v2 directory with bpf_links, plus their maps. Links and maps are pinned under <pin root>/cgroup-<id>
 // (id = the cgroup's inode number = kernel cgroup id), so capture outlives the process that attached it.
 // A fifth program, the sk_msg fast path (bpf/fastpath.c), is attached to the mc_sockhash map (a map attachment, not
 // a link: it goes with the map); sockets only enter that map where the fast path is on (LoadOptions.FastPath).
@@ -77,20 +77,25 @@ type hook struct {
 	progType ebpf.ProgramType
 	attach   ebpf.AttachType
 	spec     func() (*ebpf.CollectionSpec, error)
+	// added: a hook newer than the first pinned layout. An attachment made before it existed lacks its link; a
+	// re-attach adds it (updateLinks) instead of detaching everything, so capture never has a gap.
+	added bool
 }
 
-// hooks in the order they are attached on a fresh attach; connect4 comes last so that no connection is redirected
-// before sockops/getsockopt are there to answer for it. Detach goes in reverse order.
+// hooks in the order they are attached on a fresh attach; the connect programs come last so that no connection is
+// redirected before sockops/getsockopt are there to answer for it. Detach goes in reverse order.
 var hooks = []hook{
-	{"sockops", "mc_sockops", ebpf.SockOps, ebpf.AttachCGroupSockOps, loadSockops},
-	{"getsockopt", "mc_getsockopt", ebpf.CGroupSockopt, ebpf.AttachCGroupGetsockopt, loadGetsockopt},
-	{"getpeername4", "mc_getpeername4", ebpf.CGroupSockAddr, ebpf.AttachCgroupInet4GetPeername, loadGetpeername4},
-	{"sockrelease", "mc_sock_release", ebpf.CGroupSock, ebpf.AttachCgroupInetSockRelease, loadSockrelease},
-	{"connect4", "mc_connect4", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet4Connect, loadConnect4},
+	{"sockops", "mc_sockops", ebpf.SockOps, ebpf.AttachCGroupSockOps, loadSockops, false},
+	{"getsockopt", "mc_getsockopt", ebpf.CGroupSockopt, ebpf.AttachCGroupGetsockopt, loadGetsockopt, false},
+	{"getpeername4", "mc_getpeername4", ebpf.CGroupSockAddr, ebpf.AttachCgroupInet4GetPeername, loadGetpeername4, false},
+	{"getpeername6", "mc_getpeername6", ebpf.CGroupSockAddr, ebpf.AttachCgroupInet6GetPeername, loadGetpeername6, true},
+	{"sockrelease", "mc_sock_release", ebpf.CGroupSock, ebpf.AttachCgroupInetSockRelease, loadSockrelease, false},
+	{"connect6", "mc_connect6", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet6Connect, loadConnect6, true},
+	{"connect4", "mc_connect4", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet4Connect, loadConnect4, false},
 }
 
 // fastPathHook is the sk_msg program (bpf/fastpath.c); it is attached to mc_sockhash, not to a cgroup.
-var fastPathHook = hook{"fastpath", "mc_fastpath", ebpf.SkMsg, ebpf.AttachSkMsgVerdict, loadFastpath}
+var fastPathHook = hook{"fastpath", "mc_fastpath", ebpf.SkMsg, ebpf.AttachSkMsgVerdict, loadFastpath, false}
 
 // LoadOptions size the maps. Zero values keep the defaults compiled into the objects.
 type LoadOptions struct {

@@ -26,6 +26,9 @@
 #ifndef AF_INET
 #define AF_INET 2
 #endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
 #ifndef SOCK_STREAM
 #define SOCK_STREAM 1
 #endif
@@ -372,6 +375,13 @@ static __always_inline void mc_fill_tuple(struct mc_tuple *t, __u64 netns, __u32
 	t->local_port = local_port;
 	t->remote_addr = remote_addr;
 	t->remote_port = remote_port;
+}
+
+/* ::ffff:0:0/96 (words of an IPv6 address, network order): an AF_INET6 socket whose peer is IPv4-mapped talks IPv4
+ * on the wire, and the kernel keeps its IPv4 addresses where AF_INET sockets have them (skc_daddr, skc_rcv_saddr). */
+static __always_inline int mc_is_v4mapped(__u32 w0, __u32 w1, __u32 w2)
+{
+	return w0 == 0 && w1 == 0 && w2 == bpf_htonl(0xffff);
 }
 
 #endif /* MESHCAP_H */

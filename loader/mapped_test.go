@@ -1,0 +1,129 @@
+package loader
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/meshcap/meshcap/pkg/capture"
+)
+
+// mappedPolicy is TestCaptureInCgroup's policy: the IPv4 lists decide IPv4-mapped destinations too.
+func mappedPolicy(t *testing.T) capture.Policy {
+	return outPolicy(t, func(c *capture.Config) {
+		c.ProxyPort = "15011"
+		c.ProxyUID = "1337"
+		c.OutboundIPRangesInclude = "203.0.113.0/24"
+		c.OutboundIPRangesExclude = "203.0.113.128/25"
+		c.OutboundPortsExclude = "8081"
+		c.OutboundPortsInclude = "9090"
+	})
+}
+
+// TestCaptureV4Mapped: an AF_INET6 socket connecting to ::ffff:a.b.c.d is decided with the IPv4 policy exactly as
+// an AF_INET one (connect6), delivered to the proxy's IPv4 listener, answered by SO_ORIGINAL_DST (plain socket API)
+// and by OrigDst() with the IPv4 destination, and shown its mapped destination by getpeername. Counted like IPv4;
+// nothing is left in use once the sockets are closed.
+func TestCaptureV4Mapped(t *testing.T) {
+	outRequireRoot(t)
+	cg := outNewCgroup(t)
+	root := outNewPinRoot(t)
+	a, err := Attach(cg, mappedPolicy(t), root, LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{
+		"203.0.113.7:80":     true,  // -i
+		"203.0.113.7:8081":   false, // -o
+		"203.0.113.200:80":   false, // -x
+		"192.0.2.55:80":      false, // not included
+		"192.0.2.55:9090":    true,  // -q
+		"127.0.0.5:80":       false, // loopback
+		"203.0.113.200:9090": false, // -x beats -q
+	}
+	var dests []string
+	for d := range want {
+		dests = append(dests, "mapped:"+d, d) // both families, concurrently
+	}
+	out := outRunChild(t, cg, childArgs{ProxyPort: 15011, Dests: dests, UID: -1, GID: -1, PinRoot: root})
+	if len(out.Results) != len(dests) {
+		t.Fatalf("got %d results, want %d", len(out.Results), len(dests))
+	}
+	captured := 0
+	for _, r := range out.Results {
+		d, mapped := strings.CutPrefix(r.Dest, "mapped:")
+		if r.Captured != want[d] {
+			t.Errorf("%s: captured=%v, want %v (err %q)", r.Dest, r.Captured, want[d], r.Err)
+			continue
+		}
+		if !r.Captured {
+			// Direct: no route in the child's netns, and nothing listens on 127.0.0.5.
+			direct := "network is unreachable"
+			if strings.HasPrefix(d, "127.") {
+				direct = "connection refused"
+			}
+			if !strings.Contains(r.Err, direct) {
+				t.Errorf("%s: not captured but %q, want a direct connect (%s)", r.Dest, r.Err, direct)
+			}
+			continue
+		}
+		captured++
+		peer := d
+		if mapped {
+			peer = "[::ffff:" + strings.Replace(d, ":", "]:", 1)
+		}
+		if r.Peer != peer {
+			t.Errorf("%s: client getpeername = %s, want %s", r.Dest, r.Peer, peer)
+		}
+		if r.OrigDst != d || r.MapDst != d {
+			t.Errorf("%s: SO_ORIGINAL_DST = %s, OrigDst() = %s, want %s", r.Dest, r.OrigDst, r.MapDst, d)
+		}
+		if r.ProxyKey[0] != "127.0.0.1:15011" {
+			t.Errorf("%s: proxy accepted on %s", r.Dest, r.ProxyKey[0])
+		}
+	}
+	stats, err := ReadCaptureStats(a.PinDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := stats[0]
+	if s.Captured != uint64(captured) || captured != 4 || s.ExemptPort != 2 || s.ExemptCIDR != 4 || s.ExemptLoopback != 2 ||
+		s.NotIncluded != 2 || s.ConnsInUse != 0 || s.TuplesInUse != 0 {
+		t.Errorf("counters %+v after %d captured connections (2 per family), want every slot and entry back", s, captured)
+	}
+	if n, err := MapEntries(a.PinDir, mapOrigTuple); err != nil || n != 0 {
+		t.Errorf("%s holds %d entries after close (%v)", mapOrigTuple, n, err)
+	}
+}
+
+// TestV4MappedFailsClosed: with the proxy stopped a captured mapped connect is refused (it never goes direct); the
+// proxy's uid goes direct; at capacity a mapped connect is refused with EPERM and counted.
+func TestV4MappedFailsClosed(t *testing.T) {
+	outRequireRoot(t)
+	cg := outNewCgroup(t)
+	root := outNewPinRoot(t)
+	a, err := Attach(cg, mappedPolicy(t), root, LoadOptions{MaxConns: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dest := "mapped:203.0.113.7:80"
+	out := outRunChild(t, cg, childArgs{ProxyPort: 15011, Dests: []string{dest}, UID: -1, GID: -1, NoProxy: true})
+	if r := out.Results[0]; r.Captured || !strings.Contains(r.Err, "connection refused") {
+		t.Errorf("proxy stopped: %+v, want connection refused by the proxy port", r)
+	}
+	out = outRunChild(t, cg, childArgs{ProxyPort: 15011, Dests: []string{dest}, UID: 1337, GID: -1})
+	if r := out.Results[0]; r.Captured || !strings.Contains(r.Err, "network is unreachable") {
+		t.Errorf("uid 1337: %+v, want a direct connect (network unreachable)", r)
+	}
+	out = outRunChild(t, cg, childArgs{ProxyPort: 15011, Dests: []string{dest}, UID: -1, GID: -1,
+		HoldOpen: []string{dest, "203.0.113.8:80"}})
+	if r := out.Results[0]; r.Captured || !strings.Contains(r.Err, "operation not permitted") {
+		t.Errorf("at capacity: %+v, want EPERM", r)
+	}
+	stats, err := ReadCaptureStats(a.PinDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := stats[0]; s.RefusedFull != 1 || s.Captured != 3 || s.ExemptOwner != 1 || s.ConnsInUse != 0 || s.TuplesInUse != 0 {
+		t.Errorf("counters %+v: want 1 refused at capacity, 3 captured, 1 owner-exempt, nothing in use", s)
+	}
+}
