@@ -4,6 +4,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
 	"github.com/meshcap/meshcap/pkg/capture"
 )
 
@@ -125,5 +128,55 @@ func TestV4MappedFailsClosed(t *testing.T) {
 	}
 	if s := stats[0]; s.RefusedFull != 1 || s.Captured != 3 || s.ExemptOwner != 1 || s.ConnsInUse != 0 || s.TuplesInUse != 0 {
 		t.Errorf("counters %+v: want 1 refused at capacity, 3 captured, 1 owner-exempt, nothing in use", s)
+	}
+}
+
+// TestAttachAddsNewHooks: an attachment pinned before connect6/getpeername6 existed (their links absent) gets them
+// on its next attach, in place (its other links and state kept), and then captures mapped connects.
+func TestAttachAddsNewHooks(t *testing.T) {
+	outRequireRoot(t)
+	cg := outNewCgroup(t)
+	root := outNewPinRoot(t)
+	a, err := Attach(cg, mappedPolicy(t), root, LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := outAttachedProgs(t, cg, ebpf.AttachCGroupInet4Connect)
+	for _, h := range hooks {
+		if !h.added {
+			continue
+		}
+		l, err := link.LoadPinnedLink(linkPin(a.PinDir, h.name), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Detach(); err != nil {
+			t.Fatal(err)
+		}
+		_ = l.Unpin()
+		l.Close()
+	}
+	out := outRunChild(t, cg, childArgs{ProxyPort: 15011, Dests: []string{"mapped:203.0.113.7:80"}, UID: -1, GID: -1})
+	if out.Results[0].Captured {
+		t.Fatal("captured without connect6: the old layout was not reproduced")
+	}
+	a2, err := Attach(cg, mappedPolicy(t), root, LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !a2.Replaced {
+		t.Error("re-attach of an attachment without the new hooks was not done in place")
+	}
+	for _, h := range hooks {
+		if ids := outAttachedProgs(t, cg, h.attach); len(ids) != 1 {
+			t.Errorf("%s: %d programs attached, want 1", h.name, len(ids))
+		}
+	}
+	if after := outAttachedProgs(t, cg, ebpf.AttachCGroupInet4Connect); len(before) != 1 || len(after) != 1 || before[0] == after[0] {
+		t.Errorf("connect4 programs %v then %v: want the link updated to a new program", before, after)
+	}
+	out = outRunChild(t, cg, childArgs{ProxyPort: 15011, Dests: []string{"mapped:203.0.113.7:80"}, UID: -1, GID: -1})
+	if r := out.Results[0]; !r.Captured || r.OrigDst != "203.0.113.7:80" || r.Peer != "[::ffff:203.0.113.7]:80" {
+		t.Errorf("after re-attach: %+v, want captured", r)
 	}
 }
