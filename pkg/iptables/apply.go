@@ -349,11 +349,11 @@ func (a *Applier) applyAll(ctx context.Context, fams []family, rs *Ruleset) erro
 			}
 		}
 	}
-	return a.routes(ctx, rs)
+	return a.Routes(ctx, rs)
 }
 
-// routes adds ::6/128 to lo when IPv6 is on, and the TPROXY ip rule + route. Existing entries are fine.
-func (a *Applier) routes(ctx context.Context, rs *Ruleset) error {
+// Routes adds ::6/128 to lo when IPv6 is on, and the TPROXY ip rule + route. Existing entries are fine.
+func (a *Applier) Routes(ctx context.Context, rs *Ruleset) error {
 	ignoreExists := func(err error) error {
 		var ce *CommandError
 		if errors.As(err, &ce) && (strings.Contains(ce.Stderr, "File exists") || strings.Contains(ce.Stderr, "already assigned")) {
