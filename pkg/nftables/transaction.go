@@ -42,7 +42,7 @@ func (s chainSpec) chain(table string) *knftables.Chain {
 // tables they do not use.
 type PlanOptions struct {
 	CleanupOnly bool // delete the three istio tables, add nothing (rs may be nil)
-	Reconcile   bool // also delete istio tables left by an earlier run that rs does not need
+	Reconcile   bool // start from no istio table: also remove tables and chains left by an earlier run that rs does not use
 }
 
 // Plan returns the one transaction that the apply step hands to `nft -f -`. Without options its text
@@ -51,12 +51,13 @@ func Plan(rs *Ruleset, o PlanOptions) *knftables.Transaction {
 	// A family-less context: every object names its family and table, as in istio (knftables.New("", "")).
 	tx := knftables.NewFake("", "").NewTransaction()
 	for _, t := range Tables {
-		if o.CleanupOnly {
+		// Cleanup deletes every table; reconcile deletes it too and then writes it again when rs uses it, so that
+		// neither a table nor a chain left by an earlier configuration survives (a flush keeps chains).
+		if o.CleanupOnly || o.Reconcile {
 			deleteTable(tx, t)
-			continue
 		}
-		if !addTable(tx, t, rs.tableRules(t)) && o.Reconcile {
-			deleteTable(tx, t)
+		if !o.CleanupOnly {
+			addTable(tx, t, rs.tableRules(t))
 		}
 	}
 	return tx
@@ -80,8 +81,8 @@ func (rs *Ruleset) tableRules(table string) []Rule {
 
 // addTable writes one table as istio does: nothing without rules; else add + flush table, the chains that have
 // rules (declaration order), then the rules. An insert stays an insert only if its chain already has more than
-// Index rules in this transaction; otherwise it becomes an add. It reports whether the table was written.
-func addTable(tx *knftables.Transaction, table string, rules []Rule) bool {
+// Index rules in this transaction; otherwise it becomes an add.
+func addTable(tx *knftables.Transaction, table string, rules []Rule) {
 	count := map[string]int{}
 	for _, r := range rules {
 		count[r.Chain]++
@@ -93,7 +94,7 @@ func addTable(tx *knftables.Transaction, table string, rules []Rule) bool {
 		}
 	}
 	if len(chains) == 0 {
-		return false
+		return
 	}
 	tx.Add(&knftables.Table{Name: table, Family: knftables.InetFamily})
 	tx.Flush(&knftables.Table{Name: table, Family: knftables.InetFamily})
@@ -111,5 +112,4 @@ func addTable(tx *knftables.Transaction, table string, rules []Rule) bool {
 		}
 		seen[r.Chain]++
 	}
-	return true
 }
