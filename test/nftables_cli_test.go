@@ -6,7 +6,6 @@ package test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -16,22 +15,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshcap/meshcap/pkg/nftables/nfttest"
 	"github.com/meshcap/meshcap/pkg/podnet"
 )
 
 const nftGoldenDir = "../testdata/istio-golden/nftables"
-
-// nftCase is one row of testdata/istio-golden/nftables/cases.json.
-type nftCase struct {
-	Name   string            `json:"name"`
-	Golden string            `json:"golden"`
-	Args   []string          `json:"args"`
-	Env    map[string]string `json:"env"`
-	V6     bool              `json:"v6"`
-	Resolv *string           `json:"resolv"`
-	Groups []string          `json:"groups"`
-	CLI    *bool             `json:"cli"`
-}
 
 // nftRuleset returns `nft list ruleset` inside pod.
 func nftRuleset(t *testing.T, pod *podnet.Pod) string {
@@ -84,7 +72,7 @@ func nftCasePod(t *testing.T, v6 bool) *podnet.Pod {
 }
 
 // nftCaseFiles writes the case's resolv.conf and an /etc/group with its groups added; "" when not needed.
-func nftCaseFiles(t *testing.T, c nftCase) (resolv, group string) {
+func nftCaseFiles(t *testing.T, c nfttest.Case) (resolv, group string) {
 	t.Helper()
 	dir := t.TempDir()
 	if c.Resolv != nil {
@@ -113,17 +101,13 @@ func nftCaseFiles(t *testing.T, c nftCase) (resolv, group string) {
 // and compares stdout byte for byte; -n must leave the ruleset empty.
 func TestNftablesCLIGoldens(t *testing.T) {
 	requireRoot(t)
-	data, err := os.ReadFile(filepath.Join(nftGoldenDir, "cases.json"))
+	cases, err := nfttest.Load(nftGoldenDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var f struct{ Cases []nftCase }
-	if err := json.Unmarshal(data, &f); err != nil {
-		t.Fatal(err)
-	}
 	replayed := 0
-	for _, c := range f.Cases {
-		if c.CLI != nil && !*c.CLI {
+	for _, c := range cases {
+		if !c.ThroughCLI() {
 			continue
 		}
 		t.Run(c.Name, func(t *testing.T) {

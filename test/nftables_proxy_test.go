@@ -49,20 +49,7 @@ func TestNftablesProxyInbound(t *testing.T) {
 	if _, err := runNftCLI(t, topo.server, nil, "", "", "-b", "*", "-d", "15090,15021,15020"); err != nil {
 		t.Fatal(err)
 	}
-	p := startProxy(t, topo.server)
-	waitListening(t, topo.server, 15006)
-	for _, addr := range []string{"198.18.0.2:8080", "198.18.1.2:9090"} {
-		res, err := dial(t, topo.client, nil, addr, 1<<20)
-		if err != nil || !res.OK || res.Reached != addr || !strings.HasPrefix(res.Peer, "127.0.0.6:") {
-			t.Fatalf("inbound dial %s: %+v, %v", addr, res, err)
-		}
-	}
-	s := pxWaitStats(t, p, "2 inbound relayed", func(s proxy.Snapshot) bool {
-		return s.Inbound.Relayed == 2 && s.Inbound.Active == 0
-	})
-	if s.Inbound.BytesUp != 2<<20 || s.Outbound.Accepted != 0 || s.Errors != (proxy.ErrorSnapshot{}) {
-		t.Fatalf("stats %+v", s)
-	}
+	pxCheckInbound(t, topo)
 }
 
 // TestNftablesInitAutoFallback: with eBPF unavailable (probe disabled), `init --mode auto --native-nftables`

@@ -252,3 +252,15 @@ func (c Config) ValidateForceIptablesBinary() error {
 	}
 	return fmt.Errorf("invalid --force-iptables-binary %q: want legacy, nft or empty", c.ForceIptablesBinary)
 }
+
+// ParseArgs parses an istio-iptables argument list as `meshcap iptables` does (BindFlagsEnv + BindExecFlags) with
+// the given environment, starting from Default(). It does not resolve the -u/-g defaults (see ResolveDefaults).
+func ParseArgs(args []string, env LookupEnv) (Config, ExecOptions, error) {
+	c := Default()
+	var ex ExecOptions
+	fs := pflag.NewFlagSet("istio-iptables", pflag.ContinueOnError)
+	BindFlagsEnv(fs, &c, env)
+	BindExecFlags(fs, &ex, env)
+	err := fs.Parse(args)
+	return c, ex, err
+}

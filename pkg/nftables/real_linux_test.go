@@ -4,44 +4,21 @@ package nftables
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"os"
 	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/meshcap/meshcap/pkg/capture"
+	"github.com/meshcap/meshcap/pkg/nftables/nfttest"
 	"github.com/meshcap/meshcap/pkg/podnet"
+	"github.com/meshcap/meshcap/pkg/podnet/podtest"
 )
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root (network namespaces, nft) and CI runs as root")
-		}
-		t.Skip("needs root: creates network namespaces and runs nft in them")
-	}
-}
+const rootNeed = "creates network namespaces and runs nft in them"
 
-// newPod makes a netns (+ cgroup) named mc-nft-<random>-<role>, removed when the test ends.
-func newPod(t *testing.T, role string) *podnet.Pod {
-	t.Helper()
-	b := make([]byte, 3)
-	_, _ = rand.Read(b)
-	p, err := podnet.NewPod("mc-nft-" + hex.EncodeToString(b) + "-" + role)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := p.Close(); err != nil {
-			t.Errorf("remove %s: %v", p.Name, err)
-		}
-	})
-	return p
-}
+// newPod makes a throwaway netns (+ cgroup) named mc-nft-<random>-<role>.
+func newPod(t *testing.T, role string) *podnet.Pod { return podtest.NewPod(t, "mc-nft", role) }
 
 var countersRE = regexp.MustCompile(`counter packets \d+ bytes \d+`)
 
@@ -64,7 +41,7 @@ func mustApply(t *testing.T, pod *podnet.Pod, rs *Ruleset, o PlanOptions) {
 
 func build(t *testing.T, args ...string) *Ruleset {
 	t.Helper()
-	rs, err := Build(parseArgs(t, args, nil), goldenCase{}.facts())
+	rs, err := Build(parseArgs(t, args, nil), nfttest.Case{}.Facts())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +96,7 @@ const injectedRuleset = `table inet istio-proxy-nat {
 
 // TestRealApplyRerunCleanup: exact ruleset after apply, identical after a re-run, nothing after cleanup.
 func TestRealApplyRerunCleanup(t *testing.T) {
-	requireRoot(t)
+	podtest.RequireRoot(t, rootNeed)
 	pod := newPod(t, "apply")
 	rs := build(t, injectedArgs...)
 	mustApply(t, pod, rs, PlanOptions{})
@@ -148,7 +125,7 @@ func TestRealApplyRerunCleanup(t *testing.T) {
 // TestRealReconcile: a TPROXY + drop-invalid run leaves mangle (and DNS leaves raw) behind; a later plain run keeps
 // them (istio's behaviour, byte-exact default), with --reconcile it removes them.
 func TestRealReconcile(t *testing.T) {
-	requireRoot(t)
+	podtest.RequireRoot(t, rootNeed)
 	pod := newPod(t, "reconcile")
 	old := build(t, "-m", "TPROXY", "-b", "*", "-i", "*", "--drop-invalid", "--capture-all-dns", "--redirect-dns")
 	plain := build(t, injectedArgs...)
@@ -179,7 +156,7 @@ func TestRealReconcile(t *testing.T) {
 
 // TestRealAtomic: a transaction nft refuses changes nothing, not even its valid first part.
 func TestRealAtomic(t *testing.T) {
-	requireRoot(t)
+	podtest.RequireRoot(t, rootNeed)
 	pod := newPod(t, "atomic")
 	mustApply(t, pod, build(t, injectedArgs...), PlanOptions{})
 	bad := build(t, "-i", "*", "-b", "8080")
@@ -195,14 +172,14 @@ func TestRealAtomic(t *testing.T) {
 
 // TestRealGoldensApply: nft accepts every golden transaction (the owner-group cases only where the group exists).
 func TestRealGoldensApply(t *testing.T) {
-	requireRoot(t)
+	podtest.RequireRoot(t, rootNeed)
 	pod := newPod(t, "goldens")
 	for _, gc := range loadCases(t) {
 		if err := CheckGroups(capture.Config{OwnerGroupsInclude: "*", OwnerGroupsExclude: strings.Join(gc.Groups, ",")}, OSGroupLookup); err != nil {
 			t.Logf("%s: skipped for real apply: %v (the CLI replay in test/ provides the group)", gc.Name, err)
 			continue
 		}
-		rs, err := Build(parseArgs(t, gc.Args, gc.Env), gc.facts())
+		rs, err := Build(parseArgs(t, gc.Args, gc.Env), gc.Facts())
 		if err != nil {
 			t.Fatal(err)
 		}
