@@ -230,3 +230,34 @@ func TestNftablesCLIApplyStatusCleanup(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestNftablesCLITProxyRoutes: TPROXY with inbound ports adds the fwmark `ip rule` once, however often it runs,
+// and --cleanup-only adds none (istio's cleanup re-adds it).
+func TestNftablesCLITProxyRoutes(t *testing.T) {
+	requireRoot(t)
+	pod := nftCasePod(t, false)
+	fwmarkRules := func() int {
+		out, err := exec.Command("ip", "-n", pod.Name, "rule", "show", "fwmark", "1337", "lookup", "133").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Count(string(out), "fwmark 0x539 lookup 133")
+	}
+	for i := 0; i < 2; i++ {
+		if _, err := runNftCLI(t, pod, nil, "", "", "-m", "TPROXY", "-b", "*", "-i", "*"); err != nil {
+			t.Fatal(err)
+		}
+		if n := fwmarkRules(); n != 1 {
+			t.Fatalf("run %d: %d fwmark rules, want 1", i+1, n)
+		}
+	}
+	if _, err := runNftCLI(t, pod, nil, "", "", "--cleanup-only", "-m", "TPROXY", "-b", "*"); err != nil {
+		t.Fatal(err)
+	}
+	if n := fwmarkRules(); n != 1 {
+		t.Fatalf("after cleanup: %d fwmark rules, want the 1 left from the apply", n)
+	}
+	if rs := nftRuleset(t, pod); rs != "" {
+		t.Fatalf("after cleanup:\n%s", rs)
+	}
+}
