@@ -261,3 +261,26 @@ func TestNftablesCLITProxyRoutes(t *testing.T) {
 		t.Fatalf("after cleanup:\n%s", rs)
 	}
 }
+
+// TestNftablesCLIWithoutNft: without an nft binary, -n still prints the transaction (it needs none), and an apply
+// fails with exit 1 and says that nft is missing.
+func TestNftablesCLIWithoutNft(t *testing.T) {
+	requireRoot(t)
+	if _, err := os.Stat("/usr/bin/nft"); err == nil {
+		t.Skip("nft is in /usr/bin: cannot hide it with PATH=/usr/bin")
+	}
+	pod := nftCasePod(t, false)
+	noNft := []string{"PATH=/usr/bin"} // sh and mount, not /usr/sbin/nft
+	want, err := os.ReadFile(filepath.Join(nftGoldenDir, "inbound-ports-wildcard.golden"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runNftCLI(t, pod, noNft, "", "", "-n", "-b", "*"); err != nil || out != string(want) {
+		t.Fatalf("-n without nft: %v\n%s", err, out)
+	}
+	_, err = runNftCLI(t, pod, noNft, "", "", "-b", "*")
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(err.Error(), "no usable nft binary") {
+		t.Fatalf("apply without nft: %v", err)
+	}
+}
