@@ -98,7 +98,7 @@ func runInit(ctx context.Context, log *zap.Logger, cmd *cobra.Command, o initOpt
 	if o.mode == loader.ProbeModeIPTables || cfg.DryRun || cfg.CleanupOnly {
 		reason := "--mode iptables"
 		if o.mode != loader.ProbeModeIPTables {
-			reason = "--dry-run/--cleanup-only act on iptables rules only"
+			reason = "--dry-run/--cleanup-only act on the fallback's rules only"
 		}
 		log.Info("capture mode chosen", zap.String("mode", fallbackMode(cfg)), zap.String("reason", reason))
 		return runIptables(ctx, log, cmd, cfg, ex)
