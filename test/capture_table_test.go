@@ -41,11 +41,25 @@ var iptablesBackend = captureBackend{
 	},
 }
 
-// TestCaptureTable runs the shared flag table (cases_test.go) against both backends with the real CLI and the
-// real meshcap proxy: the same flags must capture exactly the same connections in eBPF and in iptables mode.
+// nftablesBackend is `meshcap iptables --native-nftables`: istio's inet tables in one nft transaction.
+var nftablesBackend = captureBackend{
+	name: "nftables",
+	apply: func(t *testing.T, client *podnet.Pod, flags []string) error {
+		_, err := runIn(t, client, nil, meshcapBin, append([]string{"iptables", "--native-nftables"}, flags...)...)
+		return err
+	},
+	remove: func(t *testing.T, client *podnet.Pod) error {
+		_, err := runIn(t, client, nil, meshcapBin, "iptables", "--native-nftables", "--cleanup-only")
+		return err
+	},
+}
+
+// TestCaptureTable runs the shared flag table (cases_test.go) against every backend with the real CLI and the
+// real meshcap proxy: the same flags must capture exactly the same connections in eBPF, iptables and nftables mode.
+// Where nftables mode differs by design (CASES.md "Differences"), nftables_diff_test.go asserts the difference.
 func TestCaptureTable(t *testing.T) {
 	requireRoot(t)
-	for _, b := range []captureBackend{ebpfBackend(ebPinRoot(t)), iptablesBackend} {
+	for _, b := range []captureBackend{ebpfBackend(ebPinRoot(t)), iptablesBackend, nftablesBackend} {
 		t.Run(b.name, func(t *testing.T) {
 			topo := newTopology(t)
 			startProxy(t, topo.client)

@@ -6,8 +6,8 @@ import (
 	"github.com/meshcap/meshcap/pkg/podnet"
 )
 
-// captureCase is one row of the flag table that drives both the eBPF and the iptables end-to-end tests: the same
-// istio-iptables flags must capture the same connections in both modes (istio's ISTIO_OUTPUT order, DEFAULTS.md §5).
+// captureCase is one row of the flag table that drives the eBPF, iptables and nftables end-to-end tests: the same
+// istio-iptables flags must capture the same connections in every mode (istio's ISTIO_OUTPUT order, DEFAULTS.md §5).
 type captureCase struct {
 	name     string
 	flags    []string     // capture flags given to `meshcap ebpf attach` or `meshcap iptables`
