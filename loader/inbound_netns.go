@@ -6,12 +6,15 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/meshcap/meshcap/pkg/capture"
 )
 
 // ErrInboundListenerNotFound: no process holds a TCP listener on the capture port in that netns.
@@ -99,23 +102,68 @@ func inbRequireBPFFS(root string) error {
 	}
 }
 
-// FindInboundListener finds a listening TCP socket on port in the network namespace at netnsPath, whichever process
-// holds it, and returns a duplicate of it (pidfd_getfd; needs CAP_SYS_PTRACE over that process, which root has).
-// The error wraps ErrInboundListenerNotFound when there is none.
-func FindInboundListener(netnsPath string, port uint16) (*os.File, error) {
+// FindInboundListener finds a listening TCP socket on port in the network namespace at netnsPath held by a process
+// that p exempts (inbExemptOwner), and returns a duplicate of it (pidfd_getfd; needs CAP_SYS_PTRACE over that
+// process, which root has). The error wraps ErrInboundListenerNotFound when there is none.
+func FindInboundListener(netnsPath string, port uint16, p capture.Policy) (*os.File, error) {
 	ns, cookie, err := inbOpenNetns(netnsPath)
 	if err != nil {
 		return nil, fmt.Errorf("find inbound listener in %s: %w", netnsPath, err)
 	}
 	defer ns.Close()
-	f, err := inbFindListener(ns, cookie, port)
+	f, err := inbFindListener(ns, cookie, port, inbExemptOwner(p))
 	if err != nil {
 		return nil, fmt.Errorf("find inbound listener in %s: %w", netnsPath, err)
 	}
 	return f, nil
 }
 
-func inbFindListener(ns *os.File, cookie uint64, port uint16) (*os.File, error) {
+// inbOwnerCheck says whether a listener owned by socket uid sockUID and held by process pid may be registered.
+type inbOwnerCheck func(sockUID uint32, pid int) bool
+
+// inbExemptOwner is the user-space twin of bpf/inbound_bind.c's rule: only the proxy's uid (-u) or gid (-g) may
+// own the inbound listener. A listener qualifies when its socket was created by an exempt uid, or when the process
+// holding it runs as an exempt uid or gid now (a proxy that listened as root and dropped privileges).
+func inbExemptOwner(p capture.Policy) inbOwnerCheck {
+	return func(sockUID uint32, pid int) bool {
+		if slices.Contains(p.ProxyUIDs, sockUID) {
+			return true
+		}
+		uid, gid, err := inbProcessIDs(pid)
+		return err == nil && (slices.Contains(p.ProxyUIDs, uid) || slices.Contains(p.ProxyGIDs, gid))
+	}
+}
+
+// inbProcessIDs reads the effective uid and gid of pid from /proc.
+func inbProcessIDs(pid int) (uid, gid uint32, err error) {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+	if err != nil {
+		return 0, 0, err
+	}
+	found := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 || (f[0] != "Uid:" && f[0] != "Gid:") {
+			continue
+		}
+		v, err := strconv.ParseUint(f[2], 10, 32) // real, effective, saved, fs: the effective one
+		if err != nil {
+			return 0, 0, fmt.Errorf("parse %s of pid %d: %w", f[0], pid, err)
+		}
+		if f[0] == "Uid:" {
+			uid = uint32(v)
+		} else {
+			gid = uint32(v)
+		}
+		found++
+	}
+	if found != 2 {
+		return 0, 0, fmt.Errorf("no Uid/Gid in /proc/%d/status", pid)
+	}
+	return uid, gid, nil
+}
+
+func inbFindListener(ns *os.File, cookie uint64, port uint16, exempt inbOwnerCheck) (*os.File, error) {
 	inodes, err := inbListenerInodes(ns, port)
 	if err != nil {
 		return nil, err
@@ -124,8 +172,13 @@ func inbFindListener(ns *os.File, cookie uint64, port uint16) (*os.File, error) 
 		return nil, fmt.Errorf("%w (port %d)", ErrInboundListenerNotFound, port)
 	}
 	holders := inbSocketHolders(inodes)
-	for _, ino := range inodes {
-		for _, h := range holders[ino] {
+	refused := 0
+	for _, ls := range inodes {
+		for _, h := range holders[ls.inode] {
+			if !exempt(ls.uid, h.pid) {
+				refused++ // an app listening on the capture port must never get captured traffic
+				continue
+			}
 			f, err := inbGrabFD(h.pid, h.fd)
 			if err != nil {
 				continue // the process exited or closed it meanwhile: try the next holder
@@ -137,18 +190,21 @@ func inbFindListener(ns *os.File, cookie uint64, port uint16) (*os.File, error) 
 			f.Close()
 		}
 	}
+	if refused > 0 {
+		return nil, fmt.Errorf("%w (port %d: held only by processes that are not the proxy uid/gid (-u/-g))", ErrInboundListenerNotFound, port)
+	}
 	return nil, fmt.Errorf("%w (port %d: listening sockets exist but no process holding one could be reached)", ErrInboundListenerNotFound, port)
 }
 
 // inbListenerInodes lists, by sock_diag inside ns, the inodes of TCP sockets listening on port: IPv4 first, then
 // dual-stack IPv6 candidates (inbInspectListener rejects IPv6-only ones).
-func inbListenerInodes(ns *os.File, port uint16) ([]uint32, error) {
+func inbListenerInodes(ns *os.File, port uint16) ([]inbListenSock, error) {
 	h, err := netlink.NewHandleAt(netns.NsHandle(int(ns.Fd())), unix.NETLINK_INET_DIAG)
 	if err != nil {
 		return nil, fmt.Errorf("sock_diag: %w", err)
 	}
 	defer h.Close()
-	var out []uint32
+	var out []inbListenSock
 	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
 		socks, err := h.SocketDiagTCP(fam)
 		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
@@ -156,20 +212,23 @@ func inbListenerInodes(ns *os.File, port uint16) ([]uint32, error) {
 		}
 		for _, s := range socks {
 			if s.State == 10 /* TCP_LISTEN */ && s.ID.SourcePort == port && s.INode != 0 {
-				out = append(out, s.INode)
+				out = append(out, inbListenSock{inode: s.INode, uid: s.UID})
 			}
 		}
 	}
 	return out, nil
 }
 
+// inbListenSock is a listening socket found by sock_diag: its inode and the uid that created it.
+type inbListenSock struct{ inode, uid uint32 }
+
 type inbFDRef struct{ pid, fd int }
 
 // inbSocketHolders scans /proc/*/fd for the given socket inodes.
-func inbSocketHolders(inodes []uint32) map[uint32][]inbFDRef {
+func inbSocketHolders(socks []inbListenSock) map[uint32][]inbFDRef {
 	want := map[string]uint32{}
-	for _, ino := range inodes {
-		want["socket:["+strconv.FormatUint(uint64(ino), 10)+"]"] = ino
+	for _, ls := range socks {
+		want["socket:["+strconv.FormatUint(uint64(ls.inode), 10)+"]"] = ls.inode
 	}
 	out := map[uint32][]inbFDRef{}
 	procs, _ := os.ReadDir("/proc")

@@ -165,7 +165,7 @@ func initEBPF(log *zap.Logger, o initOptions, cgroupDir, netnsPath string, pol c
 	if netnsPath == "" {
 		netnsPath = "/proc/self/ns/net"
 	}
-	info, err := loader.AttachInbound(netnsPath, pol, loader.InboundOptions{PinRoot: o.pinRoot, FindListener: true})
+	info, err := loader.AttachInbound(netnsPath, pol, loader.InboundOptions{PinRoot: o.pinRoot, FindListener: true, Cgroup: cgroupDir})
 	if err != nil {
 		if !a.Replaced {
 			if _, derr := loader.Detach(cgroupDir, o.pinRoot); derr != nil {

@@ -45,6 +45,9 @@ func ReadAgentInfo(stateDir string) (*AgentInfo, error) {
 type PinnedEnroller struct {
 	PinDir  string // the agent's outbound attachment (pinRoot/cgroup-<id>)
 	PinRoot string // for per-netns inbound attachments (pinRoot/netns-<cookie>/inbound)
+	// CgroupDir is the agent's shared cgroup, where each pod's inbound cgroup programs register its sidecar's
+	// listener by themselves (loader.InboundOptions.Cgroup).
+	CgroupDir string
 }
 
 // Enroll writes the pod's outbound settings under its netns cookie, then attaches (or updates) inbound capture in
@@ -67,7 +70,7 @@ func (p PinnedEnroller) Enroll(e *Enrollment, pol capture.Policy) error {
 	if e.Netns == "" {
 		return nil
 	}
-	if _, err := loader.AttachInbound(e.Netns, pol, loader.InboundOptions{PinRoot: p.PinRoot, FindListener: true}); err != nil {
+	if _, err := loader.AttachInbound(e.Netns, pol, loader.InboundOptions{PinRoot: p.PinRoot, FindListener: true, Cgroup: p.CgroupDir}); err != nil {
 		if !was {
 			if uerr := loader.UnenrollNetns(p.PinDir, e.NetnsCookie); uerr != nil {
 				err = errors.Join(err, fmt.Errorf("undo outbound: %w", uerr))
@@ -101,5 +104,5 @@ func AgentEnroller(conf *NetConf) (Enroller, error) {
 	if info == nil {
 		return NopEnroller{}, nil
 	}
-	return PinnedEnroller{PinDir: info.PinDir, PinRoot: info.PinRoot}, nil
+	return PinnedEnroller{PinDir: info.PinDir, PinRoot: info.PinRoot, CgroupDir: info.CgroupDir}, nil
 }

@@ -3,8 +3,9 @@
 //
 //	nettool dial ADDR [-send N] [-timeout D]  connect, read the server's first line, send N bytes, half-close,
 //	                                          read the echo; print one JSON DialResult; exit 1 on failure
-//	nettool origdst ADDR                      a minimal transparent proxy: accept, getsockopt(SO_ORIGINAL_DST),
-//	                                          dial it, relay; one JSON line per connection on stdout
+//	nettool origdst ADDR [SRC]                a minimal transparent proxy: accept, getsockopt(SO_ORIGINAL_DST),
+//	                                          dial it (from source address SRC if given: 127.0.0.6 for an inbound
+//	                                          sidecar), relay; one JSON line per connection on stdout
 //	nettool serve ADDR                        echo server: "<local addr> <peer addr>\n", then echo until EOF
 package main
 
@@ -23,7 +24,11 @@ func main() {
 	case "dial":
 		err = dialCmd(os.Args[2], os.Args[3:])
 	case "origdst":
-		err = origdstCmd(os.Args[2])
+		src := ""
+		if len(os.Args) > 3 {
+			src = os.Args[3]
+		}
+		err = origdstCmd(os.Args[2], src)
 	case "serve":
 		err = serveCmd(os.Args[2])
 	default:

@@ -43,10 +43,18 @@ func serveCmd(addr string) error {
 
 // origdstCmd is a deliberately plain transparent proxy: the only way it learns where a connection was going is
 // getsockopt(SOL_IP, SO_ORIGINAL_DST), as Envoy's original_dst listener filter does.
-func origdstCmd(addr string) error {
+func origdstCmd(addr, src string) error {
 	ln, err := listen(addr)
 	if err != nil {
 		return err
+	}
+	d := net.Dialer{Timeout: 5 * time.Second}
+	if src != "" {
+		ip := net.ParseIP(src)
+		if ip == nil {
+			return fmt.Errorf("invalid source address %q", src)
+		}
+		d.LocalAddr = &net.TCPAddr{IP: ip}
 	}
 	var mu sync.Mutex
 	enc := json.NewEncoder(os.Stdout)
@@ -70,7 +78,7 @@ func origdstCmd(addr string) error {
 			if err != nil {
 				return
 			}
-			up, err := net.DialTimeout("tcp", dst.String(), 5*time.Second)
+			up, err := d.Dial("tcp", dst.String())
 			if err != nil {
 				return
 			}
