@@ -17,6 +17,16 @@ struct inb_sockaddr_in {
 	__u8 sin_zero[8];
 };
 
+/* One load of a struct bpf_sock field, pinned where it is written. Why: the verifier forbids pointer arithmetic on
+ * a socket pointer, and without the barrier clang sinks the loads of both branches into one load from a computed
+ * address (sk + 52 or sk + 68). */
+#define inb_sk_load(sk, field)                          \
+	({                                              \
+		__u32 __v = (sk)->field;                \
+		asm volatile("" : "+r"(__v));           \
+		__v;                                    \
+	})
+
 SEC("cgroup/getsockopt")
 int inb_getsockopt(struct bpf_sockopt *ctx)
 {
@@ -24,15 +34,27 @@ int inb_getsockopt(struct bpf_sockopt *ctx)
 		return 1; /* not ours, or already answered (outbound program, or conntrack's own answer) */
 
 	struct bpf_sock *sk = ctx->sk;
-	if (!sk || sk->family != AF_INET || sk->protocol != IPPROTO_TCP)
+	if (!sk || sk->protocol != IPPROTO_TCP)
 		return 1;
 
 	struct inb_tuple t = {
-		.local_addr = sk->src_ip4,
-		.remote_addr = sk->dst_ip4,
-		.local_port = (__u16)sk->src_port,  /* host order */
+		.local_port = (__u16)sk->src_port,      /* host order */
 		.remote_port = bpf_ntohs(sk->dst_port), /* network order */
 	};
+	if (sk->family == AF_INET) {
+		t.local_addr = inb_sk_load(sk, src_ip4);
+		t.remote_addr = inb_sk_load(sk, dst_ip4);
+	} else if (sk->family == AF_INET6) {
+		/* A dual-stack listener (Go's and many proxies' default for 0.0.0.0) accepts IPv4 as ::ffff:a.b.c.d
+		 * (::ffff:0:0/96). */
+		__u32 w0 = inb_sk_load(sk, src_ip6[0]), w1 = inb_sk_load(sk, src_ip6[1]), w2 = inb_sk_load(sk, src_ip6[2]);
+		if (w0 || w1 || w2 != bpf_htonl(0xffff))
+			return 1;
+		t.local_addr = inb_sk_load(sk, src_ip6[3]);
+		t.remote_addr = inb_sk_load(sk, dst_ip6[3]);
+	} else {
+		return 1;
+	}
 	if (!bpf_map_lookup_elem(&inb_steered, &t))
 		return 1;
 

@@ -25,13 +25,26 @@ static __always_inline void inb_listening(struct bpf_sock_ops *skops)
 		inb_count(INB_STAT_REGISTERED);
 }
 
-static __always_inline void inb_fill_tuple(struct inb_tuple *t, struct bpf_sock_ops *skops)
+/* The steered-connection key of this socket; 0 if it cannot be one (IPv6 that is not IPv4-mapped). */
+static __always_inline int inb_fill_tuple(struct inb_tuple *t, struct bpf_sock_ops *skops)
 {
 	/* Why volatile: clang merges adjacent 4-byte context loads into one 8-byte load, which the verifier rejects. */
-	t->local_addr = *(volatile __u32 *)&skops->local_ip4;
-	t->remote_addr = *(volatile __u32 *)&skops->remote_ip4;
+	if (skops->family == AF_INET) {
+		t->local_addr = *(volatile __u32 *)&skops->local_ip4;
+		t->remote_addr = *(volatile __u32 *)&skops->remote_ip4;
+	} else if (skops->family == AF_INET6) {
+		/* A dual-stack listener's IPv4 connections: ::ffff:a.b.c.d, the IPv4 address in the last word. */
+		__u32 w0 = skops->local_ip6[0], w1 = skops->local_ip6[1], w2 = skops->local_ip6[2];
+		if (w0 || w1 || w2 != bpf_htonl(0xffff))
+			return 0;
+		t->local_addr = skops->local_ip6[3];
+		t->remote_addr = skops->remote_ip6[3];
+	} else {
+		return 0;
+	}
 	t->local_port = (__u16) * (volatile __u32 *)&skops->local_port;                /* host order */
 	t->remote_port = (__u16)bpf_ntohl(*(volatile __u32 *)&skops->remote_port);     /* network order, in a u32 */
+	return 1;
 }
 
 SEC("sockops")
@@ -44,17 +57,12 @@ int inb_sockops(struct bpf_sock_ops *skops)
 		inb_listening(skops);
 		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		if (skops->family != AF_INET)
-			break;
-		inb_fill_tuple(&t, skops);
-		if (bpf_map_lookup_elem(&inb_steered, &t))
+		if (inb_fill_tuple(&t, skops) && bpf_map_lookup_elem(&inb_steered, &t))
 			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
-		if (skops->family != AF_INET || skops->args[1] != TCP_CLOSE)
-			break;
-		inb_fill_tuple(&t, skops);
-		bpf_map_delete_elem(&inb_steered, &t);
+		if (skops->args[1] == TCP_CLOSE && inb_fill_tuple(&t, skops))
+			bpf_map_delete_elem(&inb_steered, &t);
 		break;
 	}
 	return 1;
