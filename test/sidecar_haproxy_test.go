@@ -194,3 +194,35 @@ func TestSidecarAppCannotStealInbound(t *testing.T) {
 		t.Errorf("status: %+v, want the app's bind counted as refused", st)
 	}
 }
+
+// TestSidecarHAProxyAgent: agent mode (meshcap agent + meshcap-cni), HAProxy as the enrolled pod's sidecar. The
+// agent's resync is an hour, so every step below works without it: the kernel registers the sidecar itself.
+func TestSidecarHAProxyAgent(t *testing.T) {
+	requireRoot(t)
+	bin, cfg := scHAProxy(t)
+	pin := ebPinRoot(t)
+	kubepods := kubepodsCgroup(t)
+	e := newCNIEnv(t)
+	podA := podUnder(t, kubepods, "a")
+	client := newPod(t, "cli")
+	startAgent(t, "--cgroup", kubepods, "--pin-dir", pin, "--state-dir", e.stateDir, "--resync", "1h")
+	e.add(client, podArgs("default", "cli"))
+	ipA := e.add(podA, podArgs("default", "a", "MESHCAP_ENROLL=true"))
+	startEcho(t, podA, "0.0.0.0:9090")
+	addr := fmt.Sprintf("%s:9090", ipA)
+	scExpectRefused(t, client, addr, "agent mode, no sidecar yet")
+
+	hp := startIn(t, podA, scProxyCred, bin, "-db", "-f", cfg)
+	waitListening(t, podA, 15006)
+	if err := scWithin(time.Now(), time.Second, func() error { return scDialOK(t, client, addr) }); err != nil {
+		t.Fatalf("agent mode: haproxy started after enrollment: %v", err)
+	}
+	scExpectInbound(t, client, addr, "agent mode, haproxy")
+	hp.stop()
+	scExpectRefused(t, client, addr, "agent mode, haproxy stopped")
+	startIn(t, podA, scProxyCred, bin, "-db", "-f", cfg)
+	waitListening(t, podA, 15006)
+	if err := scWithin(time.Now(), time.Second, func() error { return scDialOK(t, client, addr) }); err != nil {
+		t.Fatalf("agent mode: haproxy restarted: not delivered within a second: %v", err)
+	}
+}
