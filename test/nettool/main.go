@@ -7,6 +7,8 @@
 //	                                          dial it (from source address SRC if given: 127.0.0.6 for an inbound
 //	                                          sidecar), relay; one JSON line per connection on stdout
 //	nettool serve ADDR                        echo server: "<local addr> <peer addr>\n", then echo until EOF
+//	nettool push ADDR [-max N] [-stall D]     write up to N bytes to a peer that does not read; print one JSON
+//	                                          PushResult: bytes accepted before the sender was held back
 package main
 
 import (
@@ -16,7 +18,7 @@ import (
 
 func main() {
 	if len(os.Args) < 3 {
-		fmt.Fprintln(os.Stderr, "usage: nettool dial|origdst|serve ADDR [flags]")
+		fmt.Fprintln(os.Stderr, "usage: nettool dial|origdst|push|serve ADDR [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -29,6 +31,8 @@ func main() {
 			src = os.Args[3]
 		}
 		err = origdstCmd(os.Args[2], src)
+	case "push":
+		err = pushCmd(os.Args[2], os.Args[3:])
 	case "serve":
 		err = serveCmd(os.Args[2])
 	default:
