@@ -84,9 +84,9 @@ var (
 	// eBPF mode as deployed: capture alone. "ebpf-fastpath" adds the opt-in sk_msg fast path of the app<->proxy
 	// hop, for comparison only: it has no backpressure (a non-reading peer lets an app push without bound,
 	// docs/dev/perf-notes.md), so it is off in every default and never the headline.
-	ebpfOut     = []string{"ebpf", "attach", "--cgroup", "{cgroup}", "-i", "*"}
-	ebpfOutFP   = []string{"ebpf", "attach", "--cgroup", "{cgroup}", "-i", "*", "--fast-path"}
-	ebpfDetach  = []string{"ebpf", "detach", "--cgroup", "{cgroup}"}
+	ebpfOut    = []string{"ebpf", "attach", "--cgroup", "{cgroup}", "-i", "*"}
+	ebpfOutFP  = []string{"ebpf", "attach", "--cgroup", "{cgroup}", "-i", "*", "--fast-path"}
+	ebpfDetach = []string{"ebpf", "detach", "--cgroup", "{cgroup}"}
 	// The -full variant adds inbound capture of the pod's netns (sk_lookup steering its ports to 15006) in the same
 	// command; the sidecar, already running, is found and registered by the attach. Detach removes both.
 	ebpfFull       = []string{"ebpf", "attach", "--cgroup", "{cgroup}", "--netns", "{netns}", "-i", "*", "-b", "*"}
