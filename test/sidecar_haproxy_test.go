@@ -226,3 +226,60 @@ func TestSidecarHAProxyAgent(t *testing.T) {
 		t.Fatalf("agent mode: haproxy restarted: not delivered within a second: %v", err)
 	}
 }
+
+// scRedsocksConfig: Debian's redsocks as the outbound sidecar on 127.0.0.1:15001, handing each captured
+// connection (its original destination from SO_ORIGINAL_DST) to a SOCKS5 server on 127.0.0.1:1080.
+const scRedsocksConfig = `base {
+    log_debug = off;
+    log_info = on;
+    log = stderr;
+    daemon = off;
+    redirector = iptables;
+}
+redsocks {
+    local_ip = 127.0.0.1;
+    local_port = 15001;
+    ip = 127.0.0.1;
+    port = 1080;
+    type = socks5;
+}
+`
+
+// TestSidecarRedsocksOutbound: per-pod mode (istio-init's arguments), redsocks as the outbound sidecar, started
+// after init as uid 1337. Captured connections reach exactly their original destination through it.
+func TestSidecarRedsocksOutbound(t *testing.T) {
+	requireRoot(t)
+	bin, err := exec.LookPath("redsocks")
+	if err != nil {
+		bin, err = exec.LookPath("/usr/sbin/redsocks")
+	}
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("redsocks is not installed: .ci/run must apt-get install redsocks")
+		}
+		t.Skip("redsocks is not installed (apt-get install redsocks)")
+	}
+	pin := ebPinRoot(t)
+	topo := newTopology(t)
+	cfg := filepath.Join(worldDir(t), "redsocks.conf")
+	if err := os.WriteFile(cfg, []byte(scRedsocksConfig), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runInitIn(t, topo.client, nil, append([]string{"--mode", "ebpf", "--cgroup", topo.client.CgroupDir, "--pin-root", pin}, istioInitArgs...)...); err != nil {
+		t.Fatalf("init: %v", err)
+	}
+	startIn(t, topo.client, scProxyCred, nettoolBin, "socks", "127.0.0.1:1080")
+	waitListening(t, topo.client, 1080)
+	rs := startIn(t, topo.client, scProxyCred, bin, "-c", cfg)
+	waitListening(t, topo.client, 15001)
+	for _, d := range []string{"198.18.0.2:8080", "198.18.1.2:9090", "198.18.2.2:7070"} {
+		res, err := dial(t, topo.client, user, d, 1<<20)
+		if err != nil || !res.OK || !res.Captured() || res.Reached != d || res.Echoed != 1<<20 {
+			t.Fatalf("dial %s through redsocks: %+v %v\nredsocks:\n%s", d, res, err, rs.stderr.String())
+		}
+	}
+	rs.stop()
+	if res, err := dial(t, topo.client, user, "198.18.0.2:8080", 10); err == nil || res.OK {
+		t.Errorf("redsocks stopped: a captured connect must fail, got %+v", res)
+	}
+}
