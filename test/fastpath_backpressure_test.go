@@ -63,11 +63,13 @@ func bpSink(t *testing.T, pod *podnet.Pod, addr string) {
 	}()
 }
 
-func bpPush(t *testing.T, pod *podnet.Pod, addr string) bpPushResult {
+// bpPush pushes bpPushCap bytes from an app in pod to addr. A write error fails the test unless writeErrOK (the
+// fast path: on a small machine the unbounded push ends in ENOMEM, the node's TCP memory exhausted).
+func bpPush(t *testing.T, pod *podnet.Pod, addr string, writeErrOK bool) bpPushResult {
 	t.Helper()
 	out, err := runIn(t, pod, user, nettoolBin, "push", addr, "-max", strconv.Itoa(bpPushCap), "-stall", "1s")
 	var r bpPushResult
-	if jerr := json.Unmarshal([]byte(out), &r); err != nil || jerr != nil || r.Error != "" {
+	if jerr := json.Unmarshal([]byte(out), &r); err != nil || jerr != nil || (r.Error != "" && !writeErrOK) {
 		t.Fatalf("push to %s: %+v %v %v", addr, r, err, jerr)
 	}
 	return r
@@ -84,7 +86,7 @@ func TestFastPathBackpressure(t *testing.T) {
 		t.Fatalf("init: %v", err)
 	}
 	px := startProxy(t, topo.client)
-	def := bpPush(t, topo.client, "198.18.0.2:6060")
+	def := bpPush(t, topo.client, "198.18.0.2:6060", false)
 	t.Logf("default path: %d bytes (%.1f MiB) accepted before the sender was held back: %v", def.Accepted, float64(def.Accepted)/(1<<20), def.Blocked)
 	// The bound: app sndbuf + proxy rcvbuf + one proxy read + proxy sndbuf + peer rcvbuf, each at most tcp_wmem /
 	// tcp_rmem's maximum (4 + 32 + 0.25 + 4 + 32 MiB here).
@@ -100,15 +102,16 @@ func TestFastPathBackpressure(t *testing.T) {
 	}
 	px.stop()
 
-	// --fast-path: measured, not bounded (no backpressure); data stays intact both ways next to it.
+	// --fast-path: data intact both ways on it; then the push, measured, not bounded (no backpressure).
 	ebAttach(t, pin, topo.client, "-i", "*", "--fast-path")
 	px = startProxy(t, topo.client)
-	fp := bpPush(t, topo.client, "198.18.0.2:6060")
-	t.Logf("--fast-path: %d bytes (%.1f MiB) accepted of a %d MiB push, held back: %v", fp.Accepted, float64(fp.Accepted)/(1<<20), bpPushCap>>20, fp.Blocked)
 	res, err = dial(t, topo.client, user, "198.18.0.2:8080", 8<<20)
 	if err != nil || !res.OK || !res.Captured() {
-		t.Fatalf("--fast-path: integrity both ways next to the push: %+v %v", res, err)
+		t.Fatalf("--fast-path: integrity both ways (before the push: once it has run, a small machine may be out of TCP memory): %+v %v", res, err)
 	}
+	fp := bpPush(t, topo.client, "198.18.0.2:6060", true)
+	t.Logf("--fast-path: %d bytes (%.1f MiB) accepted of a %d MiB push, held back: %v, write error: %q", fp.Accepted,
+		float64(fp.Accepted)/(1<<20), bpPushCap>>20, fp.Blocked, fp.Error)
 	if s := pxWaitStats(t, px, "relayed", func(s proxy.Snapshot) bool { return s.Outbound.Relayed >= 2 }); s.Outbound.FastPath == 0 {
 		t.Errorf("--fast-path: no connection on the fast path: %+v", s)
 	}

@@ -171,6 +171,11 @@ func runProxy(ctx context.Context, log *zap.Logger, cfg proxy.Config, f *proxyFl
 	if err != nil {
 		return err
 	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	// Signals are caught before the listeners open: a SIGTERM right after they do must drain, not kill.
+	ctx = proxySignals(ctx, p)
 	if err := p.Listen(); err != nil {
 		return err
 	}
@@ -193,10 +198,7 @@ func runProxy(ctx context.Context, log *zap.Logger, cfg proxy.Config, f *proxyFl
 	case euid != f.uid:
 		log.Warn("not root: cannot switch uid; capture must exempt the current uid", zap.Int("uid", euid), zap.Int("want_uid", f.uid))
 	}
-	if ctx == nil {
-		ctx = context.Background()
-	}
-	return p.Serve(proxySignals(ctx, p))
+	return p.Serve(ctx)
 }
 
 // proxySignals returns a context cancelled by SIGTERM (the kubelet's: Envoy-like drain, still accepting for
