@@ -166,7 +166,9 @@ func inbProcessIDs(pid int) (uid, gid uint32, err error) {
 func inbFindListener(ns *os.File, cookie uint64, port uint16, exempt inbOwnerCheck) (*os.File, error) {
 	inodes, err := inbListenerInodes(ns, port)
 	if err != nil {
-		return nil, err
+		// sock_diag missing (inet_diag not loaded, module autoload off) must not stop an attach: a sidecar that
+		// listens later is registered by the kernel, and meshcap's proxy registers itself.
+		return nil, fmt.Errorf("%w (port %d: cannot list listening sockets: %v)", ErrInboundListenerNotFound, port, err)
 	}
 	if len(inodes) == 0 {
 		return nil, fmt.Errorf("%w (port %d)", ErrInboundListenerNotFound, port)
