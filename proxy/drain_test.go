@@ -37,22 +37,7 @@ func testDrainKeepsAccepting(t *testing.T, eng Engine) {
 	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
 		t.Fatalf("connection opened during the drain cut when accepting stopped: %v", err)
 	}
-	select {
-	case err := <-tp.done:
-		t.Fatalf("Serve returned (%v) with a connection still active", err)
-	case <-time.After(100 * time.Millisecond):
-	}
-	c.CloseWrite()
-	io.Copy(io.Discard, c)
-	select {
-	case err := <-tp.done:
-		close(tp.done)
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Serve did not return after the last connection ended")
-	}
+	tp.endLastConn(t, c)
 	if s := tp.Stats().Snapshot(); s.Outbound.BytesUp != 13 || s.Errors.Relay != 0 { // waitFor's probes are relayed too
 		t.Fatalf("stats %+v", s)
 	}

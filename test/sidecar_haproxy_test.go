@@ -45,16 +45,7 @@ var scProxyCred = &podnet.Cred{UID: 1337, GID: 1337}
 // scHAProxy returns the haproxy binary and a checked sidecar config file, or skips (fails under CI).
 func scHAProxy(t *testing.T) (bin, cfg string) {
 	t.Helper()
-	bin, err := exec.LookPath("haproxy")
-	if err != nil {
-		bin, err = exec.LookPath("/usr/sbin/haproxy")
-	}
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("haproxy is not installed: .ci/run must apt-get install haproxy")
-		}
-		t.Skip("haproxy is not installed (apt-get install haproxy)")
-	}
+	bin = requireTool(t, "haproxy")
 	cfg = filepath.Join(worldDir(t), "sidecar.cfg")
 	if err := os.WriteFile(cfg, []byte(scHAProxyConfig), 0o644); err != nil {
 		t.Fatal(err)
@@ -249,16 +240,7 @@ redsocks {
 // after init as uid 1337. Captured connections reach exactly their original destination through it.
 func TestSidecarRedsocksOutbound(t *testing.T) {
 	requireRoot(t)
-	bin, err := exec.LookPath("redsocks")
-	if err != nil {
-		bin, err = exec.LookPath("/usr/sbin/redsocks")
-	}
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("redsocks is not installed: .ci/run must apt-get install redsocks")
-		}
-		t.Skip("redsocks is not installed (apt-get install redsocks)")
-	}
+	bin := requireTool(t, "redsocks")
 	pin := ebPinRoot(t)
 	topo := newTopology(t)
 	cfg := filepath.Join(worldDir(t), "redsocks.conf")

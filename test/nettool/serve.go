@@ -23,7 +23,8 @@ func listen(addr string) (net.Listener, error) {
 	return lc.Listen(context.Background(), "tcp", addr)
 }
 
-func serveCmd(addr string) error {
+// serveEach listens on addr and runs handle for each connection in its own goroutine, closing it afterwards.
+func serveEach(addr string, handle func(c net.Conn)) error {
 	ln, err := listen(addr)
 	if err != nil {
 		return err
@@ -35,10 +36,16 @@ func serveCmd(addr string) error {
 		}
 		go func() {
 			defer c.Close()
-			fmt.Fprintf(c, "%s %s\n", c.LocalAddr(), c.RemoteAddr())
-			_, _ = io.Copy(c, c)
+			handle(c)
 		}()
 	}
+}
+
+func serveCmd(addr string) error {
+	return serveEach(addr, func(c net.Conn) {
+		fmt.Fprintf(c, "%s %s\n", c.LocalAddr(), c.RemoteAddr())
+		_, _ = io.Copy(c, c)
+	})
 }
 
 // origdstCmd is a deliberately plain transparent proxy: the only way it learns where a connection was going is

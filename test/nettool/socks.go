@@ -12,26 +12,15 @@ import (
 // socksCmd is a minimal SOCKS5 server (no authentication, CONNECT to an IPv4 address only): the upstream that a
 // transparent redirector such as redsocks hands captured connections to.
 func socksCmd(addr string) error {
-	ln, err := listen(addr)
-	if err != nil {
-		return err
-	}
-	for {
-		c, err := ln.Accept()
+	return serveEach(addr, func(c net.Conn) {
+		up, err := socksHandshake(c)
 		if err != nil {
-			return err
+			return
 		}
-		go func() {
-			defer c.Close()
-			up, err := socksHandshake(c)
-			if err != nil {
-				return
-			}
-			defer up.Close()
-			go func() { _, _ = io.Copy(up, c); _ = up.(*net.TCPConn).CloseWrite() }()
-			_, _ = io.Copy(c, up)
-		}()
-	}
+		defer up.Close()
+		go func() { _, _ = io.Copy(up, c); _ = up.(*net.TCPConn).CloseWrite() }()
+		_, _ = io.Copy(c, up)
+	})
 }
 
 // socksHandshake reads the greeting and a CONNECT request (RFC 1928), dials the target and answers.
