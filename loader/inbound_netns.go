@@ -164,29 +164,39 @@ func inbProcessIDs(pid int) (uid, gid uint32, err error) {
 }
 
 func inbFindListener(ns *os.File, cookie uint64, port uint16, exempt inbOwnerCheck) (*os.File, error) {
-	inodes, err := inbListenerInodes(ns, port)
-	if err != nil {
-		// sock_diag missing (inet_diag not loaded, module autoload off) must not stop an attach: a sidecar that
-		// listens later is registered by the kernel, and meshcap's proxy registers itself.
-		return nil, fmt.Errorf("%w (port %d: cannot list listening sockets: %v)", ErrInboundListenerNotFound, port, err)
+	var holders map[uint32][]inbFDRef
+	if inodes, err := inbListenerInodes(ns, port); err == nil {
+		if len(inodes) == 0 {
+			return nil, fmt.Errorf("%w (port %d)", ErrInboundListenerNotFound, port)
+		}
+		want := map[uint32]bool{}
+		for _, ino := range inodes {
+			want[ino] = true
+		}
+		holders = inbSocketHolders(func(_ int, ino uint32) bool { return want[ino] })
+	} else {
+		// sock_diag missing (inet_diag not loadable, module autoload off): every socket held by a process of the
+		// netns is a candidate, checked below like the others.
+		var st unix.Stat_t
+		if err := unix.Fstat(int(ns.Fd()), &st); err != nil {
+			return nil, fmt.Errorf("%w (port %d: stat netns: %v)", ErrInboundListenerNotFound, port, err)
+		}
+		holders = inbSocketHolders(func(pid int, _ uint32) bool { return inbProcInNetns(pid, st.Ino) })
 	}
-	if len(inodes) == 0 {
-		return nil, fmt.Errorf("%w (port %d)", ErrInboundListenerNotFound, port)
-	}
-	holders := inbSocketHolders(inodes)
 	refused := 0
-	for _, ls := range inodes {
-		for _, h := range holders[ls.inode] {
-			if !exempt(ls.uid, h.pid) {
-				refused++ // an app listening on the capture port must never get captured traffic
-				continue
-			}
+	for _, refs := range holders {
+		for _, h := range refs {
 			f, err := inbGrabFD(h.pid, h.fd)
 			if err != nil {
 				continue // the process exited or closed it meanwhile: try the next holder
 			}
 			li, err := inbInspectListener(f)
-			if err == nil && li.netnsCookie == cookie && li.port == port {
+			var st unix.Stat_t // a socket inode's owner is the uid that created it (what sock_diag reports)
+			switch {
+			case err != nil || li.netnsCookie != cookie || li.port != port || unix.Fstat(int(f.Fd()), &st) != nil:
+			case !exempt(st.Uid, h.pid):
+				refused++ // an app listening on the capture port must never get captured traffic
+			default:
 				return f, nil
 			}
 			f.Close()
@@ -195,18 +205,24 @@ func inbFindListener(ns *os.File, cookie uint64, port uint16, exempt inbOwnerChe
 	if refused > 0 {
 		return nil, fmt.Errorf("%w (port %d: held only by processes that are not the proxy uid/gid (-u/-g))", ErrInboundListenerNotFound, port)
 	}
-	return nil, fmt.Errorf("%w (port %d: listening sockets exist but no process holding one could be reached)", ErrInboundListenerNotFound, port)
+	return nil, fmt.Errorf("%w (port %d: no process holding a listener on it could be reached)", ErrInboundListenerNotFound, port)
+}
+
+// inbProcInNetns: process pid lives in the netns with this nsfs inode.
+func inbProcInNetns(pid int, netnsIno uint64) bool {
+	var st unix.Stat_t
+	return unix.Stat(filepath.Join("/proc", strconv.Itoa(pid), "ns", "net"), &st) == nil && st.Ino == netnsIno
 }
 
 // inbListenerInodes lists, by sock_diag inside ns, the inodes of TCP sockets listening on port: IPv4 first, then
 // dual-stack IPv6 candidates (inbInspectListener rejects IPv6-only ones).
-func inbListenerInodes(ns *os.File, port uint16) ([]inbListenSock, error) {
+func inbListenerInodes(ns *os.File, port uint16) ([]uint32, error) {
 	h, err := netlink.NewHandleAt(netns.NsHandle(int(ns.Fd())), unix.NETLINK_INET_DIAG)
 	if err != nil {
 		return nil, fmt.Errorf("sock_diag: %w", err)
 	}
 	defer h.Close()
-	var out []inbListenSock
+	var out []uint32
 	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
 		socks, err := h.SocketDiagTCP(fam)
 		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
@@ -214,24 +230,17 @@ func inbListenerInodes(ns *os.File, port uint16) ([]inbListenSock, error) {
 		}
 		for _, s := range socks {
 			if s.State == 10 /* TCP_LISTEN */ && s.ID.SourcePort == port && s.INode != 0 {
-				out = append(out, inbListenSock{inode: s.INode, uid: s.UID})
+				out = append(out, s.INode)
 			}
 		}
 	}
 	return out, nil
 }
 
-// inbListenSock is a listening socket found by sock_diag: its inode and the uid that created it.
-type inbListenSock struct{ inode, uid uint32 }
-
 type inbFDRef struct{ pid, fd int }
 
-// inbSocketHolders scans /proc/*/fd for the given socket inodes.
-func inbSocketHolders(socks []inbListenSock) map[uint32][]inbFDRef {
-	want := map[string]uint32{}
-	for _, ls := range socks {
-		want["socket:["+strconv.FormatUint(uint64(ls.inode), 10)+"]"] = ls.inode
-	}
+// inbSocketHolders scans /proc/*/fd for sockets that want accepts (by holder pid and socket inode).
+func inbSocketHolders(want func(pid int, ino uint32) bool) map[uint32][]inbFDRef {
 	out := map[uint32][]inbFDRef{}
 	procs, _ := os.ReadDir("/proc")
 	for _, p := range procs {
@@ -246,10 +255,12 @@ func inbSocketHolders(socks []inbListenSock) map[uint32][]inbFDRef {
 			if err != nil || !strings.HasPrefix(target, "socket:[") {
 				continue
 			}
-			if ino, ok := want[target]; ok {
-				fd, _ := strconv.Atoi(e.Name())
-				out[ino] = append(out[ino], inbFDRef{pid, fd})
+			ino, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(target, "socket:["), "]"), 10, 32)
+			if err != nil || !want(pid, uint32(ino)) {
+				continue
 			}
+			fd, _ := strconv.Atoi(e.Name())
+			out[uint32(ino)] = append(out[uint32(ino)], inbFDRef{pid, fd})
 		}
 	}
 	return out
