@@ -289,12 +289,27 @@ func (e *cniEnv) add(pod *podnet.Pod, args string) netip.Addr {
 	return ip.Unmap()
 }
 
-// cgroupPrograms counts the outbound programs (mc_*) attached to a cgroup for the four outbound hooks (as `bpftool
+// cgroupPrograms counts the outbound programs attached to a cgroup for the four outbound hooks (as `bpftool
 // cgroup show`). Each pod's inbound programs (inb_*) sit on the same hooks next to them and are not counted.
 func cgroupPrograms(t *testing.T, dir string) int {
 	t.Helper()
+	return countCgroupPrograms(t, dir, func(name string) bool { return !strings.HasPrefix(name, "inb_") },
+		ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupSockOps, ebpf.AttachCGroupGetsockopt, ebpf.AttachCgroupInet4GetPeername)
+}
+
+// inboundCgroupPrograms counts the inbound programs (inb_*) attached to a cgroup.
+func inboundCgroupPrograms(t *testing.T, dir string) int {
+	t.Helper()
+	return countCgroupPrograms(t, dir, func(name string) bool { return strings.HasPrefix(name, "inb_") },
+		ebpf.AttachCGroupInet4PostBind, ebpf.AttachCGroupInet6PostBind, ebpf.AttachCGroupSockOps, ebpf.AttachCGroupGetsockopt)
+}
+
+// countCgroupPrograms counts the programs attached to dir on the given hooks whose name matches (a program gone
+// meanwhile counts, as the kernel listed it).
+func countCgroupPrograms(t *testing.T, dir string, match func(name string) bool, hooks ...ebpf.AttachType) int {
+	t.Helper()
 	n := 0
-	for _, at := range []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupSockOps, ebpf.AttachCGroupGetsockopt, ebpf.AttachCgroupInet4GetPeername} {
+	for _, at := range hooks {
 		res, err := link.QueryPrograms(link.QueryOptions{Target: mustOpenFD(t, dir), Attach: at})
 		if err != nil {
 			t.Fatalf("query %s programs of %s: %v", at, dir, err)
@@ -302,12 +317,12 @@ func cgroupPrograms(t *testing.T, dir string) int {
 		for _, p := range res.Programs {
 			prog, err := ebpf.NewProgramFromID(p.ID)
 			if err != nil {
-				n++ // gone meanwhile: count it as the kernel listed it
+				n++
 				continue
 			}
 			info, err := prog.Info()
 			prog.Close()
-			if err != nil || !strings.HasPrefix(info.Name, "inb_") {
+			if err != nil || match(info.Name) {
 				n++
 			}
 		}

@@ -157,6 +157,25 @@ func TestSidecarHAProxyPerPod(t *testing.T) {
 	if st == nil || st.Stats.Registered < 3 || st.Stats.OrigDst < 2 || !st.SelfRegister {
 		t.Errorf("status: %+v, want >= 3 self-registrations and >= 2 SO_ORIGINAL_DST answers", st)
 	}
+
+	// init again with the sidecar running (an update in place: links updated, listener kept), then detach: the
+	// inbound cgroup programs go with the netns's capture.
+	startIn(t, topo.server, scProxyCred, bin, "-db", "-f", cfg)
+	waitListening(t, topo.server, 15006)
+	scExpectInbound(t, topo.client, "198.18.0.2:8080", "haproxy running again")
+	if _, err := runInitIn(t, topo.server, nil, append([]string{"--mode", "ebpf", "--cgroup", topo.server.CgroupDir, "--pin-root", pin}, istioInitArgs...)...); err != nil {
+		t.Fatalf("init again: %v", err)
+	}
+	scExpectInbound(t, topo.client, "198.18.0.2:9090", "after init ran again")
+	if n := inboundCgroupPrograms(t, topo.server.CgroupDir); n != 4 {
+		t.Errorf("%d inbound programs on the pod cgroup after a second init, want 4 (updated in place)", n)
+	}
+	if out, err := runMeshcap(t, "ebpf", "detach", "--pin-dir", pin, "--cgroup", topo.server.CgroupDir, "--netns", topo.server.NetnsPath); err != nil {
+		t.Fatalf("detach: %v\n%s", err, out)
+	}
+	if n := inboundCgroupPrograms(t, topo.server.CgroupDir); n != 0 {
+		t.Errorf("%d inbound programs left on the pod cgroup after detach", n)
+	}
 }
 
 // TestSidecarAppCannotStealInbound: an app (uid 2000) listening on 15006 before the sidecar never gets captured
