@@ -13,10 +13,15 @@ import (
 	"github.com/meshcap/meshcap/pkg/podnet"
 )
 
-// valRun runs the validation in pod as cred and returns its exit code.
-func valRun(t *testing.T, pod *podnet.Pod, cred *podnet.Cred, timeout string) int {
+// valRun runs the validation (`meshcap init`, or with sub "iptables" the istio-iptables drop-in) in pod as cred
+// and returns its exit code.
+func valRun(t *testing.T, pod *podnet.Pod, cred *podnet.Cred, timeout string, sub ...string) int {
 	t.Helper()
-	args := append([]string{"init", "--run-validation", "--skip-rule-apply", "--probe-timeout", timeout}, istioInitArgs...)
+	cmd := "init"
+	if len(sub) > 0 {
+		cmd = sub[0]
+	}
+	args := append([]string{cmd, "--run-validation", "--skip-rule-apply", "--probe-timeout", timeout}, istioInitArgs...)
 	_, err := runIn(t, pod, cred, meshcapBin, args...)
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
@@ -79,6 +84,9 @@ func TestRunValidation(t *testing.T) {
 		}
 		if code := valRun(t, ipt, scProxyCred, "5s"); code != 0 {
 			t.Fatalf("validation in an iptables-captured pod: exit %d, want 0", code)
+		}
+		if code := valRun(t, ipt, scProxyCred, "5s", "iptables"); code != 0 {
+			t.Fatalf("meshcap iptables --run-validation in an iptables-captured pod: exit %d, want 0", code)
 		}
 		valNothingLeft(t, ipt)
 	})

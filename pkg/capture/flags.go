@@ -155,8 +155,8 @@ func BindApplyFlags(fs *pflag.FlagSet, c *Config, env LookupEnv) {
 
 // BindExecFlags registers the istio-iptables flags that affect neither rules nor apply, so that istio-init argument
 // lists are accepted verbatim: --log_output_level (ignored), --skip-rule-apply (do nothing), --run-validation
-// (refused: not implemented), --iptables-probe-port and --probe-timeout (validation only, ignored),
-// --network-namespace (run in that netns), --cni-mode (ignored).
+// with --iptables-probe-port and --probe-timeout (istio-validation's check, pkg/validation), --network-namespace
+// (run in that netns), --cni-mode (ignored).
 func BindExecFlags(fs *pflag.FlagSet, o *ExecOptions, env LookupEnv) {
 	if env == nil {
 		env = os.LookupEnv
