@@ -200,8 +200,18 @@ func kubepodsCgroup(t *testing.T) string {
 // podUnder makes a pod whose cgroup is <parent>/<pod name> (a pod cgroup under the kubepods root).
 func podUnder(t *testing.T, parent, role string) *podnet.Pod {
 	t.Helper()
+	return podUnderNamed(t, parent, role, "")
+}
+
+// podUnderNamed is podUnder with the cgroup directory named dir ("" = the pod's name), e.g. the kubelet's
+// "pod<uid>".
+func podUnderNamed(t *testing.T, parent, role, name string) *podnet.Pod {
+	t.Helper()
 	p := newPod(t, role)
-	dir := filepath.Join(parent, p.Name)
+	if name == "" {
+		name = p.Name
+	}
+	dir := filepath.Join(parent, name)
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}

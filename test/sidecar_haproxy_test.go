@@ -206,18 +206,24 @@ func TestSidecarAppCannotStealInbound(t *testing.T) {
 }
 
 // TestSidecarHAProxyAgent: agent mode (meshcap agent + meshcap-cni), HAProxy as the enrolled pod's sidecar. The
-// agent's resync is an hour, so every step below works without it: the kernel registers the sidecar itself.
+// agent's resync is an hour, so every step below works without it: the kernel registers the sidecar itself. The
+// pod's cgroup is named as the kubelet names it (pod<uid>) and the runtime passes K8S_POD_UID, so the inbound cgroup
+// programs go on the pod's own cgroup, not on the shared kubepods root.
 func TestSidecarHAProxyAgent(t *testing.T) {
 	requireRoot(t)
 	bin, cfg := scHAProxy(t)
 	pin := ebPinRoot(t)
 	kubepods := kubepodsCgroup(t)
 	e := newCNIEnv(t)
-	podA := podUnder(t, kubepods, "a")
+	uid := "5eed" + randHex(4) + "-0000-4000-8000-000000000001"
+	podA := podUnderNamed(t, kubepods, "a", "pod"+uid)
 	client := newPod(t, "cli")
 	startAgent(t, "--cgroup", kubepods, "--pin-dir", pin, "--state-dir", e.stateDir, "--resync", "1h")
 	e.add(client, podArgs("default", "cli"))
-	ipA := e.add(podA, podArgs("default", "a", "MESHCAP_ENROLL=true"))
+	ipA := e.add(podA, podArgs("default", "a", "MESHCAP_ENROLL=true", "K8S_POD_UID="+uid))
+	if a, root := inboundCgroupPrograms(t, podA.CgroupDir), inboundCgroupPrograms(t, kubepods); a != 4 || root != 0 {
+		t.Errorf("inbound cgroup programs: %d on the pod's cgroup (want 4), %d on the kubepods root (want 0)", a, root)
+	}
 	startEcho(t, podA, "0.0.0.0:9090")
 	addr := fmt.Sprintf("%s:9090", ipA)
 	scExpectRefused(t, client, addr, "agent mode, no sidecar yet")

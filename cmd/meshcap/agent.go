@@ -262,7 +262,7 @@ func (r *agentReconciler) ensureInbound(log *zap.Logger, rec *cni.Enrollment, po
 	st, err := loader.InboundStatus(rec.Netns, r.enr.PinRoot)
 	if errors.Is(err, loader.ErrInboundNotAttached) || (err == nil && !st.SelfRegister) {
 		// Missing, or attached by a meshcap without self-registration: (re)attach, in place.
-		info, err := loader.AttachInbound(rec.Netns, pol, loader.InboundOptions{PinRoot: r.enr.PinRoot, FindListener: true, Cgroup: r.enr.CgroupDir})
+		info, err := loader.AttachInbound(rec.Netns, pol, loader.InboundOptions{PinRoot: r.enr.PinRoot, FindListener: true, Cgroup: r.enr.InboundCgroup(rec)})
 		if err != nil {
 			log.Error("attach inbound", zap.Error(err))
 			return
