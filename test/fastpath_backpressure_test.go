@@ -82,9 +82,7 @@ func TestFastPathBackpressure(t *testing.T) {
 	bpSink(t, topo.server, "0.0.0.0:6060")
 
 	// Default capture (meshcap init, istio-init's arguments): the fast path is off, the sender is held back.
-	if _, err := runInitIn(t, topo.client, nil, append([]string{"--mode", "ebpf", "--cgroup", topo.client.CgroupDir, "--pin-root", pin}, istioInitArgs...)...); err != nil {
-		t.Fatalf("init: %v", err)
-	}
+	initEBPFIn(t, topo.client, pin)
 	px := startProxy(t, topo.client)
 	def := bpPush(t, topo.client, "198.18.0.2:6060", false)
 	t.Logf("default path: %d bytes (%.1f MiB) accepted before the sender was held back: %v", def.Accepted, float64(def.Accepted)/(1<<20), def.Blocked)

@@ -56,6 +56,23 @@ func scHAProxy(t *testing.T) (bin, cfg string) {
 	return bin, cfg
 }
 
+// initEBPFIn runs `meshcap init --mode ebpf` with istio-init's arguments inside pod (its cgroup and netns) and
+// lets it exit, as istio-init does before the sidecar starts.
+func initEBPFIn(t *testing.T, pod *podnet.Pod, pin string) {
+	t.Helper()
+	if _, err := runInitIn(t, pod, nil, append([]string{"--mode", "ebpf", "--cgroup", pod.CgroupDir, "--pin-root", pin}, istioInitArgs...)...); err != nil {
+		t.Fatalf("init in %s: %v", pod.Name, err)
+	}
+}
+
+// scStartHAProxy starts HAProxy with cfg in pod as the proxy uid and waits for its inbound listener.
+func scStartHAProxy(t *testing.T, pod *podnet.Pod, bin, cfg string) *proc {
+	t.Helper()
+	p := startIn(t, pod, scProxyCred, bin, "-db", "-f", cfg)
+	waitListening(t, pod, 15006)
+	return p
+}
+
 // scExpectInbound dials addr in the server pod from the client pod and wants it relayed by the sidecar: reached,
 // data intact, and the app saw the connection come from 127.0.0.6.
 func scExpectInbound(t *testing.T, client *podnet.Pod, addr, when string) {
@@ -100,13 +117,10 @@ func TestSidecarHAProxyPerPod(t *testing.T) {
 	pin := ebPinRoot(t)
 	topo := newTopology(t)
 	startEcho(t, topo.client, "0.0.0.0:8081")
-	if _, err := runInitIn(t, topo.server, nil, append([]string{"--mode", "ebpf", "--cgroup", topo.server.CgroupDir, "--pin-root", pin}, istioInitArgs...)...); err != nil {
-		t.Fatalf("init: %v", err)
-	}
+	initEBPFIn(t, topo.server, pin)
 	scExpectRefused(t, topo.client, "198.18.0.2:8080", "no sidecar yet")
 
-	hp := startIn(t, topo.server, scProxyCred, bin, "-db", "-f", cfg)
-	waitListening(t, topo.server, 15006)
+	hp := scStartHAProxy(t, topo.server, bin, cfg)
 	scExpectInbound(t, topo.client, "198.18.0.2:8080", "haproxy started after init")
 	scExpectInbound(t, topo.client, "198.18.1.2:9090", "haproxy, second address and port")
 	// Outbound through the same HAProxy: the app's connect goes to 15001, HAProxy (uid 1337, exempt) dials out.
@@ -117,8 +131,7 @@ func TestSidecarHAProxyPerPod(t *testing.T) {
 
 	hp.stop()
 	scExpectRefused(t, topo.client, "198.18.0.2:8080", "haproxy stopped")
-	hp = startIn(t, topo.server, scProxyCred, bin, "-db", "-f", cfg)
-	waitListening(t, topo.server, 15006)
+	hp = scStartHAProxy(t, topo.server, bin, cfg)
 	listening := time.Now()
 	if err := scWithin(listening, time.Second, func() error { return scDialOK(t, topo.client, "198.18.0.2:7070") }); err != nil {
 		t.Fatalf("haproxy restarted: not delivered within a second of listening: %v", err)
@@ -160,12 +173,9 @@ func TestSidecarHAProxyPerPod(t *testing.T) {
 
 	// init again with the sidecar running (an update in place: links updated, listener kept), then detach: the
 	// inbound cgroup programs go with the netns's capture.
-	startIn(t, topo.server, scProxyCred, bin, "-db", "-f", cfg)
-	waitListening(t, topo.server, 15006)
+	scStartHAProxy(t, topo.server, bin, cfg)
 	scExpectInbound(t, topo.client, "198.18.0.2:8080", "haproxy running again")
-	if _, err := runInitIn(t, topo.server, nil, append([]string{"--mode", "ebpf", "--cgroup", topo.server.CgroupDir, "--pin-root", pin}, istioInitArgs...)...); err != nil {
-		t.Fatalf("init again: %v", err)
-	}
+	initEBPFIn(t, topo.server, pin)
 	scExpectInbound(t, topo.client, "198.18.0.2:9090", "after init ran again")
 	if n := inboundCgroupPrograms(t, topo.server.CgroupDir); n != 4 {
 		t.Errorf("%d inbound programs on the pod cgroup after a second init, want 4 (updated in place)", n)
@@ -188,17 +198,14 @@ func TestSidecarAppCannotStealInbound(t *testing.T) {
 	app := &podnet.Cred{UID: 2000, GID: 2000}
 	thief := startIn(t, topo.server, app, nettoolBin, "serve", "0.0.0.0:15006")
 	waitListening(t, topo.server, 15006)
-	if _, err := runInitIn(t, topo.server, nil, append([]string{"--mode", "ebpf", "--cgroup", topo.server.CgroupDir, "--pin-root", pin}, istioInitArgs...)...); err != nil {
-		t.Fatalf("init: %v", err)
-	}
+	initEBPFIn(t, topo.server, pin)
 	scExpectRefused(t, topo.client, "198.18.0.2:8080", "an app listens on 15006 (before init)")
 	thief.stop()
 	thief = startIn(t, topo.server, app, nettoolBin, "serve", "0.0.0.0:15006")
 	waitListening(t, topo.server, 15006)
 	scExpectRefused(t, topo.client, "198.18.0.2:8080", "an app listens on 15006 (after init)")
 	thief.stop()
-	startIn(t, topo.server, scProxyCred, bin, "-db", "-f", cfg)
-	waitListening(t, topo.server, 15006)
+	scStartHAProxy(t, topo.server, bin, cfg)
 	scExpectInbound(t, topo.client, "198.18.0.2:8080", "the sidecar after the app left")
 	if st := inbFor(t, inbStatusOf(t, pin, topo.server), topo.server); st == nil || st.Stats.RefusedOwner < 1 {
 		t.Errorf("status: %+v, want the app's bind counted as refused", st)
@@ -228,16 +235,14 @@ func TestSidecarHAProxyAgent(t *testing.T) {
 	addr := fmt.Sprintf("%s:9090", ipA)
 	scExpectRefused(t, client, addr, "agent mode, no sidecar yet")
 
-	hp := startIn(t, podA, scProxyCred, bin, "-db", "-f", cfg)
-	waitListening(t, podA, 15006)
+	hp := scStartHAProxy(t, podA, bin, cfg)
 	if err := scWithin(time.Now(), time.Second, func() error { return scDialOK(t, client, addr) }); err != nil {
 		t.Fatalf("agent mode: haproxy started after enrollment: %v", err)
 	}
 	scExpectInbound(t, client, addr, "agent mode, haproxy")
 	hp.stop()
 	scExpectRefused(t, client, addr, "agent mode, haproxy stopped")
-	startIn(t, podA, scProxyCred, bin, "-db", "-f", cfg)
-	waitListening(t, podA, 15006)
+	scStartHAProxy(t, podA, bin, cfg)
 	if err := scWithin(time.Now(), time.Second, func() error { return scDialOK(t, client, addr) }); err != nil {
 		t.Fatalf("agent mode: haproxy restarted: not delivered within a second: %v", err)
 	}
@@ -272,9 +277,7 @@ func TestSidecarRedsocksOutbound(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte(scRedsocksConfig), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := runInitIn(t, topo.client, nil, append([]string{"--mode", "ebpf", "--cgroup", topo.client.CgroupDir, "--pin-root", pin}, istioInitArgs...)...); err != nil {
-		t.Fatalf("init: %v", err)
-	}
+	initEBPFIn(t, topo.client, pin)
 	startIn(t, topo.client, scProxyCred, nettoolBin, "socks", "127.0.0.1:1080")
 	waitListening(t, topo.client, 1080)
 	rs := startIn(t, topo.client, scProxyCred, bin, "-c", cfg)

@@ -60,9 +60,7 @@ func TestRunValidation(t *testing.T) {
 		valNothingLeft(t, topo.server)
 	})
 	t.Run("ebpf", func(t *testing.T) {
-		if _, err := runInitIn(t, topo.server, nil, append([]string{"--mode", "ebpf", "--cgroup", topo.server.CgroupDir, "--pin-root", pin}, istioInitArgs...)...); err != nil {
-			t.Fatalf("init: %v", err)
-		}
+		initEBPFIn(t, topo.server, pin)
 		for _, cred := range []*podnet.Cred{scProxyCred, nil} { // the proxy uid (istio-validation's), and root
 			if code := valRun(t, topo.server, cred, "5s"); code != 0 {
 				t.Fatalf("validation as %+v in an eBPF-captured pod: exit %d, want 0", cred, code)
@@ -74,8 +72,7 @@ func TestRunValidation(t *testing.T) {
 		}
 		// Capture still works for the real sidecar afterwards.
 		bin, cfg := scHAProxy(t)
-		startIn(t, topo.server, scProxyCred, bin, "-db", "-f", cfg)
-		waitListening(t, topo.server, 15006)
+		scStartHAProxy(t, topo.server, bin, cfg)
 		scExpectInbound(t, topo.client, "198.18.0.2:8080", "sidecar after validation")
 	})
 	t.Run("iptables", func(t *testing.T) {
