@@ -101,7 +101,11 @@ type Config struct {
 	InboundSource netip.Addr
 	// DialTimeout bounds each upstream connect. 0 = DefaultDialTimeout.
 	DialTimeout time.Duration
-	// DrainTimeout bounds the wait for active connections on stop. 0 = DefaultDrainTimeout.
+	// DrainAccept is how long the proxy keeps accepting and relaying new connections after Serve's context is
+	// cancelled (SIGTERM), as Envoy does during its drain period, so that an application's own calls during its
+	// graceful shutdown still work. 0 = stop accepting at once.
+	DrainAccept time.Duration
+	// DrainTimeout bounds the wait for active connections once the listeners are closed. 0 = DefaultDrainTimeout.
 	DrainTimeout time.Duration
 	// Engine: EngineLoop (default) or EngineGoroutine. Loops is the number of event loops (0 = DefaultLoops).
 	Engine Engine
@@ -145,6 +149,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DialTimeout < 0 {
 		return fmt.Errorf("invalid dial timeout %s: negative", c.DialTimeout)
+	}
+	if c.DrainAccept < 0 {
+		return fmt.Errorf("invalid drain accept period %s: negative", c.DrainAccept)
 	}
 	if c.DrainTimeout < 0 {
 		return fmt.Errorf("invalid drain timeout %s: negative", c.DrainTimeout)

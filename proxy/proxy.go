@@ -32,6 +32,9 @@ type Proxy struct {
 	stopping atomic.Bool
 	wg       sync.WaitGroup // one per accepted connection
 
+	drainCut     chan struct{} // closed by EndDrainAccept
+	drainCutOnce sync.Once
+
 	work chan work    // unbuffered: idle workers wait here (workers.go)
 	idle atomic.Int32 // idle workers
 
@@ -57,7 +60,7 @@ func New(cfg Config, log *zap.Logger) (*Proxy, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	p := &Proxy{cfg: cfg.withDefaults(), log: log, active: make(map[*relay]struct{}), work: make(chan work)}
+	p := &Proxy{cfg: cfg.withDefaults(), log: log, active: make(map[*relay]struct{}), work: make(chan work), drainCut: make(chan struct{})}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	// KeepAlive -1: no TCP keep-alive on upstream sockets (Go's default would cost four setsockopt calls per
 	// connection). Like Envoy's default; the application's own keep-alive still reaches its peer's proxy.

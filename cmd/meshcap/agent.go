@@ -123,7 +123,7 @@ func runAgent(ctx context.Context, log *zap.Logger, o agentOptions) error {
 	if err := writeAgentInfo(o.stateDir, info); err != nil {
 		return fmt.Errorf("agent: publish %s: %w", cni.AgentInfoPath(o.stateDir), err)
 	}
-	r := &agentReconciler{log: log, store: cni.Store{Dir: o.stateDir}, enr: cni.PinnedEnroller{PinDir: a.PinDir, PinRoot: o.pinRoot}}
+	r := &agentReconciler{log: log, store: cni.Store{Dir: o.stateDir}, enr: cni.PinnedEnroller{PinDir: a.PinDir, PinRoot: o.pinRoot, CgroupDir: a.CgroupDir}}
 	r.reconcile(true)
 	log.Info("agent ready", zap.String("pinDir", a.PinDir), zap.String("stateDir", o.stateDir))
 	var tick <-chan time.Time
@@ -260,8 +260,9 @@ func (r *agentReconciler) reconcileOne(id string, start bool) {
 // registers the pod's proxy listener when none is registered yet.
 func (r *agentReconciler) ensureInbound(log *zap.Logger, rec *cni.Enrollment, pol capture.Policy) {
 	st, err := loader.InboundStatus(rec.Netns, r.enr.PinRoot)
-	if errors.Is(err, loader.ErrInboundNotAttached) {
-		info, err := loader.AttachInbound(rec.Netns, pol, loader.InboundOptions{PinRoot: r.enr.PinRoot, FindListener: true})
+	if errors.Is(err, loader.ErrInboundNotAttached) || (err == nil && !st.SelfRegister) {
+		// Missing, or attached by a meshcap without self-registration: (re)attach, in place.
+		info, err := loader.AttachInbound(rec.Netns, pol, loader.InboundOptions{PinRoot: r.enr.PinRoot, FindListener: true, Cgroup: r.enr.InboundCgroup(rec)})
 		if err != nil {
 			log.Error("attach inbound", zap.Error(err))
 			return
@@ -276,7 +277,7 @@ func (r *agentReconciler) ensureInbound(log *zap.Logger, rec *cni.Enrollment, po
 	if st.Listener {
 		return
 	}
-	f, err := loader.FindInboundListener(rec.Netns, st.CapturePort)
+	f, err := loader.FindInboundListener(rec.Netns, st.CapturePort, pol)
 	if err != nil {
 		if !errors.Is(err, loader.ErrInboundListenerNotFound) {
 			log.Warn("find proxy listener", zap.Error(err))

@@ -129,7 +129,7 @@ func runEBPFAttach(log *zap.Logger, cgroupDir, netnsPath, pinRoot string, cfg ca
 		}
 		return nil
 	}
-	info, err := loader.AttachInbound(netnsPath, pol, loader.InboundOptions{PinRoot: pinRoot, FindListener: true})
+	info, err := loader.AttachInbound(netnsPath, pol, loader.InboundOptions{PinRoot: pinRoot, FindListener: true, Cgroup: cgroupDir})
 	if err != nil {
 		if !a.Replaced {
 			if _, derr := loader.Detach(cgroupDir, pinRoot); derr != nil {

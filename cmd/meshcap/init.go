@@ -82,8 +82,8 @@ func runInit(ctx context.Context, log *zap.Logger, cmd *cobra.Command, o initOpt
 	default:
 		return fmt.Errorf("invalid --mode %q: want auto, ebpf or iptables", o.mode)
 	}
-	if ex.RunValidation {
-		return errors.New("--run-validation is not implemented by meshcap init")
+	if ex.RunValidation { // validate.go
+		return initValidate(ctx, log, func(ex capture.ExecOptions) error { return runInit(ctx, log, cmd, o, cfg, ex) }, cfg, ex)
 	}
 	cfg.ResolveDefaults()
 	// Validate for both backends before looking at the host: a value rejected for one mode is rejected for both.
@@ -165,7 +165,7 @@ func initEBPF(log *zap.Logger, o initOptions, cgroupDir, netnsPath string, pol c
 	if netnsPath == "" {
 		netnsPath = "/proc/self/ns/net"
 	}
-	info, err := loader.AttachInbound(netnsPath, pol, loader.InboundOptions{PinRoot: o.pinRoot, FindListener: true})
+	info, err := loader.AttachInbound(netnsPath, pol, loader.InboundOptions{PinRoot: o.pinRoot, FindListener: true, Cgroup: cgroupDir})
 	if err != nil {
 		if !a.Replaced {
 			if _, derr := loader.Detach(cgroupDir, o.pinRoot); derr != nil {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -31,9 +30,10 @@ environment variable istio-iptables reads; a flag on the command line wins.
 --dry-run prints the IPv4 iptables-restore payload, then the IPv6 one when IPv6 is enabled
 (DRY_RUN_FILE_PATH, when set, also receives istio's recorded dry-run stream).
 
-Accepted for compatibility: --log_output_level (ignored), --skip-rule-apply (do nothing),
---iptables-probe-port/--probe-timeout/--cni-mode (ignored), --network-namespace (configure that netns).
---run-validation is not implemented and is refused.
+Accepted for compatibility: --log_output_level (ignored), --skip-rule-apply (do nothing), --cni-mode (ignored),
+--network-namespace (configure that netns). --run-validation runs istio-validation's redirect check from the
+caller's netns after applying (or alone with --skip-rule-apply; --iptables-probe-port, --probe-timeout), exit 126
+when it fails (README, "Validation").
 
 --native-nftables (env NATIVE_NFTABLES) writes istio's native nftables rules instead: inet tables
 istio-proxy-nat/mangle/raw in one atomic 'nft -f -' transaction (needs nft >= 1.0.1), text byte-identical to
@@ -54,8 +54,8 @@ func runIptables(ctx context.Context, log *zap.Logger, cmd *cobra.Command, cfg c
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	if ex.RunValidation {
-		return errors.New("--run-validation is not implemented by meshcap iptables")
+	if ex.RunValidation { // validate.go
+		return initValidate(ctx, log, func(ex capture.ExecOptions) error { return runIptables(ctx, log, cmd, cfg, ex) }, cfg, ex)
 	}
 	cfg.ResolveDefaults()
 	if cfg.NativeNftables {

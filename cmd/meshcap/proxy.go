@@ -42,7 +42,12 @@ func newProxyCmd(log *zap.Logger) *cobra.Command {
 The original destination comes from getsockopt(SO_ORIGINAL_DST), answered by the kernel under iptables NAT or by
 meshcap's cgroup/getsockopt program in eBPF mode, or, inbound with sk_lookup, from the accepted socket's local
 address: the proxy behaves identically in both modes. Started as root it opens its listeners, then drops to
---uid/--gid (the uid capture exempts) so that its own connections are not captured again.`,
+--uid/--gid (the uid capture exempts) so that its own connections are not captured again.
+
+Shutdown on SIGTERM drains like Envoy: for --drain-timeout the proxy keeps accepting and relaying new connections
+(an application's own calls during its graceful shutdown still work); then it closes its listeners, waits up to
+--drain-timeout again for active connections, closes the rest and exits 0. SIGINT skips the accepting period.
+A second signal ends the process at once.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := f.config(cmd)
@@ -65,7 +70,7 @@ address: the proxy behaves identically in both modes. Started as root it opens i
 	fl.StringVar(&f.adminAddr, "admin-addr", "", "admin HTTP address serving /stats and /debug/pprof/, e.g. 127.0.0.1:15000 (default off)")
 	fl.StringVar(&f.statsFile, "stats-file", "", "write JSON counters to this file (atomically, at most every 200ms, and at exit)")
 	fl.DurationVar(&f.dialTimeout, "dial-timeout", proxy.DefaultDialTimeout, "timeout of each upstream connect")
-	fl.DurationVar(&f.drainTimeout, "drain-timeout", proxy.DefaultDrainTimeout, "on SIGTERM/SIGINT, wait this long for active connections")
+	fl.DurationVar(&f.drainTimeout, "drain-timeout", proxy.DefaultDrainTimeout, "on SIGTERM/SIGINT: keep accepting and relaying new connections this long (as Envoy's drain period), then stop accepting and wait up to as long again for active connections")
 	fl.StringVar(&f.engine, "engine", "loop", "relay engine: loop (epoll event loops, read/write, no goroutine per connection) or goroutine (Go net, pooled goroutines, --copy)")
 	fl.IntVar(&f.loops, "loops", 0, "event loops of the loop engine (0 = half the CPUs the process may use, at least 1)")
 	fl.StringVar(&f.copyMode, "copy", "splice", "copy mode of --engine goroutine: splice (zero-copy) or buffer (plain read/write); the loop engine always uses read/write")
@@ -80,6 +85,7 @@ func (f *proxyFlags) config(cmd *cobra.Command) (proxy.Config, error) {
 		OutboundAddr:   f.outboundAddr,
 		InboundAddr:    f.inboundAddr,
 		DialTimeout:    f.dialTimeout,
+		DrainAccept:    f.drainTimeout,
 		DrainTimeout:   f.drainTimeout,
 		AdminAddr:      f.adminAddr,
 		StatsFile:      f.statsFile,
@@ -165,6 +171,11 @@ func runProxy(ctx context.Context, log *zap.Logger, cfg proxy.Config, f *proxyFl
 	if err != nil {
 		return err
 	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	// Signals are caught before the listeners open: a SIGTERM right after they do must drain, not kill.
+	ctx = proxySignals(ctx, p)
 	if err := p.Listen(); err != nil {
 		return err
 	}
@@ -187,11 +198,26 @@ func runProxy(ctx context.Context, log *zap.Logger, cfg proxy.Config, f *proxyFl
 	case euid != f.uid:
 		log.Warn("not root: cannot switch uid; capture must exempt the current uid", zap.Int("uid", euid), zap.Int("want_uid", f.uid))
 	}
-	if ctx == nil {
-		ctx = context.Background()
-	}
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	go func() { <-ctx.Done(); stop() }() // a second signal during the drain kills the process
 	return p.Serve(ctx)
+}
+
+// proxySignals returns a context cancelled by SIGTERM (the kubelet's: Envoy-like drain, still accepting for
+// --drain-timeout) or SIGINT (interactive: stop accepting at once, then wait for active connections). After the
+// first signal the default action is restored, so a second one ends the process.
+func proxySignals(ctx context.Context, p *proxy.Proxy) context.Context {
+	ctx, cancel := context.WithCancel(ctx)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		select {
+		case s := <-sigs:
+			if s == syscall.SIGINT {
+				p.EndDrainAccept()
+			}
+		case <-ctx.Done():
+		}
+		signal.Reset(syscall.SIGTERM, syscall.SIGINT)
+		cancel()
+	}()
+	return ctx
 }

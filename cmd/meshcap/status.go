@@ -195,9 +195,14 @@ func printStatus(w io.Writer, rep *statusReport) {
 		} else {
 			fmt.Fprintf(w, "  no proxy listener registered: captured connections are refused\n")
 		}
+		if in.SelfRegister {
+			fmt.Fprintf(w, "  the proxy uid/gid's listener on the capture port is registered by the kernel when it listens\n")
+		}
 		s := in.Stats
 		fmt.Fprintf(w, "  steered %d, passed loopback %d, passed port %d, refused no listener %d, refused assign %d\n",
 			s.Steered, s.PassLoopback, s.PassPort, s.DropNoListener, s.DropAssign)
+		fmt.Fprintf(w, "  listeners registered by the kernel %d, binds of non-exempt owners %d, SO_ORIGINAL_DST answered %d\n",
+			s.Registered, s.RefusedOwner, s.OrigDst)
 	}
 	if rep.InboundErr != "" {
 		fmt.Fprintf(w, "\ninbound: %s\n", rep.InboundErr)

@@ -66,9 +66,9 @@ const (
 type ExecOptions struct {
 	LogOutputLevel   string // --log_output_level: accepted and ignored (meshcap logs through --log-level)
 	SkipRuleApply    bool   // --skip-rule-apply: generate nothing, apply nothing, succeed
-	RunValidation    bool   // --run-validation: rejected by meshcap (not implemented) when set
-	ProbePort        string // --iptables-probe-port: validation only, accepted and ignored
-	ProbeTimeout     string // --probe-timeout: validation only, accepted and ignored
+	RunValidation    bool   // --run-validation: istio-validation's redirect check (meshcap init; pkg/validation)
+	ProbePort        string // --iptables-probe-port: the validation's probe port
+	ProbeTimeout     string // --probe-timeout: how long the validation waits for a redirected probe
 	NetworkNamespace string // --network-namespace: run everything in this netns (path)
 	CNIMode          bool   // --cni-mode: accepted and ignored (lock scoping)
 }
@@ -158,8 +158,8 @@ func BindApplyFlags(fs *pflag.FlagSet, c *Config, env LookupEnv) {
 
 // BindExecFlags registers the istio-iptables flags that affect neither rules nor apply, so that istio-init argument
 // lists are accepted verbatim: --log_output_level (ignored), --skip-rule-apply (do nothing), --run-validation
-// (refused: not implemented), --iptables-probe-port and --probe-timeout (validation only, ignored),
-// --network-namespace (run in that netns), --cni-mode (ignored).
+// with --iptables-probe-port and --probe-timeout (istio-validation's check, pkg/validation), --network-namespace
+// (run in that netns), --cni-mode (ignored).
 func BindExecFlags(fs *pflag.FlagSet, o *ExecOptions, env LookupEnv) {
 	if env == nil {
 		env = os.LookupEnv
@@ -172,9 +172,9 @@ func BindExecFlags(fs *pflag.FlagSet, o *ExecOptions, env LookupEnv) {
 	}
 	fs.StringVar(&o.LogOutputLevel, "log_output_level", o.LogOutputLevel, "istio logging option: accepted and ignored (use --log-level)")
 	fs.BoolVar(&o.SkipRuleApply, "skip-rule-apply", envBool(env, EnvSkipRuleApply, o.SkipRuleApply), "generate and apply nothing (env "+EnvSkipRuleApply+")")
-	fs.BoolVar(&o.RunValidation, "run-validation", envBool(env, EnvRunValidation, o.RunValidation), "istio's post-apply redirect check: not implemented, refused when set (env "+EnvRunValidation+")")
-	fs.StringVar(&o.ProbePort, "iptables-probe-port", envStr(EnvProbePort, "15002"), "validation probe port: accepted and ignored")
-	fs.StringVar(&o.ProbeTimeout, "probe-timeout", envStr(EnvProbeTimeout, "5s"), "validation probe timeout: accepted and ignored")
+	fs.BoolVar(&o.RunValidation, "run-validation", envBool(env, EnvRunValidation, o.RunValidation), "check that capture redirects (meshcap init; exit 126 on failure) (env "+EnvRunValidation+")")
+	fs.StringVar(&o.ProbePort, "iptables-probe-port", envStr(EnvProbePort, "15002"), "validation probe port (env "+EnvProbePort+")")
+	fs.StringVar(&o.ProbeTimeout, "probe-timeout", envStr(EnvProbeTimeout, "5s"), "how long validation waits for a redirected probe (env "+EnvProbeTimeout+")")
 	fs.StringVar(&o.NetworkNamespace, "network-namespace", envStr(EnvNetworkNamespace, o.NetworkNamespace), "network namespace path to configure (default: the current one)")
 	fs.BoolVar(&o.CNIMode, "cni-mode", envBool(env, EnvCNIMode, o.CNIMode), "accepted and ignored")
 }

@@ -45,6 +45,23 @@ func ReadAgentInfo(stateDir string) (*AgentInfo, error) {
 type PinnedEnroller struct {
 	PinDir  string // the agent's outbound attachment (pinRoot/cgroup-<id>)
 	PinRoot string // for per-netns inbound attachments (pinRoot/netns-<cookie>/inbound)
+	// CgroupDir is the agent's shared cgroup (the pods' cgroup root). Each pod's inbound cgroup programs, which
+	// register its sidecar's listener by themselves (loader.InboundOptions.Cgroup), go on the pod's own cgroup below
+	// it when the pod UID finds one, else on CgroupDir (see InboundCgroup).
+	CgroupDir string
+}
+
+// InboundCgroup is where the inbound cgroup programs of pod e go: the pod's own cgroup under CgroupDir (found by the
+// K8S_POD_UID the runtime passed), so that a node's pods do not share the kernel's 64 programs per hook of one
+// cgroup; the shared CgroupDir when the UID is unknown or names no cgroup there.
+func (p PinnedEnroller) InboundCgroup(e *Enrollment) string {
+	if p.CgroupDir == "" || e.Pod.UID == "" {
+		return p.CgroupDir
+	}
+	if dir, err := loader.FindPodCgroup(p.CgroupDir, e.Pod.UID); err == nil {
+		return dir
+	}
+	return p.CgroupDir
 }
 
 // Enroll writes the pod's outbound settings under its netns cookie, then attaches (or updates) inbound capture in
@@ -67,7 +84,7 @@ func (p PinnedEnroller) Enroll(e *Enrollment, pol capture.Policy) error {
 	if e.Netns == "" {
 		return nil
 	}
-	if _, err := loader.AttachInbound(e.Netns, pol, loader.InboundOptions{PinRoot: p.PinRoot, FindListener: true}); err != nil {
+	if _, err := loader.AttachInbound(e.Netns, pol, loader.InboundOptions{PinRoot: p.PinRoot, FindListener: true, Cgroup: p.InboundCgroup(e)}); err != nil {
 		if !was {
 			if uerr := loader.UnenrollNetns(p.PinDir, e.NetnsCookie); uerr != nil {
 				err = errors.Join(err, fmt.Errorf("undo outbound: %w", uerr))
@@ -101,5 +118,5 @@ func AgentEnroller(conf *NetConf) (Enroller, error) {
 	if info == nil {
 		return NopEnroller{}, nil
 	}
-	return PinnedEnroller{PinDir: info.PinDir, PinRoot: info.PinRoot}, nil
+	return PinnedEnroller{PinDir: info.PinDir, PinRoot: info.PinRoot, CgroupDir: info.CgroupDir}, nil
 }
