@@ -236,6 +236,9 @@ func (r *agentReconciler) reconcileOne(id string, start bool) {
 		log.Error("recorded capture settings", zap.Error(err))
 		return
 	}
+	if state == netnsAlive {
+		warnUncoverable(log, rec)
+	}
 	// In place: for a pod already programmed (agent restart) nothing changes.
 	if err := loader.EnrollNetns(r.enr.PinDir, rec.NetnsCookie, pol); err != nil {
 		log.Error("enroll", zap.Error(err))
@@ -254,6 +257,15 @@ func (r *agentReconciler) reconcileOne(id string, start bool) {
 		return
 	}
 	r.ensureInbound(log, rec, pol)
+}
+
+// warnUncoverable logs, at every reconcile, an enrolled pod that eBPF capture no longer fully covers (for example
+// an IPv6 address added after meshcap-cni's ADD, which refuses such pods): its other connections stay captured.
+func warnUncoverable(log *zap.Logger, rec *cni.Enrollment) {
+	if un, err := ebpfUnsupported(rec.Capture, rec.Netns); err == nil && len(un) > 0 {
+		log.Error("enrolled pod is NOT fully captured: eBPF capture cannot do "+strings.Join(un, "; ")+"; recreate it (meshcap-cni refuses such pods) or capture it with per-pod meshcap init",
+			zap.String("netns", rec.Netns))
+	}
 }
 
 // ensureInbound attaches inbound capture in the pod's netns when it is missing (enrolled while no agent ran), and

@@ -105,7 +105,7 @@ func runInit(ctx context.Context, log *zap.Logger, cmd *cobra.Command, o initOpt
 	}
 
 	useHostViews(log, &o.pinRoot, &o.cgroup)
-	mode, reason, cgroupDir := decideInitMode(log, o, cfg, pol)
+	mode, reason, cgroupDir := decideInitMode(log, o, cfg, pol, ex.NetworkNamespace)
 	log.Info("capture mode chosen", zap.String("mode", mode), zap.String("reason", reason),
 		zap.String("cgroup", cgroupDir), zap.String("requested", o.mode))
 	if mode == loader.ProbeModeEBPF {
@@ -131,13 +131,17 @@ func runInit(ctx context.Context, log *zap.Logger, cmd *cobra.Command, o initOpt
 }
 
 // decideInitMode runs the probe and returns the mode (ebpf or iptables), why, and the target cgroup.
-func decideInitMode(log *zap.Logger, o initOptions, cfg capture.Config, pol capture.Policy) (mode, reason, cgroupDir string) {
+func decideInitMode(log *zap.Logger, o initOptions, cfg capture.Config, pol capture.Policy, netnsPath string) (mode, reason, cgroupDir string) {
 	cgroupDir, how, err := initTarget(o)
 	if err != nil {
 		return loader.ProbeModeIPTables, "no cgroup to attach to: " + err.Error(), ""
 	}
-	if un := cfg.EBPFUnsupported(); len(un) > 0 {
-		return loader.ProbeModeIPTables, "settings without an eBPF implementation: " + strings.Join(un, ", "), cgroupDir
+	un, err := ebpfUnsupported(cfg, netnsPath)
+	if err != nil {
+		return loader.ProbeModeIPTables, err.Error(), cgroupDir
+	}
+	if len(un) > 0 {
+		return loader.ProbeModeIPTables, "eBPF capture cannot do: " + strings.Join(un, "; "), cgroupDir
 	}
 	checks, err := loader.Probe(loader.ProbeOptions{CgroupParent: cgroupDir})
 	if err != nil {

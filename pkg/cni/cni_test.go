@@ -159,8 +159,9 @@ func testPlugin(out *bytes.Buffer, enr *fakeEnroller) *Plugin {
 			}
 			return NetnsID{Cookie: 4242, Inode: 99}, nil
 		},
-		Stdout: out,
-		Now:    func() time.Time { return time.Unix(1, 0) },
+		PodFacts: func(string, capture.Config) (capture.HostFacts, error) { return capture.HostFacts{}, nil },
+		Stdout:   out,
+		Now:      func() time.Time { return time.Unix(1, 0) },
 	}
 }
 
@@ -242,6 +243,47 @@ func TestPluginLeavesNonMeshPodAlone(t *testing.T) {
 	}
 	if err := p.Del(args); err != nil {
 		t.Fatalf("DEL: %v", err)
+	}
+}
+
+// TestPluginRefusesPodEBPFCannotCover: a pod with IPv6 (istio would write ip6tables rules) or TPROXY interception
+// is not enrolled: ADD fails naming why, and nothing is recorded or programmed.
+func TestPluginRefusesPodEBPFCannotCover(t *testing.T) {
+	for _, tc := range []struct {
+		name, args string
+		ipv6       bool
+		want       string
+	}{
+		{"ipv6", "", true, "IPv6 capture"},
+		{"tproxy", ";MESHCAP_ISTIO_INBOUND_INTERCEPTION_MODE=TPROXY", false, "-m TPROXY"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, log bytes.Buffer
+			enr := &fakeEnroller{enrolled: map[uint64]capture.Policy{}}
+			p := testPlugin(&out, enr)
+			p.Log = &log
+			p.PodFacts = func(netns string, _ capture.Config) (capture.HostFacts, error) {
+				if netns != "/var/run/netns/x" {
+					t.Errorf("facts read in %q", netns)
+				}
+				return capture.HostFacts{IPv6: tc.ipv6}, nil
+			}
+			conf := confJSON(t, `,"enroll":"all"`)
+			var parsed NetConf
+			_ = json.Unmarshal(conf, &parsed)
+			err := p.Add(&skel.CmdArgs{ContainerID: "c9", Netns: "/var/run/netns/x", IfName: "eth0",
+				Args: "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web" + tc.args, StdinData: conf})
+			var te *types.Error
+			if !errors.As(err, &te) || !strings.Contains(te.Msg, tc.want) || !strings.Contains(te.Msg, "default/web") {
+				t.Fatalf("ADD: %v, want a refusal naming %q and the pod", err, tc.want)
+			}
+			if !strings.Contains(log.String(), tc.want) {
+				t.Errorf("refusal not logged: %q", log.String())
+			}
+			if ents, _ := os.ReadDir(parsed.StateDir); len(ents) != 0 || len(enr.enrolled) != 0 || out.Len() != 0 {
+				t.Fatalf("refused pod recorded or enrolled: %v %v %q", ents, enr.enrolled, out.String())
+			}
+		})
 	}
 }
 

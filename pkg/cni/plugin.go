@@ -7,12 +7,16 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/meshcap/meshcap/pkg/capture"
+	"github.com/meshcap/meshcap/pkg/iptables"
 )
 
 // SupportedVersions are the CNI spec versions meshcap-cni speaks.
@@ -24,9 +28,11 @@ type Plugin struct {
 	NewEnroller func(conf *NetConf) (Enroller, error)
 	// ReadNetnsID reads a netns' cookie and inode (ReadNetnsID; replaceable in tests).
 	ReadNetnsID func(path string) (NetnsID, error)
-	Stdout      io.Writer // results
-	Log         io.Writer // one line per decision (stderr)
-	Now         func() time.Time
+	// PodFacts reads the host facts of the pod's netns (iptables.FactsIn; replaceable in tests).
+	PodFacts func(netnsPath string, c capture.Config) (capture.HostFacts, error)
+	Stdout   io.Writer // results
+	Log      io.Writer // one line per decision (stderr)
+	Now      func() time.Time
 }
 
 // NewPlugin returns a plugin that writes to stdout/stderr, records enrollments in the state dir and programs
@@ -35,6 +41,7 @@ func NewPlugin() *Plugin {
 	return &Plugin{
 		NewEnroller: AgentEnroller,
 		ReadNetnsID: ReadNetnsID,
+		PodFacts:    iptables.FactsIn,
 		Stdout:      os.Stdout,
 		Log:         os.Stderr,
 		Now:         time.Now,
@@ -150,6 +157,9 @@ func (p *Plugin) Add(a *skel.CmdArgs) error {
 	if err != nil {
 		return types.NewError(types.ErrInvalidNetNS, err.Error(), "")
 	}
+	if err := p.refuseUnsupported(a, in.pod, cfg); err != nil {
+		return err
+	}
 	e := &Enrollment{
 		ContainerID: a.ContainerID,
 		IfName:      a.IfName,
@@ -184,6 +194,23 @@ func (p *Plugin) Add(a *skel.CmdArgs) error {
 	}
 	p.logf("ADD %s pod %s: enrolled netns cookie %d ips %v: %s", a.ContainerID, in.pod, id.Cookie, ips, in.decision.Reason)
 	return p.printResult(in.conf)
+}
+
+// refuseUnsupported fails ADD for a pod that eBPF capture cannot fully cover (capture.EBPFUnsupported with the facts
+// of its netns, for example IPv6 addresses): enrolling it would leave those connections uncaptured. Nothing is
+// recorded or programmed; the error names what eBPF cannot do, and the pod does not start.
+func (p *Plugin) refuseUnsupported(a *skel.CmdArgs, pod Pod, cfg capture.Config) error {
+	facts, err := p.PodFacts(a.Netns, cfg)
+	if err != nil {
+		return types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("pod %s: read netns %s: %v", pod, a.Netns, err), "")
+	}
+	un := cfg.EBPFUnsupported(facts)
+	if len(un) == 0 {
+		return nil
+	}
+	msg := fmt.Sprintf("pod %s: not enrolled, eBPF capture cannot do %s: use per-pod `meshcap init` (iptables mode) for this pod", pod, strings.Join(un, "; "))
+	p.logf("ADD %s %s", a.ContainerID, msg)
+	return types.NewError(types.ErrInternal, msg, "")
 }
 
 // Del unenrolls the pod. It needs neither the netns (it may be empty or gone) nor a record (then it does nothing).

@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/meshcap/meshcap/pkg/capture"
 )
 
 // Runner runs one external command to completion. stdin may be empty. On failure the error carries the
@@ -96,4 +98,15 @@ func InNetns(path string, fn func() error) error {
 	}
 	runtime.UnlockOSThread()
 	return ferr
+}
+
+// FactsIn gathers the host facts of c inside the network namespace at path ("" = the current one), as
+// istio-iptables does when it runs there: its interface addresses, and /etc/resolv.conf of this process.
+func FactsIn(path string, c capture.Config) (capture.HostFacts, error) {
+	var f capture.HostFacts
+	err := InNetns(path, func() (err error) {
+		f, err = capture.HostSource{}.Facts(c)
+		return err
+	})
+	return f, err
 }
