@@ -31,6 +31,7 @@ type proxyFlags struct {
 	loops                     int
 	logConnections            bool
 	pinDir                    string // eBPF inbound registration (proxy_inbound.go)
+	dual                      proxyDualStackFlags
 }
 
 func newProxyCmd(log *zap.Logger) *cobra.Command {
@@ -38,7 +39,8 @@ func newProxyCmd(log *zap.Logger) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "proxy",
 		Short: "Run the relay proxy: accept captured connections and relay them to their original destination",
-		Long: `Run the relay proxy that captured traffic is steered to (outbound 127.0.0.1:15001, inbound 0.0.0.0:15006).
+		Long: `Run the relay proxy that captured traffic is steered to (outbound 127.0.0.1:15001, inbound 0.0.0.0:15006, and
+as Envoy in a dual-stack pod [::1]:15001 and [::]:15006, skipped where there is no IPv6).
 The original destination comes from getsockopt(SO_ORIGINAL_DST), answered by the kernel under iptables NAT or by
 meshcap's cgroup/getsockopt program in eBPF mode, or, inbound with sk_lookup, from the accepted socket's local
 address: the proxy behaves identically in both modes. Started as root it opens its listeners, then drops to
@@ -71,6 +73,7 @@ address: the proxy behaves identically in both modes. Started as root it opens i
 	fl.StringVar(&f.copyMode, "copy", "splice", "copy mode of --engine goroutine: splice (zero-copy) or buffer (plain read/write); the loop engine always uses read/write")
 	fl.BoolVar(&f.logConnections, "log-connections", false, "log each relayed connection (original destination, bytes) at info level")
 	bindProxyInboundFlags(fl, &f.pinDir)
+	bindProxyDualStackFlags(fl, &f.dual)
 	return cmd
 }
 
@@ -97,6 +100,9 @@ func (f *proxyFlags) config(cmd *cobra.Command) (proxy.Config, error) {
 	}
 	if cfg.OutboundAddr == "" {
 		return cfg, fmt.Errorf("invalid --outbound-addr %q: empty", f.outboundAddr)
+	}
+	if err := f.dual.applyDualStack(cmd.Flags(), &cfg); err != nil {
+		return cfg, err
 	}
 	if f.inboundSource != "" {
 		a, err := netip.ParseAddr(f.inboundSource)
