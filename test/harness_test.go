@@ -248,7 +248,16 @@ type DialResult struct {
 
 // Captured reports whether the connection went through a proxy: the server saw a different client address than
 // the one the client connected from (a relayed connection comes from the proxy's own socket).
-func (r DialResult) Captured() bool { return r.OK && r.Peer != r.Local }
+func (r DialResult) Captured() bool { return r.OK && unmapped(r.Peer) != unmapped(r.Local) }
+
+// unmapped writes an IPv4-mapped address as IPv4 (an AF_INET6 client of an IPv4 server sees itself as ::ffff:a.b.c.d).
+func unmapped(addr string) string {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return addr
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
+}
 
 // dial runs `nettool dial` inside pod as cred (nil = root) and sends payload bytes through the connection.
 func dial(t *testing.T, pod *podnet.Pod, cred *podnet.Cred, addr string, payload int64) (DialResult, error) {

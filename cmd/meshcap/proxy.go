@@ -32,6 +32,7 @@ type proxyFlags struct {
 	logConnections            bool
 	pinDir                    string // eBPF inbound registration (proxy_inbound.go)
 	dual                      proxyDualStackFlags
+	dns                       proxyDNSFlags
 }
 
 func newProxyCmd(log *zap.Logger) *cobra.Command {
@@ -40,7 +41,8 @@ func newProxyCmd(log *zap.Logger) *cobra.Command {
 		Use:   "proxy",
 		Short: "Run the relay proxy: accept captured connections and relay them to their original destination",
 		Long: `Run the relay proxy that captured traffic is steered to (outbound 127.0.0.1:15001, inbound 0.0.0.0:15006, and
-as Envoy in a dual-stack pod [::1]:15001 and [::]:15006, skipped where there is no IPv6).
+as Envoy in a dual-stack pod [::1]:15001 and [::]:15006, skipped where there is no IPv6), and DNS on
+127.0.0.1:15053 and [::1]:15053 (UDP and TCP, forwarded to the --resolv-conf nameservers) for --redirect-dns.
 The original destination comes from getsockopt(SO_ORIGINAL_DST), answered by the kernel under iptables NAT or by
 meshcap's cgroup/getsockopt program in eBPF mode, or, inbound with sk_lookup, from the accepted socket's local
 address: the proxy behaves identically in both modes. Started as root it opens its listeners, then drops to
@@ -74,6 +76,7 @@ address: the proxy behaves identically in both modes. Started as root it opens i
 	fl.BoolVar(&f.logConnections, "log-connections", false, "log each relayed connection (original destination, bytes) at info level")
 	bindProxyInboundFlags(fl, &f.pinDir)
 	bindProxyDualStackFlags(fl, &f.dual)
+	bindProxyDNSFlags(fl, &f.dns)
 	return cmd
 }
 
@@ -175,6 +178,11 @@ func runProxy(ctx context.Context, log *zap.Logger, cfg proxy.Config, f *proxyFl
 		return err
 	}
 	registerInbound(log, p, f.pinDir) // eBPF inbound mode: before the privilege drop (needs CAP_BPF)
+	dns, err := listenDNS(log, &f.dns)
+	if err != nil {
+		_ = p.Close()
+		return err
+	}
 	switch euid := os.Geteuid(); {
 	case f.noDrop:
 		if euid == 0 {
@@ -199,5 +207,9 @@ func runProxy(ctx context.Context, log *zap.Logger, cfg proxy.Config, f *proxyFl
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	go func() { <-ctx.Done(); stop() }() // a second signal during the drain kills the process
-	return p.Serve(ctx)
+	waitDNS := serveDNS(ctx, dns)
+	err = p.Serve(ctx)
+	stop()
+	waitDNS()
+	return err
 }
