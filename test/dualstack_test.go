@@ -1,0 +1,88 @@
+package test
+
+import (
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/meshcap/meshcap/pkg/podnet"
+)
+
+// IPv6 addresses of the dual-stack topology, added after the IPv4 ones (so istio's detection without
+// --dual-stack sees IPv4 first, as in a typical dual-stack Kubernetes pod).
+const (
+	client6Prefix = "fd00:198:18::1/64"
+	server6Prefix = "fd00:198:18::2/64"
+)
+
+// addDualStack gives both pods of topo an IPv6 address (no duplicate address detection, so it is usable at once).
+// The echo servers on 0.0.0.0 (Go listens dual-stack there) answer on it too.
+func addDualStack(t *testing.T, topo topology) {
+	t.Helper()
+	for _, s := range []struct {
+		pod *podnet.Pod
+		pfx string
+	}{{topo.client, client6Prefix}, {topo.server, server6Prefix}} {
+		if out, err := exec.Command("ip", "-n", s.pod.Name, "addr", "add", s.pfx, "dev", s.pod.Veth, "nodad").CombinedOutput(); err != nil {
+			t.Fatalf("add %s to %s: %v: %s", s.pfx, s.pod.Name, err, out)
+		}
+	}
+}
+
+// dialFamily is dial, from an AF_INET6 socket when family6 is set (IPv4-mapped destinations).
+func dialFamily(t *testing.T, pod *podnet.Pod, cred *podnet.Cred, addr string, family6 bool) (DialResult, error) {
+	t.Helper()
+	if !family6 {
+		return dial(t, pod, cred, addr, 1000)
+	}
+	out, err := runIn(t, pod, cred, nettoolBin, "dial", addr, "-send", "1000", "-timeout", "10s", "-family6")
+	var res DialResult
+	if jerr := json.Unmarshal([]byte(out), &res); jerr != nil && err == nil {
+		err = fmt.Errorf("decode nettool output %q: %w", out, jerr)
+	}
+	return res, err
+}
+
+// TestDualStackIptablesProxy: in a dual-stack pod with istio's rules (--dual-stack) and meshcap proxy's default
+// listeners, IPv6 and IPv4-mapped connects reach their exact destination through the proxy; with the proxy
+// stopped they fail (no silent bypass); as uid 1337 they go direct.
+func TestDualStackIptablesProxy(t *testing.T) {
+	requireRoot(t)
+	topo := newTopology(t)
+	addDualStack(t, topo)
+	if out, err := runIn(t, topo.client, nil, meshcapBin, "iptables", "-i", "*", "--dual-stack"); err != nil {
+		t.Fatalf("iptables: %v %s", err, out)
+	}
+	px := startProxy(t, topo.client, "--no-inbound")
+	targets := []struct {
+		addr, reached string
+		family6       bool
+	}{
+		{dst(server6, 8080), dst(server6, 8080), false},
+		{dst(mapped, 9090), dst("198.18.0.2", 9090), true},
+		{dst("198.18.0.2", 7070), dst("198.18.0.2", 7070), true}, // plain IPv4 from an AF_INET6 socket
+	}
+	for _, tg := range targets {
+		res, err := dialFamily(t, topo.client, user, tg.addr, tg.family6)
+		if err != nil || res.Reached != tg.reached || !res.Captured() {
+			t.Fatalf("dial %s: %+v, %v; want captured, reaching %s\nproxy:\n%s", tg.addr, res, err, tg.reached, px.stderr.String())
+		}
+		if res.Remote != tg.addr && unmapped(res.Remote) != tg.reached {
+			t.Errorf("dial %s: getpeername %s", tg.addr, res.Remote)
+		}
+		if res, err := dialFamily(t, topo.client, uid1337, tg.addr, tg.family6); err != nil || res.Captured() || res.Reached != tg.reached {
+			t.Errorf("dial %s as uid 1337: %+v, %v; want direct", tg.addr, res, err)
+		}
+	}
+	if !strings.Contains(px.stderr.String(), "[::1]:15001") {
+		t.Errorf("proxy did not log its IPv6 outbound listener:\n%s", px.stderr.String())
+	}
+	px.stop()
+	for _, tg := range targets {
+		if res, err := dialFamily(t, topo.client, user, tg.addr, tg.family6); err == nil || res.OK {
+			t.Errorf("dial %s with the proxy stopped: %+v; want it to fail (captured, nobody listening)", tg.addr, res)
+		}
+	}
+}
