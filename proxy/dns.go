@@ -23,6 +23,10 @@ import (
 //   - UDP answers go back from the socket the query arrived on, so that conntrack maps their source back to the
 //     server the app asked (iptables REDIRECT);
 //   - TCP keeps the RFC 1035 framing: a 2-byte length before each message, in both directions.
+//
+// Call Listen after dropping to the proxy's uid: istio's raw-table rules put the UDP answers (source port 15053)
+// into the app's conntrack zone by their owner, uid 1337, and a socket's owner is fixed when it is created. An
+// answer from a root-owned socket keeps 127.0.0.1:15053 as its source, and the app drops it.
 type DNS struct {
 	cfg DNSConfig
 	log *zap.Logger

@@ -178,11 +178,6 @@ func runProxy(ctx context.Context, log *zap.Logger, cfg proxy.Config, f *proxyFl
 		return err
 	}
 	registerInbound(log, p, f.pinDir) // eBPF inbound mode: before the privilege drop (needs CAP_BPF)
-	dns, err := listenDNS(log, &f.dns)
-	if err != nil {
-		_ = p.Close()
-		return err
-	}
 	switch euid := os.Geteuid(); {
 	case f.noDrop:
 		if euid == 0 {
@@ -200,6 +195,13 @@ func runProxy(ctx context.Context, log *zap.Logger, cfg proxy.Config, f *proxyFl
 		log.Info("dropped privileges", zap.Int("uid", f.uid), zap.Int("gid", f.gid))
 	case euid != f.uid:
 		log.Warn("not root: cannot switch uid; capture must exempt the current uid", zap.Int("uid", euid), zap.Int("want_uid", f.uid))
+	}
+	// After the privilege drop: istio's DNS rules put the answers into the app's conntrack zone by their owner
+	// (uid 1337), which is fixed when the socket is created.
+	dns, err := listenDNS(log, &f.dns)
+	if err != nil {
+		_ = p.Close()
+		return err
 	}
 	if ctx == nil {
 		ctx = context.Background()

@@ -5,6 +5,8 @@
 //	                                          read the echo; print one JSON DialResult; exit 1 on failure
 //	nettool origdst ADDR                      a minimal transparent proxy: accept, getsockopt(SO_ORIGINAL_DST),
 //	                                          dial it, relay; one JSON line per connection on stdout
+//	nettool dns SERVER [-name N] [-tcp]     one A query over UDP (unconnected socket: the answer's source is
+//	                                          shown) or TCP; print one JSON DNSResult; exit 1 without an answer
 //	nettool serve ADDR                        echo server: "<local addr> <peer addr>\n", then echo until EOF
 package main
 
@@ -15,7 +17,7 @@ import (
 
 func main() {
 	if len(os.Args) < 3 {
-		fmt.Fprintln(os.Stderr, "usage: nettool dial|origdst|serve ADDR [flags]")
+		fmt.Fprintln(os.Stderr, "usage: nettool dial|dns|origdst|serve ADDR [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -24,6 +26,8 @@ func main() {
 		err = dialCmd(os.Args[2], os.Args[3:])
 	case "origdst":
 		err = origdstCmd(os.Args[2])
+	case "dns":
+		err = dnsCmd(os.Args[2], os.Args[3:])
 	case "serve":
 		err = serveCmd(os.Args[2])
 	default:
