@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 )
 
 // DNS is the sidecar's DNS port (istio's agent DNS port 15053): a plain forwarder that istio's DNS rules
@@ -120,7 +121,19 @@ func (d *DNS) Listen() (err error) {
 	return nil
 }
 
-func listenDNS(ap netip.AddrPort) (*net.UDPConn, *net.TCPListener, error) {
+// listenDNS opens UDP and TCP on ap. With port 0, the TCP port is the one UDP got; if TCP has it in use already,
+// another port is tried.
+func listenDNS(ap netip.AddrPort) (u *net.UDPConn, t *net.TCPListener, err error) {
+	for range 20 {
+		u, t, err = listenDNSOnce(ap)
+		if err == nil || ap.Port() != 0 || !errors.Is(err, unix.EADDRINUSE) {
+			return u, t, err
+		}
+	}
+	return nil, nil, err
+}
+
+func listenDNSOnce(ap netip.AddrPort) (*net.UDPConn, *net.TCPListener, error) {
 	udpNet, tcpNet := "udp4", "tcp4"
 	if ap.Addr().Is6() && !ap.Addr().Is4In6() {
 		udpNet, tcpNet = "udp6", "tcp6"
