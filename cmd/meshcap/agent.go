@@ -18,6 +18,7 @@ import (
 	"github.com/meshcap/meshcap/loader"
 	"github.com/meshcap/meshcap/pkg/capture"
 	"github.com/meshcap/meshcap/pkg/cni"
+	"github.com/meshcap/meshcap/pkg/iptables"
 )
 
 func init() { register(newAgentCmd) }
@@ -262,7 +263,7 @@ func (r *agentReconciler) reconcileOne(id string, start bool) {
 // warnUncoverable logs, at every reconcile, an enrolled pod that eBPF capture no longer fully covers (for example
 // an IPv6 address added after meshcap-cni's ADD, which refuses such pods): its other connections stay captured.
 func warnUncoverable(log *zap.Logger, rec *cni.Enrollment) {
-	if un, err := ebpfUnsupported(rec.Capture, rec.Netns); err == nil && len(un) > 0 {
+	if un, err := iptables.EBPFUnsupportedIn(rec.Netns, rec.Capture); err == nil && len(un) > 0 {
 		log.Error("enrolled pod is NOT fully captured: eBPF capture cannot do "+strings.Join(un, "; ")+"; recreate it (meshcap-cni refuses such pods) or capture it with per-pod meshcap init",
 			zap.String("netns", rec.Netns))
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/meshcap/meshcap/loader"
 	"github.com/meshcap/meshcap/pkg/capture"
+	"github.com/meshcap/meshcap/pkg/iptables"
 )
 
 func init() { register(newEBPFCmd) }
@@ -100,10 +101,11 @@ func runEBPFAttach(log *zap.Logger, cgroupDir, netnsPath, pinRoot string, cfg ca
 	if _, err := loader.InboundCookie(netnsPath); err != nil {
 		return fmt.Errorf("ebpf attach: invalid --netns %q: %w", netnsPath, err)
 	}
-	if un, err := ebpfUnsupported(cfg, netnsPath); err != nil {
+	if un, err := iptables.EBPFUnsupportedIn(netnsPath, cfg); err != nil {
 		return fmt.Errorf("ebpf attach: %w", err)
 	} else if len(un) > 0 {
-		return fmt.Errorf("ebpf attach: %w", errEBPFRefused(un))
+		return fmt.Errorf("ebpf attach: refused: eBPF capture cannot do %s for this pod (nothing attached; `meshcap iptables` and `meshcap init --mode auto` use istio's rules; docs/ipv6-dns.md)",
+			strings.Join(un, "; "))
 	}
 	if !pol.OutboundAll && len(pol.OutboundIncludeCIDRs) == 0 && len(pol.OutboundIncludePorts) == 0 {
 		// Same meaning as istio-iptables (no -i: no outbound redirect), but easy to miss.

@@ -136,7 +136,7 @@ func decideInitMode(log *zap.Logger, o initOptions, cfg capture.Config, pol capt
 	if err != nil {
 		return loader.ProbeModeIPTables, "no cgroup to attach to: " + err.Error(), ""
 	}
-	un, err := ebpfUnsupported(cfg, netnsPath)
+	un, err := iptables.EBPFUnsupportedIn(netnsPath, cfg)
 	if err != nil {
 		return loader.ProbeModeIPTables, err.Error(), cgroupDir
 	}

@@ -159,9 +159,9 @@ func testPlugin(out *bytes.Buffer, enr *fakeEnroller) *Plugin {
 			}
 			return NetnsID{Cookie: 4242, Inode: 99}, nil
 		},
-		PodFacts: func(string, capture.Config) (capture.HostFacts, error) { return capture.HostFacts{}, nil },
-		Stdout:   out,
-		Now:      func() time.Time { return time.Unix(1, 0) },
+		EBPFUnsupported: func(_ string, c capture.Config) ([]string, error) { return c.EBPFUnsupported(capture.HostFacts{}), nil },
+		Stdout:          out,
+		Now:             func() time.Time { return time.Unix(1, 0) },
 	}
 }
 
@@ -262,11 +262,11 @@ func TestPluginRefusesPodEBPFCannotCover(t *testing.T) {
 			enr := &fakeEnroller{enrolled: map[uint64]capture.Policy{}}
 			p := testPlugin(&out, enr)
 			p.Log = &log
-			p.PodFacts = func(netns string, _ capture.Config) (capture.HostFacts, error) {
+			p.EBPFUnsupported = func(netns string, c capture.Config) ([]string, error) {
 				if netns != "/var/run/netns/x" {
 					t.Errorf("facts read in %q", netns)
 				}
-				return capture.HostFacts{IPv6: tc.ipv6}, nil
+				return c.EBPFUnsupported(capture.HostFacts{IPv6: tc.ipv6}), nil
 			}
 			conf := confJSON(t, `,"enroll":"all"`)
 			var parsed NetConf

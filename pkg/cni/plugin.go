@@ -28,23 +28,24 @@ type Plugin struct {
 	NewEnroller func(conf *NetConf) (Enroller, error)
 	// ReadNetnsID reads a netns' cookie and inode (ReadNetnsID; replaceable in tests).
 	ReadNetnsID func(path string) (NetnsID, error)
-	// PodFacts reads the host facts of the pod's netns (iptables.FactsIn; replaceable in tests).
-	PodFacts func(netnsPath string, c capture.Config) (capture.HostFacts, error)
-	Stdout   io.Writer // results
-	Log      io.Writer // one line per decision (stderr)
-	Now      func() time.Time
+	// EBPFUnsupported lists what eBPF capture cannot do for c in the pod's netns (iptables.EBPFUnsupportedIn;
+	// replaceable in tests).
+	EBPFUnsupported func(netnsPath string, c capture.Config) ([]string, error)
+	Stdout          io.Writer // results
+	Log             io.Writer // one line per decision (stderr)
+	Now             func() time.Time
 }
 
 // NewPlugin returns a plugin that writes to stdout/stderr, records enrollments in the state dir and programs
 // the node agent's pinned maps when an agent runs (AgentEnroller).
 func NewPlugin() *Plugin {
 	return &Plugin{
-		NewEnroller: AgentEnroller,
-		ReadNetnsID: ReadNetnsID,
-		PodFacts:    iptables.FactsIn,
-		Stdout:      os.Stdout,
-		Log:         os.Stderr,
-		Now:         time.Now,
+		NewEnroller:     AgentEnroller,
+		ReadNetnsID:     ReadNetnsID,
+		EBPFUnsupported: iptables.EBPFUnsupportedIn,
+		Stdout:          os.Stdout,
+		Log:             os.Stderr,
+		Now:             time.Now,
 	}
 }
 
@@ -200,11 +201,10 @@ func (p *Plugin) Add(a *skel.CmdArgs) error {
 // of its netns, for example IPv6 addresses): enrolling it would leave those connections uncaptured. Nothing is
 // recorded or programmed; the error names what eBPF cannot do, and the pod does not start.
 func (p *Plugin) refuseUnsupported(a *skel.CmdArgs, pod Pod, cfg capture.Config) error {
-	facts, err := p.PodFacts(a.Netns, cfg)
+	un, err := p.EBPFUnsupported(a.Netns, cfg)
 	if err != nil {
-		return types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("pod %s: read netns %s: %v", pod, a.Netns, err), "")
+		return types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("pod %s: %v", pod, err), "")
 	}
-	un := cfg.EBPFUnsupported(facts)
 	if len(un) == 0 {
 		return nil
 	}

@@ -3,6 +3,7 @@ package iptables
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os/exec"
 	"runtime"
@@ -109,4 +110,15 @@ func FactsIn(path string, c capture.Config) (capture.HostFacts, error) {
 		return err
 	})
 	return f, err
+}
+
+// EBPFUnsupportedIn is capture.EBPFUnsupported with the host facts of the network namespace at path. A netns
+// without any non-loopback address has no IPv6 to capture: there istio-iptables fails, and eBPF capture misses
+// nothing.
+func EBPFUnsupportedIn(path string, c capture.Config) ([]string, error) {
+	facts, err := FactsIn(path, c)
+	if err != nil && !errors.Is(err, capture.ErrNoLocalAddress) {
+		return nil, fmt.Errorf("host facts of netns %q: %w", path, err)
+	}
+	return c.EBPFUnsupported(facts), nil
 }
