@@ -86,3 +86,29 @@ func TestDualStackIptablesProxy(t *testing.T) {
 		}
 	}
 }
+
+// TestDualStackIptablesInbound: istio's inbound rules in a dual-stack server pod send IPv6 and IPv4 connections to
+// the proxy's [::]:15006 and 0.0.0.0:15006; it relays each to its original destination from istio's passthrough
+// source (::6, 127.0.0.6), which the rules return, so the app sees that source and nothing loops.
+func TestDualStackIptablesInbound(t *testing.T) {
+	requireRoot(t)
+	topo := newTopology(t)
+	addDualStack(t, topo)
+	if out, err := runIn(t, topo.server, nil, meshcapBin, "iptables", "-b", "*", "--dual-stack"); err != nil {
+		t.Fatalf("iptables: %v %s", err, out)
+	}
+	px := startProxy(t, topo.server)
+	for _, tc := range []struct{ addr, peerHost string }{
+		{dst(server6, 9090), "[::6]"},
+		{dst("198.18.0.2", 9090), "127.0.0.6"},
+	} {
+		res, err := dial(t, topo.client, user, tc.addr, 1000)
+		if err != nil || !res.OK || res.Reached != tc.addr || !strings.HasPrefix(res.Peer, tc.peerHost+":") {
+			t.Fatalf("dial %s: %+v, %v; want it relayed by the server's proxy from %s\n%s", tc.addr, res, err, tc.peerHost, px.stderr.String())
+		}
+	}
+	px.stop()
+	if res, err := dial(t, topo.client, user, dst(server6, 9090), 10); err == nil || res.OK {
+		t.Fatalf("IPv6 inbound with the proxy stopped: %+v; want it refused", res)
+	}
+}
