@@ -49,8 +49,7 @@ func TestCaptureTable(t *testing.T) {
 	requireRoot(t)
 	for _, b := range []captureBackend{ebpfBackend(ebPinRoot(t)), iptablesBackend} {
 		t.Run(b.name, func(t *testing.T) {
-			topo := newTopology(t)
-			addDualStack(t, topo)
+			topo := newDualStackTopology(t)
 			startEcho(t, topo.client, dst("0.0.0.0", ownPort))
 			startProxy(t, topo.client)
 			for _, c := range captureCases {

@@ -2,7 +2,6 @@ package test
 
 import (
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -37,11 +36,10 @@ func startDNSServer(t *testing.T, pod *podnet.Pod, addr string, answer netip.Add
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { u.Close(); ln.Close(); wg.Wait() })
-	wg.Add(2)
+	done := make(chan struct{})
+	t.Cleanup(func() { u.Close(); <-done })
 	go func() {
-		defer wg.Done()
+		defer close(done)
 		buf := make([]byte, 65535)
 		for {
 			n, from, err := u.ReadFrom(buf)
@@ -53,34 +51,22 @@ func startDNSServer(t *testing.T, pod *podnet.Pod, addr string, answer netip.Add
 			}
 		}
 	}()
-	go func() {
-		defer wg.Done()
+	serveConns(t, ln, func(c net.Conn) {
+		var l [2]byte
 		for {
-			c, err := ln.Accept()
-			if err != nil {
+			if _, err := io.ReadFull(c, l[:]); err != nil {
 				return
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				var l [2]byte
-				for {
-					if _, err := io.ReadFull(c, l[:]); err != nil {
-						return
-					}
-					q := make([]byte, binary.BigEndian.Uint16(l[:]))
-					if _, err := io.ReadFull(c, q); err != nil {
-						return
-					}
-					a := s.reply(q, c.RemoteAddr().String())
-					if _, err := c.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(a))), a...)); err != nil {
-						return
-					}
-				}
-			}()
+			q := make([]byte, binary.BigEndian.Uint16(l[:]))
+			if _, err := io.ReadFull(c, q); err != nil {
+				return
+			}
+			a := s.reply(q, c.RemoteAddr().String())
+			if _, err := c.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(a))), a...)); err != nil {
+				return
+			}
 		}
-	}()
+	})
 	return s
 }
 
@@ -123,11 +109,8 @@ func dnsQuery(t *testing.T, pod *podnet.Pod, cred *podnet.Cred, server, name str
 	if tcp {
 		args = append(args, "-tcp")
 	}
-	out, err := runIn(t, pod, cred, nettoolBin, args...)
 	var res DNSResult
-	if jerr := json.Unmarshal([]byte(out), &res); jerr != nil && err == nil {
-		err = fmt.Errorf("decode nettool output %q: %w", out, jerr)
-	}
+	err := runNettool(t, pod, cred, &res, args...)
 	return res, err
 }
 
@@ -144,8 +127,7 @@ func inPrivateResolvConf(resolvConf string, argv ...string) (string, []string) {
 // stopped there is no answer; uid 1337 goes direct.
 func TestDNSRedirectIptablesThroughProxy(t *testing.T) {
 	requireRoot(t)
-	topo := newTopology(t)
-	addDualStack(t, topo)
+	topo := newDualStackTopology(t)
 	answer := netip.MustParseAddr("10.53.0.7")
 	srv := startDNSServer(t, topo.server, "198.18.0.2:53", answer)
 	resolv := filepath.Join(worldDir(t), "resolv.conf")

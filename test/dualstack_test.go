@@ -1,8 +1,6 @@
 package test
 
 import (
-	"encoding/json"
-	"fmt"
 	"os/exec"
 	"strings"
 	"testing"
@@ -17,10 +15,11 @@ const (
 	server6Prefix = "fd00:198:18::2/64"
 )
 
-// addDualStack gives both pods of topo an IPv6 address (no duplicate address detection, so it is usable at once).
-// The echo servers on 0.0.0.0 (Go listens dual-stack there) answer on it too.
-func addDualStack(t *testing.T, topo topology) {
+// newDualStackTopology is newTopology with an IPv6 address on both pods (no duplicate address detection, so it is
+// usable at once). The echo servers on 0.0.0.0 (Go listens dual-stack there) answer on it too.
+func newDualStackTopology(t *testing.T) topology {
 	t.Helper()
+	topo := newTopology(t)
 	for _, s := range []struct {
 		pod *podnet.Pod
 		pfx string
@@ -29,20 +28,16 @@ func addDualStack(t *testing.T, topo topology) {
 			t.Fatalf("add %s to %s: %v: %s", s.pfx, s.pod.Name, err, out)
 		}
 	}
+	return topo
 }
 
 // dialFamily is dial, from an AF_INET6 socket when family6 is set (IPv4-mapped destinations).
 func dialFamily(t *testing.T, pod *podnet.Pod, cred *podnet.Cred, addr string, family6 bool) (DialResult, error) {
 	t.Helper()
-	if !family6 {
-		return dial(t, pod, cred, addr, 1000)
+	if family6 {
+		return dial(t, pod, cred, addr, 1000, "-family6")
 	}
-	out, err := runIn(t, pod, cred, nettoolBin, "dial", addr, "-send", "1000", "-timeout", "10s", "-family6")
-	var res DialResult
-	if jerr := json.Unmarshal([]byte(out), &res); jerr != nil && err == nil {
-		err = fmt.Errorf("decode nettool output %q: %w", out, jerr)
-	}
-	return res, err
+	return dial(t, pod, cred, addr, 1000)
 }
 
 // TestDualStackIptablesProxy: in a dual-stack pod with istio's rules (--dual-stack) and meshcap proxy's default
@@ -50,8 +45,7 @@ func dialFamily(t *testing.T, pod *podnet.Pod, cred *podnet.Cred, addr string, f
 // stopped they fail (no silent bypass); as uid 1337 they go direct.
 func TestDualStackIptablesProxy(t *testing.T) {
 	requireRoot(t)
-	topo := newTopology(t)
-	addDualStack(t, topo)
+	topo := newDualStackTopology(t)
 	if out, err := runIn(t, topo.client, nil, meshcapBin, "iptables", "-i", "*", "--dual-stack"); err != nil {
 		t.Fatalf("iptables: %v %s", err, out)
 	}
@@ -92,8 +86,7 @@ func TestDualStackIptablesProxy(t *testing.T) {
 // source (::6, 127.0.0.6), which the rules return, so the app sees that source and nothing loops.
 func TestDualStackIptablesInbound(t *testing.T) {
 	requireRoot(t)
-	topo := newTopology(t)
-	addDualStack(t, topo)
+	topo := newDualStackTopology(t)
 	if out, err := runIn(t, topo.server, nil, meshcapBin, "iptables", "-b", "*", "--dual-stack"); err != nil {
 		t.Fatalf("iptables: %v %s", err, out)
 	}

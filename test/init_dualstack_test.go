@@ -20,8 +20,7 @@ func TestInitAutoDualStackPodChoosesIPTables(t *testing.T) {
 		{"env", []string{"ISTIO_DUAL_STACK=true"}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			topo := newTopology(t)
-			addDualStack(t, topo)
+			topo := newDualStackTopology(t)
 			pin := ebPinRoot(t)
 			args := append(append([]string{"--cgroup", topo.client.CgroupDir, "--pin-root", pin}, tc.args...), istioInitArgs...)
 			log, err := runInitIn(t, topo.client, tc.env, append([]string{"--mode", "ebpf"}, args...)...)
@@ -57,8 +56,7 @@ func TestInitAutoDualStackPodChoosesIPTables(t *testing.T) {
 // a non-zero exit and an error naming it, and nothing is attached.
 func TestEBPFAttachRefusesWhatItCannotDo(t *testing.T) {
 	requireRoot(t)
-	topo := newTopology(t)
-	addDualStack(t, topo)
+	topo := newDualStackTopology(t)
 	pin := ebPinRoot(t)
 	for _, tc := range []struct {
 		flags []string
