@@ -35,8 +35,10 @@ func newInitCmd(log *zap.Logger) *cobra.Command {
 		Long: `Sets up traffic capture for the pod it runs in: its cgroup and its network namespace.
 
 --mode auto (default) runs the feature probe (see 'meshcap probe') and uses eBPF when every feature the
-requested capture needs is present and every requested setting has an eBPF implementation; otherwise it applies
-istio-iptables' exact rules. The choice and the reason are logged. --mode ebpf fails when eBPF cannot be used;
+requested capture needs is present and eBPF can capture everything istio's rules would for this pod: no IPv6
+(as istio detects it from the pod's addresses and --dual-stack), no --redirect-dns, no owner groups, no -k/-c,
+TPROXY or --drop-invalid (docs/ipv6-dns.md); otherwise it applies istio-iptables' exact rules. The choice and the
+reason are logged. --mode ebpf fails when eBPF cannot be used;
 --mode iptables is 'meshcap iptables'.
 
 Target cgroup: --cgroup DIR; else --pod-uid UID (Kubernetes: the downward API's metadata.uid) searched under
