@@ -237,6 +237,12 @@ func (r *agentReconciler) reconcileOne(id string, start bool) {
 		log.Error("recorded capture settings", zap.Error(err))
 		return
 	}
+	if rec.Mode == cni.ModeIPTables {
+		if start {
+			log.Info("captured by istio's iptables rules in its netns (meshcap-cni's fallback): not enrolled into eBPF")
+		}
+		return
+	}
 	if state == netnsAlive {
 		warnUncoverable(log, rec)
 	}
@@ -261,10 +267,11 @@ func (r *agentReconciler) reconcileOne(id string, start bool) {
 }
 
 // warnUncoverable logs, at every reconcile, an enrolled pod that eBPF capture no longer fully covers (for example
-// an IPv6 address added after meshcap-cni's ADD, which refuses such pods): its other connections stay captured.
+// an IPv6 address added after meshcap-cni's ADD, which sends such pods to its iptables fallback): its other
+// connections stay captured.
 func warnUncoverable(log *zap.Logger, rec *cni.Enrollment) {
 	if un, err := iptables.EBPFUnsupportedIn(rec.Netns, rec.Capture); err == nil && len(un) > 0 {
-		log.Error("enrolled pod is NOT fully captured: eBPF capture cannot do "+strings.Join(un, "; ")+"; recreate it (meshcap-cni refuses such pods) or capture it with per-pod meshcap init",
+		log.Error("enrolled pod is NOT fully captured: eBPF capture cannot do "+strings.Join(un, "; ")+"; recreate it (meshcap-cni then captures it with istio's iptables rules)",
 			zap.String("netns", rec.Netns))
 	}
 }

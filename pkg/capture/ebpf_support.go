@@ -5,8 +5,8 @@ import "strconv"
 // EBPFUnsupported names, for a pod with host facts h, every requested setting and every pod fact that eBPF capture
 // cannot express yet, so that eBPF mode never captures less than istio's rules would. Each entry names the flag,
 // variable or fact. Callers refuse eBPF capture when the list is not empty: `meshcap ebpf attach` and
-// `meshcap init --mode ebpf` fail, `meshcap init --mode auto` falls back to the iptables mode, and meshcap-cni does
-// not enroll the pod (docs/ipv6-dns.md).
+// `meshcap init --mode ebpf` fail, `meshcap init --mode auto` falls back to the iptables mode, and meshcap-cni
+// applies istio's rules in the pod's netns instead of enrolling it into eBPF capture (docs/ipv6-dns.md).
 //
 // The list follows istio's rules (istio-golden/DEFAULTS.md):
 //   - IPv6: istio writes ip6tables rules when it detects IPv6 (h.IPv6, see DetectIPv6 and --dual-stack). eBPF

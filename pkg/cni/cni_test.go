@@ -246,9 +246,10 @@ func TestPluginLeavesNonMeshPodAlone(t *testing.T) {
 	}
 }
 
-// TestPluginRefusesPodEBPFCannotCover: a pod with IPv6 (istio would write ip6tables rules) or TPROXY interception
-// is not enrolled: ADD fails naming why, and nothing is recorded or programmed.
-func TestPluginRefusesPodEBPFCannotCover(t *testing.T) {
+// TestPluginFallsBackForPodEBPFCannotCover: a pod with IPv6 (istio would write ip6tables rules) or TPROXY
+// interception is not enrolled into eBPF capture: it is captured by the iptables fallback instead, recorded as
+// such (DEL undoes it there), and the reason is logged.
+func TestPluginFallsBackForPodEBPFCannotCover(t *testing.T) {
 	for _, tc := range []struct {
 		name, args string
 		ipv6       bool
@@ -260,8 +261,9 @@ func TestPluginRefusesPodEBPFCannotCover(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var out, log bytes.Buffer
 			enr := &fakeEnroller{enrolled: map[uint64]capture.Policy{}}
+			fallback := &fakeEnroller{enrolled: map[uint64]capture.Policy{}}
 			p := testPlugin(&out, enr)
-			p.Log = &log
+			p.Log, p.Fallback = &log, fallback
 			p.EBPFUnsupported = func(netns string, c capture.Config) ([]string, error) {
 				if netns != "/var/run/netns/x" {
 					t.Errorf("facts read in %q", netns)
@@ -271,17 +273,26 @@ func TestPluginRefusesPodEBPFCannotCover(t *testing.T) {
 			conf := confJSON(t, `,"enroll":"all"`)
 			var parsed NetConf
 			_ = json.Unmarshal(conf, &parsed)
-			err := p.Add(&skel.CmdArgs{ContainerID: "c9", Netns: "/var/run/netns/x", IfName: "eth0",
-				Args: "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web" + tc.args, StdinData: conf})
-			var te *types.Error
-			if !errors.As(err, &te) || !strings.Contains(te.Msg, tc.want) || !strings.Contains(te.Msg, "default/web") {
-				t.Fatalf("ADD: %v, want a refusal naming %q and the pod", err, tc.want)
+			args := &skel.CmdArgs{ContainerID: "c9", Netns: "/var/run/netns/x", IfName: "eth0",
+				Args: "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web" + tc.args, StdinData: conf}
+			if err := p.Add(args); err != nil {
+				t.Fatalf("ADD: %v", err)
 			}
-			if !strings.Contains(log.String(), tc.want) {
-				t.Errorf("refusal not logged: %q", log.String())
+			if !strings.Contains(log.String(), tc.want) || !strings.Contains(log.String(), "NOT enrolled into eBPF") {
+				t.Errorf("fallback not logged with its reason: %q", log.String())
 			}
-			if ents, _ := os.ReadDir(parsed.StateDir); len(ents) != 0 || len(enr.enrolled) != 0 || out.Len() != 0 {
-				t.Fatalf("refused pod recorded or enrolled: %v %v %q", ents, enr.enrolled, out.String())
+			rec, err := Store{Dir: parsed.StateDir}.Get("c9")
+			if err != nil || rec == nil || rec.Mode != ModeIPTables {
+				t.Fatalf("record %+v, %v: want mode %q", rec, err, ModeIPTables)
+			}
+			if len(enr.enrolled) != 0 || len(fallback.enrolled) != 1 {
+				t.Fatalf("eBPF enrolled %v, fallback %v: want the fallback only", enr.enrolled, fallback.enrolled)
+			}
+			if err := p.Del(args); err != nil {
+				t.Fatalf("DEL: %v", err)
+			}
+			if len(fallback.enrolled) != 0 {
+				t.Fatalf("DEL left the fallback in place: %v", fallback.enrolled)
 			}
 		})
 	}
