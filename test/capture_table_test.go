@@ -42,12 +42,26 @@ var iptablesBackend = captureBackend{
 	},
 }
 
+// nftablesBackend is `meshcap iptables --native-nftables`: istio's inet tables in one nft transaction.
+var nftablesBackend = captureBackend{
+	name: "nftables",
+	apply: func(t *testing.T, client *podnet.Pod, flags []string) error {
+		_, err := runIn(t, client, nil, meshcapBin, append([]string{"iptables", "--native-nftables"}, flags...)...)
+		return err
+	},
+	remove: func(t *testing.T, client *podnet.Pod) error {
+		_, err := runIn(t, client, nil, meshcapBin, "iptables", "--native-nftables", "--cleanup-only")
+		return err
+	},
+}
+
 // TestCaptureTable runs the shared flag table (cases_test.go) against every backend with the real CLI and the
 // real meshcap proxy, in dual-stack pods: each backend must capture exactly what istio's rules capture, or (eBPF)
-// refuse the flags, or show a gap the row documents.
+// refuse the flags, or show a gap the row documents. Where nftables mode differs by design (CASES.md
+// "Differences"), nftables_diff_test.go asserts the difference.
 func TestCaptureTable(t *testing.T) {
 	requireRoot(t)
-	for _, b := range []captureBackend{ebpfBackend(ebPinRoot(t)), iptablesBackend} {
+	for _, b := range []captureBackend{ebpfBackend(ebPinRoot(t)), iptablesBackend, nftablesBackend} {
 		t.Run(b.name, func(t *testing.T) {
 			topo := newDualStackTopology(t)
 			startEcho(t, topo.client, dst("0.0.0.0", ownPort))
@@ -80,6 +94,9 @@ func runCaptureCase(t *testing.T, b captureBackend, client *podnet.Pod, c captur
 		t.Fatalf("apply %v: %v", c.flags, err)
 	case b.name == "ebpf" && c.ebpf.gap != "":
 		t.Logf("documented eBPF gap (docs/ipv6-dns.md): %s", c.ebpf.gap)
+		want = !want
+	case b.name == "nftables" && c.nftDiff != "":
+		t.Logf("documented nftables difference: %s", c.nftDiff)
 		want = !want
 	}
 	res, err := dialFamily(t, client, c.cred, c.dst, c.family6)

@@ -100,15 +100,15 @@ func runInit(ctx context.Context, log *zap.Logger, cmd *cobra.Command, o initOpt
 	if o.mode == loader.ProbeModeIPTables || cfg.DryRun || cfg.CleanupOnly {
 		reason := "--mode iptables"
 		if o.mode != loader.ProbeModeIPTables {
-			reason = "--dry-run/--cleanup-only act on iptables rules only"
+			reason = "--dry-run/--cleanup-only act on the fallback's rules only"
 		}
-		log.Info("capture mode chosen", zap.String("mode", loader.ProbeModeIPTables), zap.String("reason", reason))
+		log.Info("capture mode chosen", zap.String("mode", fallbackMode(cfg)), zap.String("reason", reason))
 		return runIptables(ctx, log, cmd, cfg, ex)
 	}
 
 	useHostViews(log, &o.pinRoot, &o.cgroup)
 	mode, reason, cgroupDir := decideInitMode(log, o, cfg, pol, ex.NetworkNamespace)
-	log.Info("capture mode chosen", zap.String("mode", mode), zap.String("reason", reason),
+	log.Info("capture mode chosen", zap.String("mode", initModeName(mode, cfg)), zap.String("reason", reason),
 		zap.String("cgroup", cgroupDir), zap.String("requested", o.mode))
 	if mode == loader.ProbeModeEBPF {
 		err := initEBPF(log, o, cgroupDir, ex.NetworkNamespace, pol)
@@ -119,7 +119,7 @@ func runInit(ctx context.Context, log *zap.Logger, cmd *cobra.Command, o initOpt
 		if o.mode == loader.ProbeModeEBPF {
 			return fmt.Errorf("init --mode ebpf: %w", err)
 		}
-		mode, reason = loader.ProbeModeIPTables, "eBPF attach failed: "+err.Error()
+		mode, reason = fallbackMode(cfg), "eBPF attach failed: "+err.Error()
 		log.Warn("capture mode changed", zap.String("mode", mode), zap.String("reason", reason))
 	}
 	if o.mode == loader.ProbeModeEBPF {
@@ -128,7 +128,7 @@ func runInit(ctx context.Context, log *zap.Logger, cmd *cobra.Command, o initOpt
 	if err := runIptables(ctx, log, cmd, cfg, ex); err != nil {
 		return err
 	}
-	log.Info("capture set up", zap.String("mode", loader.ProbeModeIPTables))
+	log.Info("capture set up", zap.String("mode", fallbackMode(cfg)))
 	return nil
 }
 

@@ -32,7 +32,13 @@ environment variable istio-iptables reads; a flag on the command line wins.
 
 Accepted for compatibility: --log_output_level (ignored), --skip-rule-apply (do nothing),
 --iptables-probe-port/--probe-timeout/--cni-mode (ignored), --network-namespace (configure that netns).
---run-validation is not implemented and is refused.`,
+--run-validation is not implemented and is refused.
+
+--native-nftables (env NATIVE_NFTABLES) writes istio's native nftables rules instead: inet tables
+istio-proxy-nat/mangle/raw in one atomic 'nft -f -' transaction (needs nft >= 1.0.1), text byte-identical to
+istio-iptables --native-nftables. -n prints that transaction and applies nothing (istio applies it even
+with -n). --cleanup-only deletes the three tables and adds nothing; --reconcile also deletes the istio tables
+the new configuration does not use. Without --native-nftables nothing touches nft tables, and vice versa.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runIptables(cmd.Context(), log, cmd, cfg, ex)
@@ -51,6 +57,9 @@ func runIptables(ctx context.Context, log *zap.Logger, cmd *cobra.Command, cfg c
 		return errors.New("--run-validation is not implemented by meshcap iptables")
 	}
 	cfg.ResolveDefaults()
+	if cfg.NativeNftables {
+		return runNftables(ctx, log, cmd, cfg, ex)
+	}
 	// Validate everything before looking at or touching the host.
 	if _, err := iptables.Validate(cfg); err != nil {
 		return err

@@ -38,12 +38,13 @@ type Config struct {
 	HostIPv4LoopbackCIDR    string // ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR (default 127.0.0.1/32)
 	EnvoyUser               string // ENVOY_USER: user looked up by ResolveDefaults when ProxyUID is empty ("" = istio-proxy)
 
-	// Apply-flow settings (iptables mode only).
+	// Apply-flow settings (iptables and nftables modes).
 	DryRun              bool   // -n --dry-run
 	Reconcile           bool   // --reconcile
 	CleanupOnly         bool   // --cleanup-only
 	ForceApply          bool   // --force-apply
 	ForceIptablesBinary string // --force-iptables-binary: "", "legacy" or "nft"
+	NativeNftables      bool   // --native-nftables: write istio's inet nftables tables instead of iptables rules
 }
 
 // Default returns istio-iptables' defaults (DEFAULTS.md section 2).

@@ -46,6 +46,7 @@ const (
 	EnvCleanupOnly            = "CLEANUP_ONLY"
 	EnvForceApply             = "FORCE_APPLY"
 	EnvForceIptablesBinary    = "FORCE_IPTABLES_BINARY"
+	EnvNativeNftables         = "NATIVE_NFTABLES"
 	EnvSkipRuleApply          = "SKIP_RULE_APPLY"
 	EnvRunValidation          = "RUN_VALIDATION"
 	EnvProbePort              = "IPTABLES_PROBE_PORT"
@@ -134,7 +135,7 @@ func BindCaptureFlags(fs *pflag.FlagSet, c *Config, env LookupEnv) {
 }
 
 // BindApplyFlags registers the flags of the iptables apply flow: -n/--dry-run, --reconcile, --cleanup-only,
-// --force-apply, --force-iptables-binary.
+// --force-apply, --force-iptables-binary, and --native-nftables (which switches the fallback to nftables).
 func BindApplyFlags(fs *pflag.FlagSet, c *Config, env LookupEnv) {
 	if env == nil {
 		env = os.LookupEnv
@@ -151,6 +152,8 @@ func BindApplyFlags(fs *pflag.FlagSet, c *Config, env LookupEnv) {
 		c.ForceIptablesBinary = v
 	}
 	fs.StringVar(&c.ForceIptablesBinary, "force-iptables-binary", c.ForceIptablesBinary, "iptables variant: legacy, nft or empty for auto-detection (env "+EnvForceIptablesBinary+")")
+	c.NativeNftables = envBool(env, EnvNativeNftables, c.NativeNftables)
+	fs.BoolVar(&c.NativeNftables, "native-nftables", c.NativeNftables, "write istio's native nftables tables (inet istio-proxy-nat/mangle/raw, one nft -f - transaction) instead of iptables rules (env "+EnvNativeNftables+")")
 }
 
 // BindExecFlags registers the istio-iptables flags that affect neither rules nor apply, so that istio-init argument
@@ -248,4 +251,16 @@ func (c Config) ValidateForceIptablesBinary() error {
 		return nil
 	}
 	return fmt.Errorf("invalid --force-iptables-binary %q: want legacy, nft or empty", c.ForceIptablesBinary)
+}
+
+// ParseArgs parses an istio-iptables argument list as `meshcap iptables` does (BindFlagsEnv + BindExecFlags) with
+// the given environment, starting from Default(). It does not resolve the -u/-g defaults (see ResolveDefaults).
+func ParseArgs(args []string, env LookupEnv) (Config, ExecOptions, error) {
+	c := Default()
+	var ex ExecOptions
+	fs := pflag.NewFlagSet("istio-iptables", pflag.ContinueOnError)
+	BindFlagsEnv(fs, &c, env)
+	BindExecFlags(fs, &ex, env)
+	err := fs.Parse(args)
+	return c, ex, err
 }

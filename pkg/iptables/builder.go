@@ -251,8 +251,8 @@ func checkWord(what, s string) error {
 	return nil
 }
 
-// canonCIDRs splits a validated CIDR list into canonical IPv4 and IPv6 text (host bits kept, IPv4-mapped = IPv6).
-func canonCIDRs(list string) (v4, v6 []string, loopback bool) {
+// SplitCIDRs splits a validated CIDR list into canonical IPv4 and IPv6 text (host bits kept, IPv4-mapped = IPv6).
+func SplitCIDRs(list string) (v4, v6 []string, loopback bool) {
 	for _, item := range capture.SplitList(list) {
 		p, err := netip.ParsePrefix(item)
 		if err != nil {
@@ -328,9 +328,9 @@ func Build(c capture.Config, host capture.HostFacts) (*Ruleset, error) {
 	var inc4, inc6 []string
 	var incLoopback bool
 	if !incAll {
-		inc4, inc6, incLoopback = canonCIDRs(c.OutboundIPRangesInclude)
+		inc4, inc6, incLoopback = SplitCIDRs(c.OutboundIPRangesInclude)
 	}
-	exc4, exc6, _ := canonCIDRs(c.OutboundIPRangesExclude)
+	exc4, exc6, _ := SplitCIDRs(c.OutboundIPRangesExclude)
 
 	captureAll := c.CaptureAllDNS
 	var dns4, dns6 []string

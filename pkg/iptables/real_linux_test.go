@@ -6,13 +6,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/binary"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"regexp"
 	"strings"
@@ -23,34 +20,16 @@ import (
 
 	"github.com/meshcap/meshcap/pkg/capture"
 	"github.com/meshcap/meshcap/pkg/podnet"
+	"github.com/meshcap/meshcap/pkg/podnet/podtest"
 )
 
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root (network namespaces, iptables) and CI runs as root")
-		}
-		t.Skip("needs root: creates network namespaces and runs iptables in them")
-	}
+	podtest.RequireRoot(t, "creates network namespaces and runs iptables in them")
 }
 
-// newPod makes a netns (+ cgroup) named mc-ipt-<random>-<role>, removed when the test ends.
-func newPod(t *testing.T, role string) *podnet.Pod {
-	t.Helper()
-	b := make([]byte, 3)
-	_, _ = rand.Read(b)
-	p, err := podnet.NewPod("mc-ipt-" + hex.EncodeToString(b) + "-" + role)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := p.Close(); err != nil {
-			t.Errorf("remove %s: %v", p.Name, err)
-		}
-	})
-	return p
-}
+// newPod makes a throwaway netns (+ cgroup) named mc-ipt-<random>-<role>.
+func newPod(t *testing.T, role string) *podnet.Pod { return podtest.NewPod(t, "mc-ipt", role) }
 
 // countingRunner counts restore calls on top of the real runner.
 type countingRunner struct {
