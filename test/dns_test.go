@@ -122,35 +122,50 @@ func inPrivateResolvConf(resolvConf string, argv ...string) (string, []string) {
 }
 
 // TestDNSRedirectIptablesThroughProxy: iptables mode with --redirect-dns (istio's DNS rules, servers from the
-// pod's resolv.conf) and meshcap proxy's own DNS port, against a real DNS server in another pod. UDP and TCP
-// queries are answered through 15053 and the app sees the answer come from the server it asked; with the proxy
-// stopped there is no answer; uid 1337 goes direct.
+// pod's resolv.conf, IPv4 and IPv6 with --dual-stack) and meshcap proxy's own DNS ports, against a real DNS server
+// in another pod. UDP and TCP queries to either server are answered through 15053 ([::1]:15053 for IPv6) and the
+// app sees the answer come from the server it asked; with the proxy stopped there is no answer; uid 1337 goes
+// direct.
 func TestDNSRedirectIptablesThroughProxy(t *testing.T) {
 	requireRoot(t)
 	topo := newDualStackTopology(t)
 	answer := netip.MustParseAddr("10.53.0.7")
-	srv := startDNSServer(t, topo.server, "198.18.0.2:53", answer)
+	servers := []string{"198.18.0.2:53", dst(server6, 53)}
+	var srvs []*dnsServer
+	for _, a := range servers {
+		srvs = append(srvs, startDNSServer(t, topo.server, a, answer))
+	}
+	seen := func(name string) string {
+		for _, s := range srvs {
+			if from := s.source(name); from != "" {
+				return from
+			}
+		}
+		return ""
+	}
 	resolv := filepath.Join(worldDir(t), "resolv.conf")
-	if err := os.WriteFile(resolv, []byte("nameserver 198.18.0.2\n"), 0o644); err != nil {
+	if err := os.WriteFile(resolv, []byte("nameserver 198.18.0.2\nnameserver fd00:198:18::2\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	bin, argv := inPrivateResolvConf(resolv, meshcapBin, "iptables", "-i", "*", "--redirect-dns")
+	bin, argv := inPrivateResolvConf(resolv, meshcapBin, "iptables", "-i", "*", "--redirect-dns", "--dual-stack")
 	if out, err := runIn(t, topo.client, nil, bin, argv...); err != nil {
 		t.Fatalf("iptables --redirect-dns: %v %s", err, out)
 	}
 	px := startProxy(t, topo.client, "--no-inbound", "--resolv-conf", resolv)
 
-	for i, tcp := range []bool{false, true} {
-		name := fmt.Sprintf("q%d.proxied.test.", i)
-		res, err := dnsQuery(t, topo.client, user, "198.18.0.2:53", name, tcp)
-		if err != nil || res.A != answer.String() || res.RCode != "RCodeSuccess" {
-			t.Fatalf("query (tcp=%v) through the proxy: %+v, %v\nproxy:\n%s", tcp, res, err, px.stderr.String())
-		}
-		if res.From != "198.18.0.2:53" {
-			t.Errorf("tcp=%v: answer from %s, want the server asked (198.18.0.2:53)", tcp, res.From)
-		}
-		if seen := srv.source(name); seen == "" || seen == res.Local {
-			t.Errorf("tcp=%v: the server saw the query from %q, the client sent it from %s: not relayed by the proxy", tcp, seen, res.Local)
+	for _, server := range servers {
+		for _, tcp := range []bool{false, true} {
+			name := fmt.Sprintf("tcp-%v.%s.proxied.test.", tcp, strings.NewReplacer(":", "-", ".", "-", "[", "", "]", "").Replace(server))
+			res, err := dnsQuery(t, topo.client, user, server, name, tcp)
+			if err != nil || res.A != answer.String() || res.RCode != "RCodeSuccess" {
+				t.Fatalf("query %s (tcp=%v) through the proxy: %+v, %v\nproxy:\n%s", server, tcp, res, err, px.stderr.String())
+			}
+			if res.From != server {
+				t.Errorf("%s (tcp=%v): answer from %s, want the server asked", server, tcp, res.From)
+			}
+			if from := seen(name); from == "" || from == res.Local {
+				t.Errorf("%s (tcp=%v): a server saw the query from %q, the client sent it from %s: not relayed by the proxy", server, tcp, from, res.Local)
+			}
 		}
 	}
 	// The proxy's own DNS ports, IPv4 and IPv6.
@@ -162,17 +177,19 @@ func TestDNSRedirectIptablesThroughProxy(t *testing.T) {
 		}
 	}
 	px.stop()
-	for _, tcp := range []bool{false, true} {
-		if res, err := dnsQuery(t, topo.client, user, "198.18.0.2:53", "stopped.test.", tcp); err == nil || res.A != "" {
-			t.Errorf("query (tcp=%v) with the proxy stopped: %+v; want no answer", tcp, res)
-		}
-		name := fmt.Sprintf("direct%v.test.", tcp)
-		res, err := dnsQuery(t, topo.client, uid1337, "198.18.0.2:53", name, tcp)
-		if err != nil || res.A != answer.String() || res.From != "198.18.0.2:53" {
-			t.Errorf("query (tcp=%v) as uid 1337: %+v, %v; want a direct answer", tcp, res, err)
-		}
-		if seen := srv.source(name); !strings.HasSuffix(seen, portOf(res.Local)) {
-			t.Errorf("uid 1337 (tcp=%v): server saw %q, client sent from %s: not direct", tcp, seen, res.Local)
+	for i, server := range servers {
+		for _, tcp := range []bool{false, true} {
+			if res, err := dnsQuery(t, topo.client, user, server, "stopped.test.", tcp); err == nil || res.A != "" {
+				t.Errorf("query %s (tcp=%v) with the proxy stopped: %+v; want no answer", server, tcp, res)
+			}
+			name := fmt.Sprintf("direct-%v-%d.test.", tcp, i)
+			res, err := dnsQuery(t, topo.client, uid1337, server, name, tcp)
+			if err != nil || res.A != answer.String() || res.From != server {
+				t.Errorf("query %s (tcp=%v) as uid 1337: %+v, %v; want a direct answer", server, tcp, res, err)
+			}
+			if from := srvs[i].source(name); !strings.HasSuffix(from, portOf(res.Local)) {
+				t.Errorf("%s as uid 1337 (tcp=%v): server saw %q, client sent from %s: not direct", server, tcp, from, res.Local)
+			}
 		}
 	}
 }
