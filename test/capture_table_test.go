@@ -99,7 +99,14 @@ func runCaptureCase(t *testing.T, b captureBackend, client *podnet.Pod, c captur
 		t.Logf("documented nftables difference: %s", c.nftDiff)
 		want = !want
 	}
-	res, err := dialFamily(t, client, c.cred, c.dst, c.family6)
+	var extra []string
+	if c.family6 {
+		extra = append(extra, "-family6")
+	}
+	if c.bind != "" {
+		extra = append(extra, "-bind", c.bind)
+	}
+	res, err := dial(t, client, c.cred, c.dst, 1000, extra...)
 	if err != nil {
 		t.Fatalf("dial %s: %v (%+v)", c.dst, err, res)
 	}

@@ -19,6 +19,7 @@ type captureCase struct {
 	env      map[string]string // environment-only settings (owner groups), set for the capture command
 	dst      string            // destination of the client's connection
 	family6  bool              // dial from an AF_INET6 socket (IPv4-mapped destinations)
+	bind     string            // source address the client binds before connecting
 	reached  string            // address the connection must end at; "" = dst
 	cred     *podnet.Cred      // client's uid/gid; nil = root
 	captured bool              // the connection goes through the proxy under istio's rules
@@ -112,6 +113,10 @@ var captureCases = []captureCase{
 		ebpf: ebpfExpect{gap: "connect4 cannot see the route: 0.0.0.0 is sent to the sidecar, which relays it to the same listener"}},
 	{name: "app to its own pod IP goes over lo: not captured", flags: []string{"-i", "*"}, dst: dst(ownIP, ownPort), cred: user,
 		ebpf: ebpfExpect{gap: "connect4 cannot see the route: a call to the pod's own IP is sent to the sidecar"}},
+	{name: "proxy uid from 127.0.0.6 to its own pod IP goes direct (rule 10 before 11a)", flags: []string{"-i", "*"}, dst: dst(ownIP, ownPort),
+		bind: "127.0.0.6", cred: uid1337},
+	{name: "app from 127.0.0.6 to its own pod IP goes over lo: not captured", flags: []string{"-i", "*"}, dst: dst(ownIP, ownPort),
+		bind: "127.0.0.6", cred: user, ebpf: ebpfExpect{gap: "no eBPF counterpart of rules 10 and 11b: connect4 sees neither the source nor the route"}},
 	{name: "proxy uid to its own pod IP goes to the inbound listener", flags: []string{"-i", "*"}, dst: dst(ownIP, ownPort), cred: uid1337, captured: true,
 		ebpf: ebpfExpect{gap: "no eBPF counterpart of rule 11a: the proxy's own connections over lo to a pod address are never steered to 15006"}},
 }

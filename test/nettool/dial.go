@@ -34,10 +34,11 @@ func dialCmd(addr string, args []string) error {
 	send := fs.Int64("send", 64, "bytes to send")
 	timeout := fs.Duration("timeout", 5*time.Second, "overall timeout")
 	family6 := fs.Bool("family6", false, "connect from an AF_INET6 socket (an IPv4-mapped ADDR then stays IPv4-mapped, as Java and other runtimes dial it; Go's net package would use AF_INET)")
+	bind := fs.String("bind", "", "source address to bind before connecting (for example 127.0.0.6, istio's passthrough source)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	res := dial(addr, *send, *timeout, *family6)
+	res := dial(addr, *send, *timeout, *family6, *bind)
 	if err := json.NewEncoder(os.Stdout).Encode(res); err != nil {
 		return err
 	}
@@ -47,13 +48,17 @@ func dialCmd(addr string, args []string) error {
 	return nil
 }
 
-func dial(addr string, send int64, timeout time.Duration, family6 bool) DialResult {
+func dial(addr string, send int64, timeout time.Duration, family6 bool, bind string) DialResult {
 	var res DialResult
 	var conn net.Conn
 	var err error
-	if family6 {
+	switch {
+	case family6:
 		conn, err = dialFamily6(addr, timeout)
-	} else {
+	case bind != "":
+		d := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{IP: net.ParseIP(bind)}}
+		conn, err = d.Dial("tcp", addr)
+	default:
 		conn, err = net.DialTimeout("tcp", addr, timeout)
 	}
 	if err != nil {

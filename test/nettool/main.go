@@ -1,7 +1,7 @@
 // Command nettool is the end-to-end tests' socket tool. It uses only the plain socket API, so what it sees is what
 // any application sees:
 //
-//	nettool dial ADDR [-send N] [-timeout D] [-family6]  connect, read the server's first line, send N bytes, half-close,
+//	nettool dial ADDR [-send N] [-timeout D] [-family6] [-bind IP]  connect, read the server's first line, send N bytes, half-close,
 //	                                          read the echo; print one JSON DialResult; exit 1 on failure
 //	nettool origdst ADDR                      a minimal transparent proxy: accept, getsockopt(SO_ORIGINAL_DST),
 //	                                          dial it, relay; one JSON line per connection on stdout
