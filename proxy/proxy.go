@@ -25,6 +25,7 @@ type Proxy struct {
 
 	dialOut, dialIn *net.Dialer
 	srcFallback     atomic.Bool // inbound source bind failed once: connect from the kernel's choice since
+	srcFallback6    atomic.Bool // the same for IPv6 destinations (InboundSource6)
 	upstreams       upstreamSet
 
 	ctx      context.Context // cancelled when Serve gives up draining

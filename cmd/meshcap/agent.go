@@ -18,6 +18,7 @@ import (
 	"github.com/meshcap/meshcap/loader"
 	"github.com/meshcap/meshcap/pkg/capture"
 	"github.com/meshcap/meshcap/pkg/cni"
+	"github.com/meshcap/meshcap/pkg/iptables"
 )
 
 func init() { register(newAgentCmd) }
@@ -236,6 +237,15 @@ func (r *agentReconciler) reconcileOne(id string, start bool) {
 		log.Error("recorded capture settings", zap.Error(err))
 		return
 	}
+	if rec.Mode == cni.ModeIPTables {
+		if start {
+			log.Info("captured by istio's iptables rules in its netns (meshcap-cni's fallback): not enrolled into eBPF")
+		}
+		return
+	}
+	if state == netnsAlive {
+		warnUncoverable(log, rec)
+	}
 	// In place: for a pod already programmed (agent restart) nothing changes.
 	if err := loader.EnrollNetns(r.enr.PinDir, rec.NetnsCookie, pol); err != nil {
 		log.Error("enroll", zap.Error(err))
@@ -254,6 +264,16 @@ func (r *agentReconciler) reconcileOne(id string, start bool) {
 		return
 	}
 	r.ensureInbound(log, rec, pol)
+}
+
+// warnUncoverable logs, at every reconcile, an enrolled pod that eBPF capture no longer fully covers (for example
+// an IPv6 address added after meshcap-cni's ADD, which sends such pods to its iptables fallback): its other
+// connections stay captured.
+func warnUncoverable(log *zap.Logger, rec *cni.Enrollment) {
+	if un, err := iptables.EBPFUnsupportedIn(rec.Netns, rec.Capture); err == nil && len(un) > 0 {
+		log.Error("enrolled pod is NOT fully captured: eBPF capture cannot do "+strings.Join(un, "; ")+"; recreate it (meshcap-cni then captures it with istio's iptables rules)",
+			zap.String("netns", rec.Netns))
+	}
 }
 
 // ensureInbound attaches inbound capture in the pod's netns when it is missing (enrolled while no agent ran), and

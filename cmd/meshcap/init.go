@@ -35,8 +35,10 @@ func newInitCmd(log *zap.Logger) *cobra.Command {
 		Long: `Sets up traffic capture for the pod it runs in: its cgroup and its network namespace.
 
 --mode auto (default) runs the feature probe (see 'meshcap probe') and uses eBPF when every feature the
-requested capture needs is present and every requested setting has an eBPF implementation; otherwise it applies
-istio-iptables' exact rules. The choice and the reason are logged. --mode ebpf fails when eBPF cannot be used;
+requested capture needs is present and eBPF can capture everything istio's rules would for this pod: no IPv6
+(as istio detects it from the pod's addresses and --dual-stack), no --redirect-dns, no owner groups, no -k/-c,
+TPROXY or --drop-invalid (docs/ipv6-dns.md); otherwise it applies istio-iptables' exact rules. The choice and the
+reason are logged. --mode ebpf fails when eBPF cannot be used;
 --mode iptables is 'meshcap iptables'.
 
 Target cgroup: --cgroup DIR; else --pod-uid UID (Kubernetes: the downward API's metadata.uid) searched under
@@ -105,7 +107,7 @@ func runInit(ctx context.Context, log *zap.Logger, cmd *cobra.Command, o initOpt
 	}
 
 	useHostViews(log, &o.pinRoot, &o.cgroup)
-	mode, reason, cgroupDir := decideInitMode(log, o, cfg, pol)
+	mode, reason, cgroupDir := decideInitMode(log, o, cfg, pol, ex.NetworkNamespace)
 	log.Info("capture mode chosen", zap.String("mode", initModeName(mode, cfg)), zap.String("reason", reason),
 		zap.String("cgroup", cgroupDir), zap.String("requested", o.mode))
 	if mode == loader.ProbeModeEBPF {
@@ -131,13 +133,17 @@ func runInit(ctx context.Context, log *zap.Logger, cmd *cobra.Command, o initOpt
 }
 
 // decideInitMode runs the probe and returns the mode (ebpf or iptables), why, and the target cgroup.
-func decideInitMode(log *zap.Logger, o initOptions, cfg capture.Config, pol capture.Policy) (mode, reason, cgroupDir string) {
+func decideInitMode(log *zap.Logger, o initOptions, cfg capture.Config, pol capture.Policy, netnsPath string) (mode, reason, cgroupDir string) {
 	cgroupDir, how, err := initTarget(o)
 	if err != nil {
 		return loader.ProbeModeIPTables, "no cgroup to attach to: " + err.Error(), ""
 	}
-	if un := cfg.EBPFUnsupported(); len(un) > 0 {
-		return loader.ProbeModeIPTables, "settings without an eBPF implementation: " + strings.Join(un, ", "), cgroupDir
+	un, err := iptables.EBPFUnsupportedIn(netnsPath, cfg)
+	if err != nil {
+		return loader.ProbeModeIPTables, err.Error(), cgroupDir
+	}
+	if len(un) > 0 {
+		return loader.ProbeModeIPTables, "eBPF capture cannot do: " + strings.Join(un, "; "), cgroupDir
 	}
 	checks, err := loader.Probe(loader.ProbeOptions{CgroupParent: cgroupDir})
 	if err != nil {

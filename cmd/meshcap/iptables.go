@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -69,12 +68,7 @@ func runIptables(ctx context.Context, log *zap.Logger, cmd *cobra.Command, cfg c
 		log.Info("--skip-rule-apply: nothing to do")
 		return nil
 	}
-	var facts iptables.HostFacts
-	err := iptables.InNetns(ex.NetworkNamespace, func() error {
-		var err error
-		facts, err = iptables.HostSource{Addrs: func() ([]netip.Addr, error) { return iptables.InterfaceAddrs() }}.Facts(cfg)
-		return err
-	})
+	facts, err := iptables.FactsIn(ex.NetworkNamespace, cfg)
 	if err != nil {
 		return fmt.Errorf("host facts: %w", err)
 	}

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"net/netip"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
@@ -75,12 +74,7 @@ func runNftables(ctx context.Context, log *zap.Logger, cmd *cobra.Command, cfg c
 
 // buildNftables gathers the host facts in the target netns and builds the rules.
 func buildNftables(cfg capture.Config, netnsPath string) (*nftables.Ruleset, error) {
-	var facts iptables.HostFacts
-	err := iptables.InNetns(netnsPath, func() error {
-		var err error
-		facts, err = iptables.HostSource{Addrs: func() ([]netip.Addr, error) { return iptables.InterfaceAddrs() }}.Facts(cfg)
-		return err
-	})
+	facts, err := iptables.FactsIn(netnsPath, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("host facts: %w", err)
 	}

@@ -31,6 +31,8 @@ type proxyFlags struct {
 	loops                     int
 	logConnections            bool
 	pinDir                    string // eBPF inbound registration (proxy_inbound.go)
+	dual                      proxyDualStackFlags
+	dns                       proxyDNSFlags
 }
 
 func newProxyCmd(log *zap.Logger) *cobra.Command {
@@ -38,7 +40,9 @@ func newProxyCmd(log *zap.Logger) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "proxy",
 		Short: "Run the relay proxy: accept captured connections and relay them to their original destination",
-		Long: `Run the relay proxy that captured traffic is steered to (outbound 127.0.0.1:15001, inbound 0.0.0.0:15006).
+		Long: `Run the relay proxy that captured traffic is steered to (outbound 127.0.0.1:15001, inbound 0.0.0.0:15006, and
+as Envoy in a dual-stack pod [::1]:15001 and [::]:15006, skipped where there is no IPv6), and DNS on
+127.0.0.1:15053 and [::1]:15053 (UDP and TCP, forwarded to the --resolv-conf nameservers) for --redirect-dns.
 The original destination comes from getsockopt(SO_ORIGINAL_DST), answered by the kernel under iptables NAT or by
 meshcap's cgroup/getsockopt program in eBPF mode, or, inbound with sk_lookup, from the accepted socket's local
 address: the proxy behaves identically in both modes. Started as root it opens its listeners, then drops to
@@ -76,6 +80,8 @@ A second signal ends the process at once.`,
 	fl.StringVar(&f.copyMode, "copy", "splice", "copy mode of --engine goroutine: splice (zero-copy) or buffer (plain read/write); the loop engine always uses read/write")
 	fl.BoolVar(&f.logConnections, "log-connections", false, "log each relayed connection (original destination, bytes) at info level")
 	bindProxyInboundFlags(fl, &f.pinDir)
+	bindProxyDualStackFlags(fl, &f.dual)
+	bindProxyDNSFlags(fl, &f.dns)
 	return cmd
 }
 
@@ -103,6 +109,9 @@ func (f *proxyFlags) config(cmd *cobra.Command) (proxy.Config, error) {
 	}
 	if cfg.OutboundAddr == "" {
 		return cfg, fmt.Errorf("invalid --outbound-addr %q: empty", f.outboundAddr)
+	}
+	if err := f.dual.applyDualStack(cmd.Flags(), &cfg); err != nil {
+		return cfg, err
 	}
 	if f.inboundSource != "" {
 		a, err := netip.ParseAddr(f.inboundSource)
@@ -198,7 +207,21 @@ func runProxy(ctx context.Context, log *zap.Logger, cfg proxy.Config, f *proxyFl
 	case euid != f.uid:
 		log.Warn("not root: cannot switch uid; capture must exempt the current uid", zap.Int("uid", euid), zap.Int("want_uid", f.uid))
 	}
-	return p.Serve(ctx)
+	// After the privilege drop: istio's DNS rules put the answers into the app's conntrack zone by their owner
+	// (uid 1337), which is fixed when the socket is created.
+	dns, err := listenDNS(log, &f.dns)
+	if err != nil {
+		_ = p.Close()
+		return err
+	}
+	// DNS is served until the relay has drained and exits, not only until the signal: an app's own lookups during
+	// its graceful shutdown keep working, as its new connections do.
+	dnsCtx, stopDNS := context.WithCancel(context.Background())
+	waitDNS := serveDNS(dnsCtx, dns)
+	err = p.Serve(ctx)
+	stopDNS()
+	waitDNS()
+	return err
 }
 
 // proxySignals returns a context cancelled by SIGTERM (the kubelet's: Envoy-like drain, still accepting for

@@ -5,7 +5,10 @@
 //     because the iptables backend must copy lists verbatim to be byte-exact with istio-iptables.
 //   - Policy is the typed, validated view of the same Config. The eBPF backend consumes only Policy; the
 //     iptables backend validates through Policy too, so a value rejected for one mode is rejected for both.
-//   - Nothing in this package touches the system.
+//   - Nothing in this package changes the system. HostSource only reads it (interface addresses of the current
+//     network namespace, /etc/resolv.conf), and every decision taking host facts takes them as a HostFacts value.
+//   - EBPFUnsupported is the one list of what eBPF capture cannot do yet; every eBPF entry point (ebpf attach,
+//     init, the agent's CNI plugin) refuses or falls back on it, so no setting is accepted and silently not done.
 package capture
 
 // Config is the istio-iptables configuration, field for field. Lists are comma-separated raw strings.

@@ -50,15 +50,6 @@ var builtinChains = map[string]bool{
 // IsBuiltinChain reports whether name is a built-in chain or target (no -N needed).
 func IsBuiltinChain(name string) bool { return builtinChains[name] }
 
-// HostFacts are the values istio takes from the host rather than from flags (DEFAULTS.md section 4).
-type HostFacts struct {
-	IPv6 bool // IPv6 enabled: see DetectIPv6
-	// DNS servers in canonical text form (see ParseResolvConf), used when --redirect-dns is on and
-	// --capture-all-dns is off. They are inserted verbatim with /32 or /128 appended.
-	DNSServersV4 []string
-	DNSServersV6 []string
-}
-
 // Rule is one generated rule: `-A Chain Spec...` or, when Pos > 0, `-I Chain Pos Spec...`.
 type Rule struct {
 	Table string
@@ -319,7 +310,7 @@ func (b *builder) fam(loV4 string, fn func(v6 bool, lo, src string)) {
 
 // Build validates c and generates the rules of istio-iptables for the given host facts (DEFAULTS.md section 5).
 // c must have gone through ResolveDefaults (or carry explicit -u/-g).
-func Build(c capture.Config, host HostFacts) (*Ruleset, error) {
+func Build(c capture.Config, host capture.HostFacts) (*Ruleset, error) {
 	if _, err := Validate(c); err != nil {
 		return nil, err
 	}
@@ -346,7 +337,7 @@ func Build(c capture.Config, host HostFacts) (*Ruleset, error) {
 	if c.RedirectDNS && !captureAll {
 		dns4, dns6 = host.DNSServersV4, host.DNSServersV6
 	}
-	dns := c.RedirectDNS && (captureAll || len(dns4) > 0 || len(dns6) > 0)
+	dns := c.DNSCapture(host)
 
 	// 1. excluded interfaces
 	for _, i := range excludeIfs {

@@ -56,7 +56,7 @@ func buildCase(t *testing.T, gc goldenCase) *Ruleset {
 	if err != nil {
 		t.Fatalf("flags %q: %v", gc.Args, err)
 	}
-	src := HostSource{
+	src := capture.HostSource{
 		Addrs: func() ([]netip.Addr, error) {
 			var out []netip.Addr
 			for _, a := range gc.Addrs {

@@ -113,7 +113,7 @@ type plan struct {
 	inboundEnabled bool
 }
 
-func newPlan(c capture.Config, host iptables.HostFacts) plan {
+func newPlan(c capture.Config, host capture.HostFacts) plan {
 	p := plan{
 		c: c, tproxy: c.InboundInterceptionMode == "TPROXY",
 		uids: capture.SplitList(c.ProxyUID), gids: capture.SplitList(c.ProxyGID),
@@ -138,7 +138,7 @@ func newPlan(c capture.Config, host iptables.HostFacts) plan {
 
 // Build validates c and generates istio's nftables rules for the given host facts, in istio's generation order
 // (CASES.md section D). c must have gone through ResolveDefaults (or carry explicit -u/-g).
-func Build(c capture.Config, host iptables.HostFacts) (*Ruleset, error) {
+func Build(c capture.Config, host capture.HostFacts) (*Ruleset, error) {
 	if _, err := Validate(c); err != nil {
 		return nil, err
 	}

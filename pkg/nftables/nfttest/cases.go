@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 
 	"github.com/meshcap/meshcap/pkg/capture"
-	"github.com/meshcap/meshcap/pkg/iptables"
 )
 
 // Case is one row of cases.json (see its "about").
@@ -51,10 +50,10 @@ func (c Case) Config() (capture.Config, error) {
 }
 
 // Facts are the host facts of the case: IPv6 from the pod's address, DNS servers from its resolv.conf.
-func (c Case) Facts() iptables.HostFacts {
-	f := iptables.HostFacts{IPv6: c.V6, DNSServersV4: c.DNSV4, DNSServersV6: c.DNSV6}
+func (c Case) Facts() capture.HostFacts {
+	f := capture.HostFacts{IPv6: c.V6, DNSServersV4: c.DNSV4, DNSServersV6: c.DNSV6}
 	if c.Resolv != nil {
-		f.DNSServersV4, f.DNSServersV6 = iptables.ParseResolvConf([]byte(*c.Resolv))
+		f.DNSServersV4, f.DNSServersV6 = capture.ParseResolvConf([]byte(*c.Resolv))
 	}
 	return f
 }
