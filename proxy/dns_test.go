@@ -20,17 +20,30 @@ type fakeDNS struct {
 	truncate, strayFirst, silent bool
 }
 
+// listenUDPTCP opens a UDP socket on an ephemeral port of 127.0.0.1 and a TCP listener on the same port, trying
+// again when another socket already holds that port for TCP (port 0 is chosen per protocol).
+func listenUDPTCP(t *testing.T) (*net.UDPConn, net.Listener) {
+	t.Helper()
+	for try := 0; ; try++ {
+		u, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp4", u.LocalAddr().String())
+		if err == nil {
+			return u, ln
+		}
+		u.Close()
+		if try == 20 {
+			t.Fatalf("no port free for both UDP and TCP: %v", err)
+		}
+	}
+}
+
 func startFakeDNS(t *testing.T, f *fakeDNS) *fakeDNS {
 	t.Helper()
-	u, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	u, ln := listenUDPTCP(t)
 	f.addr = u.LocalAddr().(*net.UDPAddr).AddrPort()
-	ln, err := net.Listen("tcp4", f.addr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
 	t.Cleanup(func() { u.Close(); ln.Close() })
 	go func() {
 		buf := make([]byte, 65535)
