@@ -122,13 +122,18 @@ func unpack(apt aptState, root string, pkgs []string) error {
 	return os.Rename(tmp, root)
 }
 
-// findKernel locates boot/vmlinuz-<v> and its modules (lib/modules/<v> or usr/lib/modules/<v>) in an unpacked tree.
+// findKernel locates the image (boot/vmlinuz-<v>, or usr/lib/modules/<v>/vmlinuz in sid's packages) and the
+// modules (lib/modules/<v> or usr/lib/modules/<v>) in an unpacked tree.
 func findKernel(root string) (kernelTree, error) {
 	imgs, _ := filepath.Glob(filepath.Join(root, "boot", "vmlinuz-*"))
-	if len(imgs) != 1 {
-		return kernelTree{}, fmt.Errorf("%s: want one boot/vmlinuz-*, found %v", root, imgs)
+	v := ""
+	if len(imgs) == 1 {
+		v = strings.TrimPrefix(filepath.Base(imgs[0]), "vmlinuz-")
+	} else if imgs, _ = filepath.Glob(filepath.Join(root, "usr/lib/modules/*/vmlinuz")); len(imgs) == 1 {
+		v = filepath.Base(filepath.Dir(imgs[0]))
+	} else {
+		return kernelTree{}, fmt.Errorf("%s: want one boot/vmlinuz-* or usr/lib/modules/*/vmlinuz", root)
 	}
-	v := strings.TrimPrefix(filepath.Base(imgs[0]), "vmlinuz-")
 	for _, d := range []string{"lib/modules", "usr/lib/modules"} {
 		if fi, err := os.Stat(filepath.Join(root, d, v)); err == nil && fi.IsDir() {
 			return kernelTree{version: v, vmlinuz: imgs[0], modules: filepath.Join(root, d, v)}, nil

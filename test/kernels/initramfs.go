@@ -101,8 +101,12 @@ func copyFile(src, dst string) error {
 	return out.Close()
 }
 
-// hostTools are the programs the guest needs, by name: found on the host's PATH (sbin included).
-var hostTools = []string{"ip", "kmod", "nsenter", "unshare", "xtables-legacy-multi", "xtables-nft-multi", "nft"}
+// hostTools are the programs the guest needs, by name: found on the host's PATH (sbin included). The tests run
+// curl, bash and haproxy; nft is for the nftables backend.
+var hostTools = []string{"ip", "kmod", "nsenter", "unshare", "xtables-legacy-multi", "xtables-nft-multi", "curl", "bash", "nft", "haproxy"}
+
+// optionalTools may be missing on the host: the tests that need them then fail in the VM, and say why.
+var optionalTools = map[string]bool{"nft": true, "haproxy": true}
 
 // iptablesNames matches the iptables front ends (legacy, nft and the alternative-chosen plain names).
 var iptablesNames = regexp.MustCompile(`^(ip6?tables|arptables|ebtables)(-legacy|-nft)?(-save|-restore)?$`)
@@ -113,8 +117,9 @@ func addUserland(root string) error {
 	for _, name := range hostTools {
 		p, err := exec.LookPath(name)
 		if err != nil {
-			if name == "nft" {
-				continue // optional
+			if optionalTools[name] {
+				fmt.Fprintf(os.Stderr, "test-kernels: %s not installed, the VM will not have it\n", name)
+				continue
 			}
 			return fmt.Errorf("%s is needed in the VM: %w", name, err)
 		}
