@@ -22,8 +22,8 @@ else
 fi
 # The kernel's module autoload runs this path; sock_diag, netfilter and bridge modules come through it.
 echo /sbin/modprobe > /proc/sys/kernel/modprobe
-modprobe veth
-ip link set lo up
+/usr/sbin/modprobe veth # kmod: busybox sh would run its own applet, which cannot read .ko.xz
+/usr/bin/ip link set lo up
 hostname matrix
 /opt/meshcap/bin/matrix guest -config /opt/meshcap/matrix.json -vm
 poweroff -f
