@@ -94,8 +94,14 @@ func fetchKernel(cache, mirror string, k matrix.Kernel) (kernelTree, error) {
 
 // unpack downloads pkgs and `dpkg -x`es them into root (made complete, or removed).
 func unpack(apt aptState, root string, pkgs []string) error {
-	tmp := root + ".tmp"
-	os.RemoveAll(tmp)
+	if err := os.MkdirAll(filepath.Dir(root), 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(root), ".unpack-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
 	debs := filepath.Join(tmp, ".debs")
 	if err := os.MkdirAll(debs, 0o755); err != nil {
 		return err
@@ -118,8 +124,10 @@ func unpack(apt aptState, root string, pkgs []string) error {
 	if err := os.WriteFile(filepath.Join(tmp, ".complete"), []byte(strings.Join(pkgs, "\n")+"\n"), 0o644); err != nil {
 		return err
 	}
-	os.RemoveAll(root)
-	return os.Rename(tmp, root)
+	if err := os.Rename(tmp, root); err != nil && !exists(filepath.Join(root, ".complete")) {
+		return err // (another run may have unpacked the same packages meanwhile: then theirs is used)
+	}
+	return nil
 }
 
 // findKernel locates the image (boot/vmlinuz-<v>, or usr/lib/modules/<v>/vmlinuz in sid's packages) and the

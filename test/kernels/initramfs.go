@@ -235,14 +235,20 @@ func buildCommon(work, bins string, cfg guestConfig) (string, error) {
 var moduleDirs = []string{"kernel/net", "kernel/lib", "kernel/crypto", "kernel/arch/x86/crypto", "kernel/drivers/net/veth.ko*"}
 
 // buildModules makes the initramfs part holding k's modules at /usr/lib/modules/<version>, with the modules.dep
-// that depmod -b writes (Debian's packages ship none: their postinst makes it). Cached per kernel version.
-func buildModules(work string, k kernelTree) (string, error) {
-	out := filepath.Join(work, "modules-"+k.version+".cpio")
+// that depmod -b writes (Debian's packages ship none: their postinst makes it). Cached in dir per kernel version.
+func buildModules(dir string, k kernelTree) (string, error) {
+	out := filepath.Join(dir, "modules-"+k.version+".cpio")
 	if exists(out) {
 		return out, nil
 	}
-	root := filepath.Join(work, "modules-"+k.version)
-	os.RemoveAll(root)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	root, err := os.MkdirTemp(dir, ".modules-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(root)
 	dst := filepath.Join(root, "usr/lib/modules", k.version)
 	if err := os.MkdirAll(dst, 0o755); err != nil {
 		return "", err
@@ -262,11 +268,12 @@ func buildModules(work string, k kernelTree) (string, error) {
 	if out, err := exec.Command("depmod", "-b", filepath.Join(root, "usr"), k.version).CombinedOutput(); err != nil {
 		return "", fmt.Errorf("depmod %s: %w: %s", k.version, err, out)
 	}
-	if err := makeCpio(root, out+".tmp", false); err != nil {
+	tmp := root + ".cpio"
+	defer os.Remove(tmp)
+	if err := makeCpio(root, tmp, false); err != nil {
 		return "", err
 	}
-	os.RemoveAll(root)
-	return out, os.Rename(out+".tmp", out)
+	return out, os.Rename(tmp, out)
 }
 
 // makeCpio archives dir as an uncompressed newc cpio owned by root. withRoot includes "." itself, which sets the

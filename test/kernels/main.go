@@ -89,22 +89,23 @@ func run(o options) ([]matrix.Summary, error) {
 			return nil, err
 		}
 	}
-	work := filepath.Join(o.cache, "work")
-	logs := filepath.Join(o.cache, "logs")
-	for _, d := range []string{work, logs} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, err
-		}
+	// Each run has a directory of its own (concurrent runs share only the downloads and the module archives);
+	// its consoles stay, the rest is removed at the end.
+	logs, err := newRunDir(filepath.Join(o.cache, "runs"))
+	if err != nil {
+		return nil, err
 	}
+	work := filepath.Join(logs, "work")
+	defer os.RemoveAll(work)
 	step := stepper()
+	step("consoles and logs in " + logs)
 	bins := filepath.Join(work, "bin")
-	os.RemoveAll(bins)
 	step("build static binaries")
 	if err := buildBins(o.cache, bins); err != nil {
 		return nil, err
 	}
 	cfg := guestConfig{Tests: strings.Split(o.tests, ",")}
-	r := &runner{o: o, work: work, logs: logs, step: step}
+	r := &runner{o: o, work: work, logs: logs, modCache: filepath.Join(o.cache, "initramfs"), step: step}
 	if len(kernels) > 0 {
 		step("build the initramfs")
 		common, err := buildCommon(work, bins, cfg)
@@ -130,6 +131,25 @@ func run(o options) ([]matrix.Summary, error) {
 		sums = append(sums, r.hostRun(bins, cfg))
 	}
 	return sums, nil
+}
+
+// newRunDir makes a fresh directory for this run's logs and scratch files under dir, and removes runs older
+// than a week.
+func newRunDir(dir string) (string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	old, _ := filepath.Glob(filepath.Join(dir, "*"))
+	for _, d := range old {
+		if fi, err := os.Stat(d); err == nil && time.Since(fi.ModTime()) > 7*24*time.Hour {
+			os.RemoveAll(d)
+		}
+	}
+	run, err := os.MkdirTemp(dir, time.Now().UTC().Format("20060102T150405")+"-")
+	if err != nil {
+		return "", err
+	}
+	return run, os.Chmod(run, 0o755)
 }
 
 // machineMirror is the Debian mirror of the machine's own apt sources (read only).

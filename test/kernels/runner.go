@@ -18,14 +18,15 @@ import (
 // runner boots kernels and runs the host, one at a time, each under the machine's e2e lock.
 type runner struct {
 	o          options
-	work, logs string
+	work, logs string // this run's scratch and log directories
+	modCache   string // module archives, shared by runs
 	common     string // kernel-independent initramfs part
 	step       func(string)
 }
 
 // bootKernel boots one kernel with the common initramfs plus its modules and summarizes the console.
 func (r *runner) bootKernel(label, wantMode string, tree kernelTree, env []string) matrix.Summary {
-	mods, err := buildModules(r.work, tree)
+	mods, err := buildModules(r.modCache, tree)
 	if err != nil {
 		return matrix.Summarize(matrix.Run{Label: label, WantMode: wantMode, Err: err})
 	}
