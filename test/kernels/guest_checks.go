@@ -86,30 +86,18 @@ func (g *guest) demo() error {
 
 var initModeRe = regexp.MustCompile(`capture set up.*"mode": "(\w+)"`)
 
+// relayDst is the server pod's address the app dials in autoRelay.
+const relayDst = "198.18.0.2:8080"
+
 // autoRelay captures an app pod with `meshcap init --mode auto` (istio-init's outbound arguments), checks the
 // mode it chose, and sends a request from the app (uid 2000) through `meshcap proxy` to a server pod: it must
 // be relayed to its exact original destination. Without cgroup2 the pods are bare network namespaces.
 func (g *guest) autoRelay(wantMode string) error {
-	sfx := fmt.Sprintf("%04x", os.Getpid()&0xffff)
-	app, err := newGuestPod("mx" + sfx + "-app")
+	app, cleanup, err := g.relayPods()
+	defer cleanup()
 	if err != nil {
 		return err
 	}
-	defer app.Close()
-	srv, err := newGuestPod("mx" + sfx + "-srv")
-	if err != nil {
-		return err
-	}
-	defer srv.Close()
-	if err := podnet.Link(app, srv, netip.MustParsePrefix("198.18.0.1/24"), netip.MustParsePrefix("198.18.0.2/24")); err != nil {
-		return err
-	}
-	const dst = "198.18.0.2:8080"
-	server, err := startInPod(srv, nil, g.bin("nettool"), "serve", dst)
-	if err != nil {
-		return err
-	}
-	defer stop(server)
 	pin, unmount, err := privateBPFFS()
 	if err != nil {
 		return err
@@ -139,18 +127,54 @@ func (g *guest) autoRelay(wantMode string) error {
 	if err := app.WaitListening(ctx, 15001); err != nil {
 		return err
 	}
-	out, stderr, err := runInPod(app, &podnet.Cred{UID: 2000, GID: 2000}, g.bin("nettool"), "dial", dst, "-send", "1000", "-timeout", "10s")
+	return g.dialRelayed(app)
+}
+
+// relayPods makes the app pod and a server pod, joined by a veth, with an echo server on relayDst. cleanup undoes
+// whatever was made, also on error.
+func (g *guest) relayPods() (app *podnet.Pod, cleanup func(), err error) {
+	var undo []func()
+	cleanup = func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+	}
+	sfx := fmt.Sprintf("%04x", os.Getpid()&0xffff)
+	if app, err = newGuestPod("mx" + sfx + "-app"); err != nil {
+		return nil, cleanup, err
+	}
+	undo = append(undo, func() { app.Close() })
+	srv, err := newGuestPod("mx" + sfx + "-srv")
+	if err != nil {
+		return nil, cleanup, err
+	}
+	undo = append(undo, func() { srv.Close() })
+	if err = podnet.Link(app, srv, netip.MustParsePrefix("198.18.0.1/24"), netip.MustParsePrefix("198.18.0.2/24")); err != nil {
+		return nil, cleanup, err
+	}
+	server, err := startInPod(srv, nil, g.bin("nettool"), "serve", relayDst)
+	if err != nil {
+		return nil, cleanup, err
+	}
+	undo = append(undo, func() { stop(server) })
+	return app, cleanup, nil
+}
+
+// dialRelayed dials relayDst from the app pod as uid 2000: the connection must go through the proxy (the server
+// sees another peer than the client's own address) and reach exactly relayDst, which getpeername also shows.
+func (g *guest) dialRelayed(app *podnet.Pod) error {
+	out, stderr, err := runInPod(app, &podnet.Cred{UID: 2000, GID: 2000}, g.bin("nettool"), "dial", relayDst, "-send", "1000", "-timeout", "10s")
 	var r struct {
 		Reached, Peer, Local, Remote string
 		OK                           bool
 	}
 	if jerr := json.Unmarshal([]byte(out), &r); err != nil || jerr != nil {
-		return fmt.Errorf("dial %s: %v %v: %s %s", dst, err, jerr, out, stderr)
+		return fmt.Errorf("dial %s: %v %v: %s %s", relayDst, err, jerr, out, stderr)
 	}
-	if !r.OK || r.Reached != dst || r.Remote != dst || r.Peer == r.Local {
-		return fmt.Errorf("dial %s: not relayed to the exact original destination: %+v", dst, r)
+	if !r.OK || r.Reached != relayDst || r.Remote != relayDst || r.Peer == r.Local {
+		return fmt.Errorf("dial %s: not relayed to the exact original destination: %+v", relayDst, r)
 	}
-	fmt.Fprintf(g.out, "relayed in mode %s: %+v\n", wantMode, r)
+	fmt.Fprintf(g.out, "relayed: %+v\n", r)
 	return nil
 }
 
