@@ -21,8 +21,9 @@ import (
 
 // guestConfig is what the guest mode runs; written into the initramfs (or a temp file for the host run).
 type guestConfig struct {
-	Tests  []string // e2e tests (top-level names) to run
-	BinDir string   // prebuilt binaries: meshcap, nettool, e2e.test, CNI plugins
+	Tests   []string // e2e tests (top-level names) to run; ["all"]: every test of the binary
+	BinDir  string   // prebuilt binaries: meshcap, nettool, e2e.test, CNI plugins
+	TestDir string   // working directory of the test binary (the test package's directory)
 }
 
 // guest runs the selection on the kernel it runs on and prints one marker per result. Every failure is a
@@ -128,7 +129,7 @@ func (g *guest) command(timeout time.Duration, name string, args ...string) (str
 // the names that produced none.
 func (g *guest) goTests(names []string) ([]matrix.TestResult, []string, error) {
 	cmd := exec.Command(g.bin("e2e.test"), "-test.run", matrix.RunRegexp(names), "-test.v", "-test.count=1", "-test.timeout=20m")
-	cmd.Dir = os.TempDir()
+	cmd.Dir = g.cfg.TestDir
 	cmd.Env = append(os.Environ(), "CI=true", "MESHCAP_E2E_BIN_DIR="+g.cfg.BinDir, "PATH="+os.Getenv("PATH")+":"+g.cfg.BinDir)
 	var buf bytes.Buffer
 	cmd.Stdout = io.MultiWriter(&buf, g.out)
@@ -140,6 +141,14 @@ func (g *guest) goTests(names []string) ([]matrix.TestResult, []string, error) {
 
 // tests runs the selected e2e tests and emits one marker per test.
 func (g *guest) tests(names []string) {
+	if len(names) == 1 && names[0] == "all" {
+		out, err := exec.Command(g.bin("e2e.test"), "-test.list", ".").Output()
+		if err != nil {
+			g.emit(matrix.Event{Step: matrix.StepTest, Name: "e2e.test -test.list", Detail: err.Error()})
+			return
+		}
+		names = strings.Fields(string(out))
+	}
 	if len(names) == 0 {
 		return
 	}

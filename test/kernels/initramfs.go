@@ -15,8 +15,12 @@ import (
 //go:embed init.sh
 var initScript []byte
 
-// guestBinDir is where the prebuilt meshcap, test and CNI binaries live inside the VM.
-const guestBinDir = "/opt/meshcap/bin"
+// guestBinDir is where the prebuilt meshcap, test and CNI binaries live inside the VM; guestSrcDir holds the
+// source files the tests read.
+const (
+	guestBinDir = "/opt/meshcap/bin"
+	guestSrcDir = "/opt/meshcap/src"
+)
 
 // mergedUsr lays out root as a merged-/usr Debian system, so that libraries copied to the paths ldd prints land
 // in one place.
@@ -221,7 +225,16 @@ func buildCommon(work, bins string, cfg guestConfig) (string, error) {
 			return "", err
 		}
 	}
-	cfg.BinDir = guestBinDir
+	// The e2e tests read a few files relative to the test package's directory (../deploy, ../testdata).
+	for _, d := range []string{"deploy", "testdata"} {
+		if out, err := exec.Command("cp", "-a", d, filepath.Join(root, guestSrcDir, d)).CombinedOutput(); err != nil {
+			return "", fmt.Errorf("copy %s: %w: %s", d, err, out)
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(root, guestSrcDir, "test"), 0o755); err != nil {
+		return "", err
+	}
+	cfg.BinDir, cfg.TestDir = guestBinDir, filepath.Join(guestSrcDir, "test")
 	data, _ := json.MarshalIndent(cfg, "", "  ")
 	if err := os.WriteFile(filepath.Join(root, "opt/meshcap/matrix.json"), data, 0o644); err != nil {
 		return "", err

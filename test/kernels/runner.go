@@ -53,7 +53,11 @@ func (r *runner) bootKernel(label, wantMode string, tree kernelTree, env []strin
 
 // hostRun runs the guest mode on this machine's kernel, directly.
 func (r *runner) hostRun(bins string, cfg guestConfig) matrix.Summary {
-	cfg.BinDir = bins
+	wd, err := os.Getwd()
+	if err != nil {
+		return matrix.Summarize(matrix.Run{Label: "host", Err: err})
+	}
+	cfg.BinDir, cfg.TestDir = bins, filepath.Join(wd, "test")
 	data, _ := json.Marshal(cfg)
 	conf := filepath.Join(r.work, "host.json")
 	logPath := filepath.Join(r.logs, "host.log")
