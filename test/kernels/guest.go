@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -21,7 +22,8 @@ import (
 
 // guestConfig is what the guest mode runs; written into the initramfs (or a temp file for the host run).
 type guestConfig struct {
-	Tests   []string // e2e tests (top-level names) to run; ["all"]: every test of the binary
+	Tests   []string // e2e tests (top-level names) to run; ["all"]: every test of the binary but Skip
+	Skip    []string
 	BinDir  string   // prebuilt binaries: meshcap, nettool, e2e.test, CNI plugins
 	TestDir string   // working directory of the test binary (the test package's directory)
 }
@@ -128,9 +130,7 @@ func (g *guest) command(timeout time.Duration, name string, args ...string) (str
 // goTests runs the e2e test binary on the named tests as CI would (a skip fails) and returns the results and
 // the names that produced none.
 func (g *guest) goTests(names []string) ([]matrix.TestResult, []string, error) {
-	cmd := exec.Command(g.bin("e2e.test"), "-test.run", matrix.RunRegexp(names), "-test.v", "-test.count=1", "-test.timeout=20m")
-	cmd.Dir = g.cfg.TestDir
-	cmd.Env = append(os.Environ(), "CI=true", "MESHCAP_E2E_BIN_DIR="+g.cfg.BinDir, "PATH="+os.Getenv("PATH")+":"+g.cfg.BinDir)
+	cmd := g.testCmd("-test.run", matrix.RunRegexp(names), "-test.v", "-test.count=1", "-test.timeout=20m")
 	var buf bytes.Buffer
 	cmd.Stdout = io.MultiWriter(&buf, g.out)
 	cmd.Stderr = cmd.Stdout
@@ -139,15 +139,23 @@ func (g *guest) goTests(names []string) ([]matrix.TestResult, []string, error) {
 	return res, matrix.MissingTests(names, res), err
 }
 
+// testCmd is the e2e test binary as CI runs it (CI=true: a skip fails), with the prebuilt binaries.
+func (g *guest) testCmd(args ...string) *exec.Cmd {
+	cmd := exec.Command(g.bin("e2e.test"), args...)
+	cmd.Dir = g.cfg.TestDir
+	cmd.Env = append(os.Environ(), "CI=true", "MESHCAP_E2E_BIN_DIR="+g.cfg.BinDir, "PATH="+os.Getenv("PATH")+":"+g.cfg.BinDir)
+	return cmd
+}
+
 // tests runs the selected e2e tests and emits one marker per test.
 func (g *guest) tests(names []string) {
 	if len(names) == 1 && names[0] == "all" {
-		out, err := exec.Command(g.bin("e2e.test"), "-test.list", ".").Output()
+		out, err := g.testCmd("-test.list", ".").Output()
 		if err != nil {
 			g.emit(matrix.Event{Step: matrix.StepTest, Name: "e2e.test -test.list", Detail: err.Error()})
 			return
 		}
-		names = strings.Fields(string(out))
+		names = slices.DeleteFunc(strings.Fields(string(out)), func(n string) bool { return slices.Contains(g.cfg.Skip, n) })
 	}
 	if len(names) == 0 {
 		return

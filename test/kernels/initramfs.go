@@ -226,13 +226,13 @@ func buildCommon(work, bins string, cfg guestConfig) (string, error) {
 		}
 	}
 	// The e2e tests read a few files relative to the test package's directory (../deploy, ../testdata).
+	if err := os.MkdirAll(filepath.Join(root, guestSrcDir, "test"), 0o755); err != nil {
+		return "", err
+	}
 	for _, d := range []string{"deploy", "testdata"} {
 		if out, err := exec.Command("cp", "-a", d, filepath.Join(root, guestSrcDir, d)).CombinedOutput(); err != nil {
 			return "", fmt.Errorf("copy %s: %w: %s", d, err, out)
 		}
-	}
-	if err := os.MkdirAll(filepath.Join(root, guestSrcDir, "test"), 0o755); err != nil {
-		return "", err
 	}
 	cfg.BinDir, cfg.TestDir = guestBinDir, filepath.Join(guestSrcDir, "test")
 	data, _ := json.MarshalIndent(cfg, "", "  ")

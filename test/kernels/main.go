@@ -18,20 +18,16 @@ import (
 	"github.com/meshcap/meshcap/test/kernels/matrix"
 )
 
-// defaultTests are the e2e tests run on every kernel: outbound, inbound two-sidecar, the iptables fallback (proxy
-// and init), agent + CNI, and a captured cgroup reading a getsockopt answer larger than a page.
-var defaultTests = []string{
-	"TestEBPFOutboundProxy",
-	"TestInboundTwoSidecar",
-	"TestProxyIptablesOutbound",
-	"TestDeployInitAutoChoosesEBPF",
-	"TestDeployInitAutoFallsBackToIPTables",
-	"TestDeployAgentCNI",
-	"TestEBPFGetsockoptLargeAnswer",
-}
+// The e2e tests run on every kernel: all of them (outbound, inbound two-sidecar, the iptables fallback, agent +
+// CNI, a captured cgroup reading a getsockopt answer larger than a page, ...) except skipTests.
+const defaultTests = "all"
+
+// skipTests take too long under TCG for CI: TestEBPFMapsBounded fills every map to its bound (141 s on 6.1 in
+// a VM, most of a kernel's budget); it runs on the host kernel in `make test`.
+const skipTests = "TestEBPFMapsBounded"
 
 type options struct {
-	kernels, tests, cache, lock, noCgroup2 string
+	kernels, tests, skip, cache, lock, noCgroup2 string
 	kvm, host, verbose                     bool
 	timeout                                time.Duration
 }
@@ -42,7 +38,8 @@ func main() {
 	}
 	var o options
 	flag.StringVar(&o.kernels, "kernels", "all", "kernels to boot, comma-separated ("+names()+"), or all, or none")
-	flag.StringVar(&o.tests, "tests", strings.Join(defaultTests, ","), "e2e tests to run on each kernel (top-level names)")
+	flag.StringVar(&o.tests, "tests", defaultTests, "e2e tests to run on each kernel (top-level names, comma-separated), or all")
+	flag.StringVar(&o.skip, "skip", skipTests, "with -tests all: tests not to run (comma-separated)")
 	flag.StringVar(&o.cache, "cache", "/var/cache/meshcap-kernels", "downloads, unpacked kernels and initramfs parts")
 	flag.StringVar(&o.lock, "lock", "/tmp/meshcap-e2e.lock", "lock file held while a VM or the host run uses the machine")
 	flag.StringVar(&o.noCgroup2, "no-cgroup2", "5.10", "kernel that also boots without cgroup2 (empty: none)")
@@ -104,7 +101,7 @@ func run(o options) ([]matrix.Summary, error) {
 	if err := buildBins(o.cache, bins); err != nil {
 		return nil, err
 	}
-	cfg := guestConfig{Tests: strings.Split(o.tests, ",")}
+	cfg := guestConfig{Tests: strings.Split(o.tests, ","), Skip: strings.Split(o.skip, ",")}
 	r := &runner{o: o, work: work, logs: logs, modCache: filepath.Join(o.cache, "initramfs"), step: step}
 	if len(kernels) > 0 {
 		step("build the initramfs")
