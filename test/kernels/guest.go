@@ -24,8 +24,8 @@ import (
 type guestConfig struct {
 	Tests   []string // e2e tests (top-level names) to run; ["all"]: every test of the binary but Skip
 	Skip    []string
-	BinDir  string   // prebuilt binaries: meshcap, nettool, e2e.test, CNI plugins
-	TestDir string   // working directory of the test binary (the test package's directory)
+	BinDir  string // prebuilt binaries: meshcap, nettool, e2e.test, CNI plugins
+	TestDir string // working directory of the test binary (the test package's directory)
 }
 
 // guest runs the selection on the kernel it runs on and prints one marker per result. Every failure is a

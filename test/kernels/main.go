@@ -28,8 +28,8 @@ const skipTests = "TestEBPFMapsBounded"
 
 type options struct {
 	kernels, tests, skip, cache, lock, noCgroup2 string
-	kvm, host, verbose                     bool
-	timeout                                time.Duration
+	kvm, host, verbose                           bool
+	timeout                                      time.Duration
 }
 
 func main() {
