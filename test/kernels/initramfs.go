@@ -106,11 +106,11 @@ func copyFile(src, dst string) error {
 }
 
 // hostTools are the programs the guest needs, by name: found on the host's PATH (sbin included). The tests run
-// curl, bash and haproxy; nft is for the nftables backend.
-var hostTools = []string{"ip", "kmod", "nsenter", "unshare", "xtables-legacy-multi", "xtables-nft-multi", "curl", "bash", "nft", "haproxy"}
+// curl, bash, haproxy and redsocks; nft is for the nftables backend.
+var hostTools = []string{"ip", "kmod", "nsenter", "unshare", "xtables-legacy-multi", "xtables-nft-multi", "curl", "bash", "nft", "haproxy", "redsocks"}
 
 // optionalTools may be missing on the host: the tests that need them then fail in the VM, and say why.
-var optionalTools = map[string]bool{"nft": true, "haproxy": true}
+var optionalTools = map[string]bool{"nft": true, "haproxy": true, "redsocks": true}
 
 // iptablesNames matches the iptables front ends (legacy, nft and the alternative-chosen plain names).
 var iptablesNames = regexp.MustCompile(`^(ip6?tables|arptables|ebtables)(-legacy|-nft)?(-save|-restore)?$`)
