@@ -221,8 +221,8 @@ func (p *proc) stop() {
 	<-p.done
 }
 
-// waitStderr waits up to 10 s (emulated VMs of the kernel matrix are slow) for text in the process's stderr (a line logged after its listener opened, for
-// example) and reports whether it came.
+// waitStderr waits up to 10 s (the kernel matrix's emulated VMs are slow) for text in the process's stderr (a line
+// logged after its listener opened, for example) and reports whether it came.
 func (p *proc) waitStderr(text string) bool {
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		if strings.Contains(p.stderr.String(), text) {
