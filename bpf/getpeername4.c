@@ -9,13 +9,15 @@
 SEC("cgroup/getpeername4")
 int mc_getpeername4(struct bpf_sock_addr *ctx)
 {
-	__u64 cookie = bpf_get_socket_cookie(ctx);
-	struct mc_orig *orig = bpf_map_lookup_elem(&mc_orig_cookie, &cookie);
-	if (!orig)
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return SYS_PROCEED;
+	struct mc_client *cl = bpf_sk_storage_get(&mc_client, sk, 0, 0);
+	if (!cl || !(cl->flags & MC_CL_F_COUNTED))
 		return SYS_PROCEED;
 
-	ctx->user_ip4 = orig->addr;
-	ctx->user_port = bpf_htons(orig->port);
+	ctx->user_ip4 = cl->orig.addr;
+	ctx->user_port = bpf_htons(cl->orig.port);
 	return SYS_PROCEED;
 }
 

@@ -10,23 +10,59 @@
  */
 #include "meshcap.h"
 
-/* struct sockaddr_in, as userspace expects it (16 bytes). */
-struct mc_sockaddr_in {
-	__u16 sin_family;
-	__u16 sin_port; /* network byte order */
-	__u32 sin_addr; /* network byte order */
-	__u8 sin_zero[8];
-};
+/* Puts struct mc_origdst_ext into this object's BTF, so that bpf2go generates its Go type (the proxy's decoder of
+ * the extended answer comes from it). No program uses it; the loader drops the section it lands in. */
+const struct mc_origdst_ext *mc_origdst_ext_btf __attribute__((unused));
+const struct mc_stats_answer *mc_stats_answer_btf __attribute__((unused));
 
-/* What a caller with a large enough buffer gets for a fast-path socket (proxy/origdst.go has the same layout). */
-struct mc_origdst_ext {
-	struct mc_sockaddr_in sa;
-	__u32 flags; /* MC_ORIGDST_F_* */
-};
+/* The one netns-cookie read of this program type (bpf_get_netns_cookie: sockopt programs have it from 5.15). */
+static __always_inline __u64 mc_sockopt_netns(struct bpf_sockopt *ctx)
+{
+	return bpf_get_netns_cookie(ctx);
+}
+
+/* Set the answer's length and override the kernel's error. */
+static __always_inline void mc_answer(struct bpf_sockopt *ctx, int optlen)
+{
+	ctx->optlen = optlen;
+	/* Why the barrier: clang 14 merges the optlen and retval stores into one 8-byte store, which the verifier
+	 * rejects (invalid bpf_context access off=32 size=8). */
+	asm volatile("" ::: "memory");
+	ctx->retval = 0;
+}
+
+/* MC_SO_CAPTURE_STATS: the counters of the pod the socket belongs to (its config key). */
+static __always_inline int mc_stats_answer(struct bpf_sockopt *ctx)
+{
+	__u64 cfg_key;
+	struct mc_config *cfg = mc_lookup_config(mc_sockopt_netns(ctx), &cfg_key);
+	if (!cfg)
+		return 1;
+	struct mc_stats *st = bpf_map_lookup_elem(&mc_stats, &cfg_key);
+	struct mc_stats_answer *a = ctx->optval;
+	if (!st || (void *)(a + 1) > ctx->optval_end)
+		return 1;
+	a->conns = st->conns;
+	a->tuples = st->tuples;
+	a->captured = st->captured;
+	a->exempt_port = st->exempt_port;
+	a->exempt_owner = st->exempt_owner;
+	a->exempt_loopback = st->exempt_loopback;
+	a->exempt_cidr = st->exempt_cidr;
+	a->not_included = st->not_included;
+	a->refused_full = st->refused_full;
+	a->tuple_lost = st->tuple_lost;
+	a->max_conns = cfg->max_conns;
+	a->_pad = 0;
+	mc_answer(ctx, sizeof(*a));
+	return 1;
+}
 
 SEC("cgroup/getsockopt")
 int mc_getsockopt(struct bpf_sockopt *ctx)
 {
+	if (ctx->level == SOL_IP && ctx->optname == MC_SO_CAPTURE_STATS)
+		return mc_stats_answer(ctx);
 	if (ctx->level != SOL_IP || ctx->optname != SO_ORIGINAL_DST)
 		return 1; /* untouched: keep the kernel's optlen and retval */
 
@@ -35,7 +71,7 @@ int mc_getsockopt(struct bpf_sockopt *ctx)
 		return 1;
 
 	struct mc_tuple t;
-	mc_fill_tuple(&t, bpf_get_netns_cookie(ctx), sk->src_ip4, (__u16)sk->src_port, sk->dst_ip4,
+	mc_fill_tuple(&t, mc_sockopt_netns(ctx), sk->src_ip4, (__u16)sk->src_port, sk->dst_ip4,
 	              bpf_ntohs(sk->dst_port));
 	struct mc_orig *orig = bpf_map_lookup_elem(&mc_orig_tuple, &t);
 	if (!orig)
@@ -56,12 +92,8 @@ int mc_getsockopt(struct bpf_sockopt *ctx)
 		ext->flags = MC_ORIGDST_F_FAST_PATH;
 		optlen = sizeof(*ext);
 	}
-	ctx->optlen = optlen;
-	/* Why the barrier: clang 14 merges the optlen and retval stores into one 8-byte store, which the verifier
-	 * rejects (invalid bpf_context access off=32 size=8). */
-	asm volatile("" ::: "memory");
 	/* Override whatever the kernel answered (ENOENT without conntrack, or the local address with it). */
-	ctx->retval = 0;
+	mc_answer(ctx, optlen);
 	return 1;
 }
 

@@ -1,12 +1,15 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * sockops: turns "socket cookie -> original destination" (from connect4) into "4-tuple -> original destination"
- * that the proxy can find from its accepted socket, and removes entries when sockets close.
+ * sockops: turns the client socket's record (mc_client, from connect4) into "4-tuple -> original destination"
+ * that the proxy can find from its accepted socket, and frees tuple entries on every path.
  *
- *   client TCP_CONNECT (captured)   -> ask for state callbacks, so a failed connect also frees the cookie entry
+ *   client TCP_CONNECT (captured)   -> ask for state callbacks (a refused or reset connect then frees its entry)
  *   client ACTIVE_ESTABLISHED        -> mc_orig_tuple[(netns, proxy-local, client-addr)] = original destination
- *   proxy PASSIVE_ESTABLISHED        -> if it has an entry, ask for state callbacks
- *   STATE_CB to TCP_CLOSE            -> client: delete cookie entry; proxy side: delete tuple entry
+ *   proxy PASSIVE_ESTABLISHED        -> if it has an entry, mark it owned by this socket, ask for state callbacks
+ *   STATE_CB to TCP_CLOSE            -> proxy side: delete its entry; client side: delete the entry when no proxy
+ *                                       socket ever owned it (the proxy never accepted: nobody else would free it)
+ *
+ * The client's record itself is socket storage: the kernel frees it with the socket.
  *
  * Fast path (opt-in, MC_ORIG_F_FAST_PATH from connect4): at ACTIVE_ESTABLISHED the client end, at
  * PASSIVE_ESTABLISHED the proxy end goes into mc_sockhash, each with a mc_fp_peer storage naming the other end
@@ -15,15 +18,30 @@
  *
  * Why the tuple entry is freed by the proxy's socket and not the client's: a client may write and close before
  * the proxy has even accepted; its socket reaches TCP_CLOSE (via TIME_WAIT/FIN_WAIT2 minisocks) while the proxy
- * still has to ask SO_ORIGINAL_DST. Both maps are LRU as a backstop (a proxy outside the cgroup, missed events).
+ * still has to ask SO_ORIGINAL_DST. Nothing is LRU: a live entry is never evicted. Every mc_orig_tuple insert and
+ * delete moves the pod's tuples gauge (mc_stats).
  */
 #include "meshcap.h"
 
-static __always_inline void mc_proxy_view(struct mc_tuple *t, struct bpf_sock_ops *skops, int active)
+/* The one netns-cookie read of this program type (sock_ops has bpf_get_netns_cookie from 5.15). Only the proxy's
+ * (passive) side needs it: the client side uses the cookie connect4 recorded in mc_client. */
+static __always_inline __u64 mc_sock_ops_netns(struct bpf_sock_ops *skops)
+{
+	return bpf_get_netns_cookie(skops);
+}
+
+static __always_inline struct mc_client *mc_client_of(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+	if (!sk)
+		return NULL;
+	return bpf_sk_storage_get(&mc_client, sk, 0, 0);
+}
+
+static __always_inline void mc_proxy_view(struct mc_tuple *t, struct bpf_sock_ops *skops, __u64 netns, int active)
 {
 	/* Why volatile: clang merges adjacent 4-byte context loads (remote_ip4, local_ip4) into one 8-byte load,
 	 * which the verifier rejects (invalid bpf_context access off=24 size=8). */
-	__u64 netns = bpf_get_netns_cookie(skops);
 	__u32 laddr = *(volatile __u32 *)&skops->local_ip4;
 	__u16 lport = (__u16) * (volatile __u32 *)&skops->local_port; /* host byte order */
 	__u32 raddr = *(volatile __u32 *)&skops->remote_ip4;
@@ -56,30 +74,39 @@ static __always_inline int mc_fp_insert(struct bpf_sock_ops *skops, struct mc_tu
 
 static __always_inline void mc_active_established(struct bpf_sock_ops *skops)
 {
-	__u64 cookie = bpf_get_socket_cookie(skops);
-	struct mc_orig *orig = bpf_map_lookup_elem(&mc_orig_cookie, &cookie);
-	if (!orig)
+	struct mc_client *cl = mc_client_of(skops);
+	if (!cl || !(cl->flags & MC_CL_F_COUNTED))
 		return;
 
 	struct mc_tuple t;
-	mc_proxy_view(&t, skops, 1);
-	struct mc_orig val = *orig; /* copy: map values must not be passed as keys/values of another map update */
+	mc_proxy_view(&t, skops, cl->netns, 1);
+	struct mc_orig val = cl->orig; /* copy: map values must not be passed as keys/values of another map update */
 	if (val.flags & MC_ORIG_F_FAST_PATH) {
 		struct mc_tuple self; /* the client's own view: the key the proxy end looks it up by */
 		mc_fill_tuple(&self, t.netns, t.remote_addr, t.remote_port, t.local_addr, t.local_port);
 		if (mc_fp_insert(skops, &self, &t))
 			val.flags |= MC_ORIG_F_APP_IN;
 	}
-	bpf_map_update_elem(&mc_orig_tuple, &t, &val, BPF_ANY);
+	struct mc_stats *st = mc_stats_of(val.cfg);
+	if (bpf_map_update_elem(&mc_orig_tuple, &t, &val, BPF_NOEXIST) == 0) {
+		if (st)
+			mc_gauge_add(st, &st->tuples, 1);
+		return;
+	}
+	/* An entry with this tuple already: a stale one (the same 4-tuple cannot be live twice). Replace it, the
+	 * count stays. Else the node-wide table is full: the proxy will find no destination and close (counted). */
+	if (bpf_map_update_elem(&mc_orig_tuple, &t, &val, BPF_EXIST) != 0 && st)
+		mc_count(&st->tuple_lost);
 }
 
 static __always_inline void mc_passive_established(struct bpf_sock_ops *skops)
 {
 	struct mc_tuple t;
-	mc_proxy_view(&t, skops, 0);
+	mc_proxy_view(&t, skops, mc_sock_ops_netns(skops), 0);
 	struct mc_orig *orig = bpf_map_lookup_elem(&mc_orig_tuple, &t);
 	if (!orig)
 		return;
+	orig->flags |= MC_ORIG_F_PROXY_OWNED;
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 	if ((orig->flags & (MC_ORIG_F_FAST_PATH | MC_ORIG_F_APP_IN)) != (MC_ORIG_F_FAST_PATH | MC_ORIG_F_APP_IN))
 		return;
@@ -89,15 +116,35 @@ static __always_inline void mc_passive_established(struct bpf_sock_ops *skops)
 		orig->flags |= MC_ORIG_F_PROXY_IN; /* read by getsockopt: only this socket's own entry, no race */
 }
 
+/* Delete the entry at t; when it existed, give its count back. owned_only: only an entry a proxy socket owns
+ * (the proxy side), or only one no proxy socket owns (the client side, owned_only = 0). */
+static __always_inline void mc_free_tuple(struct mc_tuple *t, int proxy_side)
+{
+	struct mc_orig *orig = bpf_map_lookup_elem(&mc_orig_tuple, t);
+	if (!orig)
+		return;
+	int owned = (orig->flags & MC_ORIG_F_PROXY_OWNED) != 0;
+	if (owned != proxy_side)
+		return;
+	__u64 cfg = orig->cfg;
+	if (bpf_map_delete_elem(&mc_orig_tuple, t) != 0)
+		return; /* freed by the other side meanwhile */
+	struct mc_stats *st = bpf_map_lookup_elem(&mc_stats, &cfg);
+	if (st)
+		mc_gauge_add(st, &st->tuples, -1);
+}
+
 static __always_inline void mc_closed(struct bpf_sock_ops *skops)
 {
-	__u64 cookie = bpf_get_socket_cookie(skops);
-	if (bpf_map_delete_elem(&mc_orig_cookie, &cookie) == 0)
-		return; /* it was a captured client socket */
-
 	struct mc_tuple t;
-	mc_proxy_view(&t, skops, 0);
-	bpf_map_delete_elem(&mc_orig_tuple, &t);
+	struct mc_client *cl = mc_client_of(skops);
+	if (cl) { /* a captured client socket */
+		mc_proxy_view(&t, skops, cl->netns, 1);
+		mc_free_tuple(&t, 0);
+		return;
+	}
+	mc_proxy_view(&t, skops, mc_sock_ops_netns(skops), 0);
+	mc_free_tuple(&t, 1);
 }
 
 SEC("sockops")
@@ -107,12 +154,10 @@ int mc_sockops(struct bpf_sock_ops *skops)
 		return 1;
 
 	switch (skops->op) {
-	case BPF_SOCK_OPS_TCP_CONNECT_CB: {
-		__u64 cookie = bpf_get_socket_cookie(skops);
-		if (bpf_map_lookup_elem(&mc_orig_cookie, &cookie))
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		if (mc_client_of(skops))
 			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 		break;
-	}
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 		mc_active_established(skops);
 		break;

@@ -5,14 +5,16 @@ package loader
 // <pin root>/netns-<cookie>/inbound. This file holds the pieces only the agent and meshcap-cni use:
 //   - AttachAgent: AttachShared plus the removal of any netns-0 ("every netns") settings, so that only enrolled
 //     pods are captured even on a cgroup that was once attached in per-pod mode;
-//   - EnrollNetns / UnenrollNetns / EnrolledNetns: per-pod settings on the live attachment, serialised by a lock
-//     on the pin directory, and written in place (no moment without settings for a pod already enrolled);
+//   - EnrollNetns / UnenrollNetns / EnrolledNetns: per-pod settings on the live attachment, serialised by the pin
+//     root's lock, and written in place (no moment without settings for a pod already enrolled); CapturePod with
+//     an agent target adds the pod's inbound capture in the same sequence;
 //   - UninstallAll: detach and unpin every outbound and inbound attachment under a pin root.
 
 import (
 	"errors"
 	"fmt"
-	"net/netip"
+	"os"
+	"path/filepath"
 
 	"github.com/cilium/ebpf"
 
@@ -31,136 +33,91 @@ type AgentAttachment struct {
 // swapped in with link updates, so no established connection loses its answers and no new connection of an enrolled
 // pod goes uncaptured. Netns-0 settings, which would capture every process under cgroupDir, are removed.
 func AttachAgent(cgroupDir, pinRoot string, opts LoadOptions) (*AgentAttachment, error) {
-	a, err := AttachShared(cgroupDir, pinRoot, opts)
-	if err != nil {
-		return nil, err
-	}
-	res := &AgentAttachment{Attachment: a}
-	unlock, err := lockDir(a.PinDir)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	objs, err := OpenPinned(a.PinDir)
-	if err != nil {
-		return nil, err
-	}
-	defer objs.Close()
-	var cfg configValue
-	if objs.Maps[mapConfig].Lookup(uint64(0), &cfg) == nil {
-		if err := objs.DeletePolicy(0); err != nil {
-			return nil, fmt.Errorf("remove netns-0 settings of %s: %w", cgroupDir, err)
+	return withRoot(pinRoot, func(root string) (*AgentAttachment, error) {
+		a, err := attachLocked(cgroupDir, nil, root, opts)
+		if err != nil {
+			return nil, err
 		}
-		res.ClearedAnyNetns = true
-	}
-	keys, err := configKeys(objs)
-	if err != nil {
-		return nil, err
-	}
-	res.Enrolled = len(keys)
-	return res, nil
+		res := &AgentAttachment{Attachment: a}
+		objs, err := OpenPinned(a.PinDir)
+		if err != nil {
+			return nil, err
+		}
+		defer objs.Close()
+		var cfg configValue
+		if objs.Maps[mapConfig].Lookup(uint64(0), &cfg) == nil {
+			if err := objs.DeletePolicy(0); err != nil {
+				return nil, fmt.Errorf("remove netns-0 settings of %s: %w", cgroupDir, err)
+			}
+			res.ClearedAnyNetns = true
+		}
+		keys, err := configKeys(objs)
+		if err != nil {
+			return nil, err
+		}
+		res.Enrolled = len(keys)
+		return res, nil
+	})
 }
 
 // EnrollNetns writes policy p for the network namespace with this cookie into the attachment pinned in pinDir (a
-// cgroup-<id> directory made by AttachAgent). Idempotent, and in place: the port and CIDR entries p needs are added
-// first, then the config value is replaced (one atomic map update), then entries p no longer has are removed, so a
-// pod already enrolled is never without settings, and re-enrolling with the same policy changes nothing.
+// cgroup-<id> directory made by AttachAgent), in place (Objects.SetPolicy): a pod already enrolled is never without
+// settings, and re-enrolling with the same policy changes nothing. Outbound only: CapturePod with an agent target
+// is "capture this pod".
 func EnrollNetns(pinDir string, netnsCookie uint64, p capture.Policy) error {
-	if netnsCookie == 0 {
-		return errors.New("enroll: netns cookie 0 is reserved (it would capture every netns under the cgroup)")
-	}
-	cfg, err := configFor(p)
-	if err != nil {
+	if err := validatePolicy(p); err != nil {
 		return err
 	}
-	objs, release, err := openLocked(pinDir)
-	if err != nil {
-		return err
-	}
-	defer release()
+	return withPinDir(pinDir, func() error { _, err := enrollLocked(pinDir, netnsCookie, p, 0); return err })
+}
 
-	one := uint8(1)
-	wantLPM := map[string]map[lpmKey]bool{mapCIDRExcl: {}, mapCIDRIncl: {}}
-	for name, cidrs := range map[string][]netip.Prefix{mapCIDRExcl: p.OutboundExcludeCIDRs, mapCIDRIncl: p.OutboundIncludeCIDRs} {
-		for _, c := range cidrs {
-			if !c.Addr().Is4() {
-				continue // IPv4 programs (as SetPolicy)
-			}
-			k := newLPMKey(netnsCookie, c)
-			wantLPM[name][k] = true
-			if err := objs.Maps[name].Update(&k, &one, ebpf.UpdateAny); err != nil {
-				return fmt.Errorf("write CIDR %s to %s: %w", c, name, err)
-			}
-		}
+// enrollLocked writes the settings of netnsCookie with capacity maxConns (0 = the default); was reports that it had
+// settings before. The caller holds the pin root's lock.
+func enrollLocked(pinDir string, netnsCookie uint64, p capture.Policy, maxConns uint32) (was bool, err error) {
+	if netnsCookie == 0 {
+		return false, errors.New("enroll: netns cookie 0 is reserved (it would capture every netns under the cgroup)")
 	}
-	wantPorts := map[portKey]bool{}
-	for _, set := range []struct {
-		kind  uint8
-		ports []uint16
-	}{{portOutExclude, p.OutboundExcludePorts}, {portOutInclude, p.OutboundIncludePorts}} {
-		for _, port := range set.ports {
-			k := portKey{Cfg: netnsCookie, Port: port, Kind: set.kind}
-			wantPorts[k] = true
-			if err := objs.Maps[mapPorts].Update(&k, &one, ebpf.UpdateAny); err != nil {
-				return fmt.Errorf("write port %d to %s: %w", port, mapPorts, err)
-			}
-		}
+	objs, err := OpenPinned(pinDir)
+	if err != nil {
+		return false, err
 	}
-	if err := objs.Maps[mapConfig].Update(&netnsCookie, &cfg, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("write %s: %w", mapConfig, err)
+	defer objs.Close()
+	objs.MaxConns = maxConns
+	var cfg configValue
+	was = objs.Maps[mapConfig].Lookup(&netnsCookie, &cfg) == nil
+	return was, objs.SetPolicy(netnsCookie, p)
+}
+
+// unenrollLocked removes the settings of netnsCookie. The caller holds the pin root's lock.
+func unenrollLocked(pinDir string, netnsCookie uint64) error {
+	if netnsCookie == 0 {
+		return errors.New("unenroll: netns cookie 0 is reserved")
 	}
-	// Stale entries of an earlier policy of this netns.
-	for _, name := range []string{mapCIDRExcl, mapCIDRIncl} {
-		var k lpmKey
-		var v uint8
-		var stale []lpmKey
-		it := objs.Maps[name].Iterate()
-		for it.Next(&k, &v) {
-			if uint64(k.CfgHi)<<32|uint64(k.CfgLo) == netnsCookie && !wantLPM[name][k] {
-				stale = append(stale, k)
-			}
-		}
-		if err := it.Err(); err != nil {
-			return fmt.Errorf("iterate %s: %w", name, err)
-		}
-		for _, k := range stale {
-			if err := objs.Maps[name].Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return fmt.Errorf("delete from %s: %w", name, err)
-			}
-		}
+	objs, err := OpenPinned(pinDir)
+	if err != nil {
+		return err
 	}
-	var pk portKey
-	var v uint8
-	var stale []portKey
-	it := objs.Maps[mapPorts].Iterate()
-	for it.Next(&pk, &v) {
-		if pk.Cfg == netnsCookie && !wantPorts[pk] {
-			stale = append(stale, pk)
-		}
+	defer objs.Close()
+	return objs.DeletePolicy(netnsCookie)
+}
+
+// withPinDir runs fn under the lock of the pin root that holds the attachment dir pinDir.
+func withPinDir(pinDir string, fn func() error) error {
+	unlock, ok, err := lockRoot(filepath.Dir(filepath.Clean(pinDir)), false)
+	if err != nil {
+		return err
 	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("iterate %s: %w", mapPorts, err)
+	if !ok {
+		return fmt.Errorf("agent attachment %s: %w", pinDir, os.ErrNotExist)
 	}
-	for _, k := range stale {
-		if err := objs.Maps[mapPorts].Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete from %s: %w", mapPorts, err)
-		}
-	}
-	return nil
+	defer unlock()
+	return fn()
 }
 
 // UnenrollNetns removes the settings of the network namespace with this cookie (capture of its new connections
 // stops at once; connections already captured keep their state). Idempotent.
 func UnenrollNetns(pinDir string, netnsCookie uint64) error {
-	if netnsCookie == 0 {
-		return errors.New("unenroll: netns cookie 0 is reserved")
-	}
-	objs, release, err := openLocked(pinDir)
-	if err != nil {
-		return err
-	}
-	defer release()
-	return objs.DeletePolicy(netnsCookie)
+	return withPinDir(pinDir, func() error { return unenrollLocked(pinDir, netnsCookie) })
 }
 
 // EnrolledNetns returns the netns cookies that have settings in the attachment pinned in pinDir.
@@ -214,36 +171,17 @@ type Uninstalled struct {
 // UninstallAll detaches and unpins every outbound attachment (DetachAll) and every inbound attachment, live netns
 // or not, under pinRoot ("" = DefaultPinRoot), then removes pinRoot when nothing else is left in it.
 func UninstallAll(pinRoot string) (*Uninstalled, error) {
-	if pinRoot == "" {
-		pinRoot = DefaultPinRoot
-	}
+	root := rootOrDefault(pinRoot)
 	res := &Uninstalled{}
-	var errs []error
-	dirs, err := DetachAll(pinRoot)
+	unlock, ok, err := lockRoot(root, false)
+	if !ok || err != nil {
+		return res, err
+	}
+	defer unlock()
+	dirs, oerr := detachMatching(root, func(uint64) bool { return true })
 	res.Outbound = dirs
-	if err != nil {
-		errs = append(errs, err)
-	}
-	cookies, err := DetachAllInbound(pinRoot)
+	cookies, ierr := DetachAllInbound(root)
 	res.Inbound = cookies
-	if err != nil {
-		errs = append(errs, err)
-	}
-	removeIfEmpty(pinRoot)
-	return res, errors.Join(errs...)
-}
-
-// openLocked takes the pin dir's lock and opens the pinned maps: every per-pod settings writer does both.
-// release closes the maps and drops the lock.
-func openLocked(pinDir string) (*Objects, func(), error) {
-	unlock, err := lockDir(pinDir)
-	if err != nil {
-		return nil, nil, err
-	}
-	objs, err := OpenPinned(pinDir)
-	if err != nil {
-		unlock()
-		return nil, nil, err
-	}
-	return objs, func() { objs.Close(); unlock() }, nil
+	removeIfEmpty(root)
+	return res, errors.Join(oerr, ierr)
 }

@@ -4,15 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
 	"github.com/meshcap/meshcap/pkg/capture"
+	"github.com/meshcap/meshcap/pkg/hostfs"
 )
 
 // Attachment describes one attached cgroup.
@@ -28,31 +26,42 @@ type Attachment struct {
 // atomically: new programs with new settings maps take over the existing links (link update), while the
 // connection-state maps are kept, so connections already captured still get their answers.
 // On error nothing new stays attached or pinned (a failed replace leaves the previous attachment as it was).
+// Outbound only: CapturePod is "capture this pod" (outbound and inbound, in order, with rollback).
 func Attach(cgroupDir string, p capture.Policy, pinRoot string, opts LoadOptions) (*Attachment, error) {
-	if _, err := configFor(p); err != nil {
+	if err := validatePolicy(p); err != nil {
 		return nil, err
 	}
-	return attach(cgroupDir, &p, pinRoot, opts)
+	return withRoot(pinRoot, func(root string) (*Attachment, error) { return attachLocked(cgroupDir, &p, root, opts) })
 }
 
 // AttachShared attaches the programs to cgroupDir without any settings: node-agent mode, one attachment at a root
-// cgroup where nothing is captured until per-netns settings are written (OpenPinned + SetPolicy(netnsCookie, p)).
-// Key 0 is never written, so netns without settings are left alone. On an existing attachment it upgrades the
-// programs and keeps every map (settings and connection state).
+// cgroup where nothing is captured until per-netns settings are written (EnrollNetns). Key 0 is never written, so
+// netns without settings are left alone. On an existing attachment it upgrades the programs and keeps every map
+// (settings and connection state).
 func AttachShared(cgroupDir, pinRoot string, opts LoadOptions) (*Attachment, error) {
-	return attach(cgroupDir, nil, pinRoot, opts)
+	return withRoot(pinRoot, func(root string) (*Attachment, error) { return attachLocked(cgroupDir, nil, root, opts) })
 }
 
-// attach: p == nil means "no settings change" (AttachShared).
-func attach(cgroupDir string, p *capture.Policy, pinRoot string, opts LoadOptions) (*Attachment, error) {
-	if pinRoot == "" {
-		pinRoot = DefaultPinRoot
-	}
-	id, err := cgroupID(cgroupDir)
+// withRoot runs fn under the pin root's lock (creating the root).
+func withRoot[T any](pinRoot string, fn func(root string) (T, error)) (T, error) {
+	var zero T
+	root := rootOrDefault(pinRoot)
+	unlock, _, err := lockRoot(root, true)
 	if err != nil {
-		return nil, err
+		return zero, err
 	}
-	if err := checkPinRoot(pinRoot); err != nil {
+	defer unlock()
+	v, err := fn(root)
+	if err != nil {
+		removeIfEmpty(root) // a failed first attach leaves no pin root behind
+	}
+	return v, err
+}
+
+// attachLocked: p == nil means "no settings change" (AttachShared). The caller holds the pin root's lock.
+func attachLocked(cgroupDir string, p *capture.Policy, pinRoot string, opts LoadOptions) (*Attachment, error) {
+	id, err := hostfs.CgroupID(cgroupDir)
+	if err != nil {
 		return nil, err
 	}
 	if err := checkKernel(); err != nil {
@@ -74,6 +83,7 @@ func attach(cgroupDir string, p *capture.Policy, pinRoot string, opts LoadOption
 		}
 	}
 	if err := fresh(cgroupDir, dir, p, opts); err != nil {
+		removeIfEmpty(pinRoot)
 		return nil, fmt.Errorf("attach %s: %w", cgroupDir, err)
 	}
 	return a, nil
@@ -148,6 +158,7 @@ func replace(dir string, p *capture.Policy, opts LoadOptions) (err error) {
 			m.Close()
 		}
 	}()
+	var sizeConns uint32
 	keep := stateMaps
 	if p == nil {
 		keep = append(append([]string{}, stateMaps...), settingsMaps...)
@@ -160,8 +171,11 @@ func replace(dir string, p *capture.Policy, opts LoadOptions) (err error) {
 		reuse[name] = m
 		// Keep the pinned sizes: a replacement map must match its spec.
 		switch name {
-		case mapOrigCookie, mapOrigTuple:
-			opts.MaxConns = m.MaxEntries()
+		case mapOrigTuple:
+			if p != nil && opts.MaxConns > m.MaxEntries()/2 {
+				return fmt.Errorf("--max-connections %d is above this attachment's capacity %d: detach, then attach again", opts.MaxConns, m.MaxEntries()/2)
+			}
+			sizeConns = m.MaxEntries() / 2
 		case mapConfig:
 			opts.MaxPolicies = m.MaxEntries()
 		}
@@ -178,11 +192,14 @@ func replace(dir string, p *capture.Policy, opts LoadOptions) (err error) {
 		}
 		reuse[name] = m
 	}
+	cfgConns := opts.MaxConns
+	opts.MaxConns = sizeConns
 	objs, err := load(opts, reuse)
 	if err != nil {
 		return err
 	}
 	defer objs.Close()
+	objs.MaxConns = cfgConns
 	for _, name := range newPins {
 		if err := objs.Maps[name].Pin(mapPin(dir, name)); err != nil {
 			return fmt.Errorf("pin map %s: %w", name, err)
@@ -194,32 +211,11 @@ func replace(dir string, p *capture.Policy, opts LoadOptions) (err error) {
 	if err := objs.SetPolicy(0, *p); err != nil {
 		return err
 	}
-	// Pin the new settings maps beside the old ones (as <name>_new: bpffs refuses names with a dot); they replace the old pins (rename) once the links point at them.
-	var tmp []string
-	defer func() {
-		if err != nil {
-			for _, t := range tmp {
-				_ = os.Remove(t)
-			}
-		}
-	}()
+	fresh := map[string]interface{ Pin(string) error }{}
 	for _, name := range settingsMaps {
-		t := mapPin(dir, name+"_new")
-		_ = os.Remove(t)
-		if err := objs.Maps[name].Pin(t); err != nil {
-			return fmt.Errorf("pin map %s: %w", name, err)
-		}
-		tmp = append(tmp, t)
+		fresh[name] = objs.Maps[name]
 	}
-	if err := updateLinks(dir, objs); err != nil {
-		return err
-	}
-	for _, name := range settingsMaps {
-		if err := os.Rename(mapPin(dir, name+"_new"), mapPin(dir, name)); err != nil {
-			return fmt.Errorf("repin map %s: %w", name, err)
-		}
-	}
-	return nil
+	return swapIn(dir, fresh, func() error { return updateLinks(dir, objs) })
 }
 
 // updateLinks points every pinned link of dir at the programs of objs.
@@ -264,33 +260,47 @@ func OpenPinned(pinDir string) (*Objects, error) {
 	return objs, nil
 }
 
-// Detach detaches and unpins the attachment of cgroupDir. Detaching a cgroup that is not attached is not an
-// error; attached reports whether there was something to remove. When cgroupDir no longer exists, its inode (the
-// pin dir's name) cannot be known, so Detach removes every attachment whose cgroup is gone instead.
+// Detach detaches and unpins the outbound attachment of cgroupDir. Detaching a cgroup that is not attached is not
+// an error; attached reports whether there was something to remove. A cgroupDir that does not exist cannot be
+// identified (its id, the pin dir's name, is unknown), so nothing is detached for it: no other attachment is ever
+// taken for it (see PruneGone for attachments whose cgroup the kernel says is gone).
 func Detach(cgroupDir, pinRoot string) (attached bool, err error) {
-	if pinRoot == "" {
-		pinRoot = DefaultPinRoot
-	}
-	if ok, err := pinRootExists(pinRoot); !ok || err != nil {
+	root := rootOrDefault(pinRoot)
+	unlock, ok, err := lockRoot(root, false)
+	if !ok || err != nil {
 		return false, err
 	}
-	id, err := cgroupID(cgroupDir)
+	defer unlock()
+	return detachLocked(cgroupDir, root)
+}
+
+func detachLocked(cgroupDir, root string) (bool, error) {
+	id, err := hostfs.CgroupID(cgroupDir)
 	if errors.Is(err, os.ErrNotExist) {
-		removed, err := detachMatching(pinRoot, func(id uint64) bool { _, gone := cgroupPathByID(id); return gone })
-		return len(removed) > 0, err
+		return false, nil
 	}
 	if err != nil {
 		return false, err
 	}
-	dir := pinDirFor(pinRoot, id)
+	dir := pinDirFor(root, id)
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		return false, nil
 	}
 	if err := detachDir(dir); err != nil {
 		return true, fmt.Errorf("detach %s: %w", cgroupDir, err)
 	}
-	removeIfEmpty(pinRoot)
+	removeIfEmpty(root)
 	return true, nil
+}
+
+// PruneGone detaches and unpins the outbound attachments whose cgroup the kernel says no longer exists (its id
+// does not resolve: hostfs.CgroupGone), and returns their pin dirs. A cgroup that merely cannot be seen from here
+// (another cgroup namespace, a hidden mount) is kept.
+func PruneGone(pinRoot string) ([]string, error) {
+	return detachMatchingLocked(pinRoot, func(id uint64) bool {
+		gone, _ := hostfs.CgroupGone(id)
+		return gone
+	})
 }
 
 // FastPathStats are the fast path's counters (bpf/fastpath.c), summed over CPUs.
@@ -327,42 +337,33 @@ func ReadFastPathStats(pinDir string) (FastPathStats, error) {
 // DetachAll detaches every attachment pinned under pinRoot (including those whose cgroup is gone) and removes the
 // pin root when it is left empty. It returns the pin dirs it removed.
 func DetachAll(pinRoot string) ([]string, error) {
-	if pinRoot == "" {
-		pinRoot = DefaultPinRoot
-	}
-	if ok, err := pinRootExists(pinRoot); !ok || err != nil {
-		return nil, err
-	}
-	return detachMatching(pinRoot, func(uint64) bool { return true })
+	return detachMatchingLocked(pinRoot, func(uint64) bool { return true })
 }
 
-// pinRootExists reports whether pinRoot exists, and refuses one that is not on bpffs: detach removes what it finds
-// there, which must only ever be BPF pins.
-func pinRootExists(pinRoot string) (bool, error) {
-	if _, err := os.Stat(pinRoot); errors.Is(err, os.ErrNotExist) {
-		return false, nil
+// detachMatchingLocked is detachMatching under the pin root's lock (nothing to do when the root does not exist).
+func detachMatchingLocked(pinRoot string, match func(id uint64) bool) ([]string, error) {
+	root := rootOrDefault(pinRoot)
+	unlock, ok, err := lockRoot(root, false)
+	if !ok || err != nil {
+		return nil, err
 	}
-	if err := checkPinRoot(pinRoot); err != nil {
-		return false, err
-	}
-	return true, nil
+	defer unlock()
+	return detachMatching(root, match)
 }
 
 // detachMatching detaches the cgroup-<id> attachments under pinRoot for which match(id) holds.
 func detachMatching(pinRoot string, match func(id uint64) bool) ([]string, error) {
-	entries, err := os.ReadDir(pinRoot)
+	ids, err := outboundIDs(pinRoot)
 	if err != nil {
 		return nil, err
 	}
 	var removed []string
 	var errs []error
-	for _, e := range entries {
-		idText, ok := strings.CutPrefix(e.Name(), "cgroup-")
-		id, perr := strconv.ParseUint(idText, 10, 64)
-		if !e.IsDir() || !ok || perr != nil || !match(id) {
+	for _, id := range ids {
+		if !match(id) {
 			continue
 		}
-		dir := filepath.Join(pinRoot, e.Name())
+		dir := pinDirFor(pinRoot, id)
 		if err := detachDir(dir); err != nil {
 			errs = append(errs, fmt.Errorf("detach %s: %w", dir, err))
 			continue
@@ -401,10 +402,4 @@ func detachDir(dir string) error {
 	}
 	// Everything left in dir is a map pin: dir was found under a pin root checked to be on bpffs.
 	return os.RemoveAll(dir)
-}
-
-func removeIfEmpty(dir string) {
-	if entries, err := os.ReadDir(dir); err == nil && len(entries) == 0 {
-		_ = os.Remove(dir)
-	}
 }

@@ -13,6 +13,14 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type connect4McClient struct {
+	_     structs.HostLayout
+	Orig  connect4McOrig
+	Netns uint64
+	Flags uint32
+	Pad   uint32
+}
+
 type connect4McConfig struct {
 	_            structs.HostLayout
 	ProxyPort    uint16
@@ -26,6 +34,8 @@ type connect4McConfig struct {
 	LoopbackMask uint32
 	Uids         [8]uint32
 	Gids         [8]uint32
+	MaxConns     uint32
+	Pad2         uint32
 }
 
 type connect4McFpPeer struct {
@@ -48,6 +58,9 @@ type connect4McOrig struct {
 	Addr  uint32
 	Port  uint16
 	Flags uint16
+	Pad   uint32
+	_     [4]byte
+	Cfg   uint64
 }
 
 type connect4McPortKey struct {
@@ -56,6 +69,25 @@ type connect4McPortKey struct {
 	Port uint16
 	Kind uint8
 	Pad  [5]uint8
+}
+
+type connect4McStats struct {
+	_    structs.HostLayout
+	Lock struct {
+		_   structs.HostLayout
+		Val uint32
+	}
+	Pad            uint32
+	Conns          int64
+	Tuples         int64
+	Captured       uint64
+	ExemptPort     uint64
+	ExemptOwner    uint64
+	ExemptLoopback uint64
+	ExemptCidr     uint64
+	NotIncluded    uint64
+	RefusedFull    uint64
+	TupleLost      uint64
 }
 
 type connect4McTuple struct {
@@ -72,16 +104,17 @@ type connect4McTuple struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	connect4MapMcCidrExcl   = "mc_cidr_excl"
-	connect4MapMcCidrIncl   = "mc_cidr_incl"
-	connect4MapMcConfig     = "mc_config"
-	connect4MapMcFpPeer     = "mc_fp_peer"
-	connect4MapMcFpStats    = "mc_fp_stats"
-	connect4MapMcOrigCookie = "mc_orig_cookie"
-	connect4MapMcOrigTuple  = "mc_orig_tuple"
-	connect4MapMcPorts      = "mc_ports"
-	connect4MapMcSockhash   = "mc_sockhash"
-	connect4ProgMcConnect4  = "mc_connect4"
+	connect4MapMcCidrExcl  = "mc_cidr_excl"
+	connect4MapMcCidrIncl  = "mc_cidr_incl"
+	connect4MapMcClient    = "mc_client"
+	connect4MapMcConfig    = "mc_config"
+	connect4MapMcFpPeer    = "mc_fp_peer"
+	connect4MapMcFpStats   = "mc_fp_stats"
+	connect4MapMcOrigTuple = "mc_orig_tuple"
+	connect4MapMcPorts     = "mc_ports"
+	connect4MapMcSockhash  = "mc_sockhash"
+	connect4MapMcStats     = "mc_stats"
+	connect4ProgMcConnect4 = "mc_connect4"
 )
 
 // loadConnect4 returns the embedded CollectionSpec for connect4.
@@ -133,15 +166,16 @@ type connect4ProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type connect4MapSpecs struct {
-	McCidrExcl   *ebpf.MapSpec `ebpf:"mc_cidr_excl"`
-	McCidrIncl   *ebpf.MapSpec `ebpf:"mc_cidr_incl"`
-	McConfig     *ebpf.MapSpec `ebpf:"mc_config"`
-	McFpPeer     *ebpf.MapSpec `ebpf:"mc_fp_peer"`
-	McFpStats    *ebpf.MapSpec `ebpf:"mc_fp_stats"`
-	McOrigCookie *ebpf.MapSpec `ebpf:"mc_orig_cookie"`
-	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
-	McPorts      *ebpf.MapSpec `ebpf:"mc_ports"`
-	McSockhash   *ebpf.MapSpec `ebpf:"mc_sockhash"`
+	McCidrExcl  *ebpf.MapSpec `ebpf:"mc_cidr_excl"`
+	McCidrIncl  *ebpf.MapSpec `ebpf:"mc_cidr_incl"`
+	McClient    *ebpf.MapSpec `ebpf:"mc_client"`
+	McConfig    *ebpf.MapSpec `ebpf:"mc_config"`
+	McFpPeer    *ebpf.MapSpec `ebpf:"mc_fp_peer"`
+	McFpStats   *ebpf.MapSpec `ebpf:"mc_fp_stats"`
+	McOrigTuple *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
+	McPorts     *ebpf.MapSpec `ebpf:"mc_ports"`
+	McSockhash  *ebpf.MapSpec `ebpf:"mc_sockhash"`
+	McStats     *ebpf.MapSpec `ebpf:"mc_stats"`
 }
 
 // connect4VariableSpecs contains global variables before they are loaded into the kernel.
@@ -170,28 +204,30 @@ func (o *connect4Objects) Close() error {
 //
 // It can be passed to loadConnect4Objects or ebpf.CollectionSpec.LoadAndAssign.
 type connect4Maps struct {
-	McCidrExcl   *ebpf.Map `ebpf:"mc_cidr_excl"`
-	McCidrIncl   *ebpf.Map `ebpf:"mc_cidr_incl"`
-	McConfig     *ebpf.Map `ebpf:"mc_config"`
-	McFpPeer     *ebpf.Map `ebpf:"mc_fp_peer"`
-	McFpStats    *ebpf.Map `ebpf:"mc_fp_stats"`
-	McOrigCookie *ebpf.Map `ebpf:"mc_orig_cookie"`
-	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
-	McPorts      *ebpf.Map `ebpf:"mc_ports"`
-	McSockhash   *ebpf.Map `ebpf:"mc_sockhash"`
+	McCidrExcl  *ebpf.Map `ebpf:"mc_cidr_excl"`
+	McCidrIncl  *ebpf.Map `ebpf:"mc_cidr_incl"`
+	McClient    *ebpf.Map `ebpf:"mc_client"`
+	McConfig    *ebpf.Map `ebpf:"mc_config"`
+	McFpPeer    *ebpf.Map `ebpf:"mc_fp_peer"`
+	McFpStats   *ebpf.Map `ebpf:"mc_fp_stats"`
+	McOrigTuple *ebpf.Map `ebpf:"mc_orig_tuple"`
+	McPorts     *ebpf.Map `ebpf:"mc_ports"`
+	McSockhash  *ebpf.Map `ebpf:"mc_sockhash"`
+	McStats     *ebpf.Map `ebpf:"mc_stats"`
 }
 
 func (m *connect4Maps) Close() error {
 	return _Connect4Close(
 		m.McCidrExcl,
 		m.McCidrIncl,
+		m.McClient,
 		m.McConfig,
 		m.McFpPeer,
 		m.McFpStats,
-		m.McOrigCookie,
 		m.McOrigTuple,
 		m.McPorts,
 		m.McSockhash,
+		m.McStats,
 	)
 }
 

@@ -50,9 +50,18 @@ func TestDetachRemovedCgroup(t *testing.T) {
 	if err := os.Remove(gone); err != nil {
 		t.Fatalf("remove cgroup: %v", err)
 	}
+	// A path that does not exist names nothing: Detach cannot tell which attachment it was, so it removes none.
 	attached, err := Detach(gone, root)
-	if err != nil || !attached {
-		t.Fatalf("Detach(removed cgroup) = %v, %v; want its stale pins removed", attached, err)
+	if err != nil || attached {
+		t.Fatalf("Detach(removed cgroup) = %v, %v; want nothing detached", attached, err)
+	}
+	if st, err := GetStatus(root); err != nil || len(st.Attachments) != 2 {
+		t.Fatalf("after Detach(removed cgroup): %v attachments, %v; want both pins kept", st, err)
+	}
+	// The kernel's word that the cgroup id is gone is proof: PruneGone removes that one, never the live one.
+	pruned, err := PruneGone(root)
+	if err != nil || len(pruned) != 1 {
+		t.Fatalf("PruneGone = %v, %v; want the removed cgroup's pins", pruned, err)
 	}
 	st, err := GetStatus(root)
 	if err != nil {

@@ -16,16 +16,17 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	fastpathMapMcCidrExcl   = "mc_cidr_excl"
-	fastpathMapMcCidrIncl   = "mc_cidr_incl"
-	fastpathMapMcConfig     = "mc_config"
-	fastpathMapMcFpPeer     = "mc_fp_peer"
-	fastpathMapMcFpStats    = "mc_fp_stats"
-	fastpathMapMcOrigCookie = "mc_orig_cookie"
-	fastpathMapMcOrigTuple  = "mc_orig_tuple"
-	fastpathMapMcPorts      = "mc_ports"
-	fastpathMapMcSockhash   = "mc_sockhash"
-	fastpathProgMcFastpath  = "mc_fastpath"
+	fastpathMapMcCidrExcl  = "mc_cidr_excl"
+	fastpathMapMcCidrIncl  = "mc_cidr_incl"
+	fastpathMapMcClient    = "mc_client"
+	fastpathMapMcConfig    = "mc_config"
+	fastpathMapMcFpPeer    = "mc_fp_peer"
+	fastpathMapMcFpStats   = "mc_fp_stats"
+	fastpathMapMcOrigTuple = "mc_orig_tuple"
+	fastpathMapMcPorts     = "mc_ports"
+	fastpathMapMcSockhash  = "mc_sockhash"
+	fastpathMapMcStats     = "mc_stats"
+	fastpathProgMcFastpath = "mc_fastpath"
 )
 
 // loadFastpath returns the embedded CollectionSpec for fastpath.
@@ -77,15 +78,16 @@ type fastpathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathMapSpecs struct {
-	McCidrExcl   *ebpf.MapSpec `ebpf:"mc_cidr_excl"`
-	McCidrIncl   *ebpf.MapSpec `ebpf:"mc_cidr_incl"`
-	McConfig     *ebpf.MapSpec `ebpf:"mc_config"`
-	McFpPeer     *ebpf.MapSpec `ebpf:"mc_fp_peer"`
-	McFpStats    *ebpf.MapSpec `ebpf:"mc_fp_stats"`
-	McOrigCookie *ebpf.MapSpec `ebpf:"mc_orig_cookie"`
-	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
-	McPorts      *ebpf.MapSpec `ebpf:"mc_ports"`
-	McSockhash   *ebpf.MapSpec `ebpf:"mc_sockhash"`
+	McCidrExcl  *ebpf.MapSpec `ebpf:"mc_cidr_excl"`
+	McCidrIncl  *ebpf.MapSpec `ebpf:"mc_cidr_incl"`
+	McClient    *ebpf.MapSpec `ebpf:"mc_client"`
+	McConfig    *ebpf.MapSpec `ebpf:"mc_config"`
+	McFpPeer    *ebpf.MapSpec `ebpf:"mc_fp_peer"`
+	McFpStats   *ebpf.MapSpec `ebpf:"mc_fp_stats"`
+	McOrigTuple *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
+	McPorts     *ebpf.MapSpec `ebpf:"mc_ports"`
+	McSockhash  *ebpf.MapSpec `ebpf:"mc_sockhash"`
+	McStats     *ebpf.MapSpec `ebpf:"mc_stats"`
 }
 
 // fastpathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -114,28 +116,30 @@ func (o *fastpathObjects) Close() error {
 //
 // It can be passed to loadFastpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathMaps struct {
-	McCidrExcl   *ebpf.Map `ebpf:"mc_cidr_excl"`
-	McCidrIncl   *ebpf.Map `ebpf:"mc_cidr_incl"`
-	McConfig     *ebpf.Map `ebpf:"mc_config"`
-	McFpPeer     *ebpf.Map `ebpf:"mc_fp_peer"`
-	McFpStats    *ebpf.Map `ebpf:"mc_fp_stats"`
-	McOrigCookie *ebpf.Map `ebpf:"mc_orig_cookie"`
-	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
-	McPorts      *ebpf.Map `ebpf:"mc_ports"`
-	McSockhash   *ebpf.Map `ebpf:"mc_sockhash"`
+	McCidrExcl  *ebpf.Map `ebpf:"mc_cidr_excl"`
+	McCidrIncl  *ebpf.Map `ebpf:"mc_cidr_incl"`
+	McClient    *ebpf.Map `ebpf:"mc_client"`
+	McConfig    *ebpf.Map `ebpf:"mc_config"`
+	McFpPeer    *ebpf.Map `ebpf:"mc_fp_peer"`
+	McFpStats   *ebpf.Map `ebpf:"mc_fp_stats"`
+	McOrigTuple *ebpf.Map `ebpf:"mc_orig_tuple"`
+	McPorts     *ebpf.Map `ebpf:"mc_ports"`
+	McSockhash  *ebpf.Map `ebpf:"mc_sockhash"`
+	McStats     *ebpf.Map `ebpf:"mc_stats"`
 }
 
 func (m *fastpathMaps) Close() error {
 	return _FastpathClose(
 		m.McCidrExcl,
 		m.McCidrIncl,
+		m.McClient,
 		m.McConfig,
 		m.McFpPeer,
 		m.McFpStats,
-		m.McOrigCookie,
 		m.McOrigTuple,
 		m.McPorts,
 		m.McSockhash,
+		m.McStats,
 	)
 }
 

@@ -6,6 +6,7 @@ package loader
 
 //go:generate go tool bpf2go -cc clang-14 -target bpfel -go-package loader connect4 ../bpf/connect4.c -- -O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu
 //go:generate go tool bpf2go -cc clang-14 -target bpfel -go-package loader -no-global-types sockops ../bpf/sockops.c -- -O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu
-//go:generate go tool bpf2go -cc clang-14 -target bpfel -go-package loader -no-global-types getsockopt ../bpf/getsockopt.c -- -O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu
+//go:generate go tool bpf2go -cc clang-14 -target bpfel -go-package loader -no-global-types -type mc_origdst_ext -type mc_stats_answer getsockopt ../bpf/getsockopt.c -- -O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu
 //go:generate go tool bpf2go -cc clang-14 -target bpfel -go-package loader -no-global-types getpeername4 ../bpf/getpeername4.c -- -O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu
+//go:generate go tool bpf2go -cc clang-14 -target bpfel -go-package loader -no-global-types sockrelease ../bpf/sockrelease.c -- -O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu
 //go:generate go tool bpf2go -cc clang-14 -target bpfel -go-package loader -no-global-types fastpath ../bpf/fastpath.c -- -O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu

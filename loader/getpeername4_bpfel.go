@@ -18,13 +18,14 @@ import (
 const (
 	getpeername4MapMcCidrExcl      = "mc_cidr_excl"
 	getpeername4MapMcCidrIncl      = "mc_cidr_incl"
+	getpeername4MapMcClient        = "mc_client"
 	getpeername4MapMcConfig        = "mc_config"
 	getpeername4MapMcFpPeer        = "mc_fp_peer"
 	getpeername4MapMcFpStats       = "mc_fp_stats"
-	getpeername4MapMcOrigCookie    = "mc_orig_cookie"
 	getpeername4MapMcOrigTuple     = "mc_orig_tuple"
 	getpeername4MapMcPorts         = "mc_ports"
 	getpeername4MapMcSockhash      = "mc_sockhash"
+	getpeername4MapMcStats         = "mc_stats"
 	getpeername4ProgMcGetpeername4 = "mc_getpeername4"
 )
 
@@ -77,15 +78,16 @@ type getpeername4ProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type getpeername4MapSpecs struct {
-	McCidrExcl   *ebpf.MapSpec `ebpf:"mc_cidr_excl"`
-	McCidrIncl   *ebpf.MapSpec `ebpf:"mc_cidr_incl"`
-	McConfig     *ebpf.MapSpec `ebpf:"mc_config"`
-	McFpPeer     *ebpf.MapSpec `ebpf:"mc_fp_peer"`
-	McFpStats    *ebpf.MapSpec `ebpf:"mc_fp_stats"`
-	McOrigCookie *ebpf.MapSpec `ebpf:"mc_orig_cookie"`
-	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
-	McPorts      *ebpf.MapSpec `ebpf:"mc_ports"`
-	McSockhash   *ebpf.MapSpec `ebpf:"mc_sockhash"`
+	McCidrExcl  *ebpf.MapSpec `ebpf:"mc_cidr_excl"`
+	McCidrIncl  *ebpf.MapSpec `ebpf:"mc_cidr_incl"`
+	McClient    *ebpf.MapSpec `ebpf:"mc_client"`
+	McConfig    *ebpf.MapSpec `ebpf:"mc_config"`
+	McFpPeer    *ebpf.MapSpec `ebpf:"mc_fp_peer"`
+	McFpStats   *ebpf.MapSpec `ebpf:"mc_fp_stats"`
+	McOrigTuple *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
+	McPorts     *ebpf.MapSpec `ebpf:"mc_ports"`
+	McSockhash  *ebpf.MapSpec `ebpf:"mc_sockhash"`
+	McStats     *ebpf.MapSpec `ebpf:"mc_stats"`
 }
 
 // getpeername4VariableSpecs contains global variables before they are loaded into the kernel.
@@ -114,28 +116,30 @@ func (o *getpeername4Objects) Close() error {
 //
 // It can be passed to loadGetpeername4Objects or ebpf.CollectionSpec.LoadAndAssign.
 type getpeername4Maps struct {
-	McCidrExcl   *ebpf.Map `ebpf:"mc_cidr_excl"`
-	McCidrIncl   *ebpf.Map `ebpf:"mc_cidr_incl"`
-	McConfig     *ebpf.Map `ebpf:"mc_config"`
-	McFpPeer     *ebpf.Map `ebpf:"mc_fp_peer"`
-	McFpStats    *ebpf.Map `ebpf:"mc_fp_stats"`
-	McOrigCookie *ebpf.Map `ebpf:"mc_orig_cookie"`
-	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
-	McPorts      *ebpf.Map `ebpf:"mc_ports"`
-	McSockhash   *ebpf.Map `ebpf:"mc_sockhash"`
+	McCidrExcl  *ebpf.Map `ebpf:"mc_cidr_excl"`
+	McCidrIncl  *ebpf.Map `ebpf:"mc_cidr_incl"`
+	McClient    *ebpf.Map `ebpf:"mc_client"`
+	McConfig    *ebpf.Map `ebpf:"mc_config"`
+	McFpPeer    *ebpf.Map `ebpf:"mc_fp_peer"`
+	McFpStats   *ebpf.Map `ebpf:"mc_fp_stats"`
+	McOrigTuple *ebpf.Map `ebpf:"mc_orig_tuple"`
+	McPorts     *ebpf.Map `ebpf:"mc_ports"`
+	McSockhash  *ebpf.Map `ebpf:"mc_sockhash"`
+	McStats     *ebpf.Map `ebpf:"mc_stats"`
 }
 
 func (m *getpeername4Maps) Close() error {
 	return _Getpeername4Close(
 		m.McCidrExcl,
 		m.McCidrIncl,
+		m.McClient,
 		m.McConfig,
 		m.McFpPeer,
 		m.McFpStats,
-		m.McOrigCookie,
 		m.McOrigTuple,
 		m.McPorts,
 		m.McSockhash,
+		m.McStats,
 	)
 }
 

@@ -8,24 +8,56 @@ import (
 	_ "embed"
 	"fmt"
 	"io"
+	"structs"
 
 	"github.com/cilium/ebpf"
 )
+
+type getsockoptMcOrigdstExt struct {
+	_  structs.HostLayout
+	Sa struct {
+		_         structs.HostLayout
+		SinFamily uint16
+		SinPort   uint16
+		SinAddr   uint32
+		SinZero   [8]uint8
+	}
+	Flags uint32
+}
+
+type getsockoptMcStatsAnswer struct {
+	_              structs.HostLayout
+	Conns          int64
+	Tuples         int64
+	Captured       uint64
+	ExemptPort     uint64
+	ExemptOwner    uint64
+	ExemptLoopback uint64
+	ExemptCidr     uint64
+	NotIncluded    uint64
+	RefusedFull    uint64
+	TupleLost      uint64
+	MaxConns       uint32
+	Pad            uint32
+}
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	getsockoptMapMcCidrExcl    = "mc_cidr_excl"
-	getsockoptMapMcCidrIncl    = "mc_cidr_incl"
-	getsockoptMapMcConfig      = "mc_config"
-	getsockoptMapMcFpPeer      = "mc_fp_peer"
-	getsockoptMapMcFpStats     = "mc_fp_stats"
-	getsockoptMapMcOrigCookie  = "mc_orig_cookie"
-	getsockoptMapMcOrigTuple   = "mc_orig_tuple"
-	getsockoptMapMcPorts       = "mc_ports"
-	getsockoptMapMcSockhash    = "mc_sockhash"
-	getsockoptProgMcGetsockopt = "mc_getsockopt"
+	getsockoptMapMcCidrExcl       = "mc_cidr_excl"
+	getsockoptMapMcCidrIncl       = "mc_cidr_incl"
+	getsockoptMapMcClient         = "mc_client"
+	getsockoptMapMcConfig         = "mc_config"
+	getsockoptMapMcFpPeer         = "mc_fp_peer"
+	getsockoptMapMcFpStats        = "mc_fp_stats"
+	getsockoptMapMcOrigTuple      = "mc_orig_tuple"
+	getsockoptMapMcPorts          = "mc_ports"
+	getsockoptMapMcSockhash       = "mc_sockhash"
+	getsockoptMapMcStats          = "mc_stats"
+	getsockoptProgMcGetsockopt    = "mc_getsockopt"
+	getsockoptVarMcOrigdstExtBtf  = "mc_origdst_ext_btf"
+	getsockoptVarMcStatsAnswerBtf = "mc_stats_answer_btf"
 )
 
 // loadGetsockopt returns the embedded CollectionSpec for getsockopt.
@@ -77,21 +109,24 @@ type getsockoptProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type getsockoptMapSpecs struct {
-	McCidrExcl   *ebpf.MapSpec `ebpf:"mc_cidr_excl"`
-	McCidrIncl   *ebpf.MapSpec `ebpf:"mc_cidr_incl"`
-	McConfig     *ebpf.MapSpec `ebpf:"mc_config"`
-	McFpPeer     *ebpf.MapSpec `ebpf:"mc_fp_peer"`
-	McFpStats    *ebpf.MapSpec `ebpf:"mc_fp_stats"`
-	McOrigCookie *ebpf.MapSpec `ebpf:"mc_orig_cookie"`
-	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
-	McPorts      *ebpf.MapSpec `ebpf:"mc_ports"`
-	McSockhash   *ebpf.MapSpec `ebpf:"mc_sockhash"`
+	McCidrExcl  *ebpf.MapSpec `ebpf:"mc_cidr_excl"`
+	McCidrIncl  *ebpf.MapSpec `ebpf:"mc_cidr_incl"`
+	McClient    *ebpf.MapSpec `ebpf:"mc_client"`
+	McConfig    *ebpf.MapSpec `ebpf:"mc_config"`
+	McFpPeer    *ebpf.MapSpec `ebpf:"mc_fp_peer"`
+	McFpStats   *ebpf.MapSpec `ebpf:"mc_fp_stats"`
+	McOrigTuple *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
+	McPorts     *ebpf.MapSpec `ebpf:"mc_ports"`
+	McSockhash  *ebpf.MapSpec `ebpf:"mc_sockhash"`
+	McStats     *ebpf.MapSpec `ebpf:"mc_stats"`
 }
 
 // getsockoptVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type getsockoptVariableSpecs struct {
+	McOrigdstExtBtf  *ebpf.VariableSpec `ebpf:"mc_origdst_ext_btf"`
+	McStatsAnswerBtf *ebpf.VariableSpec `ebpf:"mc_stats_answer_btf"`
 }
 
 // getsockoptObjects contains all objects after they have been loaded into the kernel.
@@ -114,28 +149,30 @@ func (o *getsockoptObjects) Close() error {
 //
 // It can be passed to loadGetsockoptObjects or ebpf.CollectionSpec.LoadAndAssign.
 type getsockoptMaps struct {
-	McCidrExcl   *ebpf.Map `ebpf:"mc_cidr_excl"`
-	McCidrIncl   *ebpf.Map `ebpf:"mc_cidr_incl"`
-	McConfig     *ebpf.Map `ebpf:"mc_config"`
-	McFpPeer     *ebpf.Map `ebpf:"mc_fp_peer"`
-	McFpStats    *ebpf.Map `ebpf:"mc_fp_stats"`
-	McOrigCookie *ebpf.Map `ebpf:"mc_orig_cookie"`
-	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
-	McPorts      *ebpf.Map `ebpf:"mc_ports"`
-	McSockhash   *ebpf.Map `ebpf:"mc_sockhash"`
+	McCidrExcl  *ebpf.Map `ebpf:"mc_cidr_excl"`
+	McCidrIncl  *ebpf.Map `ebpf:"mc_cidr_incl"`
+	McClient    *ebpf.Map `ebpf:"mc_client"`
+	McConfig    *ebpf.Map `ebpf:"mc_config"`
+	McFpPeer    *ebpf.Map `ebpf:"mc_fp_peer"`
+	McFpStats   *ebpf.Map `ebpf:"mc_fp_stats"`
+	McOrigTuple *ebpf.Map `ebpf:"mc_orig_tuple"`
+	McPorts     *ebpf.Map `ebpf:"mc_ports"`
+	McSockhash  *ebpf.Map `ebpf:"mc_sockhash"`
+	McStats     *ebpf.Map `ebpf:"mc_stats"`
 }
 
 func (m *getsockoptMaps) Close() error {
 	return _GetsockoptClose(
 		m.McCidrExcl,
 		m.McCidrIncl,
+		m.McClient,
 		m.McConfig,
 		m.McFpPeer,
 		m.McFpStats,
-		m.McOrigCookie,
 		m.McOrigTuple,
 		m.McPorts,
 		m.McSockhash,
+		m.McStats,
 	)
 }
 
@@ -143,6 +180,8 @@ func (m *getsockoptMaps) Close() error {
 //
 // It can be passed to loadGetsockoptObjects or ebpf.CollectionSpec.LoadAndAssign.
 type getsockoptVariables struct {
+	McOrigdstExtBtf  *ebpf.Variable `ebpf:"mc_origdst_ext_btf"`
+	McStatsAnswerBtf *ebpf.Variable `ebpf:"mc_stats_answer_btf"`
 }
 
 // getsockoptPrograms contains all programs after they have been loaded into the kernel.

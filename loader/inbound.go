@@ -29,6 +29,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/meshcap/meshcap/pkg/capture"
+	"github.com/meshcap/meshcap/pkg/hostfs"
 )
 
 // DefaultInboundPinRoot is where inbound attachments are pinned unless InboundOptions.PinRoot says otherwise: the
@@ -37,18 +38,6 @@ const DefaultInboundPinRoot = DefaultPinRoot
 
 // ErrInboundNotAttached: no inbound capture is pinned for that network namespace.
 var ErrInboundNotAttached = errors.New("inbound capture is not attached in this network namespace")
-
-// Pin names inside <pin root>/netns-<cookie>/inbound/.
-const (
-	inbPinLink     = "link"
-	inbPinConfig   = "config"
-	inbPinPorts    = "ports"
-	inbPinListener = "listener"
-	inbPinStats    = "stats"
-	inbPinSteered  = "steered"
-	inbPinExempt   = "exempt_bound"
-	inbPinNewSufx  = "_new" // settings maps of a re-attach, renamed over the old ones once the program is swapped (bpffs refuses "." in names)
-)
 
 // Values of the C enums in bpf/include/inbound.h (enums are not in the object's BTF, so bpf2go cannot emit them).
 const (
@@ -103,14 +92,6 @@ type InboundInfo struct {
 	AllPorts       bool     // -b '*'
 	Ports          []uint16 // with AllPorts: the -d exclusions; without: the -b list (sorted)
 	Stats          InboundStats
-}
-
-// InboundPinDir is where the inbound attachment of the netns with this cookie is pinned.
-func InboundPinDir(pinRoot string, netnsCookie uint64) string {
-	if pinRoot == "" {
-		pinRoot = DefaultInboundPinRoot
-	}
-	return filepath.Join(pinRoot, fmt.Sprintf("netns-%d", netnsCookie), "inbound")
 }
 
 // inboundSettings turns a policy into the program's config value and port verdicts (istio's ISTIO_INBOUND chain).
@@ -173,7 +154,7 @@ func attachInbound(netnsPath string, p capture.Policy, opts InboundOptions) (_ *
 	if root == "" {
 		root = DefaultInboundPinRoot
 	}
-	if err := inbRequireBPFFS(root); err != nil {
+	if err := hostfs.RequireBPFFS(root); err != nil {
 		return nil, err
 	}
 	dir := InboundPinDir(root, cookie)
@@ -199,17 +180,17 @@ func attachInbound(netnsPath string, p capture.Policy, opts InboundOptions) (_ *
 		}
 		if err != nil {
 			for _, name := range created {
-				_ = os.Remove(filepath.Join(dir, name))
+				_ = os.Remove(inbPin(dir, name))
 			}
-			_ = os.Remove(filepath.Join(dir, inbPinConfig+inbPinNewSufx))
-			_ = os.Remove(filepath.Join(dir, inbPinPorts+inbPinNewSufx))
+			_ = os.Remove(inbPin(dir, inbPinConfig+inbPinNewSufx))
+			_ = os.Remove(inbPin(dir, inbPinPorts+inbPinNewSufx))
 			_ = os.Remove(dir) // only when empty: a failed fresh attach leaves nothing
 			_ = os.Remove(filepath.Dir(dir))
 		}
 	}()
 	reused := map[string]bool{}
 	for pin, name := range inbKeptMaps {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, pin), nil)
+		m, err := ebpf.LoadPinnedMap(inbPin(dir, pin), nil)
 		if err != nil {
 			continue // absent (fresh attach) or unreadable: a new map is created and pinned below
 		}
@@ -265,58 +246,57 @@ func attachInbound(netnsPath string, p capture.Policy, opts InboundOptions) (_ *
 			continue
 		}
 		m := coll.Maps[name]
-		path := filepath.Join(dir, pin)
+		path := inbPin(dir, pin)
 		_ = os.Remove(path) // a stale pin that could not be reused
 		if err := m.Pin(path); err != nil {
 			return nil, fmt.Errorf("pin %s map: %w", pin, err)
 		}
 		created = append(created, pin)
 	}
-	for pin, m := range map[string]*ebpf.Map{inbPinConfig: cfgMap, inbPinPorts: portMap} {
-		tmp := filepath.Join(dir, pin+inbPinNewSufx)
-		_ = os.Remove(tmp) // left by an interrupted attach
-		if err := m.Pin(tmp); err != nil {
-			return nil, fmt.Errorf("pin %s map: %w", pin, err)
+	// The settings maps replace the old pins (swapIn) once the programs that use them are live. The cgroup
+	// programs go in before sk_lookup: a sidecar that starts listening meanwhile is registered.
+	fresh := map[string]interface{ Pin(string) error }{inbPinConfig: cfgMap, inbPinPorts: portMap}
+	activate := func() error {
+		cgCreated, err := inbAttachCgroup(dir, opts.Cgroup, coll.Maps)
+		created = append(created, cgCreated...)
+		if err != nil {
+			return err
 		}
+		return inbActivate(dir, ns, prog)
 	}
-
-	// The cgroup programs go in before sk_lookup: a sidecar that starts listening meanwhile is registered.
-	cgCreated, err := inbAttachCgroup(dir, opts.Cgroup, coll.Maps)
-	created = append(created, cgCreated...)
-	if err != nil {
+	if err := swapIn(dir, fresh, activate); err != nil {
 		return nil, err
 	}
+	return inboundInfo(dir, cookie)
+}
 
-	linkPath := filepath.Join(dir, inbPinLink)
+// inbActivate points the pinned netns link at prog (atomic: every lookup sees either the old program and maps or
+// the new ones), or attaches and pins a new link.
+func inbActivate(dir string, ns *os.File, prog *ebpf.Program) error {
+	linkPath := inbPin(dir, inbPinLink)
 	if inbLinkAttached(linkPath) {
 		l, err := link.LoadPinnedLink(linkPath, nil)
 		if err != nil {
-			return nil, fmt.Errorf("load pinned link: %w", err)
+			return fmt.Errorf("load pinned link: %w", err)
 		}
-		err = l.Update(prog) // atomic: every lookup sees either the old program and maps or the new ones
+		err = l.Update(prog)
 		l.Close()
 		if err != nil {
-			return nil, fmt.Errorf("replace sk_lookup program: %w", err)
+			return fmt.Errorf("replace sk_lookup program: %w", err)
 		}
-	} else {
-		l, err := link.AttachNetNs(int(ns.Fd()), prog)
-		if err != nil {
-			return nil, fmt.Errorf("attach sk_lookup: %w", err)
-		}
-		_ = os.Remove(linkPath) // a stale pin: unloadable, or a link someone detached
-		if err := l.Pin(linkPath); err != nil {
-			l.Close() // the only reference: this detaches
-			return nil, fmt.Errorf("pin sk_lookup link: %w", err)
-		}
-		l.Close()
+		return nil
 	}
-	for _, pin := range []string{inbPinConfig, inbPinPorts} {
-		// Cannot fail in practice (same directory); if it did, the live program still has its maps.
-		if err := os.Rename(filepath.Join(dir, pin+inbPinNewSufx), filepath.Join(dir, pin)); err != nil {
-			return nil, fmt.Errorf("pin %s map: %w", pin, err)
-		}
+	l, err := link.AttachNetNs(int(ns.Fd()), prog)
+	if err != nil {
+		return fmt.Errorf("attach sk_lookup: %w", err)
 	}
-	return inboundInfo(dir, cookie)
+	_ = os.Remove(linkPath) // a stale pin: unloadable, or a link someone detached
+	if err := l.Pin(linkPath); err != nil {
+		l.Close() // the only reference: this detaches
+		return fmt.Errorf("pin sk_lookup link: %w", err)
+	}
+	l.Close()
+	return nil
 }
 
 // DetachInbound removes inbound capture from the network namespace at netnsPath and its pins. Idempotent: a netns
@@ -358,7 +338,7 @@ func DetachInboundCookie(pinRoot string, netnsCookie uint64) error {
 	}
 	// Unpinning the maps frees them; the proxy's listener itself stays open (only its sockmap entry goes).
 	for _, e := range entries {
-		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := os.Remove(inbPin(dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("unpin %s: %w", e.Name(), err)
 		}
 	}
@@ -421,36 +401,6 @@ func InboundCookie(netnsPath string) (uint64, error) {
 	return cookie, nil
 }
 
-// inboundCookies lists the netns cookies that have an inbound pin directory under pinRoot.
-func inboundCookies(pinRoot string) ([]uint64, error) {
-	if pinRoot == "" {
-		pinRoot = DefaultInboundPinRoot
-	}
-	entries, err := os.ReadDir(pinRoot)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	var out []uint64
-	for _, e := range entries {
-		var cookie uint64
-		if !e.IsDir() {
-			continue
-		}
-		if n, err := fmt.Sscanf(e.Name(), "netns-%d", &cookie); err != nil || n != 1 {
-			continue
-		}
-		if _, err := os.Stat(InboundPinDir(pinRoot, cookie)); err != nil {
-			continue
-		}
-		out = append(out, cookie)
-	}
-	slices.Sort(out)
-	return out, nil
-}
-
 // PruneInbound removes the pins of inbound attachments whose network namespace no longer exists, and returns the
 // netns cookies it pruned.
 func PruneInbound(pinRoot string) ([]uint64, error) {
@@ -464,7 +414,7 @@ func PruneInbound(pinRoot string) ([]uint64, error) {
 	var pruned []uint64
 	var errs []error
 	for _, cookie := range cookies {
-		if inbLinkAttached(filepath.Join(InboundPinDir(pinRoot, cookie), inbPinLink)) {
+		if inbLinkAttached(inbPin(InboundPinDir(pinRoot, cookie), inbPinLink)) {
 			continue
 		}
 		if err := DetachInboundCookie(pinRoot, cookie); err != nil {
@@ -507,7 +457,7 @@ func RegisterInboundListener(pinRoot string, ln syscall.Conn) error {
 		return fmt.Errorf("register inbound listener: %w", err)
 	}
 	dir := InboundPinDir(pinRoot, li.netnsCookie)
-	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, inbPinListener), nil)
+	m, err := ebpf.LoadPinnedMap(inbPin(dir, inbPinListener), nil)
 	if errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("register inbound listener: %w (no %s)", ErrInboundNotAttached, dir)
 	}
@@ -604,7 +554,7 @@ func inbInspectListener(ln syscall.Conn) (inbListenerFacts, error) {
 			ierr = fmt.Errorf("listener has unsupported address %T", sa)
 			return
 		}
-		lf.netnsCookie, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+		lf.netnsCookie, err = hostfs.SocketNetnsCookie(fd)
 		if err != nil {
 			ierr = fmt.Errorf("listener: netns cookie: %w", err)
 		}
@@ -624,7 +574,7 @@ func InboundStatus(netnsPath, pinRoot string) (*InboundInfo, error) {
 	}
 	ns.Close()
 	dir := InboundPinDir(pinRoot, cookie)
-	if _, err := os.Stat(filepath.Join(dir, inbPinLink)); errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(inbPin(dir, inbPinLink)); errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("inbound status of %s: %w", netnsPath, ErrInboundNotAttached)
 	}
 	info, err := inboundInfo(dir, cookie)
@@ -636,7 +586,7 @@ func InboundStatus(netnsPath, pinRoot string) (*InboundInfo, error) {
 
 func readInboundConfig(dir string) (inbConfigValue, error) {
 	var cfg inbConfigValue
-	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, inbPinConfig), nil)
+	m, err := ebpf.LoadPinnedMap(inbPin(dir, inbPinConfig), nil)
 	if err != nil {
 		return cfg, fmt.Errorf("load pinned config: %w", err)
 	}
@@ -649,7 +599,7 @@ func readInboundConfig(dir string) (inbConfigValue, error) {
 
 // inboundInfo reads everything back from the pins in dir.
 func inboundInfo(dir string, cookie uint64) (*InboundInfo, error) {
-	info := &InboundInfo{NetnsCookie: cookie, PinDir: dir, Attached: inbLinkAttached(filepath.Join(dir, inbPinLink)),
+	info := &InboundInfo{NetnsCookie: cookie, PinDir: dir, Attached: inbLinkAttached(inbPin(dir, inbPinLink)),
 		SelfRegister: inbCgroupAttached(dir)}
 	cfg, err := readInboundConfig(dir)
 	if err != nil {
@@ -658,7 +608,7 @@ func inboundInfo(dir string, cookie uint64) (*InboundInfo, error) {
 	info.CapturePort, info.TunnelPort = cfg.CapturePort, cfg.TunnelPort
 	info.AllPorts = cfg.Flags&inbFlagAllPorts != 0
 
-	ports, err := ebpf.LoadPinnedMap(filepath.Join(dir, inbPinPorts), nil)
+	ports, err := ebpf.LoadPinnedMap(inbPin(dir, inbPinPorts), nil)
 	if err != nil {
 		return nil, fmt.Errorf("load pinned ports: %w", err)
 	}
@@ -674,7 +624,7 @@ func inboundInfo(dir string, cookie uint64) (*InboundInfo, error) {
 	}
 	slices.Sort(info.Ports)
 
-	lis, err := ebpf.LoadPinnedMap(filepath.Join(dir, inbPinListener), nil)
+	lis, err := ebpf.LoadPinnedMap(inbPin(dir, inbPinListener), nil)
 	if err != nil {
 		return nil, fmt.Errorf("load pinned listener map: %w", err)
 	}
@@ -686,7 +636,7 @@ func inboundInfo(dir string, cookie uint64) (*InboundInfo, error) {
 		return nil, fmt.Errorf("read listener map: %w", err)
 	}
 
-	stats, err := ebpf.LoadPinnedMap(filepath.Join(dir, inbPinStats), nil)
+	stats, err := ebpf.LoadPinnedMap(inbPin(dir, inbPinStats), nil)
 	if err != nil {
 		return nil, fmt.Errorf("load pinned stats: %w", err)
 	}

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -26,10 +25,10 @@ type inbCgroupHook struct {
 }
 
 var inbCgroupHooks = []inbCgroupHook{
-	{"bind", "cg_post_bind4", inboundBindProgInbPostBind4, ebpf.AttachCGroupInet4PostBind, loadInboundBind},
-	{"bind", "cg_post_bind6", inboundBindProgInbPostBind6, ebpf.AttachCGroupInet6PostBind, loadInboundBind},
-	{"sockops", "cg_sockops", inboundSockopsProgInbSockops, ebpf.AttachCGroupSockOps, loadInboundSockops},
-	{"getsockopt", "cg_getsockopt", inboundGetsockoptProgInbGetsockopt, ebpf.AttachCGroupGetsockopt, loadInboundGetsockopt},
+	{"bind", inbPinPostBind4, inboundBindProgInbPostBind4, ebpf.AttachCGroupInet4PostBind, loadInboundBind},
+	{"bind", inbPinPostBind6, inboundBindProgInbPostBind6, ebpf.AttachCGroupInet6PostBind, loadInboundBind},
+	{"sockops", inbPinSockops, inboundSockopsProgInbSockops, ebpf.AttachCGroupSockOps, loadInboundSockops},
+	{"getsockopt", inbPinGetsockopt, inboundGetsockoptProgInbGetsockopt, ebpf.AttachCGroupGetsockopt, loadInboundGetsockopt},
 }
 
 // inbCgroupPrograms loads the cgroup programs with every map shared with the sk_lookup collection.
@@ -80,13 +79,13 @@ func inbAttachCgroup(dir, cgroupDir string, shared map[string]*ebpf.Map) (create
 	defer func() {
 		if err != nil {
 			for _, pin := range created {
-				inbDetachPinnedLink(filepath.Join(dir, pin))
+				inbDetachPinnedLink(inbPin(dir, pin))
 			}
 			created = nil
 		}
 	}()
 	for _, h := range inbCgroupHooks {
-		path := filepath.Join(dir, h.pin)
+		path := inbPin(dir, h.pin)
 		if l, lerr := link.LoadPinnedLink(path, nil); lerr == nil {
 			uerr := l.Update(progs[h.pin])
 			l.Close()
@@ -126,7 +125,7 @@ func inbDetachPinnedLink(path string) {
 // inbCgroupAttached reports whether the inbound cgroup programs of dir are pinned (self-registration is on).
 func inbCgroupAttached(dir string) bool {
 	for _, h := range inbCgroupHooks {
-		if _, err := os.Stat(filepath.Join(dir, h.pin)); err != nil {
+		if _, err := os.Stat(inbPin(dir, h.pin)); err != nil {
 			return false
 		}
 	}
@@ -135,9 +134,9 @@ func inbCgroupAttached(dir string) bool {
 
 // inbDetachLinks detaches every link pinned in dir (the sk_lookup link and the cgroup links).
 func inbDetachLinks(dir string) error {
-	paths := []string{filepath.Join(dir, inbPinLink)}
+	paths := []string{inbPin(dir, inbPinLink)}
 	for _, h := range inbCgroupHooks {
-		paths = append(paths, filepath.Join(dir, h.pin))
+		paths = append(paths, inbPin(dir, h.pin))
 	}
 	var errs []error
 	for _, p := range paths {

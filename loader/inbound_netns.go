@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/meshcap/meshcap/pkg/capture"
+	"github.com/meshcap/meshcap/pkg/hostfs"
 )
 
 // ErrInboundListenerNotFound: no process holds a TCP listener on the capture port in that netns.
@@ -36,70 +36,12 @@ func inbOpenNetns(path string) (*os.File, uint64, error) {
 		f.Close()
 		return nil, 0, fmt.Errorf("%s is not a network namespace", path)
 	}
-	cookie, err := inbNetnsCookie(f)
+	cookie, err := hostfs.NetnsCookie(f)
 	if err != nil {
 		f.Close()
 		return nil, 0, err
 	}
 	return f, cookie, nil
-}
-
-// inbNetnsCookie enters ns on a locked thread just long enough to open a socket there and ask its netns cookie.
-func inbNetnsCookie(ns *os.File) (uint64, error) {
-	var cookie uint64
-	err := inbInNetns(ns, func() error {
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
-		cookie, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
-		return err
-	})
-	if err != nil {
-		return 0, fmt.Errorf("netns cookie: %w", err)
-	}
-	return cookie, nil
-}
-
-// inbInNetns runs fn on a locked OS thread that has entered ns, then puts the thread back.
-func inbInNetns(ns *os.File, fn func() error) error {
-	runtime.LockOSThread()
-	orig, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer orig.Close()
-	if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("enter netns: %w", err)
-	}
-	fnErr := fn()
-	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-		// Keep the thread locked: the runtime discards it when the goroutine exits.
-		return errors.Join(fnErr, fmt.Errorf("leave netns: %w", err))
-	}
-	runtime.UnlockOSThread()
-	return fnErr
-}
-
-// inbRequireBPFFS checks that root (or, if it does not exist yet, its nearest existing parent) is on a bpf filesystem,
-// before anything is created there.
-func inbRequireBPFFS(root string) error {
-	for p := filepath.Clean(root); ; p = filepath.Dir(p) {
-		var st unix.Statfs_t
-		err := unix.Statfs(p, &st)
-		if err == nil {
-			if st.Type != unix.BPF_FS_MAGIC {
-				return fmt.Errorf("pin root %s is not on a bpf filesystem (mount -t bpf bpf /sys/fs/bpf)", root)
-			}
-			return nil
-		}
-		if !errors.Is(err, unix.ENOENT) || p == "/" || p == "." {
-			return fmt.Errorf("pin root %s: %w", root, err)
-		}
-	}
 }
 
 // FindInboundListener finds a listening TCP socket on port in the network namespace at netnsPath held by a process

@@ -1,6 +1,8 @@
 package loader
 
 import (
+	"github.com/meshcap/meshcap/pkg/hostfs"
+
 	"bufio"
 	"context"
 	"crypto/rand"
@@ -431,7 +433,7 @@ func inboundChildMain(mode string) {
 			os.Exit(1)
 		}
 		var ln net.Listener
-		err = inbInNetns(ns, func() error {
+		err = hostfs.InNetns(ns, func() error {
 			var lc net.ListenConfig
 			lc.SetMultipathTCP(false)
 			var err error

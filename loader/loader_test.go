@@ -16,7 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/meshcap/meshcap/pkg/capture"
-	"github.com/meshcap/meshcap/pkg/podnet"
+	"github.com/meshcap/meshcap/pkg/hostfs"
 )
 
 func outRequireRoot(t *testing.T) {
@@ -38,7 +38,7 @@ func outSuffix() string {
 // newCgroup creates a cgroup of the test's own under the cgroup2 root, removed in Cleanup.
 func outNewCgroup(t *testing.T) string {
 	t.Helper()
-	root, err := podnet.Cgroup2Root()
+	root, err := hostfs.Cgroup2Root()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,12 +184,14 @@ func TestEnumsMatchHeader(t *testing.T) {
 		`MC_F_OUTBOUND_ALL = 1 << 0`, `MC_F_LOOPBACK_INCLUDED = 1 << 1`, `MC_F_FAST_PATH = 1 << 2`,
 		`MC_FP_REDIRECT_MSGS = 0`, `MC_FP_REDIRECT_BYTES = 1`, `MC_FP_PASS_MSGS = 2`,
 		`MC_PORT_OUT_EXCLUDE = 1`, `MC_PORT_OUT_INCLUDE = 2`, `#define MC_MAX_IDS 8`,
+		`#define MC_ORIGDST_F_FAST_PATH 1`, `#define MC_SO_CAPTURE_STATS 0x4d43`,
 	} {
 		if !strings.Contains(string(b), name) {
 			t.Errorf("header no longer has %q: update the constants in objects.go", name)
 		}
 	}
-	if flagOutboundAll != 1 || flagLoopbackIncluded != 2 || flagFastPath != 4 || portOutExclude != 1 || portOutInclude != 2 || maxIDs != 8 {
+	if flagOutboundAll != 1 || flagLoopbackIncluded != 2 || flagFastPath != 4 || portOutExclude != 1 || portOutInclude != 2 ||
+		maxIDs != 8 || origDstFastPath != 1 || mcSoCaptureStats != 0x4d43 {
 		t.Error("Go constants differ from the header")
 	}
 }

@@ -25,8 +25,9 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
-	"github.com/meshcap/meshcap/pkg/podnet"
 	"golang.org/x/sys/unix"
+
+	"github.com/meshcap/meshcap/pkg/hostfs"
 )
 
 // ProbeDisableEnv names the environment variable listing features to treat as missing.
@@ -125,6 +126,7 @@ var cgroupAttaches = []sockAttach{
 	{"sockops", ebpf.SockOps, ebpf.AttachCGroupSockOps},
 	{"getsockopt", ebpf.CGroupSockopt, ebpf.AttachCGroupGetsockopt},
 	{"getpeername4", ebpf.CGroupSockAddr, ebpf.AttachCgroupInet4GetPeername},
+	{"sock_release", ebpf.CGroupSock, ebpf.AttachCgroupInetSockRelease},
 }
 
 type helperUse struct {
@@ -136,18 +138,24 @@ type helperUse struct {
 // helperUses lists every helper the BPF programs call, per program type (bpf/*.c: keep in sync).
 var helperUses = []helperUse{
 	{ebpf.CGroupSockAddr, asm.FnGetCurrentUidGid, ScopeCore},
-	{ebpf.CGroupSockAddr, asm.FnGetSocketCookie, ScopeCore},
 	{ebpf.CGroupSockAddr, asm.FnGetNetnsCookie, ScopeCore},
 	{ebpf.CGroupSockAddr, asm.FnMapLookupElem, ScopeCore},
 	{ebpf.CGroupSockAddr, asm.FnMapUpdateElem, ScopeCore},
-	{ebpf.SockOps, asm.FnGetSocketCookie, ScopeCore},
+	{ebpf.CGroupSockAddr, asm.FnSkStorageGet, ScopeCore},
+	{ebpf.CGroupSockAddr, asm.FnSkStorageDelete, ScopeCore},
+	{ebpf.CGroupSockAddr, asm.FnSpinLock, ScopeCore},
 	{ebpf.SockOps, asm.FnGetNetnsCookie, ScopeCore},
+	{ebpf.SockOps, asm.FnSkStorageGet, ScopeCore},
+	{ebpf.SockOps, asm.FnSpinLock, ScopeCore},
 	{ebpf.SockOps, asm.FnSockOpsCbFlagsSet, ScopeCore},
 	{ebpf.SockOps, asm.FnMapLookupElem, ScopeCore},
 	{ebpf.SockOps, asm.FnMapUpdateElem, ScopeCore},
 	{ebpf.SockOps, asm.FnMapDeleteElem, ScopeCore},
 	{ebpf.CGroupSockopt, asm.FnGetNetnsCookie, ScopeCore},
 	{ebpf.CGroupSockopt, asm.FnMapLookupElem, ScopeCore},
+	{ebpf.CGroupSock, asm.FnSkStorageGet, ScopeCore},
+	{ebpf.CGroupSock, asm.FnMapLookupElem, ScopeCore},
+	{ebpf.CGroupSock, asm.FnSpinLock, ScopeCore},
 	{ebpf.SkLookup, asm.FnSkAssign, ScopeInbound},
 	{ebpf.SkLookup, asm.FnMapLookupElem, ScopeInbound},
 	{ebpf.SkLookup, asm.FnSkRelease, ScopeInbound},
@@ -159,6 +167,7 @@ var progTypeNames = map[ebpf.ProgramType]string{
 	ebpf.SockOps:        "sock_ops",
 	ebpf.CGroupSockopt:  "cgroup_sockopt",
 	ebpf.SkLookup:       "sk_lookup",
+	ebpf.CGroupSock:     "cgroup_sock",
 }
 
 // helperName turns asm.FnGetNetnsCookie into "get_netns_cookie".
@@ -182,7 +191,7 @@ func probeItems() []probeItem {
 		{"cgroup2", ScopeCore, (*probeRun).checkCgroup2},
 		{"bpffs", ScopeCore, (*probeRun).checkBPFFS},
 	}
-	for _, pt := range []ebpf.ProgramType{ebpf.CGroupSockAddr, ebpf.SockOps, ebpf.CGroupSockopt, ebpf.SkLookup} {
+	for _, pt := range []ebpf.ProgramType{ebpf.CGroupSockAddr, ebpf.SockOps, ebpf.CGroupSockopt, ebpf.CGroupSock, ebpf.SkLookup} {
 		scope := ScopeCore
 		if pt == ebpf.SkLookup {
 			scope = ScopeInbound
@@ -200,7 +209,7 @@ func probeItems() []probeItem {
 		scope string
 	}{
 		{"hash", ebpf.Hash, ScopeCore},
-		{"lru_hash", ebpf.LRUHash, ScopeCore},
+		{"sk_storage", ebpf.SkStorage, ScopeCore},
 		{"lpm_trie", ebpf.LPMTrie, ScopeCore},
 		{"array", ebpf.Array, ScopeInbound},
 		{"percpu_array", ebpf.PerCPUArray, ScopeInbound},
@@ -327,7 +336,7 @@ func (r *probeRun) cleanup() {
 
 func (r *probeRun) checkCgroup2() (string, error) {
 	mnt, hybrid, err := findCgroup2()
-	if err != nil && r.opts.CgroupParent != "" && podnet.IsCgroup2(r.opts.CgroupParent) {
+	if err != nil && r.opts.CgroupParent != "" && hostfs.IsCgroup2(r.opts.CgroupParent) {
 		// This mount namespace hides the cgroup2 mount (ip netns exec), but the target cgroup, seen through the
 		// host's mount namespace, is on cgroup2: that is what capture attaches to.
 		return "hidden here; target cgroup " + r.opts.CgroupParent + " is on cgroup2", nil
@@ -343,7 +352,7 @@ func (r *probeRun) checkCgroup2() (string, error) {
 }
 
 func findCgroup2() (mnt string, hybrid bool, err error) {
-	mounts, err := podnet.Mounts()
+	mounts, err := hostfs.Mounts()
 	if err != nil {
 		return "", false, err
 	}
@@ -364,8 +373,7 @@ func findCgroup2() (mnt string, hybrid bool, err error) {
 }
 
 func (r *probeRun) checkBPFFS() (string, error) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(r.opts.BPFFSPath, &st); err == nil && uint32(st.Type) == uint32(unix.BPF_FS_MAGIC) {
+	if hostfs.IsBPFFS(r.opts.BPFFSPath) {
 		return "mounted at " + r.opts.BPFFSPath, nil
 	}
 	// Not mounted: usable when the kernel knows the filesystem (meshcap mounts it when it needs pins).
@@ -430,18 +438,12 @@ func OwnCgroupDir() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if mnt, err := podnet.Cgroup2Root(); err == nil {
-		return filepath.Join(mnt, rel), nil
+	// Under ip netns exec no cgroup2 mount is visible here: Cgroup2Root falls back to the host's view.
+	root, err := hostfs.Cgroup2Root()
+	if err != nil {
+		return "", err
 	}
-	// No cgroup2 mount visible here (ip netns exec remounts /sys): the host's, at either usual mount point.
-	for _, mnt := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
-		if dir, ok := HostView(filepath.Join(mnt, rel), unix.CGROUP2_SUPER_MAGIC); ok {
-			if _, err := os.Stat(dir); err == nil {
-				return dir, nil
-			}
-		}
-	}
-	return "", errors.New("no cgroup2 filesystem mounted (nor visible through the host's mount namespace)")
+	return filepath.Join(root, rel), nil
 }
 
 // parseCgroupV2Path returns the path of the "0::" line of a /proc/<pid>/cgroup file.

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/meshcap/meshcap/pkg/podnet"
+	"github.com/meshcap/meshcap/pkg/hostfs"
 )
 
 func probeNeedsRoot(t *testing.T) {
@@ -34,7 +34,7 @@ func findCheck(t *testing.T, checks []FeatureCheck, name string) FeatureCheck {
 
 func leftoverProbeCgroups(t *testing.T) []string {
 	t.Helper()
-	mnt, err := podnet.Cgroup2Root()
+	mnt, err := hostfs.Cgroup2Root()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +57,8 @@ func TestProbeThisKernelSaysEBPF(t *testing.T) {
 		t.Fatalf("mode = %s (%s), want ebpf on this kernel", d.Mode, d.Reason)
 	}
 	for _, name := range []string{"cgroup2", "bpffs", "attach:connect4", "attach:sockops", "attach:getsockopt",
-		"attach:getpeername4", "attach:sk_lookup", "helper:cgroup_sock_addr:get_current_uid_gid",
+		"attach:getpeername4", "attach:sock_release", "attach:sk_lookup", "helper:cgroup_sock_addr:get_current_uid_gid",
+		"helper:cgroup_sock:sk_storage_get", "helper:cgroup_sock_addr:spin_lock",
 		"helper:sk_lookup:sk_assign", "helper:cgroup_sockopt:get_netns_cookie"} {
 		if c := findCheck(t, checks, name); !c.OK {
 			t.Errorf("%s failed: %s", name, c.Detail)

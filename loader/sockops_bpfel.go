@@ -16,16 +16,17 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	sockopsMapMcCidrExcl   = "mc_cidr_excl"
-	sockopsMapMcCidrIncl   = "mc_cidr_incl"
-	sockopsMapMcConfig     = "mc_config"
-	sockopsMapMcFpPeer     = "mc_fp_peer"
-	sockopsMapMcFpStats    = "mc_fp_stats"
-	sockopsMapMcOrigCookie = "mc_orig_cookie"
-	sockopsMapMcOrigTuple  = "mc_orig_tuple"
-	sockopsMapMcPorts      = "mc_ports"
-	sockopsMapMcSockhash   = "mc_sockhash"
-	sockopsProgMcSockops   = "mc_sockops"
+	sockopsMapMcCidrExcl  = "mc_cidr_excl"
+	sockopsMapMcCidrIncl  = "mc_cidr_incl"
+	sockopsMapMcClient    = "mc_client"
+	sockopsMapMcConfig    = "mc_config"
+	sockopsMapMcFpPeer    = "mc_fp_peer"
+	sockopsMapMcFpStats   = "mc_fp_stats"
+	sockopsMapMcOrigTuple = "mc_orig_tuple"
+	sockopsMapMcPorts     = "mc_ports"
+	sockopsMapMcSockhash  = "mc_sockhash"
+	sockopsMapMcStats     = "mc_stats"
+	sockopsProgMcSockops  = "mc_sockops"
 )
 
 // loadSockops returns the embedded CollectionSpec for sockops.
@@ -77,15 +78,16 @@ type sockopsProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockopsMapSpecs struct {
-	McCidrExcl   *ebpf.MapSpec `ebpf:"mc_cidr_excl"`
-	McCidrIncl   *ebpf.MapSpec `ebpf:"mc_cidr_incl"`
-	McConfig     *ebpf.MapSpec `ebpf:"mc_config"`
-	McFpPeer     *ebpf.MapSpec `ebpf:"mc_fp_peer"`
-	McFpStats    *ebpf.MapSpec `ebpf:"mc_fp_stats"`
-	McOrigCookie *ebpf.MapSpec `ebpf:"mc_orig_cookie"`
-	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
-	McPorts      *ebpf.MapSpec `ebpf:"mc_ports"`
-	McSockhash   *ebpf.MapSpec `ebpf:"mc_sockhash"`
+	McCidrExcl  *ebpf.MapSpec `ebpf:"mc_cidr_excl"`
+	McCidrIncl  *ebpf.MapSpec `ebpf:"mc_cidr_incl"`
+	McClient    *ebpf.MapSpec `ebpf:"mc_client"`
+	McConfig    *ebpf.MapSpec `ebpf:"mc_config"`
+	McFpPeer    *ebpf.MapSpec `ebpf:"mc_fp_peer"`
+	McFpStats   *ebpf.MapSpec `ebpf:"mc_fp_stats"`
+	McOrigTuple *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
+	McPorts     *ebpf.MapSpec `ebpf:"mc_ports"`
+	McSockhash  *ebpf.MapSpec `ebpf:"mc_sockhash"`
+	McStats     *ebpf.MapSpec `ebpf:"mc_stats"`
 }
 
 // sockopsVariableSpecs contains global variables before they are loaded into the kernel.
@@ -114,28 +116,30 @@ func (o *sockopsObjects) Close() error {
 //
 // It can be passed to loadSockopsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockopsMaps struct {
-	McCidrExcl   *ebpf.Map `ebpf:"mc_cidr_excl"`
-	McCidrIncl   *ebpf.Map `ebpf:"mc_cidr_incl"`
-	McConfig     *ebpf.Map `ebpf:"mc_config"`
-	McFpPeer     *ebpf.Map `ebpf:"mc_fp_peer"`
-	McFpStats    *ebpf.Map `ebpf:"mc_fp_stats"`
-	McOrigCookie *ebpf.Map `ebpf:"mc_orig_cookie"`
-	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
-	McPorts      *ebpf.Map `ebpf:"mc_ports"`
-	McSockhash   *ebpf.Map `ebpf:"mc_sockhash"`
+	McCidrExcl  *ebpf.Map `ebpf:"mc_cidr_excl"`
+	McCidrIncl  *ebpf.Map `ebpf:"mc_cidr_incl"`
+	McClient    *ebpf.Map `ebpf:"mc_client"`
+	McConfig    *ebpf.Map `ebpf:"mc_config"`
+	McFpPeer    *ebpf.Map `ebpf:"mc_fp_peer"`
+	McFpStats   *ebpf.Map `ebpf:"mc_fp_stats"`
+	McOrigTuple *ebpf.Map `ebpf:"mc_orig_tuple"`
+	McPorts     *ebpf.Map `ebpf:"mc_ports"`
+	McSockhash  *ebpf.Map `ebpf:"mc_sockhash"`
+	McStats     *ebpf.Map `ebpf:"mc_stats"`
 }
 
 func (m *sockopsMaps) Close() error {
 	return _SockopsClose(
 		m.McCidrExcl,
 		m.McCidrIncl,
+		m.McClient,
 		m.McConfig,
 		m.McFpPeer,
 		m.McFpStats,
-		m.McOrigCookie,
 		m.McOrigTuple,
 		m.McPorts,
 		m.McSockhash,
+		m.McStats,
 	)
 }
 

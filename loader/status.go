@@ -5,13 +5,12 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"sort"
-	"strconv"
-	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/meshcap/meshcap/pkg/hostfs"
 )
 
 // Status is what is attached and pinned under one pin root.
@@ -23,11 +22,14 @@ type Status struct {
 // AttachmentStatus describes one pinned attachment.
 type AttachmentStatus struct {
 	CgroupID   uint64
-	CgroupPath string // "" when the cgroup no longer exists
+	CgroupPath string // "" when the cgroup is not found from here (gone, or outside this cgroup view)
 	PinDir     string
 	ProxyPort  uint16 // from the per-pod (key 0) settings; 0 if none
 	Programs   []ProgramStatus
 	Maps       []MapStatus
+	// Stats are the outbound counters by config key: "0" in per-pod mode, the pod's netns cookie in agent mode.
+	Stats    map[uint64]CaptureStats `json:"stats,omitempty"`
+	StatsErr string                  `json:"statsError,omitempty"`
 }
 
 // ProgramStatus is one pinned link.
@@ -54,29 +56,25 @@ func GetStatus(pinRoot string) (*Status, error) {
 		pinRoot = DefaultPinRoot
 	}
 	st := &Status{PinRoot: pinRoot}
-	entries, err := os.ReadDir(pinRoot)
-	if errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(pinRoot); errors.Is(err, os.ErrNotExist) {
 		return st, nil
 	}
+	// A pin root others can write is refused here too: its pins could be renamed to hide capture.
+	if err := checkPinRoot(pinRoot); err != nil {
+		return nil, err
+	}
+	ids, err := outboundIDs(pinRoot)
 	if err != nil {
 		return nil, err
 	}
-	for _, e := range entries {
-		id, ok := strings.CutPrefix(e.Name(), "cgroup-")
-		if !e.IsDir() || !ok {
-			continue
-		}
-		cgid, err := strconv.ParseUint(id, 10, 64)
-		if err != nil {
-			continue
-		}
-		st.Attachments = append(st.Attachments, attachmentStatus(filepath.Join(pinRoot, e.Name()), cgid))
+	for _, id := range ids {
+		st.Attachments = append(st.Attachments, attachmentStatus(pinDirFor(pinRoot, id), id))
 	}
 	return st, nil
 }
 
 func attachmentStatus(dir string, id uint64) AttachmentStatus {
-	path, _ := cgroupPathByID(id)
+	path := hostfs.CgroupPathByID(id)
 	a := AttachmentStatus{CgroupID: id, CgroupPath: path, PinDir: dir}
 	for _, h := range hooks {
 		ps := ProgramStatus{Hook: h.name}
@@ -97,7 +95,7 @@ func attachmentStatus(dir string, id uint64) AttachmentStatus {
 		l.Close()
 		a.Programs = append(a.Programs, ps)
 	}
-	names := append(append([]string{}, settingsMaps...), stateMaps...)
+	names := append(append([]string{}, settingsMaps...), mapOrigTuple, mapStats) // mc_client (socket storage) cannot be iterated
 	if _, err := os.Stat(mapPin(dir, mapSockhash)); err == nil {
 		names = append(names, mapSockhash) // sockets on the fast path (mc_fp_peer cannot be iterated)
 	}
@@ -123,6 +121,10 @@ func attachmentStatus(dir string, id uint64) AttachmentStatus {
 		}
 		m.Close()
 		a.Maps = append(a.Maps, ms)
+	}
+	var err error
+	if a.Stats, err = ReadCaptureStats(dir); err != nil {
+		a.StatsErr = err.Error()
 	}
 	return a
 }
@@ -153,7 +155,7 @@ func PinDir(cgroupDir, pinRoot string) (string, error) {
 	if pinRoot == "" {
 		pinRoot = DefaultPinRoot
 	}
-	id, err := cgroupID(cgroupDir)
+	id, err := hostfs.CgroupID(cgroupDir)
 	if err != nil {
 		return "", err
 	}
@@ -172,8 +174,11 @@ func OrigDst(pinDir string, local, remote netip.AddrPort, netnsCookie uint64) (n
 	}
 	dirs := []string{pinDir}
 	if _, err := os.Stat(mapPin(pinDir, mapOrigTuple)); err != nil {
-		matches, _ := filepath.Glob(filepath.Join(pinDir, "cgroup-*"))
-		dirs = matches
+		ids, _ := outboundIDs(pinDir)
+		dirs = nil
+		for _, id := range ids {
+			dirs = append(dirs, pinDirFor(pinDir, id))
+		}
 	}
 	key := tupleKey{
 		Netns:      netnsCookie,

@@ -7,7 +7,8 @@ import (
 	"time"
 )
 
-// newAdminServer serves GET /stats (the Snapshot as JSON) and /debug/pprof/ on a private mux.
+// newAdminServer serves GET /stats (the Snapshot as JSON), GET /metrics (Prometheus: the relay's counters and its
+// pod's capture counters) and /debug/pprof/ on a private mux.
 func (p *Proxy) newAdminServer() *http.Server {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
@@ -16,6 +17,7 @@ func (p *Proxy) newAdminServer() *http.Server {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(p.stats.Snapshot())
 	})
+	mux.Handle("GET /metrics", p.metricsHandler())
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

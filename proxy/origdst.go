@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -33,18 +34,21 @@ func (f ResolverFunc) OriginalDst(dir Direction, fd int, peer netip.AddrPort) (n
 	return f(dir, fd, peer)
 }
 
-// origDstExt is meshcap's extended SO_ORIGINAL_DST answer (struct mc_origdst_ext in bpf/getsockopt.c): with a
-// buffer this large, the cgroup/getsockopt program also says whether the accepted socket is on the sk_msg fast path
-// (bpf/fastpath.c). Netfilter (iptables mode) writes only the sockaddr_in and leaves flags zero, and so does the
-// program for a socket not on the fast path; neither costs an extra syscall.
-type origDstExt struct {
-	sa    unix.RawSockaddrInet4
-	flags uint32
+// OrigDstExt describes meshcap's extended SO_ORIGINAL_DST answer (struct mc_origdst_ext of the cgroup/getsockopt
+// program): with a buffer of Size bytes, the program also says whether the accepted socket is on the sk_msg fast
+// path, and FastPath reads that from the answer. Netfilter (iptables mode) writes only the sockaddr_in. The layout
+// belongs to the BPF program; the proxy does not import the loader (nor cilium/ebpf), so the command that builds
+// the proxy registers it (RegisterOrigDstExt) from the loader's generated types. Unregistered, the proxy asks for
+// the plain sockaddr_in and never takes a socket for a fast-path one.
+type OrigDstExt struct {
+	Size     int
+	FastPath func(answer []byte) bool
 }
 
-// origDstFastPath (MC_ORIGDST_F_FAST_PATH): the socket is in the fast path's sockhash. Data for it arrives in its
-// sk_msg ingress queue, which splice(2) never sees: it must be relayed with read/write.
-const origDstFastPath = 1
+var origDstExt atomic.Pointer[OrigDstExt]
+
+// RegisterOrigDstExt sets the extended answer's layout for every proxy of this process.
+func RegisterOrigDstExt(ext OrigDstExt) { origDstExt.Store(&ext) }
 
 // errNoOrigDst: no method knew the original destination.
 var errNoOrigDst = errors.New("original destination unknown")
@@ -129,17 +133,29 @@ func getOriginalDstFD(fd int, v6 bool) (netip.AddrPort, bool, error) {
 		}
 		return unmapAddrPort(netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), ntohs(sa.Port))), false, nil
 	}
-	var ext origDstExt
-	l := uint32(unsafe.Sizeof(ext))
-	if err := getsockopt(fd, unix.SOL_IP, soOriginalDst, unsafe.Pointer(&ext), &l); err != nil {
+	var arr [64]byte // no allocation per connection; an extended answer is far smaller
+	buf := arr[:min(len(arr), max(unix.SizeofSockaddrInet4, extSize()))]
+	l := uint32(len(buf))
+	if err := getsockopt(fd, unix.SOL_IP, soOriginalDst, unsafe.Pointer(&buf[0]), &l); err != nil {
 		return netip.AddrPort{}, false, fmt.Errorf("getsockopt(SOL_IP, SO_ORIGINAL_DST): %w", err)
 	}
-	sa := &ext.sa
+	sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&buf[0]))
 	if sa.Family != unix.AF_INET || l < 8 {
 		return netip.AddrPort{}, false, fmt.Errorf("getsockopt(SOL_IP, SO_ORIGINAL_DST): bad answer (family %d, len %d)", sa.Family, l)
 	}
-	fast := l >= uint32(unsafe.Sizeof(ext)) && ext.flags&origDstFastPath != 0
+	fast := false
+	if ext := origDstExt.Load(); ext != nil && int(l) >= ext.Size {
+		fast = ext.FastPath(buf[:l])
+	}
 	return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), ntohs(sa.Port)), fast, nil
+}
+
+// extSize is the buffer size that asks for the extended answer (0 when none is registered).
+func extSize() int {
+	if ext := origDstExt.Load(); ext != nil {
+		return ext.Size
+	}
+	return 0
 }
 
 func getsockopt(fd, level, name int, val unsafe.Pointer, vallen *uint32) error {

@@ -27,6 +27,7 @@ import (
 
 	"github.com/meshcap/meshcap/loader"
 	"github.com/meshcap/meshcap/pkg/cni"
+	"github.com/meshcap/meshcap/pkg/hostfs"
 	"github.com/meshcap/meshcap/pkg/podnet"
 	"github.com/meshcap/meshcap/proxy"
 )
@@ -172,7 +173,7 @@ func (h *heldConn) exchange(what string) {
 // the pods under it, whose Cleanup is registered later).
 func kubepodsCgroup(t *testing.T) string {
 	t.Helper()
-	root, err := podnet.Cgroup2Root()
+	root, err := hostfs.Cgroup2Root()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -388,7 +389,9 @@ func TestDeployAgentCNI(t *testing.T) {
 	podA, podB := podUnder(t, kubepods, "a"), podUnder(t, kubepods, "b")
 	srv := newPod(t, "srv") // outside the kubepods root: a server somewhere on the pod network
 
-	agentArgs := []string{"--cgroup", kubepods, "--pin-dir", pin, "--state-dir", e.stateDir, "--resync", "1s"}
+	metricsAddr := fmt.Sprintf("127.0.0.1:%d", 20000+int(time.Now().UnixNano()%20000))
+	agentArgs := []string{"--cgroup", kubepods, "--pin-dir", pin, "--state-dir", e.stateDir, "--resync", "1s",
+		"--metrics-addr", metricsAddr}
 	// The chain as a runtime runs it: pod A opts in, pod B and the server do not. No agent runs yet (meshcap-cni
 	// installed, agent container not started): pod A is only recorded, and the agent programs it when it starts.
 	step("CNI ADD before the agent runs")
@@ -446,6 +449,24 @@ func TestDeployAgentCNI(t *testing.T) {
 	// Inbound to pod A (sk_lookup, attached by the agent; the proxy registered its listener): relayed by the proxy.
 	expectDial(srv, netip.AddrPortFrom(ipA, 9090).String(), true, "inbound to pod A")
 	pxWaitStats(t, proxyA, "one inbound connection", func(s proxy.Snapshot) bool { return s.Inbound.Relayed >= 1 })
+
+	// The agent's /metrics: pod A made one captured connect; its sidecar's two upstream connects (one per relayed
+	// connection) are exempt by owner; pod B is not enrolled, so it has no series.
+	step("agent metrics")
+	m := scrapeHost(t, metricsAddr)
+	series := func(name, extra string) string {
+		return fmt.Sprintf(`%s{cgroup="",netns_cookie="%d",pod="default/a"%s}`, name, cookieA, extra)
+	}
+	for k, want := range map[string]float64{
+		series("meshcap_capture_connections_captured_total", ""):            1,
+		series("meshcap_capture_connections_exempt_total", `,rule="owner"`): 2,
+		series("meshcap_capture_connections_refused_total", ""):             0,
+		series("meshcap_capture_connections_capacity", ""):                  65536,
+	} {
+		if got, ok := m[k]; !ok || got != want {
+			t.Errorf("agent /metrics %s = %v (present %v), want %v; all: %v", k, got, ok, want, m)
+		}
+	}
 
 	// Restart: an established captured connection survives; new ones are captured, during and after the restart.
 	step("held connection, agent stop")

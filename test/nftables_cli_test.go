@@ -199,7 +199,7 @@ func TestNftablesCLIApplyStatusCleanup(t *testing.T) {
 	if again := nftRuleset(t, pod); again != first {
 		t.Fatalf("re-run changed the ruleset:\n%s", again)
 	}
-	st, err := runIn(t, pod, nil, meshcapBin, "status", "--pin-dir", t.TempDir())
+	st, err := runIn(t, pod, nil, meshcapBin, "status", "--pin-dir", ebPinRoot(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -49,10 +49,10 @@
 /* Sizes of the fixed uid/gid arrays in struct mc_config (istio allows lists; real pods use one or two). */
 #define MC_MAX_IDS 8
 
-/* Default capacities; the loader may raise them (node-agent mode) before loading. */
+/* Default capacities; the loader sizes them before loading (MC_MAX_CONNS from --max-connections). */
 #define MC_MAX_POLICIES 1024
 #define MC_MAX_LIST_ENTRIES 16384
-#define MC_MAX_CONNS 16384
+#define MC_MAX_CONNS 65536
 
 /* mc_config.flags */
 enum mc_config_flags {
@@ -77,6 +77,8 @@ struct mc_config {
 	__u32 loopback_mask; /* ... and its mask */
 	__u32 uids[MC_MAX_IDS]; /* -u: exempt owners; first n_uids are valid */
 	__u32 gids[MC_MAX_IDS]; /* -g: exempt groups; first n_gids are valid */
+	__u32 max_conns;        /* --max-connections: captured client sockets of this key at once; more are refused */
+	__u32 _pad2;
 };
 
 /* LPM key: the 64-bit config key is part of the prefix, so prefixlen = 64 + CIDR bits. The key is stored as two
@@ -103,16 +105,50 @@ struct mc_port_key {
 
 /* mc_orig.flags */
 enum mc_orig_flags {
-	MC_ORIG_F_FAST_PATH = 1 << 0, /* the netns has MC_F_FAST_PATH: sockops tries to put both ends in mc_sockhash */
-	MC_ORIG_F_APP_IN = 1 << 1,    /* the app (client) end is in mc_sockhash */
-	MC_ORIG_F_PROXY_IN = 1 << 2,  /* the proxy (accepted) end is in mc_sockhash */
+	MC_ORIG_F_FAST_PATH = 1 << 0,   /* the netns has MC_F_FAST_PATH: sockops tries to put both ends in mc_sockhash */
+	MC_ORIG_F_APP_IN = 1 << 1,      /* the app (client) end is in mc_sockhash */
+	MC_ORIG_F_PROXY_IN = 1 << 2,    /* the proxy (accepted) end is in mc_sockhash */
+	MC_ORIG_F_PROXY_OWNED = 1 << 3, /* mc_orig_tuple: the proxy's accepted socket exists and frees the entry */
 };
 
 /* Original destination of a captured connection. */
 struct mc_orig {
 	__u32 addr;  /* network byte order */
 	__u16 port;  /* host byte order */
-	__u16 flags; /* enum mc_orig_flags (mc_orig_tuple only) */
+	__u16 flags; /* enum mc_orig_flags */
+	__u32 _pad;
+	__u64 cfg;   /* config key: the mc_stats entry this connection is counted in */
+};
+
+/* mc_client.flags */
+enum mc_client_flags {
+	MC_CL_F_COUNTED = 1 << 0, /* holds one slot of mc_stats.conns (released by cgroup/sock_release) */
+};
+
+/* Socket storage of a captured client socket (mc_client): written by connect4, read by sockops and getpeername4,
+ * freed by the kernel with the socket; its slot in mc_stats.conns is given back when the socket is released. */
+struct mc_client {
+	struct mc_orig orig;
+	__u64 netns; /* netns cookie, recorded by connect4 (bpf_get_netns_cookie exists for sock_addr on every kernel) */
+	__u32 flags; /* enum mc_client_flags */
+	__u32 _pad;
+};
+
+/* Per config key (pod) counters: struct mc_stats in mc_stats. conns and tuples are gauges guarded by lock (the
+ * capacity check and the increment are one step, with no atomic fetch needed); the rest are counters. */
+struct mc_stats {
+	struct bpf_spin_lock lock;
+	__u32 _pad;
+	__s64 conns;            /* captured client sockets not yet released: entries in use */
+	__s64 tuples;           /* mc_orig_tuple entries of this key in use */
+	__u64 captured;         /* connects sent to the proxy */
+	__u64 exempt_port;      /* -o */
+	__u64 exempt_owner;     /* -u / -g */
+	__u64 exempt_loopback;  /* 127/8 or the loopback CIDR */
+	__u64 exempt_cidr;      /* -x */
+	__u64 not_included;     /* neither -q nor -i */
+	__u64 refused_full;     /* refused at connect: max_conns reached (or no storage) */
+	__u64 tuple_lost;       /* proxy-side entry could not be written (node-wide table full) */
 };
 
 /*
@@ -160,23 +196,34 @@ struct {
 	__type(value, __u8);
 } mc_ports SEC(".maps"); /* -o, -q */
 
-/* Socket cookie of a captured client socket -> original destination. Written by connect4, read by sockops and
- * getpeername4, deleted when the client socket closes. LRU so that it stays bounded even if a close is missed. */
+/* Captured client sockets (struct mc_client): socket-local, so nothing is ever evicted and nothing outlives its
+ * socket, whatever the path (close, reset, a failed connect). */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, MC_MAX_CONNS);
-	__type(key, __u64);
-	__type(value, struct mc_orig);
-} mc_orig_cookie SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct mc_client);
+} mc_client SEC(".maps");
 
 /* Proxy-side 4-tuple + netns -> original destination. Written by sockops when the client is established, read by
- * getsockopt(SO_ORIGINAL_DST) and by the Go OrigDst helper, deleted when the proxy's accepted socket closes. */
+ * getsockopt(SO_ORIGINAL_DST) and by the Go OrigDst helper. Freed when the proxy's accepted socket closes, or when
+ * the client closes before the proxy ever had a socket for it. Not LRU: a live entry is never evicted; memory grows
+ * with live entries only (no preallocation). */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, MC_MAX_CONNS);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 2 * MC_MAX_CONNS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct mc_tuple);
 	__type(value, struct mc_orig);
 } mc_orig_tuple SEC(".maps");
+
+/* Per config key counters (struct mc_stats), created by the loader with the settings (and by connect4 if missing). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MC_MAX_POLICIES);
+	__type(key, __u64);
+	__type(value, struct mc_stats);
+} mc_stats SEC(".maps");
 
 /*
  * Fast path (MC_F_FAST_PATH). Each end of a captured app<->proxy connection is keyed by its OWN view of the
@@ -237,6 +284,42 @@ struct {
  * call tells a proxy whether its accepted socket is on the fast path, without another syscall and without bpf(). */
 #define MC_ORIGDST_F_FAST_PATH 1 /* the accepted socket is in mc_sockhash: read it with read(), never splice */
 
+/* struct sockaddr_in, as userspace expects it (16 bytes). */
+struct mc_sockaddr_in {
+	__u16 sin_family;
+	__u16 sin_port; /* network byte order */
+	__u32 sin_addr; /* network byte order */
+	__u8 sin_zero[8];
+};
+
+/* What a caller with a large enough buffer gets for a fast-path socket from getsockopt(SO_ORIGINAL_DST). The Go
+ * side reads it through the type bpf2go generates from getsockopt's BTF (loader.OrigDstExt). */
+struct mc_origdst_ext {
+	struct mc_sockaddr_in sa;
+	__u32 flags; /* MC_ORIGDST_F_* */
+};
+
+/* Meshcap-private getsockopt(SOL_IP, MC_SO_CAPTURE_STATS) on any socket of a captured pod: answered by the
+ * cgroup/getsockopt program with the pod's counters, so that its sidecar, unprivileged (no bpf()), can export them.
+ * The number is far from every IP_* option; the kernel itself answers ENOPROTOOPT for it. */
+#define MC_SO_CAPTURE_STATS 0x4d43
+
+/* The answer: struct mc_stats without its lock. */
+struct mc_stats_answer {
+	__s64 conns;
+	__s64 tuples;
+	__u64 captured;
+	__u64 exempt_port;
+	__u64 exempt_owner;
+	__u64 exempt_loopback;
+	__u64 exempt_cidr;
+	__u64 not_included;
+	__u64 refused_full;
+	__u64 tuple_lost;
+	__u32 max_conns;
+	__u32 _pad;
+};
+
 /* Find the settings that apply to a socket in netns `netns`: its own, else the "any netns" key 0.
  * Sets *cfg_key to the key found, which scopes every list lookup. */
 static __always_inline struct mc_config *mc_lookup_config(__u64 netns, __u64 *cfg_key)
@@ -253,6 +336,31 @@ static __always_inline struct mc_config *mc_lookup_config(__u64 netns, __u64 *cf
 	__u64 any = 0;
 	*cfg_key = 0;
 	return bpf_map_lookup_elem(&mc_config, &any);
+}
+
+/* The counters of config key cfg_key, created when missing (an attachment upgraded before its settings were
+ * rewritten). NULL only when the map is full. */
+static __always_inline struct mc_stats *mc_stats_of(__u64 cfg_key)
+{
+	struct mc_stats *st = bpf_map_lookup_elem(&mc_stats, &cfg_key);
+	if (st)
+		return st;
+	struct mc_stats zero = {};
+	bpf_map_update_elem(&mc_stats, &cfg_key, &zero, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&mc_stats, &cfg_key);
+}
+
+static __always_inline void mc_count(__u64 *counter)
+{
+	__sync_fetch_and_add(counter, 1);
+}
+
+/* Add delta to a gauge of st under its lock. */
+static __always_inline void mc_gauge_add(struct mc_stats *st, __s64 *gauge, __s64 delta)
+{
+	bpf_spin_lock(&st->lock);
+	*gauge += delta;
+	bpf_spin_unlock(&st->lock);
 }
 
 static __always_inline void mc_fill_tuple(struct mc_tuple *t, __u64 netns, __u32 local_addr, __u16 local_port,

@@ -25,6 +25,8 @@ func init() { register(newAgentCmd) }
 
 type agentOptions struct {
 	cgroup, pinRoot, stateDir string
+	metricsAddr               string
+	maxConns                  uint32
 	uninstall                 bool
 	cniBinDir, cniConfDir     string
 	resync                    time.Duration
@@ -46,7 +48,8 @@ type agentOptions struct {
 //     meshcap-cni from the CNI configuration.
 func newAgentCmd(log *zap.Logger) *cobra.Command {
 	o := agentOptions{pinRoot: loader.DefaultPinRoot, stateDir: cni.DefaultStateDir,
-		cniBinDir: "/host/opt/cni/bin", cniConfDir: "/host/etc/cni/net.d", resync: 30 * time.Second}
+		cniBinDir: "/host/opt/cni/bin", cniConfDir: "/host/etc/cni/net.d", resync: 30 * time.Second,
+		maxConns: capture.DefaultMaxConnections}
 	cmd := &cobra.Command{
 		Use:   "agent --cgroup DIR",
 		Short: "Node agent (DaemonSet mode): capture enrolled pods from one attachment at a cgroup root",
@@ -74,6 +77,8 @@ records in --state-dir, and meshcap-cni from the CNI configuration.`,
 	_ = f.MarkDeprecated("pin-root", "use --pin-dir")
 	f.StringVar(&o.stateDir, "state-dir", o.stateDir, "meshcap-cni's enrollment records (its state_dir)")
 	f.DurationVar(&o.resync, "resync", o.resync, "interval of the reconcile loop (0: only at start)")
+	f.Uint32Var(&o.maxConns, "max-connections", o.maxConns, "per-pod capacity of captured connections; beyond it a pod's new connects are refused (EPERM) and counted")
+	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus /metrics (every enrolled pod's capture counters) on this address, e.g. 127.0.0.1:15090 (default off)")
 	f.BoolVar(&o.uninstall, "uninstall", false, "detach and unpin everything, remove the records and meshcap-cni from the CNI configuration, exit")
 	f.StringVar(&o.cniBinDir, "cni-bin-dir", o.cniBinDir, "CNI bin dir (for --uninstall)")
 	f.StringVar(&o.cniConfDir, "cni-conf-dir", o.cniConfDir, "CNI conf dir (for --uninstall)")
@@ -88,6 +93,9 @@ func runAgent(ctx context.Context, log *zap.Logger, o agentOptions) error {
 	if o.resync < 0 {
 		return fmt.Errorf("agent: invalid --resync %s: want >= 0", o.resync)
 	}
+	if err := capture.CheckMaxConnections(o.maxConns); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
 	// agent.json is read by meshcap-cni, which runs with another working directory.
 	for _, p := range []*string{&o.cgroup, &o.pinRoot, &o.stateDir} {
 		abs, err := filepath.Abs(*p)
@@ -96,18 +104,19 @@ func runAgent(ctx context.Context, log *zap.Logger, o agentOptions) error {
 		}
 		*p = abs
 	}
-	checks, err := loader.Probe(loader.ProbeOptions{CgroupParent: o.cgroup})
+	ok, err := agentCanUseEBPF(log, o.cgroup)
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
-	d := loader.DecideMode(checks, loader.ProbeRequirements{Inbound: true})
-	log.Info("capture mode chosen", zap.String("mode", d.Mode), zap.String("reason", d.Reason))
-	if d.Mode != loader.ProbeModeEBPF {
+	if !ok {
 		log.Warn("eBPF unavailable on this node: the agent stays idle; use per-pod `meshcap init` (iptables fallback)")
 		<-ctx.Done()
 		return nil
 	}
-	a, err := loader.AttachAgent(o.cgroup, o.pinRoot, loader.LoadOptions{})
+	if err := ensureBPFFS(log, o.pinRoot); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	a, err := loader.AttachAgent(o.cgroup, o.pinRoot, loader.LoadOptions{MaxConns: agentTableSize(o.maxConns)})
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
@@ -120,12 +129,20 @@ func runAgent(ctx context.Context, log *zap.Logger, o agentOptions) error {
 	if a.ClearedAnyNetns {
 		log.Warn("removed netns-0 settings (per-pod mode) from the attachment: only enrolled pods are captured", zap.String("pinDir", a.PinDir))
 	}
-	info := cni.AgentInfo{CgroupDir: o.cgroup, PinDir: a.PinDir, PinRoot: o.pinRoot}
+	info := cni.AgentInfo{CgroupDir: o.cgroup, PinDir: a.PinDir, PinRoot: o.pinRoot, MaxConnections: o.maxConns}
 	if err := writeAgentInfo(o.stateDir, info); err != nil {
 		return fmt.Errorf("agent: publish %s: %w", cni.AgentInfoPath(o.stateDir), err)
 	}
-	r := &agentReconciler{log: log, store: cni.Store{Dir: o.stateDir}, enr: cni.PinnedEnroller{PinDir: a.PinDir, PinRoot: o.pinRoot, CgroupDir: a.CgroupDir}}
+	r := &agentReconciler{log: log, store: cni.Store{Dir: o.stateDir},
+		enr: cni.PinnedEnroller{PinDir: a.PinDir, PinRoot: o.pinRoot, CgroupDir: a.CgroupDir, MaxConns: o.maxConns}}
 	r.reconcile(true)
+	if o.metricsAddr != "" {
+		stop, err := serveAgentMetrics(log, o.metricsAddr, r)
+		if err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		defer stop()
+	}
 	log.Info("agent ready", zap.String("pinDir", a.PinDir), zap.String("stateDir", o.stateDir))
 	var tick <-chan time.Time
 	if o.resync > 0 {
@@ -143,6 +160,17 @@ func runAgent(ctx context.Context, log *zap.Logger, o agentOptions) error {
 			r.reconcile(false)
 		}
 	}
+}
+
+// agentCanUseEBPF runs the probe and logs the mode it chose.
+func agentCanUseEBPF(log *zap.Logger, cgroup string) (bool, error) {
+	checks, err := loader.Probe(loader.ProbeOptions{CgroupParent: cgroup})
+	if err != nil {
+		return false, err
+	}
+	d := loader.DecideMode(checks, loader.ProbeRequirements{Inbound: true})
+	log.Info("capture mode chosen", zap.String("mode", d.Mode), zap.String("reason", d.Reason))
+	return d.Mode == loader.ProbeModeEBPF, nil
 }
 
 func writeAgentInfo(stateDir string, info cni.AgentInfo) error {
@@ -246,13 +274,26 @@ func (r *agentReconciler) reconcileOne(id string, start bool) {
 	if state == netnsAlive {
 		warnUncoverable(log, rec)
 	}
-	// In place: for a pod already programmed (agent restart) nothing changes.
-	if err := loader.EnrollNetns(r.enr.PinDir, rec.NetnsCookie, pol); err != nil {
+	// In place: for a pod already programmed (agent restart) nothing changes. The inbound step runs only when the
+	// pod's netns is alive and its inbound attachment is missing (enrolled while no agent ran) or has no
+	// self-registration (attached by an older meshcap).
+	target := loader.PodTarget{AgentPinDir: r.enr.PinDir, NetnsCookie: rec.NetnsCookie}
+	if state == netnsAlive && pol.InboundEnabled() {
+		st, err := loader.InboundStatus(rec.Netns, r.enr.PinRoot)
+		if errors.Is(err, loader.ErrInboundNotAttached) || (err == nil && !st.SelfRegister) {
+			target.Netns, target.InboundCgroup = rec.Netns, r.enr.InboundCgroup(rec)
+		}
+	}
+	res, err := loader.CapturePod(target, pol, loader.CaptureOptions{FindListener: true, Load: loader.LoadOptions{MaxConns: r.enr.MaxConns}})
+	if err != nil {
 		log.Error("enroll", zap.Error(err))
 		return
 	}
 	if start {
 		log.Info("enrolled", zap.String("netnsState", [...]string{"unknown", "alive", "gone"}[state]))
+	}
+	if res.Inbound != nil {
+		log.Info("attached inbound capture", zap.Bool("listenerRegistered", res.Inbound.Listener))
 	}
 	if !pol.InboundEnabled() {
 		return
@@ -263,7 +304,7 @@ func (r *agentReconciler) reconcileOne(id string, start bool) {
 		}
 		return
 	}
-	r.ensureInbound(log, rec, pol)
+	r.registerListener(log, rec, pol)
 }
 
 // warnUncoverable logs, at every reconcile, an enrolled pod that eBPF capture no longer fully covers (for example
@@ -276,20 +317,10 @@ func warnUncoverable(log *zap.Logger, rec *cni.Enrollment) {
 	}
 }
 
-// ensureInbound attaches inbound capture in the pod's netns when it is missing (enrolled while no agent ran), and
-// registers the pod's proxy listener when none is registered yet.
-func (r *agentReconciler) ensureInbound(log *zap.Logger, rec *cni.Enrollment, pol capture.Policy) {
+// registerListener registers the pod's proxy listener for inbound capture when none is registered yet (the proxy
+// starts after CNI ADD has attached inbound capture, and may not register itself).
+func (r *agentReconciler) registerListener(log *zap.Logger, rec *cni.Enrollment, pol capture.Policy) {
 	st, err := loader.InboundStatus(rec.Netns, r.enr.PinRoot)
-	if errors.Is(err, loader.ErrInboundNotAttached) || (err == nil && !st.SelfRegister) {
-		// Missing, or attached by a meshcap without self-registration: (re)attach, in place.
-		info, err := loader.AttachInbound(rec.Netns, pol, loader.InboundOptions{PinRoot: r.enr.PinRoot, FindListener: true, Cgroup: r.enr.InboundCgroup(rec)})
-		if err != nil {
-			log.Error("attach inbound", zap.Error(err))
-			return
-		}
-		log.Info("attached inbound capture", zap.Bool("listenerRegistered", info.Listener))
-		return
-	}
 	if err != nil {
 		log.Error("inbound status", zap.Error(err))
 		return

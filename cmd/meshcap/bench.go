@@ -61,6 +61,9 @@ ratios are paired within a round. Output: a Markdown table, or JSON lines with -
 			if os.Geteuid() != 0 {
 				return errors.New("bench needs root: it creates network namespaces and cgroups")
 			}
+			if err := throwawayBPFFS(log); err != nil {
+				return err
+			}
 			if binary == "" {
 				self, err := os.Executable()
 				if err != nil {

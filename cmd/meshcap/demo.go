@@ -38,6 +38,9 @@ Ctrl-C, SIGTERM, a closed output pipe or an error. Needs root.`,
 				return fmt.Errorf("find own binary: %w", err)
 			}
 			opts.Meshcap = self
+			if err := throwawayBPFFS(log); err != nil {
+				return err
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			// A closed stdout (demo | head) must not kill the demo before its cleanup: writes just fail.

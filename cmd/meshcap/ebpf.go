@@ -4,15 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
 
 	"github.com/meshcap/meshcap/loader"
 	"github.com/meshcap/meshcap/pkg/capture"
+	"github.com/meshcap/meshcap/pkg/hostfs"
 	"github.com/meshcap/meshcap/pkg/iptables"
 )
 
@@ -35,7 +34,7 @@ func newEBPFCmd(log *zap.Logger) *cobra.Command {
 func newEBPFAttachCmd(log *zap.Logger) *cobra.Command {
 	cfg := capture.Default()
 	var cgroupDir, netnsPath, pinRoot string
-	var fastPath bool
+	load := loader.LoadOptions{MaxConns: capture.DefaultMaxConnections}
 	cmd := &cobra.Command{
 		Use:   "attach --cgroup DIR [--netns PATH] [--fast-path] [capture flags]",
 		Short: "Capture outbound TCP of every process in a cgroup v2 directory, and inbound TCP of a network namespace when -b is set",
@@ -67,13 +66,14 @@ addresses in --netns, as istio detects them, see --dual-stack), --redirect-dns, 
 --drop-invalid (docs/ipv6-dns.md).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runEBPFAttach(log, cgroupDir, netnsPath, pinRoot, cfg, fastPath)
+			return runEBPFAttach(log, cgroupDir, netnsPath, pinRoot, cfg, load)
 		},
 	}
 	cmd.Flags().StringVar(&cgroupDir, "cgroup", "", "cgroup v2 directory to capture (required)")
 	cmd.Flags().StringVar(&netnsPath, "netns", ownNetns, "the pod's network namespace (/var/run/netns/NAME or /proc/PID/ns/net): inbound capture, and the IPv6 check")
 	cmd.Flags().StringVar(&pinRoot, "pin-dir", loader.DefaultPinRoot, "bpffs directory where links and maps are pinned")
-	cmd.Flags().BoolVar(&fastPath, "fast-path", false, "redirect app<->proxy data with sk_msg (the proxy must not use splice: see above)")
+	cmd.Flags().Uint32Var(&load.MaxConns, "max-connections", load.MaxConns, "per-pod capacity of captured connections; beyond it new connects are refused (EPERM) and counted")
+	cmd.Flags().BoolVar(&load.FastPath, "fast-path", false, "redirect app<->proxy data with sk_msg (the proxy must not use splice: see above)")
 	bindCaptureFlags(cmd, &cfg)
 	return cmd
 }
@@ -84,7 +84,7 @@ func bindCaptureFlags(cmd *cobra.Command, cfg *capture.Config) {
 	capture.BindCaptureFlags(cmd.Flags(), cfg, nil)
 }
 
-func runEBPFAttach(log *zap.Logger, cgroupDir, netnsPath, pinRoot string, cfg capture.Config, fastPath bool) error {
+func runEBPFAttach(log *zap.Logger, cgroupDir, netnsPath, pinRoot string, cfg capture.Config, load loader.LoadOptions) error {
 	if cgroupDir == "" {
 		return errors.New("ebpf attach: --cgroup is required")
 	}
@@ -94,6 +94,12 @@ func runEBPFAttach(log *zap.Logger, cgroupDir, netnsPath, pinRoot string, cfg ca
 	useHostViews(log, &pinRoot, &cgroupDir)
 	cfg.ResolveDefaults()
 	pol, err := cfg.Policy()
+	if err == nil {
+		err = pol.CheckEBPFLimits()
+	}
+	if err == nil {
+		err = capture.CheckMaxConnections(load.MaxConns)
+	}
 	if err != nil {
 		return fmt.Errorf("ebpf attach: %w", err)
 	}
@@ -114,76 +120,53 @@ func runEBPFAttach(log *zap.Logger, cgroupDir, netnsPath, pinRoot string, cfg ca
 	if err := ensureBPFFS(log, pinRoot); err != nil {
 		return fmt.Errorf("ebpf attach: %w", err)
 	}
-	a, err := loader.Attach(cgroupDir, pol, pinRoot, loader.LoadOptions{FastPath: fastPath})
+	res, err := loader.CapturePod(loader.PodTarget{Cgroup: cgroupDir, Netns: netnsPath}, pol, loader.CaptureOptions{
+		PinRoot: pinRoot, Load: load, FindListener: true,
+	})
 	if err != nil {
 		return fmt.Errorf("ebpf attach: %w", err)
 	}
-	verb := "attached"
-	if a.Replaced {
-		verb = "replaced settings of"
-	}
-	log.Info(verb+" outbound capture",
-		zap.String("cgroup", a.CgroupDir), zap.Uint64("cgroupID", a.CgroupID), zap.String("pinDir", a.PinDir),
-		zap.Uint16("proxyPort", pol.ProxyPort), zap.Uint32s("proxyUIDs", pol.ProxyUIDs), zap.Uint32s("proxyGIDs", pol.ProxyGIDs),
-		zap.Bool("outboundAll", pol.OutboundAll), zap.Bool("fastPath", fastPath), zap.Stringers("include", pol.OutboundIncludeCIDRs),
-		zap.Stringers("exclude", pol.OutboundExcludeCIDRs))
-
-	if !pol.InboundEnabled() {
-		// -b empty: no inbound capture in this netns (istio adds no PREROUTING jump). Remove one left from before.
-		if _, err := loader.InboundStatus(netnsPath, pinRoot); err == nil {
-			if err := loader.DetachInbound(netnsPath, pinRoot); err != nil {
-				return fmt.Errorf("ebpf attach: -b is empty: %w", err)
-			}
-			log.Info("detached inbound capture (-b is empty)", zap.String("netns", netnsPath))
-		}
-		return nil
-	}
-	info, err := loader.AttachInbound(netnsPath, pol, loader.InboundOptions{PinRoot: pinRoot, FindListener: true, Cgroup: cgroupDir})
-	if err != nil {
-		if !a.Replaced {
-			if _, derr := loader.Detach(cgroupDir, pinRoot); derr != nil {
-				err = errors.Join(err, fmt.Errorf("undo outbound attach: %w", derr))
-			}
-		}
-		return fmt.Errorf("ebpf attach: %w", err)
-	}
-	log.Info("attached inbound capture", zap.String("netns", netnsPath), zap.Uint64("netnsCookie", info.NetnsCookie),
-		zap.String("pinDir", info.PinDir), zap.Uint16("capturePort", info.CapturePort), zap.Uint16("tunnelPort", info.TunnelPort),
-		zap.Bool("allPorts", info.AllPorts), zap.Uint16s("ports", info.Ports), zap.Bool("listenerRegistered", info.Listener))
-	if !info.Listener {
-		log.Info("no proxy listens on the inbound capture port yet: captured inbound connections are refused until it starts and registers itself",
-			zap.Uint16("port", info.CapturePort))
-	}
+	logPodCapture(log, res, pol)
 	return nil
 }
 
-// ensureBPFFS mounts bpffs at /sys/fs/bpf when the pin root lies under it and nothing is mounted there, as users
-// expect from a root CLI (systemd normally mounts it). Only in the host's mount namespace (that of PID 1): in a
-// private one (`ip netns exec`, a container without the host's /sys/fs/bpf) the new instance, and every pin in it,
-// would vanish with that namespace, silently detaching the capture. There the loader's error explains instead.
+// logPodCapture says what CapturePod did.
+func logPodCapture(log *zap.Logger, res *loader.PodCapture, pol capture.Policy) {
+	if a := res.Outbound; a != nil {
+		verb := "attached"
+		if a.Replaced {
+			verb = "replaced settings of"
+		}
+		log.Info(verb+" outbound capture",
+			zap.String("cgroup", a.CgroupDir), zap.Uint64("cgroupID", a.CgroupID), zap.String("pinDir", a.PinDir),
+			zap.Uint16("proxyPort", pol.ProxyPort), zap.Uint32s("proxyUIDs", pol.ProxyUIDs), zap.Uint32s("proxyGIDs", pol.ProxyGIDs),
+			zap.Bool("outboundAll", pol.OutboundAll), zap.Stringers("include", pol.OutboundIncludeCIDRs),
+			zap.Stringers("exclude", pol.OutboundExcludeCIDRs))
+	}
+	if res.InboundRemoved {
+		log.Info("detached inbound capture (-b is empty)", zap.Uint64("netnsCookie", res.NetnsCookie))
+	}
+	info := res.Inbound
+	if info == nil {
+		return
+	}
+	log.Info("attached inbound capture", zap.Uint64("netnsCookie", info.NetnsCookie),
+		zap.String("pinDir", info.PinDir), zap.Uint16("capturePort", info.CapturePort), zap.Uint16("tunnelPort", info.TunnelPort),
+		zap.Bool("allPorts", info.AllPorts), zap.Uint16s("ports", info.Ports), zap.Bool("listenerRegistered", info.Listener))
+	if !info.Listener {
+		log.Warn("no proxy listens on the inbound capture port yet: captured inbound connections are refused until it starts and registers itself",
+			zap.Uint16("port", info.CapturePort))
+	}
+}
+
+// ensureBPFFS mounts bpffs at /sys/fs/bpf when the pin root lies under it and none is mounted there (see
+// hostfs.EnsureBPFFS: never in a provably private mount namespace, where the pins would vanish with it).
 func ensureBPFFS(log *zap.Logger, pinRoot string) error {
-	const mnt = "/sys/fs/bpf"
-	clean := filepath.Clean(pinRoot)
-	if clean != mnt && !strings.HasPrefix(clean, mnt+"/") {
-		return nil
+	mounted, err := hostfs.EnsureBPFFS(pinRoot, false)
+	if mounted {
+		log.Info("mounted a bpf filesystem (none was mounted)", zap.String("path", hostfs.BPFFSMount))
 	}
-	var st unix.Statfs_t
-	if err := unix.Statfs(mnt, &st); err != nil || st.Type == unix.BPF_FS_MAGIC {
-		return nil // absent (the loader reports it) or already bpffs
-	}
-	if os.Geteuid() != 0 {
-		return nil
-	}
-	self, err1 := os.Readlink("/proc/self/ns/mnt")
-	init, err2 := os.Readlink("/proc/1/ns/mnt")
-	if err1 != nil || err2 != nil || self != init {
-		return fmt.Errorf("no bpf filesystem at %s, and this process is not in the host's mount namespace, where one would have to be mounted (mount -t bpf bpf %s on the host, or bind it in)", mnt, mnt)
-	}
-	if err := unix.Mount("bpf", mnt, "bpf", 0, "mode=0700"); err != nil {
-		return fmt.Errorf("mount bpffs at %s: %w", mnt, err)
-	}
-	log.Info("mounted a bpf filesystem (none was mounted)", zap.String("path", mnt))
-	return nil
+	return err
 }
 
 func newEBPFDetachCmd(log *zap.Logger) *cobra.Command {
@@ -205,30 +188,11 @@ Connections already established are left alone; new ones go direct again.`,
 			if netnsPath == "" {
 				return errors.New("ebpf detach: invalid --netns \"\": want /var/run/netns/NAME or /proc/PID/ns/net")
 			}
-			var errs []error
-			if cgroupDir != "" {
-				was, err := loader.Detach(cgroupDir, pinRoot)
-				switch {
-				case err != nil:
-					errs = append(errs, err)
-				case was:
-					log.Info("detached outbound capture", zap.String("cgroup", cgroupDir))
-				default:
-					log.Info("outbound capture not attached", zap.String("cgroup", cgroupDir))
-				}
-			}
-			_, serr := loader.InboundStatus(netnsPath, pinRoot)
-			if err := loader.DetachInbound(netnsPath, pinRoot); err != nil {
-				errs = append(errs, err)
-			} else if serr == nil {
-				log.Info("detached inbound capture", zap.String("netns", netnsPath))
-			} else {
-				log.Info("inbound capture not attached", zap.String("netns", netnsPath))
-			}
-			if err := errors.Join(errs...); err != nil {
+			res, err := loader.UncapturePod(loader.PodTarget{Cgroup: cgroupDir, Netns: netnsPath}, pinRoot)
+			if err != nil {
 				return fmt.Errorf("ebpf detach: %w", err)
 			}
-			_ = os.Remove(pinRoot) // only when nothing else is pinned there
+			logUncapture(log, cgroupDir, netnsPath, res)
 			return nil
 		},
 	}
@@ -238,21 +202,38 @@ Connections already established are left alone; new ones go direct again.`,
 	return cmd
 }
 
-// detachEverything removes every inbound and outbound attachment under pinRoot (inbound first: DetachAll removes
-// the pin root once it is empty).
+func logUncapture(log *zap.Logger, cgroupDir, netnsPath string, res loader.PodUncapture) {
+	if cgroupDir != "" {
+		switch _, err := os.Stat(cgroupDir); {
+		case res.Outbound:
+			log.Info("detached outbound capture", zap.String("cgroup", cgroupDir))
+		case errors.Is(err, os.ErrNotExist):
+			log.Warn("cgroup does not exist: its attachment cannot be identified, nothing detached for it (meshcap ebpf detach with no arguments removes everything; attachments whose cgroup the kernel says is gone are pruned by it too)",
+				zap.String("cgroup", cgroupDir))
+		default:
+			log.Info("outbound capture not attached", zap.String("cgroup", cgroupDir))
+		}
+	}
+	if res.Inbound {
+		log.Info("detached inbound capture", zap.String("netns", netnsPath))
+	} else {
+		log.Info("inbound capture not attached", zap.String("netns", netnsPath))
+	}
+}
+
+// detachEverything removes every inbound and outbound attachment under pinRoot, under one hold of its lock.
 func detachEverything(log *zap.Logger, pinRoot string) error {
-	cookies, ierr := loader.DetachAllInbound(pinRoot)
-	for _, c := range cookies {
+	res, err := loader.UninstallAll(pinRoot)
+	for _, c := range res.Inbound {
 		log.Info("detached inbound capture", zap.Uint64("netnsCookie", c))
 	}
-	removed, oerr := loader.DetachAll(pinRoot)
-	for _, d := range removed {
+	for _, d := range res.Outbound {
 		log.Info("detached outbound capture", zap.String("pinDir", d))
 	}
-	if err := errors.Join(ierr, oerr); err != nil {
+	if err != nil {
 		return fmt.Errorf("ebpf detach: %w", err)
 	}
-	if len(removed) == 0 && len(cookies) == 0 {
+	if len(res.Outbound) == 0 && len(res.Inbound) == 0 {
 		log.Info("nothing attached", zap.String("pinDir", pinRoot))
 	}
 	return nil

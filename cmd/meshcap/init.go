@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 
@@ -23,12 +22,13 @@ type initOptions struct {
 	podUID     string // find the pod's cgroup under hostCgroup
 	hostCgroup string
 	pinRoot    string
+	maxConns   uint32
 }
 
 func newInitCmd(log *zap.Logger) *cobra.Command {
 	cfg := capture.Default()
 	var ex capture.ExecOptions
-	o := initOptions{mode: "auto", pinRoot: loader.DefaultPinRoot}
+	o := initOptions{mode: "auto", pinRoot: loader.DefaultPinRoot, maxConns: capture.DefaultMaxConnections}
 	cmd := &cobra.Command{
 		Use:   "init [--mode auto|ebpf|iptables] [istio-iptables flags]",
 		Short: "Set up capture for the pod this runs in (drop-in for istio-init)",
@@ -60,6 +60,7 @@ Exit codes are istio-init's: 0 on success, 1 on any error.`,
 	f.StringVar(&o.hostCgroup, "host-cgroup", "/host/sys/fs/cgroup", "host cgroup2 tree, for --pod-uid")
 	f.StringVar(&o.pinRoot, "pin-root", o.pinRoot, "bpffs directory for pinned links and maps (the host's bpffs)")
 	f.StringVar(&o.pinRoot, "pin-dir", o.pinRoot, "same as --pin-root (the name meshcap ebpf and meshcap agent use)")
+	f.Uint32Var(&o.maxConns, "max-connections", o.maxConns, "eBPF mode: per-pod capacity of captured connections; beyond it new connects are refused (EPERM) and counted")
 	capture.BindFlags(f, &cfg)
 	capture.BindExecFlags(f, &ex, nil)
 	return cmd
@@ -93,6 +94,9 @@ func runInit(ctx context.Context, log *zap.Logger, cmd *cobra.Command, o initOpt
 	if err != nil {
 		return err
 	}
+	if err := capture.CheckMaxConnections(o.maxConns); err != nil {
+		return err
+	}
 	if ex.SkipRuleApply {
 		log.Info("--skip-rule-apply: nothing to do")
 		return nil
@@ -113,8 +117,10 @@ func runInit(ctx context.Context, log *zap.Logger, cmd *cobra.Command, o initOpt
 	if mode == loader.ProbeModeEBPF {
 		err := initEBPF(log, o, cgroupDir, ex.NetworkNamespace, pol)
 		if err == nil {
-			log.Info("capture set up", zap.String("mode", loader.ProbeModeEBPF))
-			return nil
+			err = loader.Failpoint("init-after-ebpf")
+		}
+		if err == nil {
+			return finishEBPF(ctx, log, cmd, cfg, ex)
 		}
 		if o.mode == loader.ProbeModeEBPF {
 			return fmt.Errorf("init --mode ebpf: %w", err)
@@ -125,11 +131,66 @@ func runInit(ctx context.Context, log *zap.Logger, cmd *cobra.Command, o initOpt
 	if o.mode == loader.ProbeModeEBPF {
 		return fmt.Errorf("init --mode ebpf: eBPF capture is not possible: %s", reason)
 	}
+	// Exactly one mode: eBPF capture of this pod (from an earlier run, or a partial one) goes before the rules.
+	if err := uncaptureEBPF(log, o, cgroupDir, ex.NetworkNamespace); err != nil {
+		return fmt.Errorf("eBPF capture of this pod could not be removed, so istio's rules are not applied on top of it: %w", err)
+	}
 	if err := runIptables(ctx, log, cmd, cfg, ex); err != nil {
 		return err
 	}
 	log.Info("capture set up", zap.String("mode", fallbackMode(cfg)))
 	return nil
+}
+
+// finishEBPF makes eBPF the one mode: istio's rules from an earlier iptables or nftables run of this pod go.
+func finishEBPF(ctx context.Context, log *zap.Logger, cmd *cobra.Command, cfg capture.Config, ex capture.ExecOptions) error {
+	if err := removeIstioRules(ctx, log, cmd, cfg, ex); err != nil {
+		return fmt.Errorf("eBPF capture is in place, but removing the iptables rules of an earlier run failed: %w", err)
+	}
+	if err := removeIstioNftables(ctx, log, cmd, cfg, ex); err != nil {
+		return fmt.Errorf("eBPF capture is in place, but removing the nftables rules of an earlier run failed: %w", err)
+	}
+	log.Info("capture set up", zap.String("mode", loader.ProbeModeEBPF))
+	return nil
+}
+
+// uncaptureEBPF removes the eBPF capture of the pod (its cgroup's outbound attachment, its netns's inbound one).
+func uncaptureEBPF(log *zap.Logger, o initOptions, cgroupDir, netnsPath string) error {
+	if netnsPath == "" {
+		netnsPath = ownNetns
+	}
+	res, err := loader.UncapturePod(loader.PodTarget{Cgroup: cgroupDir, Netns: netnsPath}, o.pinRoot)
+	if res.Outbound || res.Inbound {
+		log.Info("removed eBPF capture of this pod", zap.Bool("outbound", res.Outbound), zap.Bool("inbound", res.Inbound))
+	}
+	return err
+}
+
+// removeIstioRules runs istio's cleanup in the pod's netns when ISTIO chains are there.
+func removeIstioRules(ctx context.Context, log *zap.Logger, cmd *cobra.Command, cfg capture.Config, ex capture.ExecOptions) error {
+	runner := iptables.ExecRunner{}
+	if ex.NetworkNamespace != "" {
+		runner = iptables.NetnsRunner(ex.NetworkNamespace)
+	}
+	chains := istioChains(ctx, runner)
+	if len(chains) == 0 {
+		return nil
+	}
+	log.Info("removing istio's iptables rules of an earlier run", zap.Strings("chains", chains))
+	cfg.CleanupOnly, cfg.NativeNftables = true, false
+	return runIptables(ctx, log, cmd, cfg, ex)
+}
+
+// removeIstioNftables deletes istio's nftables tables (an earlier --native-nftables run) in the pod's netns when
+// they are there. No nft binary means no such tables to remove.
+func removeIstioNftables(ctx context.Context, log *zap.Logger, cmd *cobra.Command, cfg capture.Config, ex capture.ExecOptions) error {
+	tables := istioNftTables(ctx, ex.NetworkNamespace)
+	if len(tables) == 0 {
+		return nil
+	}
+	log.Info("removing istio's nftables tables of an earlier run", zap.Strings("tables", tables))
+	cfg.CleanupOnly, cfg.NativeNftables = true, true
+	return runIptables(ctx, log, cmd, cfg, ex)
 }
 
 // decideInitMode runs the probe and returns the mode (ebpf or iptables), why, and the target cgroup.
@@ -157,34 +218,20 @@ func decideInitMode(log *zap.Logger, o initOptions, cfg capture.Config, pol capt
 	return d.Mode, d.Reason, cgroupDir
 }
 
-// initEBPF attaches outbound capture to the cgroup and inbound capture to the netns; on error nothing stays attached.
+// initEBPF captures the pod (outbound on the cgroup, inbound on the netns); on error nothing new stays attached.
 func initEBPF(log *zap.Logger, o initOptions, cgroupDir, netnsPath string, pol capture.Policy) error {
-	a, err := loader.Attach(cgroupDir, pol, o.pinRoot, loader.LoadOptions{})
-	if err != nil {
-		return fmt.Errorf("attach outbound: %w", err)
-	}
-	log.Info("attached outbound capture", zap.String("cgroup", a.CgroupDir), zap.Uint64("cgroupID", a.CgroupID),
-		zap.String("pinDir", a.PinDir), zap.Bool("replaced", a.Replaced))
-	if !pol.InboundEnabled() {
-		return nil
-	}
 	if netnsPath == "" {
-		netnsPath = "/proc/self/ns/net"
+		netnsPath = ownNetns
 	}
-	info, err := loader.AttachInbound(netnsPath, pol, loader.InboundOptions{PinRoot: o.pinRoot, FindListener: true, Cgroup: cgroupDir})
-	if err != nil {
-		if !a.Replaced {
-			if _, derr := loader.Detach(cgroupDir, o.pinRoot); derr != nil {
-				err = errors.Join(err, fmt.Errorf("undo outbound attach: %w", derr))
-			}
-		}
+	if err := ensureBPFFS(log, o.pinRoot); err != nil {
 		return err
 	}
-	log.Info("attached inbound capture", zap.Uint64("netnsCookie", info.NetnsCookie), zap.String("pinDir", info.PinDir),
-		zap.Bool("listenerRegistered", info.Listener))
-	if !info.Listener {
-		log.Warn("no proxy listener registered yet on the inbound capture port: captured inbound connections are refused until the proxy registers it",
-			zap.Uint16("port", info.CapturePort))
+	res, err := loader.CapturePod(loader.PodTarget{Cgroup: cgroupDir, Netns: netnsPath}, pol, loader.CaptureOptions{
+		PinRoot: o.pinRoot, Load: loader.LoadOptions{MaxConns: o.maxConns}, FindListener: true,
+	})
+	if err != nil {
+		return err
 	}
+	logPodCapture(log, res, pol)
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/meshcap/meshcap/loader"
 	"github.com/meshcap/meshcap/proxy"
 )
 
@@ -176,6 +177,10 @@ func withPort(addr, addrFlag, port, portFlag string, changed bool) (string, erro
 }
 
 func runProxy(ctx context.Context, log *zap.Logger, cfg proxy.Config, f *proxyFlags) error {
+	size, fastPath := loader.OrigDstExt() // the BPF program's extended SO_ORIGINAL_DST answer
+	proxy.RegisterOrigDstExt(proxy.OrigDstExt{Size: size, FastPath: fastPath})
+	so := loader.CaptureStatsSockopt() // the pod's capture counters on /metrics, read without bpf()
+	proxy.RegisterPodStats(proxy.PodStatsSockopt{Level: so.Level, Name: so.Name, Size: so.Size, Decode: so.Decode})
 	p, err := proxy.New(cfg, log)
 	if err != nil {
 		return err

@@ -8,6 +8,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/meshcap/meshcap/loader"
+	"github.com/meshcap/meshcap/pkg/hostfs"
 	"github.com/meshcap/meshcap/proxy"
 )
 
@@ -29,7 +30,7 @@ func registerInbound(log *zap.Logger, p *proxy.Proxy, pinDir string) {
 		return
 	}
 	useHostViews(log, &pinDir, nil)
-	if !loader.OnBPFFS(pinDir) {
+	if !hostfs.OnBPFFS(pinDir) {
 		log.Warn("pin dir is not on a bpf filesystem here, so the inbound listener cannot be registered with eBPF inbound capture; "+
 			"if inbound capture is attached to this netns, its connections are refused until `meshcap ebpf attach` is run again "+
 			"(it finds this listener) or the proxy is started where the pins are visible (nsenter --net=... instead of ip netns exec)",

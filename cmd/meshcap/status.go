@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -15,8 +17,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/meshcap/meshcap/loader"
+	"github.com/meshcap/meshcap/pkg/hostfs"
 	"github.com/meshcap/meshcap/pkg/iptables"
-	"github.com/meshcap/meshcap/pkg/podnet"
 )
 
 func init() { register(newStatusCmd) }
@@ -107,7 +109,7 @@ func captureMode(ctx context.Context, pinRoot, netnsPath, cgroupDir string, netn
 func outboundAttachedAbove(pinRoot, dir string) (string, bool) {
 	// Walk up while still on the cgroup2 filesystem: that bounds the walk at its root in the local view and in the
 	// host's view alike (/proc/self/fd/N/... under ip netns exec).
-	for d := filepath.Clean(dir); podnet.IsCgroup2(d); d = filepath.Dir(d) {
+	for d := filepath.Clean(dir); hostfs.IsCgroup2(d); d = filepath.Dir(d) {
 		if pd, err := loader.PinDir(d, pinRoot); err == nil {
 			if _, err := os.Stat(pd); err == nil {
 				return d, true
@@ -151,7 +153,7 @@ func printStatus(w io.Writer, rep *statusReport) {
 	for _, a := range st.Attachments {
 		path := a.CgroupPath
 		if path == "" {
-			path = "(cgroup gone; `meshcap ebpf detach` cleans up)"
+			path = "(cgroup not found from here: gone, or outside this view; `meshcap ebpf detach` with no arguments cleans up)"
 		}
 		fmt.Fprintf(w, "\ncgroup %s (id %d), proxy port %d, pins %s\n", path, a.CgroupID, a.ProxyPort, a.PinDir)
 		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
@@ -175,6 +177,7 @@ func printStatus(w io.Writer, rep *statusReport) {
 			fmt.Fprintf(tw, "  %s\t%s\t%d\t%d\n", m.Name, m.Type, m.Entries, m.MaxEntries)
 		}
 		tw.Flush()
+		printCaptureStats(w, a)
 	}
 	for _, in := range rep.Inbound {
 		state := "attached"
@@ -218,4 +221,26 @@ func joinPorts(ports []uint16) string {
 		s[i] = fmt.Sprint(p)
 	}
 	return strings.Join(s, ",")
+}
+
+// printCaptureStats prints an attachment's outbound counters, one line per pod (config key).
+func printCaptureStats(w io.Writer, a loader.AttachmentStatus) {
+	if a.StatsErr != "" {
+		fmt.Fprintf(w, "  counters: error: %s\n", a.StatsErr)
+	}
+	for _, key := range slices.Sorted(maps.Keys(a.Stats)) {
+		s := a.Stats[key]
+		who := "pod"
+		if key != 0 {
+			who = fmt.Sprintf("netns cookie %d", key)
+		}
+		fmt.Fprintf(w, "  %s: captured %d, refused at capacity %d, in use %d of %d (proxy-side entries %d)\n",
+			who, s.Captured, s.RefusedFull, s.ConnsInUse, s.MaxConns, s.TuplesInUse)
+		fmt.Fprintf(w, "    exempt: port (-o) %d, owner (-u/-g) %d, loopback %d, CIDR (-x) %d, not included (-i/-q) %d",
+			s.ExemptPort, s.ExemptOwner, s.ExemptLoopback, s.ExemptCIDR, s.NotIncluded)
+		if s.TupleLost > 0 {
+			fmt.Fprintf(w, "; destinations lost (table full) %d", s.TupleLost)
+		}
+		fmt.Fprintln(w)
+	}
 }

@@ -1,6 +1,9 @@
 package capture
 
-import "strconv"
+import (
+	"fmt"
+	"strconv"
+)
 
 // EBPFUnsupported names, for a pod with host facts h, every requested setting and every pod fact that eBPF capture
 // cannot express yet, so that eBPF mode never captures less than istio's rules would. Each entry names the flag,
@@ -19,6 +22,7 @@ import "strconv"
 //     capture no outbound TCP; ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE, which istio uses only when the include value
 //     is "*").
 //   - -k, -c, -m TPROXY, --drop-invalid: rules on interfaces, marks and conntrack state with no eBPF counterpart.
+//   - More than MaxIDs -u or -g values: the BPF programs hold a fixed-size list of exempt ids (ebpf_limits.go).
 func (c Config) EBPFUnsupported(h HostFacts) []string {
 	var out []string
 	for _, s := range []struct {
@@ -33,6 +37,8 @@ func (c Config) EBPFUnsupported(h HostFacts) []string {
 		{c.ExcludeInterfaces != "", "-c/--istio-exclude-interfaces"},
 		{c.InboundInterceptionMode == "TPROXY", "-m TPROXY (sk_lookup already keeps the client address and original destination)"},
 		{c.DropInvalid, "--drop-invalid"},
+		{len(SplitList(c.ProxyUID)) > MaxIDs, fmt.Sprintf("more than %d -u/--proxy-uid values", MaxIDs)},
+		{len(SplitList(c.ProxyGID)) > MaxIDs, fmt.Sprintf("more than %d -g/--proxy-gid values", MaxIDs)},
 	} {
 		if s.on {
 			out = append(out, s.what)

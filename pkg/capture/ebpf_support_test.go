@@ -38,6 +38,9 @@ func TestEBPFUnsupported(t *testing.T) {
 			HostFacts{}, []string{`ISTIO_OUTBOUND_OWNER_GROUPS="7"`}},
 		{"interfaces", func(c *Config) { c.KubeVirtInterfaces, c.ExcludeInterfaces = "eth1", "eth2" }, HostFacts{},
 			[]string{"-k/--kube-virt-interfaces", "-c/--istio-exclude-interfaces"}},
+		{"eight proxy uids and gids fit", func(c *Config) { c.ProxyUID, c.ProxyGID = "1,2,3,4,5,6,7,8", "1,2,3,4,5,6,7,8" }, HostFacts{}, nil},
+		{"nine proxy uids and gids", func(c *Config) { c.ProxyUID, c.ProxyGID = "1,2,3,4,5,6,7,8,9", "1,2,3,4,5,6,7,8,9" }, HostFacts{},
+			[]string{"more than 8 -u/--proxy-uid values", "more than 8 -g/--proxy-gid values"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := Default()

@@ -16,6 +16,8 @@ type AgentInfo struct {
 	CgroupDir string `json:"cgroupDir"`
 	PinDir    string `json:"pinDir"`
 	PinRoot   string `json:"pinRoot"`
+	// MaxConnections is the per-pod capacity the agent runs with (its --max-connections); 0 = the default.
+	MaxConnections uint32 `json:"maxConnections,omitempty"`
 }
 
 // AgentInfoPath is where the agent publishes AgentInfo for meshcap-cni configured with stateDir.
@@ -49,6 +51,8 @@ type PinnedEnroller struct {
 	// register its sidecar's listener by themselves (loader.InboundOptions.Cgroup), go on the pod's own cgroup below
 	// it when the pod UID finds one, else on CgroupDir (see InboundCgroup).
 	CgroupDir string
+	// MaxConns is each pod's capacity of captured connections (0 = the default).
+	MaxConns uint32
 }
 
 // InboundCgroup is where the inbound cgroup programs of pod e go: the pod's own cgroup under CgroupDir (found by the
@@ -64,47 +68,27 @@ func (p PinnedEnroller) InboundCgroup(e *Enrollment) string {
 	return p.CgroupDir
 }
 
-// Enroll writes the pod's outbound settings under its netns cookie, then attaches (or updates) inbound capture in
-// its netns, or removes inbound capture the policy no longer asks for. Idempotent. When the inbound attach fails,
-// a pod that was not enrolled before is left unenrolled (nothing half-applied).
+// Enroll captures the pod through the agent's attachment (loader.CapturePod: its outbound settings under its netns
+// cookie, then inbound capture in its netns, or the removal of inbound capture the policy no longer asks for).
+// Idempotent; a pod that was not enrolled before is left unenrolled on error.
 func (p PinnedEnroller) Enroll(e *Enrollment, pol capture.Policy) error {
-	was, err := loader.NetnsEnrolled(p.PinDir, e.NetnsCookie)
-	if err != nil {
-		return fmt.Errorf("agent attachment %s: %w", p.PinDir, err)
-	}
-	if err := loader.EnrollNetns(p.PinDir, e.NetnsCookie, pol); err != nil {
-		return fmt.Errorf("outbound: %w", err)
-	}
-	if !pol.InboundEnabled() {
-		if err := loader.DetachInboundCookie(p.PinRoot, e.NetnsCookie); err != nil {
-			return fmt.Errorf("inbound: %w", err)
-		}
-		return nil
-	}
-	if e.Netns == "" {
-		return nil
-	}
-	if _, err := loader.AttachInbound(e.Netns, pol, loader.InboundOptions{PinRoot: p.PinRoot, FindListener: true, Cgroup: p.InboundCgroup(e)}); err != nil {
-		if !was {
-			if uerr := loader.UnenrollNetns(p.PinDir, e.NetnsCookie); uerr != nil {
-				err = errors.Join(err, fmt.Errorf("undo outbound: %w", uerr))
-			}
-		}
-		return fmt.Errorf("inbound: %w", err)
-	}
-	return nil
+	_, err := loader.CapturePod(p.target(e, e.Netns), pol, loader.CaptureOptions{FindListener: true,
+		Load: loader.LoadOptions{MaxConns: p.MaxConns}})
+	return err
 }
 
 // Unenroll removes the pod's outbound settings and its inbound attachment; neither needs the netns (it may be gone).
 func (p PinnedEnroller) Unenroll(e *Enrollment) error {
-	var errs []error
-	if err := loader.UnenrollNetns(p.PinDir, e.NetnsCookie); err != nil && !errors.Is(err, os.ErrNotExist) {
-		errs = append(errs, fmt.Errorf("outbound: %w", err))
+	_, err := loader.UncapturePod(p.target(e, ""), "")
+	return err
+}
+
+func (p PinnedEnroller) target(e *Enrollment, netns string) loader.PodTarget {
+	t := loader.PodTarget{AgentPinDir: p.PinDir, Netns: netns, NetnsCookie: e.NetnsCookie}
+	if netns != "" {
+		t.InboundCgroup = p.InboundCgroup(e)
 	}
-	if err := loader.DetachInboundCookie(p.PinRoot, e.NetnsCookie); err != nil {
-		errs = append(errs, fmt.Errorf("inbound: %w", err))
-	}
-	return errors.Join(errs...)
+	return t
 }
 
 // AgentEnroller returns the PinnedEnroller of the node agent, or NopEnroller (records only; the agent programs
@@ -118,5 +102,5 @@ func AgentEnroller(conf *NetConf) (Enroller, error) {
 	if info == nil {
 		return NopEnroller{}, nil
 	}
-	return PinnedEnroller{PinDir: info.PinDir, PinRoot: info.PinRoot, CgroupDir: info.CgroupDir}, nil
+	return PinnedEnroller{PinDir: info.PinDir, PinRoot: info.PinRoot, CgroupDir: info.CgroupDir, MaxConns: info.MaxConnections}, nil
 }

@@ -4,9 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/meshcap/meshcap/pkg/hostfs"
 )
 
 // ErrNetnsGone means the network namespace path does not exist (any more).
@@ -39,42 +40,9 @@ func ReadNetnsID(path string) (NetnsID, error) {
 		return NetnsID{}, fmt.Errorf("netns %q: not a namespace file", path)
 	}
 
-	fd, err := socketIn(int(f.Fd()))
+	cookie, err := hostfs.NetnsCookie(f)
 	if err != nil {
 		return NetnsID{}, fmt.Errorf("netns %q: %w", path, err)
 	}
-	defer unix.Close(fd)
-	cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
-	if err != nil {
-		return NetnsID{}, fmt.Errorf("netns %q: getsockopt SO_NETNS_COOKIE: %w", path, err)
-	}
 	return NetnsID{Cookie: cookie, Inode: st.Ino}, nil
-}
-
-// socketIn creates a socket inside the netns nsfd (a socket keeps the netns it was created in).
-func socketIn(nsfd int) (int, error) {
-	runtime.LockOSThread()
-	orig, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		runtime.UnlockOSThread()
-		return -1, fmt.Errorf("open own netns: %w", err)
-	}
-	defer orig.Close()
-	if err := unix.Setns(nsfd, unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		return -1, fmt.Errorf("setns: %w", err)
-	}
-	fd, serr := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-		// The thread is stuck in the pod netns: keep it locked so the runtime throws it away.
-		if serr == nil {
-			unix.Close(fd)
-		}
-		return -1, fmt.Errorf("return to own netns: %w", err)
-	}
-	runtime.UnlockOSThread()
-	if serr != nil {
-		return -1, fmt.Errorf("socket: %w", serr)
-	}
-	return fd, nil
 }

@@ -10,18 +10,12 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/meshcap/meshcap/pkg/hostfs"
 )
-
-// IsCgroup2 reports whether dir is a directory on a cgroup2 filesystem.
-func IsCgroup2(dir string) bool {
-	var st unix.Statfs_t
-	return unix.Statfs(dir, &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC
-}
 
 // makeCgroup creates <root>/meshcap.slice/<name>.
 func makeCgroup(name string) (string, error) {
-	root, err := Cgroup2Root()
+	root, err := hostfs.Cgroup2Root()
 	if err != nil {
 		return "", err
 	}

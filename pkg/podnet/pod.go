@@ -1,6 +1,8 @@
 package podnet
 
 import (
+	"github.com/meshcap/meshcap/pkg/hostfs"
+
 	"context"
 	"errors"
 	"fmt"
@@ -176,14 +178,8 @@ func (p *Pod) Start(cmd *exec.Cmd, cred *Cred) error {
 // NetnsCookie returns the kernel's cookie for the pod's netns (what BPF's bpf_get_netns_cookie reports).
 func (p *Pod) NetnsCookie() (uint64, error) {
 	var cookie uint64
-	err := p.Do(func() error {
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
-		v, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
-		cookie = v
+	err := p.Do(func() (err error) {
+		cookie, err = hostfs.OwnNetnsCookie()
 		return err
 	})
 	if err != nil {

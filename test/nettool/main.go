@@ -12,6 +12,8 @@
 //	nettool serve ADDR                        echo server: "<local addr> <peer addr>\n", then echo until EOF
 //	nettool push ADDR [-max N] [-stall D]     write up to N bytes to a peer that does not read; print one JSON
 //	                                          PushResult: bytes accepted before the sender was held back
+//	nettool burst DESTS -n N -go FILE         N concurrent connects, then (once FILE exists) check each; one JSON
+//	                                          BurstResult
 package main
 
 import (
@@ -42,6 +44,8 @@ func main() {
 		err = dnsCmd(os.Args[2], os.Args[3:])
 	case "serve":
 		err = serveCmd(os.Args[2])
+	case "burst":
+		err = burstCmd(os.Args[2], os.Args[3:])
 	default:
 		err = fmt.Errorf("unknown subcommand %q", os.Args[1])
 	}

@@ -1,4 +1,4 @@
-package podnet
+package hostfs
 
 import (
 	"bufio"
@@ -39,9 +39,9 @@ func Mounts() ([]Mount, error) {
 	return out, nil
 }
 
-// Cgroup2Root returns the mount point of the cgroup v2 hierarchy (/sys/fs/cgroup on a pure v2 host,
-// /sys/fs/cgroup/unified on a hybrid one).
-func Cgroup2Root() (string, error) {
+// Cgroup2Mount returns this mount namespace's mount point of the cgroup v2 hierarchy (/sys/fs/cgroup on a pure
+// v2 host, /sys/fs/cgroup/unified on a hybrid one).
+func Cgroup2Mount() (string, error) {
 	mounts, err := Mounts()
 	if err != nil {
 		return "", err

@@ -1,0 +1,70 @@
+package hostfs
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+
+	"golang.org/x/sys/unix"
+)
+
+// SocketNetnsCookie returns the cookie of the network namespace socket fd lives in: the value BPF programs get
+// from bpf_get_netns_cookie. The one Go reader of a netns cookie (SO_NETNS_COOKIE needs Linux 5.14).
+func SocketNetnsCookie(fd int) (uint64, error) {
+	c, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	if err != nil {
+		return 0, fmt.Errorf("getsockopt SO_NETNS_COOKIE: %w", err)
+	}
+	return c, nil
+}
+
+// NetnsCookie returns the cookie of the network namespace ns (an open nsfs file), from a socket made inside it.
+func NetnsCookie(ns *os.File) (uint64, error) {
+	var cookie uint64
+	err := InNetns(ns, func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		cookie, err = SocketNetnsCookie(fd)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("netns cookie: %w", err)
+	}
+	return cookie, nil
+}
+
+// OwnNetnsCookie is the cookie of the caller's network namespace.
+func OwnNetnsCookie() (uint64, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("netns cookie: %w", err)
+	}
+	defer unix.Close(fd)
+	return SocketNetnsCookie(fd)
+}
+
+// InNetns runs fn on a locked OS thread that has entered ns, then puts the thread back.
+func InNetns(ns *os.File, fn func() error) error {
+	runtime.LockOSThread()
+	orig, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	defer orig.Close()
+	if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("enter netns: %w", err)
+	}
+	fnErr := fn()
+	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+		// Keep the thread locked: the runtime discards it when the goroutine exits.
+		return errors.Join(fnErr, fmt.Errorf("leave netns: %w", err))
+	}
+	runtime.UnlockOSThread()
+	return fnErr
+}
