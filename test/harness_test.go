@@ -47,14 +47,36 @@ func runMain(m *testing.M) int {
 	}
 	meshcapBin, nettoolBin = filepath.Join(dir, "meshcap"), filepath.Join(dir, "nettool")
 	for bin, pkg := range map[string]string{meshcapBin: "./cmd/meshcap", nettoolBin: "./test/nettool"} {
-		cmd := exec.Command("go", "build", "-o", bin, pkg)
-		cmd.Dir = ".."
-		if out, err := cmd.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "e2e: go build %s: %v\n%s", pkg, err, out)
+		if err := buildBin(bin, pkg); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e:", err)
 			return 1
 		}
 	}
 	return m.Run()
+}
+
+// prebuiltDirEnv names a directory of prebuilt binaries (meshcap, nettool, meshcap-cni, the reference CNI plugins
+// and cnitool) that the tests use instead of building them: the kernel matrix runs this package's test binary in a
+// VM that has no Go toolchain.
+const prebuiltDirEnv = "MESHCAP_E2E_BIN_DIR"
+
+// buildBin puts the binary of pkg (a path relative to the module root) at bin: a copy of the prebuilt one when
+// prebuiltDirEnv is set, else `go build`.
+func buildBin(bin, pkg string) error {
+	if dir := os.Getenv(prebuiltDirEnv); dir != "" {
+		src := filepath.Join(dir, filepath.Base(pkg))
+		data, err := os.ReadFile(src)
+		if err != nil {
+			return fmt.Errorf("prebuilt %s (%s=%s): %w", pkg, prebuiltDirEnv, dir, err)
+		}
+		return os.WriteFile(bin, data, 0o755)
+	}
+	cmd := exec.Command("go", "build", "-o", bin, pkg)
+	cmd.Dir = ".."
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %w\n%s", pkg, err, out)
+	}
+	return nil
 }
 
 // requireRoot skips a privileged test outside CI and fails it in CI, where a skip would hide a missing check.
@@ -136,6 +158,16 @@ func startEcho(t *testing.T, pod *podnet.Pod, addr string) net.Listener {
 	if err != nil {
 		t.Fatal(err)
 	}
+	serveConns(t, ln, func(c net.Conn) {
+		fmt.Fprintf(c, "%s %s\n", c.LocalAddr(), c.RemoteAddr())
+		_, _ = io.Copy(c, c)
+	})
+	return ln
+}
+
+// serveConns accepts on ln until the test ends and runs handle for each connection on its own goroutine (the
+// connection is closed after it). Cleanup closes ln and waits for every handler.
+func serveConns(t *testing.T, ln net.Listener, handle func(net.Conn)) {
 	var wg sync.WaitGroup
 	t.Cleanup(func() { ln.Close(); wg.Wait() })
 	wg.Add(1)
@@ -150,12 +182,10 @@ func startEcho(t *testing.T, pod *podnet.Pod, addr string) net.Listener {
 			go func() {
 				defer wg.Done()
 				defer c.Close()
-				fmt.Fprintf(c, "%s %s\n", c.LocalAddr(), c.RemoteAddr())
-				_, _ = io.Copy(c, c)
+				handle(c)
 			}()
 		}
 	}()
-	return ln
 }
 
 // syncBuffer is a bytes.Buffer safe for a child's output and a reading test.
@@ -189,6 +219,17 @@ func (p *proc) stop() {
 	}
 	_ = p.cmd.Process.Kill()
 	<-p.done
+}
+
+// waitStderr waits up to 10 s (the kernel matrix's emulated VMs are slow) for text in the process's stderr (a line
+// logged after its listener opened, for example) and reports whether it came.
+func (p *proc) waitStderr(text string) bool {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if strings.Contains(p.stderr.String(), text) {
+			return true
+		}
+	}
+	return strings.Contains(p.stderr.String(), text)
 }
 
 // startIn starts bin in pod (its netns and cgroup, as cred when given); it is killed when the test ends.
@@ -248,17 +289,34 @@ type DialResult struct {
 
 // Captured reports whether the connection went through a proxy: the server saw a different client address than
 // the one the client connected from (a relayed connection comes from the proxy's own socket).
-func (r DialResult) Captured() bool { return r.OK && r.Peer != r.Local }
+func (r DialResult) Captured() bool { return r.OK && unmapped(r.Peer) != unmapped(r.Local) }
 
-// dial runs `nettool dial` inside pod as cred (nil = root) and sends payload bytes through the connection.
-func dial(t *testing.T, pod *podnet.Pod, cred *podnet.Cred, addr string, payload int64) (DialResult, error) {
+// unmapped writes an IPv4-mapped address as IPv4 (an AF_INET6 client of an IPv4 server sees itself as ::ffff:a.b.c.d).
+func unmapped(addr string) string {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return addr
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
+}
+
+// dial runs `nettool dial` inside pod as cred (nil = root) and sends payload bytes through the connection; extra
+// are more nettool dial flags.
+func dial(t *testing.T, pod *podnet.Pod, cred *podnet.Cred, addr string, payload int64, extra ...string) (DialResult, error) {
 	t.Helper()
-	out, err := runIn(t, pod, cred, nettoolBin, "dial", addr, "-send", strconv.FormatInt(payload, 10), "-timeout", "10s")
 	var res DialResult
-	if jerr := json.Unmarshal([]byte(out), &res); jerr != nil && err == nil {
+	err := runNettool(t, pod, cred, &res, append([]string{"dial", addr, "-send", strconv.FormatInt(payload, 10), "-timeout", "10s"}, extra...)...)
+	return res, err
+}
+
+// runNettool runs nettool with args inside pod as cred and decodes its one-line JSON output into res.
+func runNettool(t *testing.T, pod *podnet.Pod, cred *podnet.Cred, res any, args ...string) error {
+	t.Helper()
+	out, err := runIn(t, pod, cred, nettoolBin, args...)
+	if jerr := json.Unmarshal([]byte(out), res); jerr != nil && err == nil {
 		err = fmt.Errorf("decode nettool output %q: %w", out, jerr)
 	}
-	return res, err
+	return err
 }
 
 // waitListening waits until something listens on TCP port inside pod's netns.
