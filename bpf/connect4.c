@@ -29,8 +29,10 @@ int mc_connect4(struct bpf_sock_addr *ctx)
 	if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
 		return SYS_PROCEED;
 
+	struct mc_dest d = {.port = bpf_ntohs((__u16)ctx->user_port)};
+	d.addr[0] = ctx->user_ip4;
 	__u16 proxy_port = 0;
-	int out = mc_outbound_v4(ctx, ctx->user_ip4, bpf_ntohs((__u16)ctx->user_port), &proxy_port);
+	int out = mc_outbound(ctx, &d, &proxy_port);
 	if (out == MC_OUT_REFUSE)
 		return 0; /* EPERM */
 	if (out == MC_OUT_CAPTURE) {

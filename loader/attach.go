@@ -97,7 +97,7 @@ func complete(dir string) bool {
 		}
 	}
 	for _, m := range append(append([]string{}, settingsMaps...), stateMaps...) {
-		if _, err := os.Stat(mapPin(dir, m)); err != nil {
+		if _, err := os.Stat(mapPin(dir, m)); err != nil && !slices.Contains(addedMaps, m) {
 			return false
 		}
 	}
@@ -163,8 +163,13 @@ func replace(cgroupDir, dir string, p *capture.Policy, opts LoadOptions) (err er
 	if p == nil {
 		keep = append(append([]string{}, stateMaps...), settingsMaps...)
 	}
+	var newPins []string // maps an older attachment did not have (addedMaps)
 	for _, name := range keep {
 		m, err := ebpf.LoadPinnedMap(mapPin(dir, name), nil)
+		if errors.Is(err, os.ErrNotExist) && slices.Contains(addedMaps, name) {
+			newPins = append(newPins, name)
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("open pinned map %s: %w", name, err)
 		}
@@ -179,18 +184,6 @@ func replace(cgroupDir, dir string, p *capture.Policy, opts LoadOptions) (err er
 		case mapConfig:
 			opts.MaxPolicies = m.MaxEntries()
 		}
-	}
-	var newPins []string // fast-path maps an older attachment did not have
-	for _, name := range fastPathMaps {
-		m, err := ebpf.LoadPinnedMap(mapPin(dir, name), nil)
-		if errors.Is(err, os.ErrNotExist) {
-			newPins = append(newPins, name)
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("open pinned map %s: %w", name, err)
-		}
-		reuse[name] = m
 	}
 	cfgConns := opts.MaxConns
 	opts.MaxConns = sizeConns
@@ -264,10 +257,10 @@ func updateLinks(cgroupDir, dir string, objs *Objects) error {
 // DeletePolicy on a live attachment (node-agent mode). Objects.Programs is empty. Close it when done.
 func OpenPinned(pinDir string) (*Objects, error) {
 	objs := &Objects{Programs: map[string]*ebpf.Program{}, Maps: map[string]*ebpf.Map{}}
-	for _, name := range append(append(append([]string{}, settingsMaps...), stateMaps...), fastPathMaps...) {
+	for _, name := range append(append([]string{}, settingsMaps...), stateMaps...) {
 		m, err := ebpf.LoadPinnedMap(mapPin(pinDir, name), nil)
-		if errors.Is(err, os.ErrNotExist) && slices.Contains(fastPathMaps, name) {
-			continue // attached before the fast path existed
+		if errors.Is(err, os.ErrNotExist) && slices.Contains(addedMaps, name) {
+			continue // attached before the fast path or IPv6 capture existed
 		}
 		if err != nil {
 			objs.Close()

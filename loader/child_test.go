@@ -39,6 +39,7 @@ type childArgs struct {
 	WaitStdin  bool     // print "cookie=<netns cookie>" and wait for a line on stdin before dialling
 	NoProxy    bool     // no listener on the proxy port (the sidecar stopped)
 	HoldOpen   []string // dialled first, one after the other, and kept open until the child exits
+	Listen6    bool     // the proxy also listens on [::1]:ProxyPort (native IPv6 capture)
 }
 
 type childResult struct {
@@ -101,34 +102,16 @@ func runChild() (out childOutput) {
 	if a.EarlyClose {
 		return earlyClose(a, ln, out)
 	}
-	// The proxy: answer each accepted connection with "<SO_ORIGINAL_DST> <local> <remote>\n".
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func(c net.Conn) {
-				defer c.Close()
-				od, err := origDst(c.(*net.TCPConn))
-				line := od.String()
-				if err != nil {
-					line = "error:" + err.Error()
-				}
-				mapDst := "-"
-				if a.PinRoot != "" {
-					l := c.LocalAddr().(*net.TCPAddr).AddrPort()
-					r := c.RemoteAddr().(*net.TCPAddr).AddrPort()
-					if md, err := OrigDst(a.PinRoot, l, r, out.NetnsCookie); err == nil {
-						mapDst = md.String()
-					} else {
-						mapDst = "error"
-					}
-				}
-				fmt.Fprintf(c, "%s %s %s %s\n", line, c.LocalAddr(), c.RemoteAddr(), mapDst)
-			}(c)
+	go serveProxy(ln, a, out.NetnsCookie)
+	if a.Listen6 {
+		ln6, err := lc.Listen(context.Background(), "tcp6", fmt.Sprintf("[::1]:%d", port))
+		if err != nil {
+			out.Err = "listen6: " + err.Error()
+			return
 		}
-	}()
+		defer ln6.Close()
+		go serveProxy(ln6, a, out.NetnsCookie)
+	}
 	if a.GID >= 0 {
 		if err := syscall.Setgid(a.GID); err != nil {
 			out.Err = err.Error()
@@ -163,6 +146,35 @@ func runChild() (out childOutput) {
 	}
 	time.Sleep(time.Duration(a.HoldMillis) * time.Millisecond)
 	return out
+}
+
+// serveProxy is the proxy: it answers each accepted connection with "<SO_ORIGINAL_DST> <local> <remote> <OrigDst()>".
+func serveProxy(ln net.Listener, a childArgs, cookie uint64) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func(c net.Conn) {
+			defer c.Close()
+			od, err := origDst(c.(*net.TCPConn))
+			line := od.String()
+			if err != nil {
+				line = "error:" + err.Error()
+			}
+			mapDst := "-"
+			if a.PinRoot != "" {
+				l := c.LocalAddr().(*net.TCPAddr).AddrPort()
+				r := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+				if md, err := OrigDst(a.PinRoot, l, r, cookie); err == nil {
+					mapDst = md.String()
+				} else {
+					mapDst = "error"
+				}
+			}
+			fmt.Fprintf(c, "%s %s %s %s\n", line, c.LocalAddr(), c.RemoteAddr(), mapDst)
+		}(c)
+	}
 }
 
 func mustSocket() int {
@@ -222,6 +234,9 @@ func dialConn(dest string) (net.Conn, error) {
 	if !ok {
 		d := net.Dialer{Timeout: 2 * time.Second}
 		d.SetMultipathTCP(false)
+		if strings.HasPrefix(dest, "[") {
+			return d.Dial("tcp6", dest)
+		}
 		return d.Dial("tcp4", dest)
 	}
 	ap, err := netip.ParseAddrPort(m)
@@ -240,17 +255,23 @@ func dialConn(dest string) (net.Conn, error) {
 	return net.FileConn(f)
 }
 
-// origDst asks SO_ORIGINAL_DST with the plain socket API, as any transparent proxy does.
+// origDst asks SO_ORIGINAL_DST with the plain socket API, as any transparent proxy does: SOL_IP for an IPv4
+// socket (a sockaddr_in), SOL_IPV6/IP6T_SO_ORIGINAL_DST for an IPv6 one (a sockaddr_in6).
 func origDst(c *net.TCPConn) (netip.AddrPort, error) {
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
-	var sa [16]byte
+	v6 := !c.LocalAddr().(*net.TCPAddr).AddrPort().Addr().Unmap().Is4()
+	level := unix.SOL_IP
+	var sa [28]byte
+	l := uint32(16)
+	if v6 {
+		level, l = unix.SOL_IPV6, 28
+	}
 	var serr error
 	_ = raw.Control(func(fd uintptr) {
-		l := uint32(len(sa))
-		_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_IP, 80, uintptr(unsafe.Pointer(&sa[0])), uintptr(unsafe.Pointer(&l)), 0)
+		_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, uintptr(level), 80, uintptr(unsafe.Pointer(&sa[0])), uintptr(unsafe.Pointer(&l)), 0)
 		if e != 0 {
 			serr = e
 		}
@@ -259,6 +280,9 @@ func origDst(c *net.TCPConn) (netip.AddrPort, error) {
 		return netip.AddrPort{}, serr
 	}
 	port := uint16(sa[2])<<8 | uint16(sa[3])
+	if v6 {
+		return netip.AddrPortFrom(netip.AddrFrom16([16]byte(sa[8:24])), port), nil
+	}
 	return netip.AddrPortFrom(netip.AddrFrom4([4]byte(sa[4:8])), port), nil
 }
 

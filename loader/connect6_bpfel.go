@@ -16,17 +16,21 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	connect6MapMcCidrExcl  = "mc_cidr_excl"
-	connect6MapMcCidrIncl  = "mc_cidr_incl"
-	connect6MapMcClient    = "mc_client"
-	connect6MapMcConfig    = "mc_config"
-	connect6MapMcFpPeer    = "mc_fp_peer"
-	connect6MapMcFpStats   = "mc_fp_stats"
-	connect6MapMcOrigTuple = "mc_orig_tuple"
-	connect6MapMcPorts     = "mc_ports"
-	connect6MapMcSockhash  = "mc_sockhash"
-	connect6MapMcStats     = "mc_stats"
-	connect6ProgMcConnect6 = "mc_connect6"
+	connect6MapMcCidr6Excl  = "mc_cidr6_excl"
+	connect6MapMcCidr6Incl  = "mc_cidr6_incl"
+	connect6MapMcCidrExcl   = "mc_cidr_excl"
+	connect6MapMcCidrIncl   = "mc_cidr_incl"
+	connect6MapMcClient     = "mc_client"
+	connect6MapMcConfig     = "mc_config"
+	connect6MapMcDst6       = "mc_dst6"
+	connect6MapMcFpPeer     = "mc_fp_peer"
+	connect6MapMcFpStats    = "mc_fp_stats"
+	connect6MapMcOrigTuple  = "mc_orig_tuple"
+	connect6MapMcOrigTuple6 = "mc_orig_tuple6"
+	connect6MapMcPorts      = "mc_ports"
+	connect6MapMcSockhash   = "mc_sockhash"
+	connect6MapMcStats      = "mc_stats"
+	connect6ProgMcConnect6  = "mc_connect6"
 )
 
 // loadConnect6 returns the embedded CollectionSpec for connect6.
@@ -78,16 +82,20 @@ type connect6ProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type connect6MapSpecs struct {
-	McCidrExcl  *ebpf.MapSpec `ebpf:"mc_cidr_excl"`
-	McCidrIncl  *ebpf.MapSpec `ebpf:"mc_cidr_incl"`
-	McClient    *ebpf.MapSpec `ebpf:"mc_client"`
-	McConfig    *ebpf.MapSpec `ebpf:"mc_config"`
-	McFpPeer    *ebpf.MapSpec `ebpf:"mc_fp_peer"`
-	McFpStats   *ebpf.MapSpec `ebpf:"mc_fp_stats"`
-	McOrigTuple *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
-	McPorts     *ebpf.MapSpec `ebpf:"mc_ports"`
-	McSockhash  *ebpf.MapSpec `ebpf:"mc_sockhash"`
-	McStats     *ebpf.MapSpec `ebpf:"mc_stats"`
+	McCidr6Excl  *ebpf.MapSpec `ebpf:"mc_cidr6_excl"`
+	McCidr6Incl  *ebpf.MapSpec `ebpf:"mc_cidr6_incl"`
+	McCidrExcl   *ebpf.MapSpec `ebpf:"mc_cidr_excl"`
+	McCidrIncl   *ebpf.MapSpec `ebpf:"mc_cidr_incl"`
+	McClient     *ebpf.MapSpec `ebpf:"mc_client"`
+	McConfig     *ebpf.MapSpec `ebpf:"mc_config"`
+	McDst6       *ebpf.MapSpec `ebpf:"mc_dst6"`
+	McFpPeer     *ebpf.MapSpec `ebpf:"mc_fp_peer"`
+	McFpStats    *ebpf.MapSpec `ebpf:"mc_fp_stats"`
+	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
+	McOrigTuple6 *ebpf.MapSpec `ebpf:"mc_orig_tuple6"`
+	McPorts      *ebpf.MapSpec `ebpf:"mc_ports"`
+	McSockhash   *ebpf.MapSpec `ebpf:"mc_sockhash"`
+	McStats      *ebpf.MapSpec `ebpf:"mc_stats"`
 }
 
 // connect6VariableSpecs contains global variables before they are loaded into the kernel.
@@ -116,27 +124,35 @@ func (o *connect6Objects) Close() error {
 //
 // It can be passed to loadConnect6Objects or ebpf.CollectionSpec.LoadAndAssign.
 type connect6Maps struct {
-	McCidrExcl  *ebpf.Map `ebpf:"mc_cidr_excl"`
-	McCidrIncl  *ebpf.Map `ebpf:"mc_cidr_incl"`
-	McClient    *ebpf.Map `ebpf:"mc_client"`
-	McConfig    *ebpf.Map `ebpf:"mc_config"`
-	McFpPeer    *ebpf.Map `ebpf:"mc_fp_peer"`
-	McFpStats   *ebpf.Map `ebpf:"mc_fp_stats"`
-	McOrigTuple *ebpf.Map `ebpf:"mc_orig_tuple"`
-	McPorts     *ebpf.Map `ebpf:"mc_ports"`
-	McSockhash  *ebpf.Map `ebpf:"mc_sockhash"`
-	McStats     *ebpf.Map `ebpf:"mc_stats"`
+	McCidr6Excl  *ebpf.Map `ebpf:"mc_cidr6_excl"`
+	McCidr6Incl  *ebpf.Map `ebpf:"mc_cidr6_incl"`
+	McCidrExcl   *ebpf.Map `ebpf:"mc_cidr_excl"`
+	McCidrIncl   *ebpf.Map `ebpf:"mc_cidr_incl"`
+	McClient     *ebpf.Map `ebpf:"mc_client"`
+	McConfig     *ebpf.Map `ebpf:"mc_config"`
+	McDst6       *ebpf.Map `ebpf:"mc_dst6"`
+	McFpPeer     *ebpf.Map `ebpf:"mc_fp_peer"`
+	McFpStats    *ebpf.Map `ebpf:"mc_fp_stats"`
+	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
+	McOrigTuple6 *ebpf.Map `ebpf:"mc_orig_tuple6"`
+	McPorts      *ebpf.Map `ebpf:"mc_ports"`
+	McSockhash   *ebpf.Map `ebpf:"mc_sockhash"`
+	McStats      *ebpf.Map `ebpf:"mc_stats"`
 }
 
 func (m *connect6Maps) Close() error {
 	return _Connect6Close(
+		m.McCidr6Excl,
+		m.McCidr6Incl,
 		m.McCidrExcl,
 		m.McCidrIncl,
 		m.McClient,
 		m.McConfig,
+		m.McDst6,
 		m.McFpPeer,
 		m.McFpStats,
 		m.McOrigTuple,
+		m.McOrigTuple6,
 		m.McPorts,
 		m.McSockhash,
 		m.McStats,

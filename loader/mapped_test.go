@@ -180,3 +180,129 @@ func TestAttachAddsNewHooks(t *testing.T) {
 		t.Errorf("after re-attach: %+v, want captured", r)
 	}
 }
+
+// ipv6Policy captures native IPv6 as istio's ip6tables rules would in a pod with IPv6 enabled.
+func ipv6Policy(t *testing.T, enabled bool) capture.Policy {
+	p := outPolicy(t, func(c *capture.Config) {
+		c.ProxyPort = "15011"
+		c.ProxyUID = "1337"
+		c.OutboundIPRangesInclude = "203.0.113.0/24,2001:db8:1::/48"
+		c.OutboundIPRangesExclude = "2001:db8:1:ff::/64"
+		c.OutboundPortsExclude = "8081"
+		c.OutboundPortsInclude = "9090"
+	})
+	p.IPv6 = enabled
+	return p
+}
+
+// TestCaptureIPv6: in a pod with IPv6 enabled, connect6 decides native IPv6 destinations with the IPv6 lists, the
+// same ports and owners, ::1 as loopback, sends them to the proxy's [::1] listener, where SO_ORIGINAL_DST at
+// SOL_IPV6 (plain socket API) and OrigDst() answer the IPv6 destination; getpeername shows it to the app.
+func TestCaptureIPv6(t *testing.T) {
+	outRequireRoot(t)
+	cg := outNewCgroup(t)
+	root := outNewPinRoot(t)
+	a, err := Attach(cg, ipv6Policy(t, true), root, LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{
+		"[2001:db8:1::7]:80":    true,  // -i
+		"[2001:db8:1::7]:8081":  false, // -o
+		"[2001:db8:1:ff::1]:80": false, // -x
+		"[2001:db8:2::1]:80":    false, // not included
+		"[2001:db8:2::1]:9090":  true,  // -q
+		"[::1]:80":              false, // loopback
+		"203.0.113.7:80":        true,  // IPv4 unchanged
+		"mapped:203.0.113.7:80": true,
+	}
+	var dests []string
+	for d := range want {
+		dests = append(dests, d)
+	}
+	out := outRunChild(t, cg, childArgs{ProxyPort: 15011, Dests: dests, UID: -1, GID: -1, PinRoot: root, Listen6: true})
+	for _, r := range out.Results {
+		if r.Captured != want[r.Dest] {
+			t.Errorf("%s: captured=%v, want %v (err %q)", r.Dest, r.Captured, want[r.Dest], r.Err)
+			continue
+		}
+		d, mapped := strings.CutPrefix(r.Dest, "mapped:")
+		if !r.Captured {
+			direct := "network is unreachable"
+			if d == "[::1]:80" {
+				direct = "connection refused"
+			}
+			if !strings.Contains(r.Err, direct) {
+				t.Errorf("%s: not captured but %q, want a direct connect (%s)", r.Dest, r.Err, direct)
+			}
+			continue
+		}
+		native := strings.HasPrefix(d, "[")
+		if r.OrigDst != d || r.MapDst != d {
+			t.Errorf("%s: SO_ORIGINAL_DST = %s, OrigDst() = %s, want %s", r.Dest, r.OrigDst, r.MapDst, d)
+		}
+		wantPeer, wantProxy := d, "127.0.0.1:15011"
+		if native {
+			wantProxy = "[::1]:15011"
+		} else if mapped {
+			wantPeer = "[::ffff:" + strings.Replace(d, ":", "]:", 1)
+		}
+		if r.Peer != wantPeer || r.ProxyKey[0] != wantProxy {
+			t.Errorf("%s: getpeername %s, proxy accepted on %s; want %s, %s", r.Dest, r.Peer, r.ProxyKey[0], wantPeer, wantProxy)
+		}
+	}
+	stats, err := ReadCaptureStats(a.PinDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := stats[0]; s.Captured != 4 || s.ExemptPort != 1 || s.ExemptCIDR != 1 || s.ExemptLoopback != 1 || s.NotIncluded != 1 ||
+		s.ConnsInUse != 0 || s.TuplesInUse != 0 {
+		t.Errorf("counters %+v: want 4 captured, one of each exemption, nothing in use", s)
+	}
+	if n, err := MapEntries(a.PinDir, mapOrigTup6); err != nil || n != 0 {
+		t.Errorf("%s holds %d entries after close (%v)", mapOrigTup6, n, err)
+	}
+}
+
+// TestIPv6FailsClosed: native IPv6 is refused with the proxy stopped, goes direct as the proxy's uid, is refused at
+// capacity; and a pod without IPv6 enabled leaves native IPv6 alone (istio writes no ip6tables rules then).
+func TestIPv6FailsClosed(t *testing.T) {
+	outRequireRoot(t)
+	cg := outNewCgroup(t)
+	root := outNewPinRoot(t)
+	a, err := Attach(cg, ipv6Policy(t, true), root, LoadOptions{MaxConns: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dest := "[2001:db8:1::7]:80"
+	run := func(a childArgs) childResult {
+		a.ProxyPort, a.Dests, a.Listen6 = 15011, []string{dest}, !a.NoProxy
+		if a.UID == 0 {
+			a.UID = -1
+		}
+		a.GID = -1
+		return outRunChild(t, cg, a).Results[0]
+	}
+	if r := run(childArgs{NoProxy: true}); r.Captured || !strings.Contains(r.Err, "connection refused") {
+		t.Errorf("proxy stopped: %+v, want connection refused by the proxy port", r)
+	}
+	if r := run(childArgs{UID: 1337}); r.Captured || !strings.Contains(r.Err, "network is unreachable") {
+		t.Errorf("uid 1337: %+v, want a direct connect (network unreachable)", r)
+	}
+	if r := run(childArgs{HoldOpen: []string{dest, "[2001:db8:1::8]:80"}}); r.Captured || !strings.Contains(r.Err, "operation not permitted") {
+		t.Errorf("at capacity: %+v, want EPERM", r)
+	}
+	stats, err := ReadCaptureStats(a.PinDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := stats[0]; s.RefusedFull != 1 || s.Captured != 3 || s.ExemptOwner != 1 || s.ConnsInUse != 0 || s.TuplesInUse != 0 {
+		t.Errorf("counters %+v: want 1 refused at capacity, 3 captured, 1 owner-exempt, nothing in use", s)
+	}
+	if _, err := Attach(cg, ipv6Policy(t, false), root, LoadOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if r := run(childArgs{}); r.Captured || !strings.Contains(r.Err, "network is unreachable") {
+		t.Errorf("IPv6 not enabled: %+v, want a direct connect as under istio", r)
+	}
+}

@@ -162,6 +162,30 @@ func PinDir(cgroupDir, pinRoot string) (string, error) {
 	return pinDirFor(pinRoot, id), nil
 }
 
+// origDst6 is OrigDst of a native IPv6 connection (mc_orig_tuple6).
+func origDst6(dirs []string, pinDir string, local, remote netip.AddrPort, netnsCookie uint64) (netip.AddrPort, error) {
+	key := tuple6Key{
+		Netns:      netnsCookie,
+		LocalAddr:  be32x4(local.Addr()),
+		LocalPort:  local.Port(),
+		RemoteAddr: be32x4(remote.Addr()),
+		RemotePort: remote.Port(),
+	}
+	for _, dir := range dirs {
+		m, err := ebpf.LoadPinnedMap(mapPin(dir, mapOrigTup6), nil)
+		if err != nil {
+			continue
+		}
+		var v orig6Value
+		err = m.Lookup(&key, &v)
+		m.Close()
+		if err == nil {
+			return netip.AddrPortFrom(addrFromBE32x4(v.Addr), v.Port), nil
+		}
+	}
+	return netip.AddrPort{}, fmt.Errorf("%w for %s <- %s (netns cookie %d) under %s", ErrNoOrigDst, local, remote, netnsCookie, pinDir)
+}
+
 // ErrNoOrigDst means the connection is not a captured one (or its entry is gone).
 var ErrNoOrigDst = errors.New("no original destination recorded")
 
@@ -169,8 +193,9 @@ var ErrNoOrigDst = errors.New("no original destination recorded")
 // local = its local address (127.0.0.1:<proxy port>), remote = its peer (the client), netnsCookie = its netns
 // cookie. pinDir is one attachment's directory, or a pin root (every attachment under it is searched).
 func OrigDst(pinDir string, local, remote netip.AddrPort, netnsCookie uint64) (netip.AddrPort, error) {
-	if !local.Addr().Unmap().Is4() || !remote.Addr().Unmap().Is4() {
-		return netip.AddrPort{}, fmt.Errorf("original destination lookup: IPv4 only (%s, %s)", local, remote)
+	v6 := !local.Addr().Is4() && !local.Addr().Is4In6()
+	if v6 != (!remote.Addr().Is4() && !remote.Addr().Is4In6()) {
+		return netip.AddrPort{}, fmt.Errorf("original destination lookup: mixed families (%s, %s)", local, remote)
 	}
 	dirs := []string{pinDir}
 	if _, err := os.Stat(mapPin(pinDir, mapOrigTuple)); err != nil {
@@ -179,6 +204,9 @@ func OrigDst(pinDir string, local, remote netip.AddrPort, netnsCookie uint64) (n
 		for _, id := range ids {
 			dirs = append(dirs, pinDirFor(pinDir, id))
 		}
+	}
+	if v6 {
+		return origDst6(dirs, pinDir, local, remote, netnsCookie)
 	}
 	key := tupleKey{
 		Netns:      netnsCookie,

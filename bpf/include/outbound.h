@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * The outbound decision of the connect programs (connect4.c, connect6.c): istio's ISTIO_OUTPUT order for an IPv4
- * destination, the counters, the capacity slot and the client record. One copy: connect6 decides an IPv4-mapped
- * destination (::ffff:a.b.c.d) exactly as connect4 decides a.b.c.d, through mc_outbound_v4.
+ * The outbound decision of the connect programs (connect4.c, connect6.c): istio's ISTIO_OUTPUT order, the counters,
+ * the capacity slot and the client record, for both families (ip6tables gets the same rules with the IPv6 lists and
+ * ::1/128 as loopback). One copy: connect6 decides an IPv4-mapped destination (::ffff:a.b.c.d) exactly as connect4
+ * decides a.b.c.d, and a native IPv6 one with the same code and the IPv6 lists, through mc_outbound.
  */
 #ifndef MESHCAP_OUTBOUND_H
 #define MESHCAP_OUTBOUND_H
@@ -20,15 +21,34 @@ static __always_inline int mc_port_in(__u64 cfg_key, __u16 port, __u8 kind)
 	return bpf_map_lookup_elem(&mc_ports, &k) != NULL;
 }
 
-static __always_inline int mc_cidr_in(void *trie, __u64 cfg_key, __u32 addr)
+/* A destination as the decision sees it: an IPv4 address (v6 = 0, addr[0]) or a native IPv6 one. */
+struct mc_dest {
+	__u32 addr[4]; /* network byte order */
+	__u16 port;    /* host byte order */
+	__u8 v6;
+};
+
+static __always_inline int mc_cidr_in(void *trie4, void *trie6, __u64 cfg_key, const struct mc_dest *d)
 {
+	if (d->v6) {
+		struct mc_lpm6_key k = {
+			.prefixlen = 64 + 128,
+			.cfg_hi = (__u32)(cfg_key >> 32),
+			.cfg_lo = (__u32)cfg_key,
+		};
+		k.addr[0] = d->addr[0];
+		k.addr[1] = d->addr[1];
+		k.addr[2] = d->addr[2];
+		k.addr[3] = d->addr[3];
+		return bpf_map_lookup_elem(trie6, &k) != NULL;
+	}
 	struct mc_lpm_key k = {
 		.prefixlen = 64 + 32, /* full config key + full address: the trie finds the longest stored prefix */
 		.cfg_hi = (__u32)(cfg_key >> 32),
 		.cfg_lo = (__u32)cfg_key,
-		.addr = addr,
+		.addr = d->addr[0],
 	};
-	return bpf_map_lookup_elem(trie, &k) != NULL;
+	return bpf_map_lookup_elem(trie4, &k) != NULL;
 }
 
 /* -u / -g: the caller's real uid/gid, as istio's "-m owner --uid-owner/--gid-owner" sees the socket owner. */
@@ -48,9 +68,13 @@ static __always_inline int mc_owner_exempt(const struct mc_config *cfg)
 }
 
 /* 127/8 and the configured loopback CIDR. When an -i CIDR is loopback, istio omits the rules that return all
- * traffic leaving through lo, so only the configured loopback CIDR (rule 15) stays exempt. */
-static __always_inline int mc_loopback_exempt(const struct mc_config *cfg, __u32 daddr)
+ * traffic leaving through lo, so only the configured loopback CIDR (rule 15) stays exempt. IPv6: ::1/128, istio's
+ * fixed IPv6 loopback CIDR (rule 15), which is also the only IPv6 destination routed over lo by address. */
+static __always_inline int mc_loopback_exempt(const struct mc_config *cfg, const struct mc_dest *d)
 {
+	if (d->v6)
+		return d->addr[0] == 0 && d->addr[1] == 0 && d->addr[2] == 0 && d->addr[3] == bpf_htonl(1);
+	__u32 daddr = d->addr[0];
 	if ((daddr & cfg->loopback_mask) == cfg->loopback_addr)
 		return 1;
 	if (!(cfg->flags & MC_F_LOOPBACK_INCLUDED) && (daddr & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000))
@@ -75,21 +99,21 @@ enum mc_verdict {
 	MC_V_NOT_INCLUDED,
 };
 
-static __always_inline int mc_decide(const struct mc_config *cfg, __u64 cfg_key, __u32 daddr, __u16 dport)
+static __always_inline int mc_decide(const struct mc_config *cfg, __u64 cfg_key, const struct mc_dest *d)
 {
-	if (mc_port_in(cfg_key, dport, MC_PORT_OUT_EXCLUDE))
+	if (mc_port_in(cfg_key, d->port, MC_PORT_OUT_EXCLUDE))
 		return MC_V_EXEMPT_PORT;
 	if (mc_owner_exempt(cfg))
 		return MC_V_EXEMPT_OWNER;
-	if (mc_loopback_exempt(cfg, daddr))
+	if (mc_loopback_exempt(cfg, d))
 		return MC_V_EXEMPT_LOOPBACK;
-	if (mc_cidr_in(&mc_cidr_excl, cfg_key, daddr))
+	if (mc_cidr_in(&mc_cidr_excl, &mc_cidr6_excl, cfg_key, d))
 		return MC_V_EXEMPT_CIDR;
-	if (mc_port_in(cfg_key, dport, MC_PORT_OUT_INCLUDE))
+	if (mc_port_in(cfg_key, d->port, MC_PORT_OUT_INCLUDE))
 		return MC_V_CAPTURE;
 	if (cfg->flags & MC_F_OUTBOUND_ALL)
 		return MC_V_CAPTURE;
-	return mc_cidr_in(&mc_cidr_incl, cfg_key, daddr) ? MC_V_CAPTURE : MC_V_NOT_INCLUDED;
+	return mc_cidr_in(&mc_cidr_incl, &mc_cidr6_incl, cfg_key, d) ? MC_V_CAPTURE : MC_V_NOT_INCLUDED;
 }
 
 static __always_inline void mc_count_exempt(struct mc_stats *st, int verdict)
@@ -145,27 +169,49 @@ static __always_inline void mc_forget(struct bpf_sock *sk)
 	bpf_sk_storage_delete(&mc_client, sk);
 }
 
-/* What the connect program does with the socket (mc_outbound_v4). */
+/* What the connect program does with the socket (mc_outbound). */
 enum mc_outcome {
 	MC_OUT_PASS = 0,    /* not captured: the connect proceeds untouched */
-	MC_OUT_CAPTURE = 1, /* captured and recorded: rewrite to the proxy (127.0.0.1:*proxy_port) */
+	MC_OUT_CAPTURE = 1, /* captured and recorded: rewrite to the proxy (*proxy_port, loopback of the family) */
 	MC_OUT_REFUSE = 2,  /* capture asked for and impossible (capacity, no storage): fail the connect (EPERM) */
 };
 
-/* Decide a TCP connect to daddr:dport (IPv4, network-order address, host-order port) of ctx's socket, count it, and
- * for a captured one take a slot and record the original destination in mc_client. *proxy_port is set on
- * MC_OUT_CAPTURE. The caller rewrites the address in its own family. */
-static __always_inline int mc_outbound_v4(struct bpf_sock_addr *ctx, __u32 daddr, __u16 dport, __u16 *proxy_port)
+/* Record d as sk's original destination in cl (and, for IPv6, in mc_dst6). 0 when the IPv6 storage cannot be had. */
+static __always_inline int mc_record(struct bpf_sock *sk, struct mc_client *cl, const struct mc_dest *d)
+{
+	cl->flags &= ~MC_CL_F_IPV6;
+	cl->orig.addr = d->addr[0];
+	if (!d->v6)
+		return 1;
+	struct mc_dst6 *d6 = bpf_sk_storage_get(&mc_dst6, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!d6)
+		return 0;
+	d6->addr[0] = d->addr[0];
+	d6->addr[1] = d->addr[1];
+	d6->addr[2] = d->addr[2];
+	d6->addr[3] = d->addr[3];
+	cl->orig.addr = 0;
+	cl->flags |= MC_CL_F_IPV6;
+	return 1;
+}
+
+/* Decide a TCP connect of ctx's socket to d, count it, and for a captured one take a slot and record the original
+ * destination (mc_client, mc_dst6). *proxy_port is set on MC_OUT_CAPTURE; the caller rewrites the address in its
+ * own family. A native IPv6 destination is decided only in a pod with MC_F_IPV6 (istio: no ip6tables rules else). */
+static __always_inline int mc_outbound(struct bpf_sock_addr *ctx, const struct mc_dest *d, __u16 *proxy_port)
 {
 	__u64 netns = mc_sock_addr_netns(ctx);
 	__u64 cfg_key;
 	struct mc_config *cfg = mc_lookup_config(netns, &cfg_key);
-	if (!cfg || !cfg->proxy_port)
-		return MC_OUT_PASS;
-
-	int verdict = mc_decide(cfg, cfg_key, daddr, dport);
-	struct mc_stats *st = mc_stats_of(cfg_key);
 	struct bpf_sock *sk = ctx->sk;
+	if (!cfg || !cfg->proxy_port || (d->v6 && !(cfg->flags & MC_F_IPV6))) {
+		if (sk && cfg)
+			mc_forget(sk);
+		return MC_OUT_PASS;
+	}
+
+	int verdict = mc_decide(cfg, cfg_key, d);
+	struct mc_stats *st = mc_stats_of(cfg_key);
 	if (verdict != MC_V_CAPTURE) {
 		if (st)
 			mc_count_exempt(st, verdict);
@@ -176,15 +222,14 @@ static __always_inline int mc_outbound_v4(struct bpf_sock_addr *ctx, __u32 daddr
 	if (!st || !sk)
 		return MC_OUT_REFUSE; /* no counters, no socket: refuse rather than capture blind */
 	struct mc_client *cl = bpf_sk_storage_get(&mc_client, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!cl || !mc_take_slot(st, cl, cfg->max_conns)) {
+	if (!cl || !mc_record(sk, cl, d) || !mc_take_slot(st, cl, cfg->max_conns)) {
 		if (cl)
-			bpf_sk_storage_delete(&mc_client, sk);
+			mc_forget(sk); /* gives back a slot a failed re-connect still held */
 		mc_count(&st->refused_full);
-		return MC_OUT_REFUSE; /* at capacity, the connect fails closed */
+		return MC_OUT_REFUSE; /* at capacity (or no storage), the connect fails closed */
 	}
-	cl->orig.addr = daddr;
-	cl->orig.port = dport;
-	cl->orig.flags = (cfg->flags & MC_F_FAST_PATH) ? MC_ORIG_F_FAST_PATH : 0;
+	cl->orig.port = d->port;
+	cl->orig.flags = (!d->v6 && (cfg->flags & MC_F_FAST_PATH)) ? MC_ORIG_F_FAST_PATH : 0;
 	cl->orig.cfg = cfg_key;
 	cl->netns = netns;
 	mc_count(&st->captured);
