@@ -84,11 +84,7 @@ func TestCaptureV4Mapped(t *testing.T) {
 			t.Errorf("%s: proxy accepted on %s", r.Dest, r.ProxyKey[0])
 		}
 	}
-	stats, err := ReadCaptureStats(a.PinDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := stats[0]
+	s := settledStats(t, a.PinDir)
 	if s.Captured != uint64(captured) || captured != 4 || s.ExemptPort != 2 || s.ExemptCIDR != 4 || s.ExemptLoopback != 2 ||
 		s.NotIncluded != 2 || s.ConnsInUse != 0 || s.TuplesInUse != 0 {
 		t.Errorf("counters %+v after %d captured connections (2 per family), want every slot and entry back", s, captured)
@@ -122,11 +118,7 @@ func TestV4MappedFailsClosed(t *testing.T) {
 	if r := out.Results[0]; r.Captured || !strings.Contains(r.Err, "operation not permitted") {
 		t.Errorf("at capacity: %+v, want EPERM", r)
 	}
-	stats, err := ReadCaptureStats(a.PinDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s := stats[0]; s.RefusedFull != 1 || s.Captured != 3 || s.ExemptOwner != 1 || s.ConnsInUse != 0 || s.TuplesInUse != 0 {
+	if s := settledStats(t, a.PinDir); s.RefusedFull != 1 || s.Captured != 3 || s.ExemptOwner != 1 || s.ConnsInUse != 0 || s.TuplesInUse != 0 {
 		t.Errorf("counters %+v: want 1 refused at capacity, 3 captured, 1 owner-exempt, nothing in use", s)
 	}
 }
@@ -251,11 +243,7 @@ func TestCaptureIPv6(t *testing.T) {
 			t.Errorf("%s: getpeername %s, proxy accepted on %s; want %s, %s", r.Dest, r.Peer, r.ProxyKey[0], wantPeer, wantProxy)
 		}
 	}
-	stats, err := ReadCaptureStats(a.PinDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s := stats[0]; s.Captured != 4 || s.ExemptPort != 1 || s.ExemptCIDR != 1 || s.ExemptLoopback != 1 || s.NotIncluded != 1 ||
+	if s := settledStats(t, a.PinDir); s.Captured != 4 || s.ExemptPort != 1 || s.ExemptCIDR != 1 || s.ExemptLoopback != 1 || s.NotIncluded != 1 ||
 		s.ConnsInUse != 0 || s.TuplesInUse != 0 {
 		t.Errorf("counters %+v: want 4 captured, one of each exemption, nothing in use", s)
 	}
@@ -292,11 +280,7 @@ func TestIPv6FailsClosed(t *testing.T) {
 	if r := run(childArgs{HoldOpen: []string{dest, "[2001:db8:1::8]:80"}}); r.Captured || !strings.Contains(r.Err, "operation not permitted") {
 		t.Errorf("at capacity: %+v, want EPERM", r)
 	}
-	stats, err := ReadCaptureStats(a.PinDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s := stats[0]; s.RefusedFull != 1 || s.Captured != 3 || s.ExemptOwner != 1 || s.ConnsInUse != 0 || s.TuplesInUse != 0 {
+	if s := settledStats(t, a.PinDir); s.RefusedFull != 1 || s.Captured != 3 || s.ExemptOwner != 1 || s.ConnsInUse != 0 || s.TuplesInUse != 0 {
 		t.Errorf("counters %+v: want 1 refused at capacity, 3 captured, 1 owner-exempt, nothing in use", s)
 	}
 	if _, err := Attach(cg, ipv6Policy(t, false), root, LoadOptions{}); err != nil {
