@@ -162,28 +162,21 @@ func PinDir(cgroupDir, pinRoot string) (string, error) {
 	return pinDirFor(pinRoot, id), nil
 }
 
-// origDst6 is OrigDst of a native IPv6 connection (mc_orig_tuple6).
-func origDst6(dirs []string, pinDir string, local, remote netip.AddrPort, netnsCookie uint64) (netip.AddrPort, error) {
-	key := tuple6Key{
-		Netns:      netnsCookie,
-		LocalAddr:  be32x4(local.Addr()),
-		LocalPort:  local.Port(),
-		RemoteAddr: be32x4(remote.Addr()),
-		RemotePort: remote.Port(),
-	}
+// lookupPinned looks key up in the map pinned as name in each of dirs, first hit wins.
+func lookupPinned[K, V any](dirs []string, name string, key *K) (V, bool) {
+	var v V
 	for _, dir := range dirs {
-		m, err := ebpf.LoadPinnedMap(mapPin(dir, mapOrigTup6), nil)
+		m, err := ebpf.LoadPinnedMap(mapPin(dir, name), nil)
 		if err != nil {
 			continue
 		}
-		var v orig6Value
-		err = m.Lookup(&key, &v)
+		err = m.Lookup(key, &v)
 		m.Close()
 		if err == nil {
-			return netip.AddrPortFrom(addrFromBE32x4(v.Addr), v.Port), nil
+			return v, true
 		}
 	}
-	return netip.AddrPort{}, fmt.Errorf("%w for %s <- %s (netns cookie %d) under %s", ErrNoOrigDst, local, remote, netnsCookie, pinDir)
+	return v, false
 }
 
 // ErrNoOrigDst means the connection is not a captured one (or its entry is gone).
@@ -206,24 +199,15 @@ func OrigDst(pinDir string, local, remote netip.AddrPort, netnsCookie uint64) (n
 		}
 	}
 	if v6 {
-		return origDst6(dirs, pinDir, local, remote, netnsCookie)
-	}
-	key := tupleKey{
-		Netns:      netnsCookie,
-		LocalAddr:  be32(local.Addr().Unmap()),
-		LocalPort:  local.Port(),
-		RemoteAddr: be32(remote.Addr().Unmap()),
-		RemotePort: remote.Port(),
-	}
-	for _, dir := range dirs {
-		m, err := ebpf.LoadPinnedMap(mapPin(dir, mapOrigTuple), nil)
-		if err != nil {
-			continue
+		key := tuple6Key{Netns: netnsCookie, LocalAddr: be32x4(local.Addr()), LocalPort: local.Port(),
+			RemoteAddr: be32x4(remote.Addr()), RemotePort: remote.Port()}
+		if v, ok := lookupPinned[tuple6Key, orig6Value](dirs, mapOrigTup6, &key); ok {
+			return netip.AddrPortFrom(addrFromBE32x4(v.Addr), v.Port), nil
 		}
-		var v origValue
-		err = m.Lookup(&key, &v)
-		m.Close()
-		if err == nil {
+	} else {
+		key := tupleKey{Netns: netnsCookie, LocalAddr: be32(local.Addr().Unmap()), LocalPort: local.Port(),
+			RemoteAddr: be32(remote.Addr().Unmap()), RemotePort: remote.Port()}
+		if v, ok := lookupPinned[tupleKey, origValue](dirs, mapOrigTuple, &key); ok {
 			return netip.AddrPortFrom(addrFromBE32(v.Addr), v.Port), nil
 		}
 	}

@@ -464,6 +464,15 @@ struct mc_sockaddr_in6 {
 	__u32 sin6_scope_id;
 };
 
+/* The record of a client socket connect4/connect6 captured (holding its slot), or NULL: what getpeername restores. */
+static __always_inline struct mc_client *mc_captured_client(struct bpf_sock *sk)
+{
+	if (!sk)
+		return NULL;
+	struct mc_client *cl = bpf_sk_storage_get(&mc_client, sk, 0, 0);
+	return cl && (cl->flags & MC_CL_F_COUNTED) ? cl : NULL;
+}
+
 /* ::ffff:0:0/96 (words of an IPv6 address, network order): an AF_INET6 socket whose peer is IPv4-mapped talks IPv4
  * on the wire, and the kernel keeps its IPv4 addresses where AF_INET sockets have them (skc_daddr, skc_rcv_saddr). */
 static __always_inline int mc_is_v4mapped(__u32 w0, __u32 w1, __u32 w2)
