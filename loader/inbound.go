@@ -534,7 +534,7 @@ func inbInspectListener(ln syscall.Conn) (inbListenerFacts, error) {
 			ierr = fmt.Errorf("listener has unsupported address %T", sa)
 			return
 		}
-		lf.netnsCookie, err = hostfs.SocketNetnsCookie(fd)
+		lf.netnsCookie, err = hostfs.SocketNetnsID(fd)
 		if err != nil {
 			ierr = fmt.Errorf("listener: netns cookie: %w", err)
 		}

@@ -34,7 +34,7 @@ func inbOpenNetns(path string) (*os.File, uint64, error) {
 		f.Close()
 		return nil, 0, fmt.Errorf("%s is not a network namespace", path)
 	}
-	cookie, err := hostfs.NetnsCookie(f)
+	cookie, err := hostfs.NetnsID(f) // names pins only: the inbound program keys nothing by netns
 	if err != nil {
 		f.Close()
 		return nil, 0, err
