@@ -4,7 +4,7 @@ BIN     ?= bin/meshcap
 CLANG   ?= clang-14
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all build generate check-generate test demo bench lint clean
+.PHONY: all build generate check-generate deps test test-kernels demo bench lint clean
 
 all: build
 
@@ -20,10 +20,23 @@ generate:
 check-generate: generate
 	git diff --exit-code -- loader/
 
+# The Debian packages the tests need, installed only when missing (apt-get update first); instant otherwise.
+deps:
+	.ci/deps
+
 # All tests, unit and end to end (real kernel: run as root). -p 1: e2e packages share the machine's 2 cores.
-test:
+test: deps
 	$(GO) vet ./...
 	$(GO) test -count=1 -p 1 -timeout 25m ./...
+
+# The kernel matrix: Debian's 5.10, 6.1, 6.12 and 7.2 kernels booted in QEMU (TCG), each running the probe, the
+# e2e capture tests, the init --mode auto relay check and the demo; 5.10 once more without cgroup2; then the same
+# on the host kernel. Kernels and initramfs parts are cached in /var/cache/meshcap-kernels. KERNELS=6.1,7.2 picks
+# some; KERNELS_FLAGS=-kvm uses KVM (it hung at boot on this kind of machine, so TCG is the default).
+KERNELS ?= all
+test-kernels:
+	.ci/deps kernels
+	$(GO) run ./test/kernels -kernels $(KERNELS) $(KERNELS_FLAGS)
 
 # The main job on a built-in default: two netns pods, eBPF capture, the meshcap proxy, traffic shown, all removed.
 demo: build

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha512"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -22,74 +23,30 @@ import (
 	"github.com/meshcap/meshcap/pkg/cni"
 )
 
-// Pinned versions of the reference CNI plugins and cnitool (NOTES.md: they install from the Go module proxy).
-const (
-	cniPluginsVersion = "v1.10.0"
-	cnitoolVersion    = "v1.3.0"
-)
-
-// cniPluginBins installs bridge, host-local, loopback and cnitool once into a cache directory and returns it.
-// Without the Go module proxy the test is skipped with the reason, except under CI=true where it fails.
+// cniPluginBins installs bridge, host-local, loopback and cnitool once into a cache directory and returns it (or
+// the prebuilt directory, see prebuiltDirEnv). Without the Go module proxy the test is skipped with the reason,
+// except under CI=true where it fails.
 func cniPluginBins(t *testing.T) string {
 	t.Helper()
+	if dir := os.Getenv(prebuiltDirEnv); dir != "" {
+		return dir // the kernel matrix's VM: installed beside the other prebuilt binaries
+	}
 	cache, err := os.UserCacheDir()
 	if err != nil {
 		cache = os.TempDir()
 	}
-	dir := filepath.Join(cache, "meshcap-test", "cni-plugins-"+cniPluginsVersion+"-cnitool-"+cnitoolVersion)
-	names := []string{"bridge", "host-local", "loopback", "cnitool"}
-	have := func(d string) bool {
-		for _, n := range names {
-			if fi, err := os.Stat(filepath.Join(d, n)); err != nil || fi.Mode()&0o111 == 0 {
-				return false
-			}
-		}
-		return true
-	}
-	if have(dir) {
+	dir := CNIPluginsDir(filepath.Join(cache, "meshcap-test"), "")
+	err = InstallCNIPlugins(dir)
+	switch {
+	case err == nil:
 		return dir
+	case errors.Is(err, ErrModuleProxyUnreachable) && os.Getenv("CI") != "true":
+		t.Skipf("cannot install the reference CNI plugins: %v", err)
+	case errors.Is(err, ErrModuleProxyUnreachable):
+		t.Fatalf("CI=true, refusing to skip: %v", err)
 	}
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".install-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(tmp)
-	install := func(pkgs ...string) {
-		cmd := exec.Command("go", append([]string{"install"}, pkgs...)...)
-		cmd.Dir = tmp // outside the module: `go install pkg@version` builds the pinned version only
-		cmd.Env = append(os.Environ(), "GOBIN="+tmp, "GOFLAGS=-buildvcs=false")
-		out, err := cmd.CombinedOutput()
-		if err == nil {
-			return
-		}
-		reason := fmt.Sprintf("go install %s: %v\n%s", strings.Join(pkgs, " "), err, out)
-		if unreachable(string(out)) {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("Go module proxy unreachable and CI=true, refusing to skip: %s", reason)
-			}
-			t.Skipf("Go module proxy unreachable, cannot install the reference CNI plugins: %s", reason)
-		}
-		t.Fatal(reason)
-	}
-	p := "github.com/containernetworking/plugins/plugins/"
-	install(p+"main/bridge@"+cniPluginsVersion, p+"ipam/host-local@"+cniPluginsVersion, p+"main/loopback@"+cniPluginsVersion)
-	install("github.com/containernetworking/cni/cnitool@" + cnitoolVersion)
-	if err := os.Rename(tmp, dir); err != nil && !have(dir) {
-		t.Fatalf("cache CNI plugins: %v", err)
-	}
-	return dir
-}
-
-func unreachable(out string) bool {
-	for _, s := range []string{"dial tcp", "no such host", "connection refused", "i/o timeout", "proxyconnect", "TLS handshake", "network is unreachable"} {
-		if strings.Contains(out, s) {
-			return true
-		}
-	}
-	return false
+	t.Fatal(err)
+	return ""
 }
 
 // cnitoolContainerID is the container ID cnitool derives from the netns path.
@@ -117,10 +74,8 @@ func newCNIEnv(t *testing.T) *cniEnv {
 			t.Fatal(err)
 		}
 	}
-	build := exec.Command("go", "build", "-o", filepath.Join(e.bin, "meshcap-cni"), "./cmd/meshcap-cni")
-	build.Dir = ".."
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build meshcap-cni: %v\n%s", err, out)
+	if err := buildBin(filepath.Join(e.bin, "meshcap-cni"), "./cmd/meshcap-cni"); err != nil {
+		t.Fatalf("build meshcap-cni: %v", err)
 	}
 
 	sfx := randHex(3)

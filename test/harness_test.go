@@ -47,14 +47,36 @@ func runMain(m *testing.M) int {
 	}
 	meshcapBin, nettoolBin = filepath.Join(dir, "meshcap"), filepath.Join(dir, "nettool")
 	for bin, pkg := range map[string]string{meshcapBin: "./cmd/meshcap", nettoolBin: "./test/nettool"} {
-		cmd := exec.Command("go", "build", "-o", bin, pkg)
-		cmd.Dir = ".."
-		if out, err := cmd.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "e2e: go build %s: %v\n%s", pkg, err, out)
+		if err := buildBin(bin, pkg); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e:", err)
 			return 1
 		}
 	}
 	return m.Run()
+}
+
+// prebuiltDirEnv names a directory of prebuilt binaries (meshcap, nettool, meshcap-cni, the reference CNI plugins
+// and cnitool) that the tests use instead of building them: the kernel matrix runs this package's test binary in a
+// VM that has no Go toolchain.
+const prebuiltDirEnv = "MESHCAP_E2E_BIN_DIR"
+
+// buildBin puts the binary of pkg (a path relative to the module root) at bin: a copy of the prebuilt one when
+// prebuiltDirEnv is set, else `go build`.
+func buildBin(bin, pkg string) error {
+	if dir := os.Getenv(prebuiltDirEnv); dir != "" {
+		src := filepath.Join(dir, filepath.Base(pkg))
+		data, err := os.ReadFile(src)
+		if err != nil {
+			return fmt.Errorf("prebuilt %s (%s=%s): %w", pkg, prebuiltDirEnv, dir, err)
+		}
+		return os.WriteFile(bin, data, 0o755)
+	}
+	cmd := exec.Command("go", "build", "-o", bin, pkg)
+	cmd.Dir = ".."
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %w\n%s", pkg, err, out)
+	}
+	return nil
 }
 
 // requireRoot skips a privileged test outside CI and fails it in CI, where a skip would hide a missing check.
