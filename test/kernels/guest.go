@@ -16,7 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/meshcap/meshcap/pkg/podnet"
+	"github.com/meshcap/meshcap/pkg/hostfs"
 	"github.com/meshcap/meshcap/test/kernels/matrix"
 )
 
@@ -68,7 +68,7 @@ func (g *guest) run() {
 	_ = unix.Uname(&uts)
 	g.emit(matrix.Event{Step: matrix.StepStart, OK: true, Detail: unix.ByteSliceToString(uts.Release[:])})
 	mode := g.probe()
-	if _, err := podnet.Cgroup2Root(); err != nil {
+	if _, err := hostfs.Cgroup2Root(); err != nil {
 		// A cgroup-v1-only host: eBPF capture has nothing to attach to; istio's rules must take over.
 		g.check("init --mode auto without cgroup2: iptables, exact original destination", func() error {
 			return g.autoRelay("iptables")

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/meshcap/meshcap/pkg/hostfs"
 	"github.com/meshcap/meshcap/pkg/podnet"
 )
 
@@ -180,7 +181,7 @@ func (g *guest) dialRelayed(app *podnet.Pod) error {
 
 // newGuestPod makes a pod: netns + cgroup v2 when cgroup2 is mounted, else a bare netns (loopback up).
 func newGuestPod(name string) (*podnet.Pod, error) {
-	if _, err := podnet.Cgroup2Root(); err == nil {
+	if _, err := hostfs.Cgroup2Root(); err == nil {
 		return podnet.NewPod(name)
 	}
 	p := &podnet.Pod{Name: name, NetnsPath: filepath.Join(podnet.NetnsDir, name)}
