@@ -157,3 +157,20 @@ func TestCaptureNetnsFromStorage(t *testing.T) {
 		}
 	}
 }
+
+func TestProcNetListeners(t *testing.T) {
+	table := `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:3A98 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1337        0 4242 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:3A98 0100007F:D431 01 00000000:00000000 00:00000000 00000000  1337        0 4343 1 0000000000000000 20 4 30 10 -1
+   2: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4444 1 0000000000000000 100 0 0 10 0
+`
+	if got := procNetListeners(table, 15000); len(got) != 1 || got[0] != 4242 {
+		t.Errorf("listeners on 15000: %v, want [4242] (the established socket on that port is not one)", got)
+	}
+	if got := procNetListeners(table, 8080); len(got) != 1 || got[0] != 4444 {
+		t.Errorf("listeners on 8080: %v, want [4444]", got)
+	}
+	if got := procNetListeners(table, 15006); len(got) != 0 {
+		t.Errorf("listeners on 15006: %v, want none", got)
+	}
+}
