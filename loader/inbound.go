@@ -150,6 +150,9 @@ func attachInbound(netnsPath string, p capture.Policy, opts InboundOptions) (_ *
 	}
 	defer unlock()
 
+	if err := allowBPFMemory(); err != nil {
+		return nil, err
+	}
 	spec, err := loadInbound()
 	if err != nil {
 		return nil, fmt.Errorf("load inbound object: %w", err)

@@ -22,6 +22,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
 
 	"github.com/meshcap/meshcap/pkg/capture"
 )
@@ -438,8 +439,29 @@ var kernelCheck struct {
 	err  error
 }
 
-// checkKernel reports a precise error when the kernel lacks a program type the hooks need.
+var memlock struct {
+	once sync.Once
+	err  error
+}
+
+// allowBPFMemory lifts RLIMIT_MEMLOCK where the kernel charges BPF maps and programs to it (before Linux 5.11,
+// for example Debian's 5.10: there even a small map fails with EPERM under the default limit). From 5.11 on the
+// kernel charges the memory cgroup instead and this changes nothing. Done once per process, before any map.
+func allowBPFMemory() error {
+	memlock.once.Do(func() {
+		if err := rlimit.RemoveMemlock(); err != nil {
+			memlock.err = fmt.Errorf("raise RLIMIT_MEMLOCK (this kernel charges BPF memory to it): %w", err)
+		}
+	})
+	return memlock.err
+}
+
+// checkKernel reports a precise error when the kernel lacks a program type the hooks need, after allowing BPF
+// memory.
 func checkKernel() error {
+	if err := allowBPFMemory(); err != nil {
+		return err
+	}
 	kernelCheck.once.Do(func() {
 		for _, h := range hooks {
 			if err := features.HaveProgramType(h.progType); err != nil {

@@ -199,6 +199,13 @@ func probeItems() []probeItem {
 	items := []probeItem{
 		{"cgroup2", ScopeCore, (*probeRun).checkCgroup2},
 		{"bpffs", ScopeCore, (*probeRun).checkBPFFS},
+		// First of the kernel checks: every map after it is made as the loader makes its maps.
+		{"bpf_memory", ScopeCore, func(*probeRun) (string, error) {
+			if err := allowBPFMemory(); err != nil {
+				return "", err
+			}
+			return "RLIMIT_MEMLOCK lifted where the kernel charges BPF memory to it", nil
+		}},
 	}
 	for _, pt := range []ebpf.ProgramType{ebpf.CGroupSockAddr, ebpf.SockOps, ebpf.CGroupSockopt, ebpf.CGroupSock, ebpf.SkLookup} {
 		scope := ScopeCore
