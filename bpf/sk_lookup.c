@@ -17,55 +17,13 @@
  *
  * Failure mode is closed, like istio: a captured port with no proxy listener registered (proxy not started, or
  * exited: the kernel removes a closed socket from the sockmap) is refused with a RST, never delivered to the app
- * behind the proxy's back.
+ * behind the proxy's back. Who fills inb_listener: inbound_sockops.c (any exempt listener, by itself).
+ *
+ * A steered connection is remembered in inb_steered, so that inbound_getsockopt.c can answer SO_ORIGINAL_DST.
  *
  * Only IPv4 TCP is handled; IPv6 and UDP lookups are left to the kernel (docs/inbound.md, limits).
  */
 #include "inbound.h"
-
-/* Key 0: struct inb_config. Array, so the lookup never fails once loaded; all-zero = disabled. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct inb_config);
-} inb_cfg SEC(".maps");
-
-/* Destination port (host order) -> enum inb_port_verdict. Only listed ports are present; not preallocated, so a
- * pod pays for the few ports it lists, not for 65536 slots. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, __u16);
-	__type(value, __u8);
-} inb_ports SEC(".maps");
-
-/* Slot 0: the proxy's listening socket on -z. Filled from user space by whoever holds the listener fd (the proxy
- * registers itself; see RegisterInboundListener). A sockmap, not an fd in a config: the entry disappears by itself
- * when the socket is closed, which is exactly the "proxy is down" signal the fail-closed rule needs.
- * 64-bit values so that a user-space lookup returns the socket cookie (status). */
-struct {
-	__uint(type, BPF_MAP_TYPE_SOCKMAP);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} inb_listener SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, INB_STAT_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} inb_stats SEC(".maps");
-
-static __always_inline void inb_count(__u32 stat)
-{
-	__u64 *n = bpf_map_lookup_elem(&inb_stats, &stat);
-
-	if (n)
-		*n += 1; /* per-CPU slot: no atomic needed */
-}
 
 /* 127.0.0.0/8, address in network byte order. */
 static __always_inline int inb_is_loopback4(__u32 addr)
@@ -108,6 +66,14 @@ static __always_inline int inb_steer(struct bpf_sk_lookup *ctx)
 		inb_count(INB_STAT_DROP_ASSIGN);
 		return SK_DROP;
 	}
+	struct inb_tuple t = {
+		.local_addr = ctx->local_ip4,
+		.remote_addr = ctx->remote_ip4,
+		.local_port = (__u16)ctx->local_port,                  /* host order */
+		.remote_port = bpf_ntohs((__u16)ctx->remote_port),     /* network order in the context */
+	};
+	__u8 one = 1;
+	bpf_map_update_elem(&inb_steered, &t, &one, BPF_ANY);
 	inb_count(INB_STAT_STEERED);
 	return SK_PASS;
 }
@@ -118,9 +84,8 @@ int inb_sk_lookup(struct bpf_sk_lookup *ctx)
 	if (ctx->family != AF_INET || ctx->protocol != IPPROTO_TCP)
 		return SK_PASS;
 
-	__u32 zero = 0;
-	struct inb_config *cfg = bpf_map_lookup_elem(&inb_cfg, &zero);
-	if (!cfg || !(cfg->flags & INB_F_ENABLED))
+	struct inb_config *cfg = inb_config();
+	if (!cfg)
 		return SK_PASS;
 
 	/* Loopback on either side means "inside the pod": the sidecar's passthrough (127.0.0.6 -> pod IP:port) and

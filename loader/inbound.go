@@ -3,13 +3,15 @@ package loader
 // Inbound capture: the sk_lookup program of bpf/sk_lookup.c, attached to one pod network namespace.
 //
 // Who does what (docs/inbound.md has the reasoning):
-//   - `meshcap ebpf attach` (root, runs once): AttachInbound loads the program, writes the policy, attaches it to the
-//     netns with a bpf_link and pins link and maps under <pin root>/netns-<cookie>/inbound/, then may exit.
-//   - The proxy, after it listens on -z and while it is still root (or has CAP_BPF), calls RegisterInboundListener,
-//     which puts its listening socket into the pinned sockmap. A restarted proxy registers again; a closed listener
+//   - `meshcap init` / `ebpf attach` / the agent (root, runs once): AttachInbound loads the programs, writes the
+//     policy, attaches sk_lookup to the netns and the cgroup programs (inbound_cgroup.go) to the pod's cgroup with
+//     bpf_links, and pins links and maps under <pin root>/netns-<cookie>/inbound/, then may exit.
+//   - From then on the kernel registers the sidecar by itself: a socket an exempt uid/gid binds to -z is put into
+//     the sockmap when it starts listening, whichever process it is and whenever it starts. A closed listener
 //     leaves the sockmap by itself, and captured ports are then refused (fail closed, like istio).
-//   - A proxy that started before the attach, or that knows nothing about meshcap, is found by AttachInbound with
-//     FindListener (sock_diag in the netns + pidfd_getfd), or explicitly with FindInboundListener.
+//   - A listener that existed before the attach is found by AttachInbound with FindListener (sock_diag in the netns
+//     + pidfd_getfd; exempt owners only), or explicitly with FindInboundListener. meshcap's own proxy, which
+//     listens as root before dropping to the proxy uid, registers itself with RegisterInboundListener.
 //
 // Re-attaching updates in place: new settings maps and program are swapped in atomically with link.Update, while the
 // listener sockmap (and so the proxy's registration) and the counters are kept.
@@ -43,8 +45,8 @@ const (
 	inbFlagAllPorts = 1 << 1 // INB_F_ALL_PORTS
 	inbPortCapture  = 1      // INB_PORT_CAPTURE
 	inbPortExclude  = 2      // INB_PORT_EXCLUDE
-	inbStatSteered  = 0      // INB_STAT_STEERED ... INB_STAT_DROP_ASSIGN, in order
-	inbStatMax      = 5      // INB_STAT_MAX
+	inbStatSteered  = 0      // INB_STAT_STEERED ... INB_STAT_ORIGDST, in order
+	inbStatMax      = 8      // INB_STAT_MAX
 )
 
 type inbConfigValue = inboundInbConfig
@@ -57,8 +59,12 @@ type InboundOptions struct {
 	// registered before the program is attached, so no SYN is refused in between.
 	Listener syscall.Conn
 	// FindListener, when Listener is nil, looks for a process holding a TCP listener on the capture port in the
-	// netns and registers it (pidfd_getfd). Finding none is not an error: InboundInfo.Listener reports it.
+	// netns and registers it (pidfd_getfd), if its owner is exempt (-u/-g). Finding none is not an error:
+	// InboundInfo.Listener reports it.
 	FindListener bool
+	// Cgroup is the cgroup v2 directory whose processes' listeners are registered by the kernel itself (the pod's
+	// cgroup, or the agent's shared one). Empty: no self-registration (an update keeps the cgroup attached before).
+	Cgroup string
 }
 
 // InboundStats are the program's counters (summed over CPUs) since the first attach in this netns.
@@ -68,6 +74,9 @@ type InboundStats struct {
 	PassPort       uint64 // port not captured (tunnel, capture port, -d, not in -b)
 	DropNoListener uint64 // captured port, no listener registered: refused
 	DropAssign     uint64 // the registered listener could not take the connection: refused
+	Registered     uint64 // exempt listeners registered by the kernel at listen()
+	RefusedOwner   uint64 // sockets bound to the capture port by a non-exempt owner: never registered
+	OrigDst        uint64 // SO_ORIGINAL_DST answered on steered connections
 }
 
 // InboundInfo describes one netns's inbound attachment.
@@ -76,6 +85,7 @@ type InboundInfo struct {
 	PinDir         string
 	Attached       bool     // the pinned link is attached to a live netns
 	Listener       bool     // a proxy listener is registered (else captured connections are refused)
+	SelfRegister   bool     // the cgroup programs are attached: an exempt listener on -z registers by itself
 	ListenerCookie uint64   // socket cookie of the registered listener
 	CapturePort    uint16   // -z
 	TunnelPort     uint16   // -e
@@ -96,6 +106,12 @@ func inboundSettings(p capture.Policy) (inbConfigValue, map[uint16]uint8, error)
 	cfg.CapturePort = p.InboundCapturePort
 	cfg.TunnelPort = p.InboundTunnelPort
 	cfg.Flags = inbFlagEnabled
+	if len(p.ProxyUIDs) > len(cfg.Uids) || len(p.ProxyGIDs) > len(cfg.Gids) {
+		return cfg, nil, fmt.Errorf("at most %d proxy uids (-u) and %d gids (-g) for inbound capture", len(cfg.Uids), len(cfg.Gids))
+	}
+	cfg.N_uids, cfg.N_gids = uint8(len(p.ProxyUIDs)), uint8(len(p.ProxyGIDs))
+	copy(cfg.Uids[:], p.ProxyUIDs)
+	copy(cfg.Gids[:], p.ProxyGIDs)
 	ports := map[uint16]uint8{}
 	if p.InboundAll {
 		cfg.Flags |= inbFlagAllPorts
@@ -132,6 +148,9 @@ func attachInbound(netnsPath string, p capture.Policy, opts InboundOptions) (_ *
 		return nil, err
 	}
 	defer ns.Close()
+	if hostfs.IsNetnsCookie(cookie) { // else (before 5.14) 0: per-pod only, the cgroup programs serve one pod
+		cfg.NetnsCookie = cookie
+	}
 
 	root := opts.PinRoot
 	if root == "" {
@@ -175,7 +194,7 @@ func attachInbound(netnsPath string, p capture.Policy, opts InboundOptions) (_ *
 		}
 	}()
 	reused := map[string]bool{}
-	for pin, name := range map[string]string{inbPinListener: inboundMapInbListener, inbPinStats: inboundMapInbStats} {
+	for pin, name := range inbKeptMaps {
 		m, err := ebpf.LoadPinnedMap(inbPin(dir, pin), nil)
 		if err != nil {
 			continue // absent (fresh attach) or unreadable: a new map is created and pinned below
@@ -194,7 +213,7 @@ func attachInbound(netnsPath string, p capture.Policy, opts InboundOptions) (_ *
 	defer coll.Close()
 	prog := coll.Programs[inboundProgInbSkLookup]
 	cfgMap, portMap := coll.Maps[inboundMapInbCfg], coll.Maps[inboundMapInbPorts]
-	lisMap, statMap := coll.Maps[inboundMapInbListener], coll.Maps[inboundMapInbStats]
+	lisMap := coll.Maps[inboundMapInbListener]
 
 	for port, verdict := range ports {
 		if err := portMap.Update(port, verdict, ebpf.UpdateAny); err != nil {
@@ -212,7 +231,7 @@ func attachInbound(netnsPath string, p capture.Policy, opts InboundOptions) (_ *
 			return nil, err
 		}
 	case opts.FindListener:
-		f, err := inbFindListener(ns, cookie, cfg.CapturePort)
+		f, err := inbFindListener(ns, cookie, cfg.CapturePort, inbExemptOwner(p))
 		if err != nil && !errors.Is(err, ErrInboundListenerNotFound) {
 			return nil, err
 		}
@@ -227,10 +246,11 @@ func attachInbound(netnsPath string, p capture.Policy, opts InboundOptions) (_ *
 
 	// New listener/stats maps are pinned at their final names; the settings maps of this attach get "_new" names
 	// and replace the old pins only once the program that uses them is live.
-	for pin, m := range map[string]*ebpf.Map{inbPinListener: lisMap, inbPinStats: statMap} {
+	for pin, name := range inbKeptMaps {
 		if reused[pin] {
 			continue
 		}
+		m := coll.Maps[name]
 		path := inbPin(dir, pin)
 		_ = os.Remove(path) // a stale pin that could not be reused
 		if err := m.Pin(path); err != nil {
@@ -238,9 +258,18 @@ func attachInbound(netnsPath string, p capture.Policy, opts InboundOptions) (_ *
 		}
 		created = append(created, pin)
 	}
-	// The settings maps replace the old pins (swapIn) once the program that uses them is live.
+	// The settings maps replace the old pins (swapIn) once the programs that use them are live. The cgroup
+	// programs go in before sk_lookup: a sidecar that starts listening meanwhile is registered.
 	fresh := map[string]interface{ Pin(string) error }{inbPinConfig: cfgMap, inbPinPorts: portMap}
-	if err := swapIn(dir, fresh, func() error { return inbActivate(dir, ns, prog) }); err != nil {
+	activate := func() error {
+		cgCreated, err := inbAttachCgroup(dir, opts.Cgroup, coll.Maps)
+		created = append(created, cgCreated...)
+		if err != nil {
+			return err
+		}
+		return inbActivate(dir, ns, prog)
+	}
+	if err := swapIn(dir, fresh, activate); err != nil {
 		return nil, err
 	}
 	return inboundInfo(dir, cookie)
@@ -304,16 +333,9 @@ func DetachInboundCookie(pinRoot string, netnsCookie uint64) error {
 		return err
 	}
 	defer unlock()
-	linkPath := inbPin(dir, inbPinLink)
-	if l, err := link.LoadPinnedLink(linkPath, nil); err == nil {
-		// Detach explicitly: another process may still hold a reference to the link.
-		if err := l.Detach(); err != nil && !errors.Is(err, unix.ENOLINK) {
-			l.Close()
-			return fmt.Errorf("detach sk_lookup link: %w", err)
-		}
-		l.Close()
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("load pinned link %s: %w", linkPath, err)
+	// Detach explicitly: another process may still hold a reference to a link.
+	if err := inbDetachLinks(dir); err != nil {
+		return err
 	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -397,7 +419,7 @@ func PruneInbound(pinRoot string) ([]uint64, error) {
 	var pruned []uint64
 	var errs []error
 	for _, cookie := range cookies {
-		if inbLinkAttached(filepath.Join(InboundPinDir(pinRoot, cookie), inbPinLink)) {
+		if inbLinkAttached(inbPin(InboundPinDir(pinRoot, cookie), inbPinLink)) {
 			continue
 		}
 		if err := DetachInboundCookie(pinRoot, cookie); err != nil {
@@ -582,7 +604,8 @@ func readInboundConfig(dir string) (inbConfigValue, error) {
 
 // inboundInfo reads everything back from the pins in dir.
 func inboundInfo(dir string, cookie uint64) (*InboundInfo, error) {
-	info := &InboundInfo{NetnsCookie: cookie, PinDir: dir, Attached: inbLinkAttached(inbPin(dir, inbPinLink))}
+	info := &InboundInfo{NetnsCookie: cookie, PinDir: dir, Attached: inbLinkAttached(inbPin(dir, inbPinLink)),
+		SelfRegister: inbCgroupAttached(dir)}
 	cfg, err := readInboundConfig(dir)
 	if err != nil {
 		return nil, err
@@ -635,9 +658,22 @@ func inboundInfo(dir string, cookie uint64) (*InboundInfo, error) {
 	}
 	info.Stats = InboundStats{
 		Steered: sums[inbStatSteered], PassLoopback: sums[1], PassPort: sums[2], DropNoListener: sums[3], DropAssign: sums[4],
+		Registered: sums[5], RefusedOwner: sums[6], OrigDst: sums[7],
 	}
 	return info, nil
 }
+
+// inbKeptMaps are the maps a re-attach keeps (pin name -> map name): the registered listener, the steered
+// connections that may still ask SO_ORIGINAL_DST, marked sockets that are about to listen, and the counters.
+var inbKeptMaps = map[string]string{
+	inbPinListener: inboundMapInbListener,
+	inbPinStats:    inboundMapInbStats,
+	inbPinSteered:  inboundMapInbSteered,
+	inbPinExempt:   inboundMapInbExemptBound,
+}
+
+// inbLinkGone: detaching a link whose target (netns, cgroup) is already gone.
+func inbLinkGone(err error) bool { return errors.Is(err, unix.ENOLINK) }
 
 // inbVerifierError keeps the tail of a verifier log (the part that says why) in the error text.
 func inbVerifierError(err error) error {

@@ -15,21 +15,36 @@ import (
 
 type inboundInbConfig struct {
 	_           structs.HostLayout
+	NetnsCookie uint64
 	CapturePort uint16
 	TunnelPort  uint16
 	Flags       uint8
-	Pad         [3]uint8
+	N_uids      uint8
+	N_gids      uint8
+	Pad         uint8
+	Uids        [8]uint32
+	Gids        [8]uint32
+}
+
+type inboundInbTuple struct {
+	_          structs.HostLayout
+	LocalAddr  uint32
+	RemoteAddr uint32
+	LocalPort  uint16
+	RemotePort uint16
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	inboundMapInbCfg       = "inb_cfg"
-	inboundMapInbListener  = "inb_listener"
-	inboundMapInbPorts     = "inb_ports"
-	inboundMapInbStats     = "inb_stats"
-	inboundProgInbSkLookup = "inb_sk_lookup"
+	inboundMapInbCfg         = "inb_cfg"
+	inboundMapInbExemptBound = "inb_exempt_bound"
+	inboundMapInbListener    = "inb_listener"
+	inboundMapInbPorts       = "inb_ports"
+	inboundMapInbStats       = "inb_stats"
+	inboundMapInbSteered     = "inb_steered"
+	inboundProgInbSkLookup   = "inb_sk_lookup"
 )
 
 // loadInbound returns the embedded CollectionSpec for inbound.
@@ -81,10 +96,12 @@ type inboundProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type inboundMapSpecs struct {
-	InbCfg      *ebpf.MapSpec `ebpf:"inb_cfg"`
-	InbListener *ebpf.MapSpec `ebpf:"inb_listener"`
-	InbPorts    *ebpf.MapSpec `ebpf:"inb_ports"`
-	InbStats    *ebpf.MapSpec `ebpf:"inb_stats"`
+	InbCfg         *ebpf.MapSpec `ebpf:"inb_cfg"`
+	InbExemptBound *ebpf.MapSpec `ebpf:"inb_exempt_bound"`
+	InbListener    *ebpf.MapSpec `ebpf:"inb_listener"`
+	InbPorts       *ebpf.MapSpec `ebpf:"inb_ports"`
+	InbStats       *ebpf.MapSpec `ebpf:"inb_stats"`
+	InbSteered     *ebpf.MapSpec `ebpf:"inb_steered"`
 }
 
 // inboundVariableSpecs contains global variables before they are loaded into the kernel.
@@ -113,18 +130,22 @@ func (o *inboundObjects) Close() error {
 //
 // It can be passed to loadInboundObjects or ebpf.CollectionSpec.LoadAndAssign.
 type inboundMaps struct {
-	InbCfg      *ebpf.Map `ebpf:"inb_cfg"`
-	InbListener *ebpf.Map `ebpf:"inb_listener"`
-	InbPorts    *ebpf.Map `ebpf:"inb_ports"`
-	InbStats    *ebpf.Map `ebpf:"inb_stats"`
+	InbCfg         *ebpf.Map `ebpf:"inb_cfg"`
+	InbExemptBound *ebpf.Map `ebpf:"inb_exempt_bound"`
+	InbListener    *ebpf.Map `ebpf:"inb_listener"`
+	InbPorts       *ebpf.Map `ebpf:"inb_ports"`
+	InbStats       *ebpf.Map `ebpf:"inb_stats"`
+	InbSteered     *ebpf.Map `ebpf:"inb_steered"`
 }
 
 func (m *inboundMaps) Close() error {
 	return _InboundClose(
 		m.InbCfg,
+		m.InbExemptBound,
 		m.InbListener,
 		m.InbPorts,
 		m.InbStats,
+		m.InbSteered,
 	)
 }
 

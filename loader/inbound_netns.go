@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/meshcap/meshcap/pkg/capture"
 	"github.com/meshcap/meshcap/pkg/hostfs"
 )
 
@@ -40,45 +42,116 @@ func inbOpenNetns(path string) (*os.File, uint64, error) {
 	return f, cookie, nil
 }
 
-// FindInboundListener finds a listening TCP socket on port in the network namespace at netnsPath, whichever process
-// holds it, and returns a duplicate of it (pidfd_getfd; needs CAP_SYS_PTRACE over that process, which root has).
-// The error wraps ErrInboundListenerNotFound when there is none.
-func FindInboundListener(netnsPath string, port uint16) (*os.File, error) {
+// FindInboundListener finds a listening TCP socket on port in the network namespace at netnsPath held by a process
+// that p exempts (inbExemptOwner), and returns a duplicate of it (pidfd_getfd; needs CAP_SYS_PTRACE over that
+// process, which root has). The error wraps ErrInboundListenerNotFound when there is none.
+func FindInboundListener(netnsPath string, port uint16, p capture.Policy) (*os.File, error) {
 	ns, cookie, err := inbOpenNetns(netnsPath)
 	if err != nil {
 		return nil, fmt.Errorf("find inbound listener in %s: %w", netnsPath, err)
 	}
 	defer ns.Close()
-	f, err := inbFindListener(ns, cookie, port)
+	f, err := inbFindListener(ns, cookie, port, inbExemptOwner(p))
 	if err != nil {
 		return nil, fmt.Errorf("find inbound listener in %s: %w", netnsPath, err)
 	}
 	return f, nil
 }
 
-func inbFindListener(ns *os.File, cookie uint64, port uint16) (*os.File, error) {
-	inodes, err := inbListenerInodes(ns, port)
+// inbOwnerCheck says whether a listener owned by socket uid sockUID and held by process pid may be registered.
+type inbOwnerCheck func(sockUID uint32, pid int) bool
+
+// inbExemptOwner is the user-space twin of bpf/inbound_bind.c's rule: only the proxy's uid (-u) or gid (-g) may
+// own the inbound listener. A listener qualifies when its socket was created by an exempt uid, or when the process
+// holding it runs as an exempt uid or gid now (a proxy that listened as root and dropped privileges).
+func inbExemptOwner(p capture.Policy) inbOwnerCheck {
+	return func(sockUID uint32, pid int) bool {
+		if slices.Contains(p.ProxyUIDs, sockUID) {
+			return true
+		}
+		uid, gid, err := inbProcessIDs(pid)
+		return err == nil && (slices.Contains(p.ProxyUIDs, uid) || slices.Contains(p.ProxyGIDs, gid))
+	}
+}
+
+// inbProcessIDs reads the effective uid and gid of pid from /proc.
+func inbProcessIDs(pid int) (uid, gid uint32, err error) {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
 	if err != nil {
-		return nil, err
+		return 0, 0, err
 	}
-	if len(inodes) == 0 {
-		return nil, fmt.Errorf("%w (port %d)", ErrInboundListenerNotFound, port)
+	found := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 || (f[0] != "Uid:" && f[0] != "Gid:") {
+			continue
+		}
+		v, err := strconv.ParseUint(f[2], 10, 32) // real, effective, saved, fs: the effective one
+		if err != nil {
+			return 0, 0, fmt.Errorf("parse %s of pid %d: %w", f[0], pid, err)
+		}
+		if f[0] == "Uid:" {
+			uid = uint32(v)
+		} else {
+			gid = uint32(v)
+		}
+		found++
 	}
-	holders := inbSocketHolders(inodes)
-	for _, ino := range inodes {
-		for _, h := range holders[ino] {
+	if found != 2 {
+		return 0, 0, fmt.Errorf("no Uid/Gid in /proc/%d/status", pid)
+	}
+	return uid, gid, nil
+}
+
+func inbFindListener(ns *os.File, cookie uint64, port uint16, exempt inbOwnerCheck) (*os.File, error) {
+	var holders map[uint32][]inbFDRef
+	if inodes, err := inbListenerInodes(ns, port); err == nil {
+		if len(inodes) == 0 {
+			return nil, fmt.Errorf("%w (port %d)", ErrInboundListenerNotFound, port)
+		}
+		want := map[uint32]bool{}
+		for _, ino := range inodes {
+			want[ino] = true
+		}
+		holders = inbSocketHolders(func(_ int, ino uint32) bool { return want[ino] })
+	} else {
+		// sock_diag missing (inet_diag not loadable, module autoload off): every socket held by a process of the
+		// netns is a candidate, checked below like the others.
+		var st unix.Stat_t
+		if err := unix.Fstat(int(ns.Fd()), &st); err != nil {
+			return nil, fmt.Errorf("%w (port %d: stat netns: %v)", ErrInboundListenerNotFound, port, err)
+		}
+		holders = inbSocketHolders(func(pid int, _ uint32) bool { return inbProcInNetns(pid, st.Ino) })
+	}
+	refused := 0
+	for _, refs := range holders {
+		for _, h := range refs {
 			f, err := inbGrabFD(h.pid, h.fd)
 			if err != nil {
 				continue // the process exited or closed it meanwhile: try the next holder
 			}
 			li, err := inbInspectListener(f)
-			if err == nil && li.netnsCookie == cookie && li.port == port {
+			var st unix.Stat_t // a socket inode's owner is the uid that created it (what sock_diag reports)
+			switch {
+			case err != nil || li.netnsCookie != cookie || li.port != port || unix.Fstat(int(f.Fd()), &st) != nil:
+			case !exempt(st.Uid, h.pid):
+				refused++ // an app listening on the capture port must never get captured traffic
+			default:
 				return f, nil
 			}
 			f.Close()
 		}
 	}
-	return nil, fmt.Errorf("%w (port %d: listening sockets exist but no process holding one could be reached)", ErrInboundListenerNotFound, port)
+	if refused > 0 {
+		return nil, fmt.Errorf("%w (port %d: held only by processes that are not the proxy uid/gid (-u/-g))", ErrInboundListenerNotFound, port)
+	}
+	return nil, fmt.Errorf("%w (port %d: no process holding a listener on it could be reached)", ErrInboundListenerNotFound, port)
+}
+
+// inbProcInNetns: process pid lives in the netns with this nsfs inode.
+func inbProcInNetns(pid int, netnsIno uint64) bool {
+	var st unix.Stat_t
+	return unix.Stat(filepath.Join("/proc", strconv.Itoa(pid), "ns", "net"), &st) == nil && st.Ino == netnsIno
 }
 
 // inbListenerInodes lists the inodes of TCP sockets listening on port inside ns: IPv4 first, then dual-stack IPv6
@@ -128,12 +201,8 @@ func procNetListeners(table string, port uint16) []uint32 {
 
 type inbFDRef struct{ pid, fd int }
 
-// inbSocketHolders scans /proc/*/fd for the given socket inodes.
-func inbSocketHolders(inodes []uint32) map[uint32][]inbFDRef {
-	want := map[string]uint32{}
-	for _, ino := range inodes {
-		want["socket:["+strconv.FormatUint(uint64(ino), 10)+"]"] = ino
-	}
+// inbSocketHolders scans /proc/*/fd for sockets that want accepts (by holder pid and socket inode).
+func inbSocketHolders(want func(pid int, ino uint32) bool) map[uint32][]inbFDRef {
 	out := map[uint32][]inbFDRef{}
 	procs, _ := os.ReadDir("/proc")
 	for _, p := range procs {
@@ -148,10 +217,12 @@ func inbSocketHolders(inodes []uint32) map[uint32][]inbFDRef {
 			if err != nil || !strings.HasPrefix(target, "socket:[") {
 				continue
 			}
-			if ino, ok := want[target]; ok {
-				fd, _ := strconv.Atoi(e.Name())
-				out[ino] = append(out[ino], inbFDRef{pid, fd})
+			ino, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(target, "socket:["), "]"), 10, 32)
+			if err != nil || !want(pid, uint32(ino)) {
+				continue
 			}
+			fd, _ := strconv.Atoi(e.Name())
+			out[uint32(ino)] = append(out[uint32(ino)], inbFDRef{pid, fd})
 		}
 	}
 	return out

@@ -297,14 +297,21 @@ func TestInboundFindListener(t *testing.T) {
 	e.expectRefused(t, e.client, srv("8080"))
 
 	e.serve(t, e.server, "0.0.0.0:15006", "proxy")
-	if _, err := AttachInbound(e.server.NetnsPath, inbPolicy(t, "*", ""), InboundOptions{PinRoot: e.pinRoot, FindListener: true}); err != nil {
+	// The listener is root's (this test process): not the proxy uid, so it must not be taken.
+	if info, err := AttachInbound(e.server.NetnsPath, inbPolicy(t, "*", ""), InboundOptions{PinRoot: e.pinRoot, FindListener: true}); err != nil || info.Listener {
+		t.Fatalf("a listener of a non-exempt owner: attach %v, registered %v", err, info != nil && info.Listener)
+	}
+	e.expectRefused(t, e.client, srv("8080"))
+	rootExempt := inbPolicy(t, "*", "")
+	rootExempt.ProxyUIDs = []uint32{1337, 0}
+	if _, err := AttachInbound(e.server.NetnsPath, rootExempt, InboundOptions{PinRoot: e.pinRoot, FindListener: true}); err != nil {
 		t.Fatal(err)
 	}
 	e.expect(t, e.client, "", srv("8080"), "proxy "+srv("8080"))
 	if st := e.status(t); !st.Listener || st.ListenerCookie == 0 {
 		t.Fatalf("status: %+v", st)
 	}
-	if _, err := FindInboundListener(e.client.NetnsPath, 15006); !errors.Is(err, ErrInboundListenerNotFound) {
+	if _, err := FindInboundListener(e.client.NetnsPath, 15006, rootExempt); !errors.Is(err, ErrInboundListenerNotFound) {
 		t.Fatalf("find in the client pod: %v, want ErrInboundListenerNotFound", err)
 	}
 }

@@ -8,7 +8,8 @@ package loader
 //       link_<hook>                           bpf_links of the cgroup programs
 //       mc_<map>                              its maps; mc_<settings map>_new during a settings swap
 //     netns-<netns cookie>/inbound/           one pod's inbound attachment (sk_lookup): link, config, ports,
-//                                             listener, stats
+//                                             listener, stats, steered, exempt_bound, and the links of its
+//                                             cgroup programs cg_post_bind4/6, cg_sockops, cg_getsockopt
 //
 // Locking: every change of capture (attach, detach, enroll, unenroll, inbound attach/detach through CapturePod)
 // holds the pin root's exclusive flock for its whole sequence (lockRoot), so concurrent callers, in one process
@@ -44,7 +45,15 @@ const (
 	inbPinPorts    = "ports"
 	inbPinListener = "listener"
 	inbPinStats    = "stats"
+	inbPinSteered  = "steered"
+	inbPinExempt   = "exempt_bound"
 	inbPinNewSufx  = swapSuffix
+
+	// Links of the inbound cgroup programs (inbCgroupHooks), pinned next to the sk_lookup link.
+	inbPinPostBind4  = "cg_post_bind4"
+	inbPinPostBind6  = "cg_post_bind6"
+	inbPinSockops    = "cg_sockops"
+	inbPinGetsockopt = "cg_getsockopt"
 )
 
 func rootOrDefault(root string) string {

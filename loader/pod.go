@@ -34,9 +34,21 @@ type PodTarget struct {
 	Netns string
 	// NetnsCookie names the pod's netns in agent mode when Netns is "" (for example after the netns is gone).
 	NetnsCookie uint64
+	// InboundCgroup is, in agent mode, the cgroup the pod's inbound cgroup programs (self-registration of its
+	// sidecar's listener, InboundOptions.Cgroup) go on: the pod's own cgroup, or the agent's shared one. Per-pod
+	// mode uses Cgroup.
+	InboundCgroup string
 }
 
 func (t PodTarget) agent() bool { return t.AgentPinDir != "" }
+
+// inboundCgroup is where the inbound cgroup programs of the pod go.
+func (t PodTarget) inboundCgroup() string {
+	if t.agent() {
+		return t.InboundCgroup
+	}
+	return t.Cgroup
+}
 
 // CaptureOptions tune CapturePod.
 type CaptureOptions struct {
@@ -159,7 +171,8 @@ func captureInbound(t PodTarget, p capture.Policy, root string, o CaptureOptions
 		if t.Netns == "" {
 			return nil
 		}
-		info, err := AttachInbound(t.Netns, p, InboundOptions{PinRoot: root, FindListener: o.FindListener})
+		info, err := AttachInbound(t.Netns, p, InboundOptions{PinRoot: root, FindListener: o.FindListener,
+			Cgroup: t.inboundCgroup()})
 		res.Inbound = info
 		return err
 	}

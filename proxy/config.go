@@ -85,9 +85,13 @@ const (
 	DefaultOutboundAddr  = "127.0.0.1:15001"
 	DefaultInboundAddr   = "0.0.0.0:15006"
 	DefaultInboundSource = "127.0.0.6"
-	DefaultDialTimeout   = 5 * time.Second
-	DefaultDrainTimeout  = 5 * time.Second
-	DefaultStatsInterval = 200 * time.Millisecond
+	// IPv6 twins, as Envoy listens in a dual-stack pod (and istio's ip6tables rules redirect to them); see dualstack.go.
+	DefaultOutboundAddr6  = "[::1]:15001"
+	DefaultInboundAddr6   = "[::]:15006"
+	DefaultInboundSource6 = "::6"
+	DefaultDialTimeout    = 5 * time.Second
+	DefaultDrainTimeout   = 5 * time.Second
+	DefaultStatsInterval  = 200 * time.Millisecond
 )
 
 // Config configures a Proxy. The zero value of an optional field disables that feature.
@@ -96,12 +100,23 @@ type Config struct {
 	// An IPv4 literal listens on IPv4 only, an IPv6 literal on IPv6 only.
 	OutboundAddr string
 	InboundAddr  string
+	// OutboundAddr6 and InboundAddr6 are optional second listeners of the same directions, for IPv6 (IPv6-only
+	// sockets, so that they coexist with an IPv4 listener on the same port). "" = none. When this host or netns
+	// has no IPv6 they are skipped with a log line: nothing can be redirected to them then.
+	OutboundAddr6 string
+	InboundAddr6  string
 	// InboundSource is the source address of upstream connections made for inbound traffic (istio: 127.0.0.6),
 	// used for IPv4 destinations. Invalid (zero) = let the kernel choose.
 	InboundSource netip.Addr
+	// InboundSource6 is the same for IPv6 destinations (istio: ::6, which its IPv6 rules exempt on lo).
+	InboundSource6 netip.Addr
 	// DialTimeout bounds each upstream connect. 0 = DefaultDialTimeout.
 	DialTimeout time.Duration
-	// DrainTimeout bounds the wait for active connections on stop. 0 = DefaultDrainTimeout.
+	// DrainAccept is how long the proxy keeps accepting and relaying new connections after Serve's context is
+	// cancelled (SIGTERM), as Envoy does during its drain period, so that an application's own calls during its
+	// graceful shutdown still work. 0 = stop accepting at once.
+	DrainAccept time.Duration
+	// DrainTimeout bounds the wait for active connections once the listeners are closed. 0 = DefaultDrainTimeout.
 	DrainTimeout time.Duration
 	// Engine: EngineLoop (default) or EngineGoroutine. Loops is the number of event loops (0 = DefaultLoops).
 	Engine Engine
@@ -129,7 +144,8 @@ func (c *Config) Validate() error {
 	if c.OutboundAddr == "" && c.InboundAddr == "" {
 		return fmt.Errorf("no listener: outbound and inbound addresses are both empty")
 	}
-	for _, a := range []struct{ name, v string }{{"outbound", c.OutboundAddr}, {"inbound", c.InboundAddr}, {"admin", c.AdminAddr}} {
+	for _, a := range []struct{ name, v string }{{"outbound", c.OutboundAddr}, {"inbound", c.InboundAddr}, {"admin", c.AdminAddr},
+		{"outbound IPv6", c.OutboundAddr6}, {"inbound IPv6", c.InboundAddr6}} {
 		if a.v == "" {
 			continue
 		}
@@ -143,8 +159,14 @@ func (c *Config) Validate() error {
 	if c.InboundSource.IsValid() && !c.InboundSource.Is4() {
 		return fmt.Errorf("invalid inbound source %q: want an IPv4 address", c.InboundSource)
 	}
+	if err := c.validateDualStack(); err != nil {
+		return err
+	}
 	if c.DialTimeout < 0 {
 		return fmt.Errorf("invalid dial timeout %s: negative", c.DialTimeout)
+	}
+	if c.DrainAccept < 0 {
+		return fmt.Errorf("invalid drain accept period %s: negative", c.DrainAccept)
 	}
 	if c.DrainTimeout < 0 {
 		return fmt.Errorf("invalid drain timeout %s: negative", c.DrainTimeout)

@@ -118,8 +118,8 @@ func (p *Proxy) logRefused(dir Direction, peer, dst netip.AddrPort, why string, 
 	}
 }
 
-// dial connects to the original destination. Inbound IPv4 connections come from InboundSource (istio's
-// 127.0.0.6); if binding it fails (address not available) the proxy falls back, once and for good, to the
+// dial connects to the original destination. Inbound connections come from InboundSource (istio's 127.0.0.6) or,
+// to IPv6 destinations, InboundSource6 (::6); if binding it fails (address not available) the proxy falls back, once and for good, to the
 // kernel's choice of source and logs a warning.
 func (p *Proxy) dial(dir Direction, dst netip.AddrPort) (*net.TCPConn, error) {
 	network := "tcp4"
@@ -129,13 +129,13 @@ func (p *Proxy) dial(dir Direction, dst netip.AddrPort) (*net.TCPConn, error) {
 	if dir == Outbound {
 		return dialNoBind(p.ctx, p.dialOut, network, dst)
 	}
-	src := p.cfg.InboundSource
-	if !src.IsValid() || !dst.Addr().Is4() || p.srcFallback.Load() {
+	src, fallback := p.inboundSource(dst.Addr())
+	if !src.IsValid() || fallback.Load() {
 		return dialNoBind(p.ctx, p.dialIn, network, dst)
 	}
 	up, err := p.dialIn.DialTCP(p.ctx, network, netip.AddrPortFrom(src, 0), dst)
 	if err != nil && isBindError(err) {
-		if p.srcFallback.CompareAndSwap(false, true) {
+		if fallback.CompareAndSwap(false, true) {
 			p.log.Warn("cannot use the inbound source address; inbound upstream connections now use the kernel's choice",
 				zap.Stringer("inbound_source", src), zap.Error(err))
 		}

@@ -32,5 +32,10 @@
 //     recorded for the loop guard as soon as connect() has picked it, before the SYN can loop back.
 //   - Half-close is honoured: EOF in one direction becomes CloseWrite on the other socket; both sockets are closed
 //     only when both directions are done or one fails.
+//   - Dual stack (dualstack.go), as Envoy in a dual-stack pod: optional IPv6-only twins of both listeners
+//     ([::1]:15001, [::]:15006), skipped where the netns has no IPv6; inbound upstream connections come from
+//     InboundSource (127.0.0.6) or, to IPv6 destinations, InboundSource6 (::6), each with its own fallback.
+//   - DNS (dns.go) is a separate forwarder on the agent DNS port (15053, UDP and TCP): messages pass unchanged,
+//     its sockets are created after the privilege drop (istio's DNS conntrack-zone rules match their owner).
 //   - Counters are atomics, readable any time (Stats().Snapshot()); the logger is passed in, never global.
 package proxy

@@ -40,14 +40,15 @@ func (p *Proxy) Listen() (err error) {
 			p.closeListeners()
 		}
 	}()
-	for _, l := range []struct {
-		dir  Direction
-		addr string
-	}{{Outbound, p.cfg.OutboundAddr}, {Inbound, p.cfg.InboundAddr}} {
+	for _, l := range p.cfg.listenAddrs() {
 		if l.addr == "" {
 			continue
 		}
 		pl, err := p.listen(l.dir, l.addr)
+		if err != nil && l.v6Extra && ipv6Unavailable(err) {
+			p.log.Info("no IPv6 here: IPv6 listener not opened", zap.Stringer("direction", l.dir), zap.String("addr", l.addr), zap.Error(err))
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("listen %s on %s: %w", l.dir, l.addr, err)
 		}

@@ -110,7 +110,7 @@ func (l *evloop) register(s *side) error {
 	return nil
 }
 
-// connectUpstream starts a non-blocking connect to dst (from InboundSource for inbound IPv4, as dial does).
+// connectUpstream starts a non-blocking connect to dst (inbound from InboundSource/InboundSource6, as dial does).
 func (p *Proxy) connectUpstream(dir Direction, dst netip.AddrPort) (int, error) {
 	family := unix.AF_INET
 	if !dst.Addr().Is4() {
@@ -121,12 +121,12 @@ func (p *Proxy) connectUpstream(dir Direction, dst netip.AddrPort) (int, error) 
 		return -1, err
 	}
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	if src := p.cfg.InboundSource; dir == Inbound && src.IsValid() && dst.Addr().Is4() && !p.srcFallback.Load() {
+	if src, fallback := p.inboundSource(dst.Addr()); dir == Inbound && src.IsValid() && !fallback.Load() {
 		// IP_BIND_ADDRESS_NO_PORT: the port is chosen by connect() per 4-tuple, not by bind() for any peer.
 		_ = unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
-		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: src.As4()}); err != nil {
+		if err := unix.Bind(fd, toSockaddr(netip.AddrPortFrom(src, 0))); err != nil {
 			// The socket stays unbound: connect() picks the source.
-			if p.srcFallback.CompareAndSwap(false, true) {
+			if fallback.CompareAndSwap(false, true) {
 				p.log.Warn("cannot use the inbound source address; inbound upstream connections now use the kernel's choice",
 					zap.Stringer("inbound_source", src), zap.Error(err))
 			}

@@ -25,12 +25,16 @@ type Proxy struct {
 
 	dialOut, dialIn *net.Dialer
 	srcFallback     atomic.Bool // inbound source bind failed once: connect from the kernel's choice since
+	srcFallback6    atomic.Bool // the same for IPv6 destinations (InboundSource6)
 	upstreams       upstreamSet
 
 	ctx      context.Context // cancelled when Serve gives up draining
 	cancel   context.CancelFunc
 	stopping atomic.Bool
 	wg       sync.WaitGroup // one per accepted connection
+
+	drainCut     chan struct{} // closed by EndDrainAccept
+	drainCutOnce sync.Once
 
 	work chan work    // unbuffered: idle workers wait here (workers.go)
 	idle atomic.Int32 // idle workers
@@ -57,7 +61,7 @@ func New(cfg Config, log *zap.Logger) (*Proxy, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	p := &Proxy{cfg: cfg.withDefaults(), log: log, active: make(map[*relay]struct{}), work: make(chan work)}
+	p := &Proxy{cfg: cfg.withDefaults(), log: log, active: make(map[*relay]struct{}), work: make(chan work), drainCut: make(chan struct{})}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	// KeepAlive -1: no TCP keep-alive on upstream sockets (Go's default would cost four setsockopt calls per
 	// connection). Like Envoy's default; the application's own keep-alive still reaches its peer's proxy.

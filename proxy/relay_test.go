@@ -403,6 +403,16 @@ func testGracefulDrain(t *testing.T, eng Engine) {
 	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
 		t.Fatalf("active connection cut during drain: %v", err)
 	}
+	tp.endLastConn(t, c)
+	if s := tp.Stats().Snapshot(); s.Errors.Relay != 0 || s.Outbound.BytesUp != 2 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+// endLastConn checks that a stopped proxy's Serve still waits while c (its last connection) is active, then ends c
+// and waits for Serve to return.
+func (tp *testProxy) endLastConn(t *testing.T, c *net.TCPConn) {
+	t.Helper()
 	select {
 	case err := <-tp.done:
 		t.Fatalf("Serve returned (%v) with a connection still active", err)
@@ -418,8 +428,5 @@ func testGracefulDrain(t *testing.T, eng Engine) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Serve did not return after the last connection ended")
-	}
-	if s := tp.Stats().Snapshot(); s.Errors.Relay != 0 || s.Outbound.BytesUp != 2 {
-		t.Fatalf("stats %+v", s)
 	}
 }

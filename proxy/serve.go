@@ -13,8 +13,9 @@ import (
 	"go.uber.org/zap"
 )
 
-// Serve relays until ctx is cancelled, then stops accepting, waits up to DrainTimeout for active
-// connections, closes the rest, writes the stats file a last time and logs a summary.
+// Serve relays until ctx is cancelled, then drains like Envoy: it keeps accepting and relaying new connections for
+// DrainAccept, then stops accepting (closes its listeners), waits up to DrainTimeout for active connections,
+// closes the rest, writes the stats file a last time and logs a summary.
 func (p *Proxy) Serve(ctx context.Context) error {
 	if len(p.listeners) == 0 {
 		return errors.New("serve: not listening (call Listen first)")
@@ -50,6 +51,7 @@ func (p *Proxy) Serve(ctx context.Context) error {
 	if p.cfg.Engine == EngineLoop {
 		p.runLoops()
 		<-ctx.Done()
+		p.acceptDuringDrain()
 		p.stopping.Store(true)
 		p.stopLoops()
 	} else {
@@ -86,6 +88,7 @@ func (p *Proxy) serveGoroutines(ctx context.Context) {
 		}()
 	}
 	<-ctx.Done()
+	p.acceptDuringDrain()
 	p.stopping.Store(true)
 	for _, l := range p.listeners {
 		_ = l.ln.Close()
@@ -99,6 +102,25 @@ func (p *Proxy) serveGoroutines(ctx context.Context) {
 		p.wg.Wait()
 	}
 	p.stopWorkers()
+}
+
+// EndDrainAccept ends (or skips, if called before Serve's context is cancelled) the drain's accept period: the
+// listeners close as soon as the context is cancelled. Idempotent; safe from any goroutine.
+func (p *Proxy) EndDrainAccept() { p.drainCutOnce.Do(func() { close(p.drainCut) }) }
+
+// acceptDuringDrain is the first drain phase: everything keeps running (listeners included) for DrainAccept.
+func (p *Proxy) acceptDuringDrain() {
+	if p.cfg.DrainAccept <= 0 {
+		return
+	}
+	p.log.Info("draining: still accepting and relaying new connections", zap.Duration("drain_accept", p.cfg.DrainAccept))
+	t := time.NewTimer(p.cfg.DrainAccept)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-p.drainCut:
+	}
+	p.log.Info("draining: stopped accepting; waiting for active connections", zap.Duration("drain_timeout", p.cfg.DrainTimeout))
 }
 
 func waitTimeout(wg *sync.WaitGroup, d time.Duration) bool {

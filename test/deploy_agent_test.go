@@ -201,8 +201,18 @@ func kubepodsCgroup(t *testing.T) string {
 // podUnder makes a pod whose cgroup is <parent>/<pod name> (a pod cgroup under the kubepods root).
 func podUnder(t *testing.T, parent, role string) *podnet.Pod {
 	t.Helper()
+	return podUnderNamed(t, parent, role, "")
+}
+
+// podUnderNamed is podUnder with the cgroup directory named dir ("" = the pod's name), e.g. the kubelet's
+// "pod<uid>".
+func podUnderNamed(t *testing.T, parent, role, name string) *podnet.Pod {
+	t.Helper()
 	p := newPod(t, role)
-	dir := filepath.Join(parent, p.Name)
+	if name == "" {
+		name = p.Name
+	}
+	dir := filepath.Join(parent, name)
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -290,16 +300,43 @@ func (e *cniEnv) add(pod *podnet.Pod, args string) netip.Addr {
 	return ip.Unmap()
 }
 
-// cgroupPrograms counts the programs attached to a cgroup for the four outbound hooks (as `bpftool cgroup show`).
+// cgroupPrograms counts the outbound programs attached to a cgroup for the four outbound hooks (as `bpftool
+// cgroup show`). Each pod's inbound programs (inb_*) sit on the same hooks next to them and are not counted.
 func cgroupPrograms(t *testing.T, dir string) int {
 	t.Helper()
+	return countCgroupPrograms(t, dir, func(name string) bool { return !strings.HasPrefix(name, "inb_") },
+		ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupSockOps, ebpf.AttachCGroupGetsockopt, ebpf.AttachCgroupInet4GetPeername)
+}
+
+// inboundCgroupPrograms counts the inbound programs (inb_*) attached to a cgroup.
+func inboundCgroupPrograms(t *testing.T, dir string) int {
+	t.Helper()
+	return countCgroupPrograms(t, dir, func(name string) bool { return strings.HasPrefix(name, "inb_") },
+		ebpf.AttachCGroupInet4PostBind, ebpf.AttachCGroupInet6PostBind, ebpf.AttachCGroupSockOps, ebpf.AttachCGroupGetsockopt)
+}
+
+// countCgroupPrograms counts the programs attached to dir on the given hooks whose name matches (a program gone
+// meanwhile counts, as the kernel listed it).
+func countCgroupPrograms(t *testing.T, dir string, match func(name string) bool, hooks ...ebpf.AttachType) int {
+	t.Helper()
 	n := 0
-	for _, at := range []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupSockOps, ebpf.AttachCGroupGetsockopt, ebpf.AttachCgroupInet4GetPeername} {
+	for _, at := range hooks {
 		res, err := link.QueryPrograms(link.QueryOptions{Target: mustOpenFD(t, dir), Attach: at})
 		if err != nil {
 			t.Fatalf("query %s programs of %s: %v", at, dir, err)
 		}
-		n += len(res.Programs)
+		for _, p := range res.Programs {
+			prog, err := ebpf.NewProgramFromID(p.ID)
+			if err != nil {
+				n++
+				continue
+			}
+			info, err := prog.Info()
+			prog.Close()
+			if err != nil || match(info.Name) {
+				n++
+			}
+		}
 	}
 	return n
 }

@@ -250,7 +250,7 @@ func TestDeployDockerfile(t *testing.T) {
 	if n := len(regexp.MustCompile(`(?m)^FROM `).FindAllString(s, -1)); n < 2 {
 		t.Errorf("%d FROM lines: want a multi-stage build", n)
 	}
-	for _, want := range []string{"CGO_ENABLED=0", "./cmd/meshcap ", "./cmd/meshcap-cni", "iptables", "COPY --from=build"} {
+	for _, want := range []string{"CGO_ENABLED=0", "./cmd/meshcap ", "./cmd/meshcap-cni", "iptables", "nftables", "COPY --from=build"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("Dockerfile lacks %q", want)
 		}

@@ -158,6 +158,16 @@ func startEcho(t *testing.T, pod *podnet.Pod, addr string) net.Listener {
 	if err != nil {
 		t.Fatal(err)
 	}
+	serveConns(t, ln, func(c net.Conn) {
+		fmt.Fprintf(c, "%s %s\n", c.LocalAddr(), c.RemoteAddr())
+		_, _ = io.Copy(c, c)
+	})
+	return ln
+}
+
+// serveConns accepts on ln until the test ends and runs handle for each connection on its own goroutine (the
+// connection is closed after it). Cleanup closes ln and waits for every handler.
+func serveConns(t *testing.T, ln net.Listener, handle func(net.Conn)) {
 	var wg sync.WaitGroup
 	t.Cleanup(func() { ln.Close(); wg.Wait() })
 	wg.Add(1)
@@ -172,12 +182,10 @@ func startEcho(t *testing.T, pod *podnet.Pod, addr string) net.Listener {
 			go func() {
 				defer wg.Done()
 				defer c.Close()
-				fmt.Fprintf(c, "%s %s\n", c.LocalAddr(), c.RemoteAddr())
-				_, _ = io.Copy(c, c)
+				handle(c)
 			}()
 		}
 	}()
-	return ln
 }
 
 // syncBuffer is a bytes.Buffer safe for a child's output and a reading test.
@@ -211,6 +219,17 @@ func (p *proc) stop() {
 	}
 	_ = p.cmd.Process.Kill()
 	<-p.done
+}
+
+// waitStderr waits up to 10 s (the kernel matrix's emulated VMs are slow) for text in the process's stderr (a line
+// logged after its listener opened, for example) and reports whether it came.
+func (p *proc) waitStderr(text string) bool {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if strings.Contains(p.stderr.String(), text) {
+			return true
+		}
+	}
+	return strings.Contains(p.stderr.String(), text)
 }
 
 // startIn starts bin in pod (its netns and cgroup, as cred when given); it is killed when the test ends.
@@ -270,17 +289,34 @@ type DialResult struct {
 
 // Captured reports whether the connection went through a proxy: the server saw a different client address than
 // the one the client connected from (a relayed connection comes from the proxy's own socket).
-func (r DialResult) Captured() bool { return r.OK && r.Peer != r.Local }
+func (r DialResult) Captured() bool { return r.OK && unmapped(r.Peer) != unmapped(r.Local) }
 
-// dial runs `nettool dial` inside pod as cred (nil = root) and sends payload bytes through the connection.
-func dial(t *testing.T, pod *podnet.Pod, cred *podnet.Cred, addr string, payload int64) (DialResult, error) {
+// unmapped writes an IPv4-mapped address as IPv4 (an AF_INET6 client of an IPv4 server sees itself as ::ffff:a.b.c.d).
+func unmapped(addr string) string {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return addr
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
+}
+
+// dial runs `nettool dial` inside pod as cred (nil = root) and sends payload bytes through the connection; extra
+// are more nettool dial flags.
+func dial(t *testing.T, pod *podnet.Pod, cred *podnet.Cred, addr string, payload int64, extra ...string) (DialResult, error) {
 	t.Helper()
-	out, err := runIn(t, pod, cred, nettoolBin, "dial", addr, "-send", strconv.FormatInt(payload, 10), "-timeout", "10s")
 	var res DialResult
-	if jerr := json.Unmarshal([]byte(out), &res); jerr != nil && err == nil {
+	err := runNettool(t, pod, cred, &res, append([]string{"dial", addr, "-send", strconv.FormatInt(payload, 10), "-timeout", "10s"}, extra...)...)
+	return res, err
+}
+
+// runNettool runs nettool with args inside pod as cred and decodes its one-line JSON output into res.
+func runNettool(t *testing.T, pod *podnet.Pod, cred *podnet.Cred, res any, args ...string) error {
+	t.Helper()
+	out, err := runIn(t, pod, cred, nettoolBin, args...)
+	if jerr := json.Unmarshal([]byte(out), res); jerr != nil && err == nil {
 		err = fmt.Errorf("decode nettool output %q: %w", out, jerr)
 	}
-	return res, err
+	return err
 }
 
 // waitListening waits until something listens on TCP port inside pod's netns.

@@ -232,13 +232,8 @@ func TestInboundTwoSidecar(t *testing.T) {
 	// A restarted server sidecar registers its listener itself.
 	srvProxy = startProxy(t, server, "--pin-dir", pin)
 	waitListening(t, server, 15006)
-	// It registers just after it listens: wait for its log line (slow machines and VMs take a while).
-	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(srvProxy.stderr.String(), "registered the inbound listener"); {
-		if time.Now().After(deadline) {
-			t.Errorf("restarted server proxy did not register itself:\n%s", srvProxy.stderr.String())
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !srvProxy.waitStderr("registered the inbound listener") { // logged after its listeners opened
+		t.Errorf("restarted server proxy did not register itself:\n%s", srvProxy.stderr.String())
 	}
 	inbWantCurl(t, "client -> captured port, server sidecar restarted", client, user, "http://198.18.0.2:8080/", "198.18.0.2:8080", "127.0.0.6")
 

@@ -58,3 +58,34 @@ func TestInitAutoReRunLeavesOneMode(t *testing.T) {
 		})
 	}
 }
+
+// TestInitAutoNftablesLeavesOneMode: with --native-nftables, a failed eBPF set-up falls back to istio's nftables
+// tables with no eBPF capture left; the re-run that succeeds with eBPF removes those tables (and so does one after).
+func TestInitAutoNftablesLeavesOneMode(t *testing.T) {
+	requireRoot(t)
+	pod, peer := newPod(t, "onen"), newPod(t, "onnp")
+	linkPods(t, pod, peer) // istio's rules need a pod IP
+	pin := ebPinRoot(t)
+	args := append([]string{"--mode", "auto", "--native-nftables", "--cgroup", pod.CgroupDir, "--pin-root", pin}, istioInitArgs...)
+	tables := func() string { return nftRuleset(t, pod) }
+	for i, step := range []struct {
+		env        []string
+		wantEBPF   bool
+		wantTables bool
+	}{
+		{[]string{"MESHCAP_FAILPOINT=capture-after-inbound"}, false, true},
+		{nil, true, false},
+		{[]string{"MESHCAP_FAILPOINT=init-after-ebpf"}, false, true},
+		{nil, true, false},
+	} {
+		if _, err := runInitIn(t, pod, step.env, args...); err != nil {
+			t.Fatalf("run %d: init: %v", i, err)
+		}
+		ebpf, _ := podModes(t, pin, pod.CgroupDir, func() string { return "" })
+		nft := strings.Contains(tables(), "table inet istio-proxy-nat")
+		if ebpf != step.wantEBPF || nft != step.wantTables {
+			t.Fatalf("run %d (env %v): eBPF capture %v, istio nft tables %v; want eBPF %v, tables %v\n%s", i, step.env, ebpf, nft,
+				step.wantEBPF, step.wantTables, tables())
+		}
+	}
+}

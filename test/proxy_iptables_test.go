@@ -263,6 +263,13 @@ func TestProxyIptablesInbound(t *testing.T) {
 	topo := newTopology(t)
 	pxIptables(t, topo.server, "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "-d", "198.18.0.0/15",
 		"-j", "REDIRECT", "--to-ports", "15006")
+	pxCheckInbound(t, topo)
+}
+
+// pxCheckInbound starts the proxy in the server pod (its inbound rules already in place), dials two server
+// addresses from the client pod, and checks that both were relayed to their original destination from 127.0.0.6.
+func pxCheckInbound(t *testing.T, topo topology) {
+	t.Helper()
 	p := startProxy(t, topo.server)
 	waitListening(t, topo.server, 15006)
 	for _, addr := range []string{"198.18.0.2:8080", "198.18.1.2:9090"} {

@@ -65,16 +65,7 @@ func tpHAProxyLog(out string) []tpLogRecord {
 // the cgroup go direct; with HAProxy stopped a captured connect fails; after detach the client goes direct.
 func TestThirdPartyHAProxy(t *testing.T) {
 	requireRoot(t)
-	haproxy, err := exec.LookPath("haproxy")
-	if err != nil {
-		haproxy, err = exec.LookPath("/usr/sbin/haproxy") // Debian's path, in case PATH lacks sbin
-	}
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("haproxy is not installed: .ci/run must apt-get install haproxy (this check must run in CI)")
-		}
-		t.Skip("haproxy is not installed (apt-get install haproxy): skipping the third-party SO_ORIGINAL_DST proxy check")
-	}
+	haproxy := requireTool(t, "haproxy")
 	pin := ebPinRoot(t)
 	topo := newTopology(t)
 
@@ -168,4 +159,22 @@ func TestThirdPartyHAProxy(t *testing.T) {
 	if res, err := dial(t, topo.client, app, "198.18.0.2:9090", 10); err != nil || !res.OK || res.Captured() || res.Reached != "198.18.0.2:9090" {
 		t.Errorf("after detach the client must go direct: %+v %v", res, err)
 	}
+}
+
+// requireTool returns the path of a distribution-packaged tool (its package has the same name), looked up in PATH
+// and /usr/sbin (Debian's path, in case PATH lacks sbin). Missing, the test is skipped, or fails under CI (.ci/run
+// must install it: these checks must run there).
+func requireTool(t *testing.T, name string) string {
+	t.Helper()
+	bin, err := exec.LookPath(name)
+	if err != nil {
+		bin, err = exec.LookPath("/usr/sbin/" + name)
+	}
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s is not installed: .ci/run must apt-get install %s", name, name)
+		}
+		t.Skipf("%s is not installed (apt-get install %s)", name, name)
+	}
+	return bin
 }

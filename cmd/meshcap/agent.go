@@ -18,6 +18,7 @@ import (
 	"github.com/meshcap/meshcap/loader"
 	"github.com/meshcap/meshcap/pkg/capture"
 	"github.com/meshcap/meshcap/pkg/cni"
+	"github.com/meshcap/meshcap/pkg/iptables"
 )
 
 func init() { register(newAgentCmd) }
@@ -133,7 +134,7 @@ func runAgent(ctx context.Context, log *zap.Logger, o agentOptions) error {
 		return fmt.Errorf("agent: publish %s: %w", cni.AgentInfoPath(o.stateDir), err)
 	}
 	r := &agentReconciler{log: log, store: cni.Store{Dir: o.stateDir},
-		enr: cni.PinnedEnroller{PinDir: a.PinDir, PinRoot: o.pinRoot, MaxConns: o.maxConns}}
+		enr: cni.PinnedEnroller{PinDir: a.PinDir, PinRoot: o.pinRoot, CgroupDir: a.CgroupDir, MaxConns: o.maxConns}}
 	r.reconcile(true)
 	if o.metricsAddr != "" {
 		stop, err := serveAgentMetrics(log, o.metricsAddr, r)
@@ -264,16 +265,26 @@ func (r *agentReconciler) reconcileOne(id string, start bool) {
 		log.Error("recorded capture settings", zap.Error(err))
 		return
 	}
+	if rec.Mode == cni.ModeIPTables {
+		if start {
+			log.Info("captured by istio's iptables rules in its netns (meshcap-cni's fallback): not enrolled into eBPF")
+		}
+		return
+	}
+	if state == netnsAlive {
+		warnUncoverable(log, rec)
+	}
 	// In place: for a pod already programmed (agent restart) nothing changes. The inbound step runs only when the
-	// pod's netns is alive and has no inbound attachment (enrolled while no agent ran).
-	netns := ""
+	// pod's netns is alive and its inbound attachment is missing (enrolled while no agent ran) or has no
+	// self-registration (attached by an older meshcap).
+	target := loader.PodTarget{AgentPinDir: r.enr.PinDir, NetnsCookie: rec.NetnsCookie}
 	if state == netnsAlive && pol.InboundEnabled() {
-		if _, err := loader.InboundStatus(rec.Netns, r.enr.PinRoot); errors.Is(err, loader.ErrInboundNotAttached) {
-			netns = rec.Netns
+		st, err := loader.InboundStatus(rec.Netns, r.enr.PinRoot)
+		if errors.Is(err, loader.ErrInboundNotAttached) || (err == nil && !st.SelfRegister) {
+			target.Netns, target.InboundCgroup = rec.Netns, r.enr.InboundCgroup(rec)
 		}
 	}
-	res, err := loader.CapturePod(loader.PodTarget{AgentPinDir: r.enr.PinDir, Netns: netns, NetnsCookie: rec.NetnsCookie},
-		pol, loader.CaptureOptions{FindListener: true, Load: loader.LoadOptions{MaxConns: r.enr.MaxConns}})
+	res, err := loader.CapturePod(target, pol, loader.CaptureOptions{FindListener: true, Load: loader.LoadOptions{MaxConns: r.enr.MaxConns}})
 	if err != nil {
 		log.Error("enroll", zap.Error(err))
 		return
@@ -293,12 +304,22 @@ func (r *agentReconciler) reconcileOne(id string, start bool) {
 		}
 		return
 	}
-	r.registerListener(log, rec)
+	r.registerListener(log, rec, pol)
+}
+
+// warnUncoverable logs, at every reconcile, an enrolled pod that eBPF capture no longer fully covers (for example
+// an IPv6 address added after meshcap-cni's ADD, which sends such pods to its iptables fallback): its other
+// connections stay captured.
+func warnUncoverable(log *zap.Logger, rec *cni.Enrollment) {
+	if un, err := iptables.EBPFUnsupportedIn(rec.Netns, rec.Capture); err == nil && len(un) > 0 {
+		log.Error("enrolled pod is NOT fully captured: eBPF capture cannot do "+strings.Join(un, "; ")+"; recreate it (meshcap-cni then captures it with istio's iptables rules)",
+			zap.String("netns", rec.Netns))
+	}
 }
 
 // registerListener registers the pod's proxy listener for inbound capture when none is registered yet (the proxy
 // starts after CNI ADD has attached inbound capture, and may not register itself).
-func (r *agentReconciler) registerListener(log *zap.Logger, rec *cni.Enrollment) {
+func (r *agentReconciler) registerListener(log *zap.Logger, rec *cni.Enrollment, pol capture.Policy) {
 	st, err := loader.InboundStatus(rec.Netns, r.enr.PinRoot)
 	if err != nil {
 		log.Error("inbound status", zap.Error(err))
@@ -307,7 +328,7 @@ func (r *agentReconciler) registerListener(log *zap.Logger, rec *cni.Enrollment)
 	if st.Listener {
 		return
 	}
-	f, err := loader.FindInboundListener(rec.Netns, st.CapturePort)
+	f, err := loader.FindInboundListener(rec.Netns, st.CapturePort, pol)
 	if err != nil {
 		if !errors.Is(err, loader.ErrInboundListenerNotFound) {
 			log.Warn("find proxy listener", zap.Error(err))

@@ -51,7 +51,8 @@ iptables, ebpf attach), runs meshcap's load generator inside the client pod, and
 
 Scenarios: direct (no capture, no nat table), iptables and ebpf (client outbound capture into its sidecar on 15001),
 iptables-full and ebpf-full (also inbound capture into the server's sidecar on 15006). The eBPF scenarios attach
-with --fast-path (sk_msg redirect on the app<->sidecar hop); ebpf-nofastpath (not run by default) is ebpf without it.
+as 'meshcap ebpf attach' does by default; ebpf-fastpath adds --fast-path (sk_msg redirect on the app<->sidecar
+hop; opt-in, no backpressure: see README), for comparison only.
 Tests: rr_{1,1k}_c{1,16} (request/response on persistent connections), connect_c{1,16} (connect, one exchange,
 close), stream_c1 (bulk one-way). Every round runs every scenario, order rotated; results are medians over rounds,
 ratios are paired within a round. Output: a Markdown table, or JSON lines with --json. Needs root.`,

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
@@ -11,6 +12,7 @@ import (
 	"github.com/meshcap/meshcap/loader"
 	"github.com/meshcap/meshcap/pkg/capture"
 	"github.com/meshcap/meshcap/pkg/hostfs"
+	"github.com/meshcap/meshcap/pkg/iptables"
 )
 
 func init() { register(newEBPFCmd) }
@@ -58,14 +60,17 @@ without it turns it off for new connections.
 Links and maps are pinned under --pin-dir (cgroup-<cgroup id>/ and netns-<netns cookie>/inbound/), so capture
 stays after this command exits. Attaching again replaces the settings atomically. When --pin-dir is under
 /sys/fs/bpf and no bpffs is mounted there, it is mounted (host mount namespace only).
-Capture flags and their environment variables are istio-iptables' own.`,
+Capture flags and their environment variables are istio-iptables' own. What eBPF capture cannot do yet is refused
+with an error naming it, and nothing is attached: IPv6 in a pod where istio would write ip6tables rules (its IPv6
+addresses in --netns, as istio detects them, see --dual-stack), --redirect-dns, owner groups, -k, -c, -m TPROXY,
+--drop-invalid (docs/ipv6-dns.md).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runEBPFAttach(log, cgroupDir, netnsPath, pinRoot, cfg, load)
 		},
 	}
 	cmd.Flags().StringVar(&cgroupDir, "cgroup", "", "cgroup v2 directory to capture (required)")
-	cmd.Flags().StringVar(&netnsPath, "netns", ownNetns, "network namespace for inbound capture (/var/run/netns/NAME or /proc/PID/ns/net)")
+	cmd.Flags().StringVar(&netnsPath, "netns", ownNetns, "the pod's network namespace (/var/run/netns/NAME or /proc/PID/ns/net): inbound capture, and the IPv6 check")
 	cmd.Flags().StringVar(&pinRoot, "pin-dir", loader.DefaultPinRoot, "bpffs directory where links and maps are pinned")
 	cmd.Flags().Uint32Var(&load.MaxConns, "max-connections", load.MaxConns, "per-pod capacity of captured connections; beyond it new connects are refused (EPERM) and counted")
 	cmd.Flags().BoolVar(&load.FastPath, "fast-path", false, "redirect app<->proxy data with sk_msg (the proxy must not use splice: see above)")
@@ -98,7 +103,16 @@ func runEBPFAttach(log *zap.Logger, cgroupDir, netnsPath, pinRoot string, cfg ca
 	if err != nil {
 		return fmt.Errorf("ebpf attach: %w", err)
 	}
-	warnUnsupported(log, cfg)
+	// Check the netns before touching anything, so that a bad --netns leaves nothing half-applied.
+	if _, err := loader.InboundCookie(netnsPath); err != nil {
+		return fmt.Errorf("ebpf attach: invalid --netns %q: %w", netnsPath, err)
+	}
+	if un, err := iptables.EBPFUnsupportedIn(netnsPath, cfg); err != nil {
+		return fmt.Errorf("ebpf attach: %w", err)
+	} else if len(un) > 0 {
+		return fmt.Errorf("ebpf attach: refused: eBPF capture cannot do %s for this pod (nothing attached; `meshcap iptables` and `meshcap init --mode auto` use istio's rules; docs/ipv6-dns.md)",
+			strings.Join(un, "; "))
+	}
 	if !pol.OutboundAll && len(pol.OutboundIncludeCIDRs) == 0 && len(pol.OutboundIncludePorts) == 0 {
 		// Same meaning as istio-iptables (no -i: no outbound redirect), but easy to miss.
 		log.Warn("no outbound TCP is captured: -i is empty and -q lists no port (use -i '*' to capture all)")
@@ -153,14 +167,6 @@ func ensureBPFFS(log *zap.Logger, pinRoot string) error {
 		log.Info("mounted a bpf filesystem (none was mounted)", zap.String("path", hostfs.BPFFSMount))
 	}
 	return err
-}
-
-// warnUnsupported names the istio settings that the eBPF programs do not implement (they are accepted so that
-// istio-init argument lists work unchanged).
-func warnUnsupported(log *zap.Logger, c capture.Config) {
-	for _, what := range c.EBPFUnsupported() {
-		log.Warn("not applied by eBPF capture: " + what)
-	}
 }
 
 func newEBPFDetachCmd(log *zap.Logger) *cobra.Command {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 
@@ -36,8 +35,10 @@ func newInitCmd(log *zap.Logger) *cobra.Command {
 		Long: `Sets up traffic capture for the pod it runs in: its cgroup and its network namespace.
 
 --mode auto (default) runs the feature probe (see 'meshcap probe') and uses eBPF when every feature the
-requested capture needs is present and every requested setting has an eBPF implementation; otherwise it applies
-istio-iptables' exact rules. The choice and the reason are logged. --mode ebpf fails when eBPF cannot be used;
+requested capture needs is present and eBPF can capture everything istio's rules would for this pod: no IPv6
+(as istio detects it from the pod's addresses and --dual-stack), no --redirect-dns, no owner groups, no -k/-c,
+TPROXY or --drop-invalid (docs/ipv6-dns.md); otherwise it applies istio-iptables' exact rules. The choice and the
+reason are logged. --mode ebpf fails when eBPF cannot be used;
 --mode iptables is 'meshcap iptables'.
 
 Target cgroup: --cgroup DIR; else --pod-uid UID (Kubernetes: the downward API's metadata.uid) searched under
@@ -84,8 +85,8 @@ func runInit(ctx context.Context, log *zap.Logger, cmd *cobra.Command, o initOpt
 	default:
 		return fmt.Errorf("invalid --mode %q: want auto, ebpf or iptables", o.mode)
 	}
-	if ex.RunValidation {
-		return errors.New("--run-validation is not implemented by meshcap init")
+	if ex.RunValidation { // validate.go
+		return initValidate(ctx, log, func(ex capture.ExecOptions) error { return runInit(ctx, log, cmd, o, cfg, ex) }, cfg, ex)
 	}
 	cfg.ResolveDefaults()
 	// Validate for both backends before looking at the host: a value rejected for one mode is rejected for both.
@@ -103,15 +104,15 @@ func runInit(ctx context.Context, log *zap.Logger, cmd *cobra.Command, o initOpt
 	if o.mode == loader.ProbeModeIPTables || cfg.DryRun || cfg.CleanupOnly {
 		reason := "--mode iptables"
 		if o.mode != loader.ProbeModeIPTables {
-			reason = "--dry-run/--cleanup-only act on iptables rules only"
+			reason = "--dry-run/--cleanup-only act on the fallback's rules only"
 		}
-		log.Info("capture mode chosen", zap.String("mode", loader.ProbeModeIPTables), zap.String("reason", reason))
+		log.Info("capture mode chosen", zap.String("mode", fallbackMode(cfg)), zap.String("reason", reason))
 		return runIptables(ctx, log, cmd, cfg, ex)
 	}
 
 	useHostViews(log, &o.pinRoot, &o.cgroup)
-	mode, reason, cgroupDir := decideInitMode(log, o, cfg, pol)
-	log.Info("capture mode chosen", zap.String("mode", mode), zap.String("reason", reason),
+	mode, reason, cgroupDir := decideInitMode(log, o, cfg, pol, ex.NetworkNamespace)
+	log.Info("capture mode chosen", zap.String("mode", initModeName(mode, cfg)), zap.String("reason", reason),
 		zap.String("cgroup", cgroupDir), zap.String("requested", o.mode))
 	if mode == loader.ProbeModeEBPF {
 		err := initEBPF(log, o, cgroupDir, ex.NetworkNamespace, pol)
@@ -124,7 +125,7 @@ func runInit(ctx context.Context, log *zap.Logger, cmd *cobra.Command, o initOpt
 		if o.mode == loader.ProbeModeEBPF {
 			return fmt.Errorf("init --mode ebpf: %w", err)
 		}
-		mode, reason = loader.ProbeModeIPTables, "eBPF attach failed: "+err.Error()
+		mode, reason = fallbackMode(cfg), "eBPF attach failed: "+err.Error()
 		log.Warn("capture mode changed", zap.String("mode", mode), zap.String("reason", reason))
 	}
 	if o.mode == loader.ProbeModeEBPF {
@@ -137,14 +138,17 @@ func runInit(ctx context.Context, log *zap.Logger, cmd *cobra.Command, o initOpt
 	if err := runIptables(ctx, log, cmd, cfg, ex); err != nil {
 		return err
 	}
-	log.Info("capture set up", zap.String("mode", loader.ProbeModeIPTables))
+	log.Info("capture set up", zap.String("mode", fallbackMode(cfg)))
 	return nil
 }
 
-// finishEBPF makes eBPF the one mode: istio's rules from an earlier iptables run of this pod go.
+// finishEBPF makes eBPF the one mode: istio's rules from an earlier iptables or nftables run of this pod go.
 func finishEBPF(ctx context.Context, log *zap.Logger, cmd *cobra.Command, cfg capture.Config, ex capture.ExecOptions) error {
 	if err := removeIstioRules(ctx, log, cmd, cfg, ex); err != nil {
 		return fmt.Errorf("eBPF capture is in place, but removing the iptables rules of an earlier run failed: %w", err)
+	}
+	if err := removeIstioNftables(ctx, log, cmd, cfg, ex); err != nil {
+		return fmt.Errorf("eBPF capture is in place, but removing the nftables rules of an earlier run failed: %w", err)
 	}
 	log.Info("capture set up", zap.String("mode", loader.ProbeModeEBPF))
 	return nil
@@ -173,18 +177,34 @@ func removeIstioRules(ctx context.Context, log *zap.Logger, cmd *cobra.Command, 
 		return nil
 	}
 	log.Info("removing istio's iptables rules of an earlier run", zap.Strings("chains", chains))
-	cfg.CleanupOnly = true
+	cfg.CleanupOnly, cfg.NativeNftables = true, false
+	return runIptables(ctx, log, cmd, cfg, ex)
+}
+
+// removeIstioNftables deletes istio's nftables tables (an earlier --native-nftables run) in the pod's netns when
+// they are there. No nft binary means no such tables to remove.
+func removeIstioNftables(ctx context.Context, log *zap.Logger, cmd *cobra.Command, cfg capture.Config, ex capture.ExecOptions) error {
+	tables := istioNftTables(ctx, ex.NetworkNamespace)
+	if len(tables) == 0 {
+		return nil
+	}
+	log.Info("removing istio's nftables tables of an earlier run", zap.Strings("tables", tables))
+	cfg.CleanupOnly, cfg.NativeNftables = true, true
 	return runIptables(ctx, log, cmd, cfg, ex)
 }
 
 // decideInitMode runs the probe and returns the mode (ebpf or iptables), why, and the target cgroup.
-func decideInitMode(log *zap.Logger, o initOptions, cfg capture.Config, pol capture.Policy) (mode, reason, cgroupDir string) {
+func decideInitMode(log *zap.Logger, o initOptions, cfg capture.Config, pol capture.Policy, netnsPath string) (mode, reason, cgroupDir string) {
 	cgroupDir, how, err := initTarget(o)
 	if err != nil {
 		return loader.ProbeModeIPTables, "no cgroup to attach to: " + err.Error(), ""
 	}
-	if un := cfg.EBPFUnsupported(); len(un) > 0 {
-		return loader.ProbeModeIPTables, "settings without an eBPF implementation: " + strings.Join(un, ", "), cgroupDir
+	un, err := iptables.EBPFUnsupportedIn(netnsPath, cfg)
+	if err != nil {
+		return loader.ProbeModeIPTables, err.Error(), cgroupDir
+	}
+	if len(un) > 0 {
+		return loader.ProbeModeIPTables, "eBPF capture cannot do: " + strings.Join(un, "; "), cgroupDir
 	}
 	checks, err := loader.Probe(loader.ProbeOptions{CgroupParent: cgroupDir})
 	if err != nil {

@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -31,9 +29,16 @@ environment variable istio-iptables reads; a flag on the command line wins.
 --dry-run prints the IPv4 iptables-restore payload, then the IPv6 one when IPv6 is enabled
 (DRY_RUN_FILE_PATH, when set, also receives istio's recorded dry-run stream).
 
-Accepted for compatibility: --log_output_level (ignored), --skip-rule-apply (do nothing),
---iptables-probe-port/--probe-timeout/--cni-mode (ignored), --network-namespace (configure that netns).
---run-validation is not implemented and is refused.`,
+Accepted for compatibility: --log_output_level (ignored), --skip-rule-apply (do nothing), --cni-mode (ignored),
+--network-namespace (configure that netns). --run-validation runs istio-validation's redirect check from the
+caller's netns after applying (or alone with --skip-rule-apply; --iptables-probe-port, --probe-timeout), exit 126
+when it fails (README, "Validation").
+
+--native-nftables (env NATIVE_NFTABLES) writes istio's native nftables rules instead: inet tables
+istio-proxy-nat/mangle/raw in one atomic 'nft -f -' transaction (needs nft >= 1.0.1), text byte-identical to
+istio-iptables --native-nftables. -n prints that transaction and applies nothing (istio applies it even
+with -n). --cleanup-only deletes the three tables and adds nothing; --reconcile also deletes the istio tables
+the new configuration does not use. Without --native-nftables nothing touches nft tables, and vice versa.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runIptables(cmd.Context(), log, cmd, cfg, ex)
@@ -48,10 +53,13 @@ func runIptables(ctx context.Context, log *zap.Logger, cmd *cobra.Command, cfg c
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	if ex.RunValidation {
-		return errors.New("--run-validation is not implemented by meshcap iptables")
+	if ex.RunValidation { // validate.go
+		return initValidate(ctx, log, func(ex capture.ExecOptions) error { return runIptables(ctx, log, cmd, cfg, ex) }, cfg, ex)
 	}
 	cfg.ResolveDefaults()
+	if cfg.NativeNftables {
+		return runNftables(ctx, log, cmd, cfg, ex)
+	}
 	// Validate everything before looking at or touching the host.
 	if _, err := iptables.Validate(cfg); err != nil {
 		return err
@@ -60,12 +68,7 @@ func runIptables(ctx context.Context, log *zap.Logger, cmd *cobra.Command, cfg c
 		log.Info("--skip-rule-apply: nothing to do")
 		return nil
 	}
-	var facts iptables.HostFacts
-	err := iptables.InNetns(ex.NetworkNamespace, func() error {
-		var err error
-		facts, err = iptables.HostSource{Addrs: func() ([]netip.Addr, error) { return iptables.InterfaceAddrs() }}.Facts(cfg)
-		return err
-	})
+	facts, err := iptables.FactsIn(ex.NetworkNamespace, cfg)
 	if err != nil {
 		return fmt.Errorf("host facts: %w", err)
 	}

@@ -32,6 +32,8 @@ type proxyFlags struct {
 	loops                     int
 	logConnections            bool
 	pinDir                    string // eBPF inbound registration (proxy_inbound.go)
+	dual                      proxyDualStackFlags
+	dns                       proxyDNSFlags
 }
 
 func newProxyCmd(log *zap.Logger) *cobra.Command {
@@ -39,11 +41,18 @@ func newProxyCmd(log *zap.Logger) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "proxy",
 		Short: "Run the relay proxy: accept captured connections and relay them to their original destination",
-		Long: `Run the relay proxy that captured traffic is steered to (outbound 127.0.0.1:15001, inbound 0.0.0.0:15006).
+		Long: `Run the relay proxy that captured traffic is steered to (outbound 127.0.0.1:15001, inbound 0.0.0.0:15006, and
+as Envoy in a dual-stack pod [::1]:15001 and [::]:15006, skipped where there is no IPv6), and DNS on
+127.0.0.1:15053 and [::1]:15053 (UDP and TCP, forwarded to the --resolv-conf nameservers) for --redirect-dns.
 The original destination comes from getsockopt(SO_ORIGINAL_DST), answered by the kernel under iptables NAT or by
 meshcap's cgroup/getsockopt program in eBPF mode, or, inbound with sk_lookup, from the accepted socket's local
 address: the proxy behaves identically in both modes. Started as root it opens its listeners, then drops to
---uid/--gid (the uid capture exempts) so that its own connections are not captured again.`,
+--uid/--gid (the uid capture exempts) so that its own connections are not captured again.
+
+Shutdown on SIGTERM drains like Envoy: for --drain-timeout the proxy keeps accepting and relaying new connections
+(an application's own calls during its graceful shutdown still work); then it closes its listeners, waits up to
+--drain-timeout again for active connections, closes the rest and exits 0. SIGINT skips the accepting period.
+A second signal ends the process at once.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := f.config(cmd)
@@ -66,12 +75,14 @@ address: the proxy behaves identically in both modes. Started as root it opens i
 	fl.StringVar(&f.adminAddr, "admin-addr", "", "admin HTTP address serving /stats and /debug/pprof/, e.g. 127.0.0.1:15000 (default off)")
 	fl.StringVar(&f.statsFile, "stats-file", "", "write JSON counters to this file (atomically, at most every 200ms, and at exit)")
 	fl.DurationVar(&f.dialTimeout, "dial-timeout", proxy.DefaultDialTimeout, "timeout of each upstream connect")
-	fl.DurationVar(&f.drainTimeout, "drain-timeout", proxy.DefaultDrainTimeout, "on SIGTERM/SIGINT, wait this long for active connections")
+	fl.DurationVar(&f.drainTimeout, "drain-timeout", proxy.DefaultDrainTimeout, "on SIGTERM/SIGINT: keep accepting and relaying new connections this long (as Envoy's drain period), then stop accepting and wait up to as long again for active connections")
 	fl.StringVar(&f.engine, "engine", "loop", "relay engine: loop (epoll event loops, read/write, no goroutine per connection) or goroutine (Go net, pooled goroutines, --copy)")
 	fl.IntVar(&f.loops, "loops", 0, "event loops of the loop engine (0 = half the CPUs the process may use, at least 1)")
 	fl.StringVar(&f.copyMode, "copy", "splice", "copy mode of --engine goroutine: splice (zero-copy) or buffer (plain read/write); the loop engine always uses read/write")
 	fl.BoolVar(&f.logConnections, "log-connections", false, "log each relayed connection (original destination, bytes) at info level")
 	bindProxyInboundFlags(fl, &f.pinDir)
+	bindProxyDualStackFlags(fl, &f.dual)
+	bindProxyDNSFlags(fl, &f.dns)
 	return cmd
 }
 
@@ -81,6 +92,7 @@ func (f *proxyFlags) config(cmd *cobra.Command) (proxy.Config, error) {
 		OutboundAddr:   f.outboundAddr,
 		InboundAddr:    f.inboundAddr,
 		DialTimeout:    f.dialTimeout,
+		DrainAccept:    f.drainTimeout,
 		DrainTimeout:   f.drainTimeout,
 		AdminAddr:      f.adminAddr,
 		StatsFile:      f.statsFile,
@@ -98,6 +110,9 @@ func (f *proxyFlags) config(cmd *cobra.Command) (proxy.Config, error) {
 	}
 	if cfg.OutboundAddr == "" {
 		return cfg, fmt.Errorf("invalid --outbound-addr %q: empty", f.outboundAddr)
+	}
+	if err := f.dual.applyDualStack(cmd.Flags(), &cfg); err != nil {
+		return cfg, err
 	}
 	if f.inboundSource != "" {
 		a, err := netip.ParseAddr(f.inboundSource)
@@ -170,6 +185,11 @@ func runProxy(ctx context.Context, log *zap.Logger, cfg proxy.Config, f *proxyFl
 	if err != nil {
 		return err
 	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	// Signals are caught before the listeners open: a SIGTERM right after they do must drain, not kill.
+	ctx = proxySignals(ctx, p)
 	if err := p.Listen(); err != nil {
 		return err
 	}
@@ -192,11 +212,40 @@ func runProxy(ctx context.Context, log *zap.Logger, cfg proxy.Config, f *proxyFl
 	case euid != f.uid:
 		log.Warn("not root: cannot switch uid; capture must exempt the current uid", zap.Int("uid", euid), zap.Int("want_uid", f.uid))
 	}
-	if ctx == nil {
-		ctx = context.Background()
+	// After the privilege drop: istio's DNS rules put the answers into the app's conntrack zone by their owner
+	// (uid 1337), which is fixed when the socket is created.
+	dns, err := listenDNS(log, &f.dns)
+	if err != nil {
+		_ = p.Close()
+		return err
 	}
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	go func() { <-ctx.Done(); stop() }() // a second signal during the drain kills the process
-	return p.Serve(ctx)
+	// DNS is served until the relay has drained and exits, not only until the signal: an app's own lookups during
+	// its graceful shutdown keep working, as its new connections do.
+	dnsCtx, stopDNS := context.WithCancel(context.Background())
+	waitDNS := serveDNS(dnsCtx, dns)
+	err = p.Serve(ctx)
+	stopDNS()
+	waitDNS()
+	return err
+}
+
+// proxySignals returns a context cancelled by SIGTERM (the kubelet's: Envoy-like drain, still accepting for
+// --drain-timeout) or SIGINT (interactive: stop accepting at once, then wait for active connections). After the
+// first signal the default action is restored, so a second one ends the process.
+func proxySignals(ctx context.Context, p *proxy.Proxy) context.Context {
+	ctx, cancel := context.WithCancel(ctx)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		select {
+		case s := <-sigs:
+			if s == syscall.SIGINT {
+				p.EndDrainAccept()
+			}
+		case <-ctx.Done():
+		}
+		signal.Reset(syscall.SIGTERM, syscall.SIGINT)
+		cancel()
+	}()
+	return ctx
 }

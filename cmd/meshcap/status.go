@@ -26,7 +26,7 @@ func init() { register(newStatusCmd) }
 // statusReport is what `meshcap status` shows: the capture mode of one network namespace (and cgroup), then every
 // attachment pinned under the pin root.
 type statusReport struct {
-	Mode       string `json:"mode"`       // ebpf, iptables or none, for --netns / --cgroup
+	Mode       string `json:"mode"`       // ebpf, iptables, nftables or none, for --netns / --cgroup
 	ModeReason string `json:"modeReason"` // what decided it
 	*loader.Status
 	Inbound    []loader.InboundInfo `json:"inbound"` // inbound (sk_lookup) attachments, one per netns
@@ -43,6 +43,7 @@ func newStatusCmd(log *zap.Logger) *cobra.Command {
 cgroup --cgroup (default: this process's own unless --netns is given):
   mode: ebpf      that netns has inbound capture pinned, or that cgroup (or an ancestor) has outbound capture attached
   mode: iptables  ISTIO_* chains exist in that netns (iptables-legacy-save / iptables-nft-save)
+  mode: nftables  istio's nftables tables (inet istio-proxy-nat/mangle/raw) exist in that netns; listed with their chains
   mode: none      neither
 Then every attachment pinned under --pin-dir: outbound per cgroup (programs, maps with entry counts) and inbound
 per network namespace (settings, listener registration, counters).`,
@@ -97,7 +98,10 @@ func captureMode(ctx context.Context, pinRoot, netnsPath, cgroupDir string, netn
 	if chains := istioChains(ctx, runner); len(chains) > 0 {
 		return "iptables", "ISTIO chains in this netns: " + strings.Join(chains, ", ")
 	}
-	return "none", "no eBPF capture pinned for this netns or cgroup, no ISTIO iptables chains"
+	if tables := istioNftTables(ctx, netnsPath); len(tables) > 0 {
+		return "nftables", "istio nftables tables in this netns: " + strings.Join(tables, "; ")
+	}
+	return "none", "no eBPF capture pinned for this netns or cgroup, no ISTIO iptables chains, no istio nftables tables"
 }
 
 // outboundAttachedAbove reports the first of dir and its ancestors (up to the cgroup2 root) with an outbound
@@ -194,9 +198,14 @@ func printStatus(w io.Writer, rep *statusReport) {
 		} else {
 			fmt.Fprintf(w, "  no proxy listener registered: captured connections are refused\n")
 		}
+		if in.SelfRegister {
+			fmt.Fprintf(w, "  the proxy uid/gid's listener on the capture port is registered by the kernel when it listens\n")
+		}
 		s := in.Stats
 		fmt.Fprintf(w, "  steered %d, passed loopback %d, passed port %d, refused no listener %d, refused assign %d\n",
 			s.Steered, s.PassLoopback, s.PassPort, s.DropNoListener, s.DropAssign)
+		fmt.Fprintf(w, "  listeners registered by the kernel %d, binds of non-exempt owners %d, SO_ORIGINAL_DST answered %d\n",
+			s.Registered, s.RefusedOwner, s.OrigDst)
 	}
 	if rep.InboundErr != "" {
 		fmt.Fprintf(w, "\ninbound: %s\n", rep.InboundErr)

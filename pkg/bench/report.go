@@ -103,9 +103,9 @@ func WriteMarkdown(w io.Writer, rep *Report, mo MarkdownOptions) error {
 		fmt.Fprintf(&b, "- Sidecar: `meshcap %s`\n", strings.Join(rep.ProxyArgs, " "))
 	}
 	for _, sc := range rep.Results.Scenarios() {
-		if strings.HasPrefix(sc, "ebpf") && sc != "ebpf-nofastpath" {
-			b.WriteString("- eBPF scenarios attach with `--fast-path`: an sk_msg program moves data between the app and its sidecar " +
-				"directly into the peer socket (no loopback TCP on that hop); `ebpf-nofastpath` is eBPF capture without it\n")
+		if sc == "ebpf-fastpath" {
+			b.WriteString("- `ebpf-fastpath` is `ebpf` plus `--fast-path`: an sk_msg program moves data between the app and its sidecar " +
+				"directly into the peer socket (no loopback TCP on that hop). Opt-in and without backpressure, so never the headline\n")
 			break
 		}
 	}

@@ -81,21 +81,21 @@ func (s *CLI) Name() string { return s.ScenarioName }
 var (
 	iptablesOut  = []string{"iptables", "-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-b", ""}
 	iptablesFull = []string{"iptables", "-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-b", "*"}
-	// eBPF mode uses the sk_msg fast path of the app<->proxy hop (meshcap proxy supports it: same binary and flags
-	// as in iptables mode). Measured: +10-30 % request/response, new connections unchanged (docs/dev/perf-notes.md).
-	// "ebpf-nofastpath" is eBPF capture alone, for comparison.
-	ebpfOut     = []string{"ebpf", "attach", "--cgroup", "{cgroup}", "-i", "*", "--fast-path"}
-	ebpfOutNoFP = []string{"ebpf", "attach", "--cgroup", "{cgroup}", "-i", "*"}
-	ebpfDetach  = []string{"ebpf", "detach", "--cgroup", "{cgroup}"}
+	// eBPF mode as deployed: capture alone. "ebpf-fastpath" adds the opt-in sk_msg fast path of the app<->proxy
+	// hop, for comparison only: it has no backpressure (a non-reading peer lets an app push without bound,
+	// docs/dev/perf-notes.md), so it is off in every default and never the headline.
+	ebpfOut    = []string{"ebpf", "attach", "--cgroup", "{cgroup}", "-i", "*"}
+	ebpfOutFP  = []string{"ebpf", "attach", "--cgroup", "{cgroup}", "-i", "*", "--fast-path"}
+	ebpfDetach = []string{"ebpf", "detach", "--cgroup", "{cgroup}"}
 	// The -full variant adds inbound capture of the pod's netns (sk_lookup steering its ports to 15006) in the same
 	// command; the sidecar, already running, is found and registered by the attach. Detach removes both.
-	ebpfFull       = []string{"ebpf", "attach", "--cgroup", "{cgroup}", "--netns", "{netns}", "-i", "*", "-b", "*", "--fast-path"}
+	ebpfFull       = []string{"ebpf", "attach", "--cgroup", "{cgroup}", "--netns", "{netns}", "-i", "*", "-b", "*"}
 	ebpfFullDetach = []string{"ebpf", "detach", "--cgroup", "{cgroup}", "--netns", "{netns}"}
 )
 
 // Builtin returns the known scenarios by name. "iptables" and "ebpf" capture the client's outbound connections into
 // its sidecar (15001); the "-full" variants also capture inbound in the server pod (15006), the two-sidecar path.
-// The eBPF scenarios attach with --fast-path; "ebpf-nofastpath" (not in the defaults) without it.
+// The eBPF scenarios attach as `meshcap ebpf attach` does by default; "ebpf-fastpath" adds --fast-path.
 func Builtin() map[string]Scenario {
 	ipt := func(args []string) *Sidecar { return &Sidecar{Proxy: true, Capture: []Step{{Args: args, InPod: true}}} }
 	bpf := func(inbound bool) *Sidecar {
@@ -110,13 +110,13 @@ func Builtin() map[string]Scenario {
 		"iptables-full": &CLI{ScenarioName: "iptables-full", Client: ipt(iptablesFull), Server: ipt(iptablesFull)},
 		"ebpf":          &CLI{ScenarioName: "ebpf", Client: bpf(false)},
 		"ebpf-full":     &CLI{ScenarioName: "ebpf-full", Client: bpf(true), Server: bpf(true)},
-		"ebpf-nofastpath": &CLI{ScenarioName: "ebpf-nofastpath",
-			Client: &Sidecar{Proxy: true, Capture: []Step{{Args: ebpfOutNoFP}}, Undo: []Step{{Args: ebpfDetach}}}},
+		"ebpf-fastpath": &CLI{ScenarioName: "ebpf-fastpath",
+			Client: &Sidecar{Proxy: true, Capture: []Step{{Args: ebpfOutFP}}, Undo: []Step{{Args: ebpfDetach}}}},
 	}
 }
 
 // DefaultScenarios is the report's scenario order.
-var DefaultScenarios = []string{"direct", "iptables", "ebpf", "ebpf-nofastpath", "iptables-full", "ebpf-full"}
+var DefaultScenarios = []string{"direct", "iptables", "ebpf", "ebpf-fastpath", "iptables-full", "ebpf-full"}
 
 // ParseScenarios resolves a comma list against Builtin (order kept, duplicates dropped).
 func ParseScenarios(list string) ([]Scenario, error) {

@@ -151,7 +151,7 @@ func DefaultPairs(scenarios []string) []Pair {
 		has[s] = true
 	}
 	var out []Pair
-	for _, p := range []Pair{{"ebpf", "iptables"}, {"ebpf-full", "iptables-full"}, {"ebpf-nofastpath", "iptables"}} {
+	for _, p := range []Pair{{"ebpf", "iptables"}, {"ebpf-full", "iptables-full"}, {"ebpf-fastpath", "iptables"}} {
 		if has[p.Num] && has[p.Den] {
 			out = append(out, p)
 		}

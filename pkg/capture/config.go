@@ -5,7 +5,10 @@
 //     because the iptables backend must copy lists verbatim to be byte-exact with istio-iptables.
 //   - Policy is the typed, validated view of the same Config. The eBPF backend consumes only Policy; the
 //     iptables backend validates through Policy too, so a value rejected for one mode is rejected for both.
-//   - Nothing in this package touches the system.
+//   - Nothing in this package changes the system. HostSource only reads it (interface addresses of the current
+//     network namespace, /etc/resolv.conf), and every decision taking host facts takes them as a HostFacts value.
+//   - EBPFUnsupported is the one list of what eBPF capture cannot do yet; every eBPF entry point (ebpf attach,
+//     init, the agent's CNI plugin) refuses or falls back on it, so no setting is accepted and silently not done.
 package capture
 
 // Config is the istio-iptables configuration, field for field. Lists are comma-separated raw strings.
@@ -35,12 +38,13 @@ type Config struct {
 	HostIPv4LoopbackCIDR    string // ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR (default 127.0.0.1/32)
 	EnvoyUser               string // ENVOY_USER: user looked up by ResolveDefaults when ProxyUID is empty ("" = istio-proxy)
 
-	// Apply-flow settings (iptables mode only).
+	// Apply-flow settings (iptables and nftables modes).
 	DryRun              bool   // -n --dry-run
 	Reconcile           bool   // --reconcile
 	CleanupOnly         bool   // --cleanup-only
 	ForceApply          bool   // --force-apply
 	ForceIptablesBinary string // --force-iptables-binary: "", "legacy" or "nft"
+	NativeNftables      bool   // --native-nftables: write istio's inet nftables tables instead of iptables rules
 }
 
 // Default returns istio-iptables' defaults (DEFAULTS.md section 2).

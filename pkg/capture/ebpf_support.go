@@ -1,23 +1,42 @@
 package capture
 
-import "fmt"
+import (
+	"fmt"
+	"strconv"
+)
 
-// EBPFUnsupported names the requested settings that eBPF capture does not implement. They are accepted by every
-// command so that istio-init argument lists work unchanged: `meshcap ebpf attach` warns about them, and
-// `meshcap init --mode auto` falls back to the iptables mode when any is requested.
-func (c Config) EBPFUnsupported() []string {
+// EBPFUnsupported names, for a pod with host facts h, every requested setting and every pod fact that eBPF capture
+// cannot express yet, so that eBPF mode never captures less than istio's rules would. Each entry names the flag,
+// variable or fact. Callers refuse eBPF capture when the list is not empty: `meshcap ebpf attach` and
+// `meshcap init --mode ebpf` fail, `meshcap init --mode auto` falls back to the iptables mode, and meshcap-cni
+// applies istio's rules in the pod's netns instead of enrolling it into eBPF capture (docs/ipv6-dns.md).
+//
+// The list follows istio's rules (istio-golden/DEFAULTS.md):
+//   - IPv6: istio writes ip6tables rules when it detects IPv6 (h.IPv6, see DetectIPv6 and --dual-stack). eBPF
+//     mode has no connect6 yet, so every IPv6 connection of such a pod would bypass the sidecar.
+//   - DNS: --redirect-dns (REDIRECT_DNS, ISTIO_META_DNS_CAPTURE). Refused whenever it is on, even where istio would
+//     find no resolv.conf server and capture nothing: the deciding process does not always see the pod's
+//     resolv.conf, and the iptables fallback then does exactly what istio does. --capture-all-dns alone changes
+//     nothing in istio, so it is accepted.
+//   - Owner groups (ISTIO_OUTBOUND_OWNER_GROUPS other than "*", including the empty value, which makes istio
+//     capture no outbound TCP; ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE, which istio uses only when the include value
+//     is "*").
+//   - -k, -c, -m TPROXY, --drop-invalid: rules on interfaces, marks and conntrack state with no eBPF counterpart.
+//   - More than MaxIDs -u or -g values: the BPF programs hold a fixed-size list of exempt ids (ebpf_limits.go).
+func (c Config) EBPFUnsupported(h HostFacts) []string {
 	var out []string
 	for _, s := range []struct {
 		on   bool
 		what string
 	}{
+		{h.IPv6, "IPv6 capture (the pod has IPv6 addresses, so istio also writes ip6tables rules; see --dual-stack)"},
+		{c.RedirectDNS, "DNS capture (--redirect-dns / ISTIO_META_DNS_CAPTURE)"},
+		{c.OwnerGroupsInclude != "*", EnvOwnerGroups + "=" + strconv.Quote(c.OwnerGroupsInclude) + ownerGroupsNote(c.OwnerGroupsInclude)},
+		{c.OwnerGroupsInclude == "*" && c.OwnerGroupsExclude != "", EnvOwnerGroupsExclude + "=" + strconv.Quote(c.OwnerGroupsExclude)},
 		{c.KubeVirtInterfaces != "", "-k/--kube-virt-interfaces"},
 		{c.ExcludeInterfaces != "", "-c/--istio-exclude-interfaces"},
-		{c.RedirectDNS || c.CaptureAllDNS, "DNS capture (--redirect-dns/--capture-all-dns)"},
 		{c.InboundInterceptionMode == "TPROXY", "-m TPROXY (sk_lookup already keeps the client address and original destination)"},
 		{c.DropInvalid, "--drop-invalid"},
-		{c.OwnerGroupsInclude != "" && c.OwnerGroupsInclude != "*", "ISTIO_OUTBOUND_OWNER_GROUPS"},
-		{c.OwnerGroupsExclude != "", "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE"},
 		{len(SplitList(c.ProxyUID)) > MaxIDs, fmt.Sprintf("more than %d -u/--proxy-uid values", MaxIDs)},
 		{len(SplitList(c.ProxyGID)) > MaxIDs, fmt.Sprintf("more than %d -g/--proxy-gid values", MaxIDs)},
 	} {
@@ -26,4 +45,11 @@ func (c Config) EBPFUnsupported() []string {
 		}
 	}
 	return out
+}
+
+func ownerGroupsNote(v string) string {
+	if v == "" {
+		return " (empty: istio captures no outbound TCP at all)"
+	}
+	return ""
 }

@@ -6,30 +6,69 @@ import (
 )
 
 func TestEBPFUnsupported(t *testing.T) {
+	const (
+		v6  = "IPv6 capture (the pod has IPv6 addresses, so istio also writes ip6tables rules; see --dual-stack)"
+		dns = "DNS capture (--redirect-dns / ISTIO_META_DNS_CAPTURE)"
+	)
 	for _, tc := range []struct {
 		name string
 		mod  func(*Config)
+		host HostFacts
 		want []string
 	}{
-		{"defaults", func(*Config) {}, nil},
+		{"defaults", func(*Config) {}, HostFacts{}, nil},
 		{"istio-init args", func(c *Config) {
 			c.InboundInterceptionMode, c.OutboundIPRangesInclude, c.InboundPortsInclude = "REDIRECT", "*", "*"
-		}, nil},
-		{"tproxy", func(c *Config) { c.InboundInterceptionMode = "TPROXY" }, []string{"-m TPROXY (sk_lookup already keeps the client address and original destination)"}},
-		{"lowercase tproxy is REDIRECT, as istio", func(c *Config) { c.InboundInterceptionMode = "tproxy" }, nil},
-		{"dns and drop-invalid", func(c *Config) { c.CaptureAllDNS, c.DropInvalid = true, true },
-			[]string{"DNS capture (--redirect-dns/--capture-all-dns)", "--drop-invalid"}},
-		{"owner groups '*' is the default", func(c *Config) { c.OwnerGroupsInclude = "*" }, nil},
-		{"owner groups list", func(c *Config) { c.OwnerGroupsInclude = "1337" }, []string{"ISTIO_OUTBOUND_OWNER_GROUPS"}},
-		{"interfaces", func(c *Config) { c.KubeVirtInterfaces, c.ExcludeInterfaces = "eth1", "eth2" },
+		}, HostFacts{}, nil},
+		{"ipv6 pod", func(*Config) {}, HostFacts{IPv6: true}, []string{v6}},
+		{"ipv6 pod, nothing captured still refused", func(c *Config) { c.OutboundIPRangesInclude = "" }, HostFacts{IPv6: true}, []string{v6}},
+		{"tproxy", func(c *Config) { c.InboundInterceptionMode = "TPROXY" }, HostFacts{}, []string{"-m TPROXY (sk_lookup already keeps the client address and original destination)"}},
+		{"lowercase tproxy is REDIRECT, as istio", func(c *Config) { c.InboundInterceptionMode = "tproxy" }, HostFacts{}, nil},
+		{"redirect-dns with servers", func(c *Config) { c.RedirectDNS = true }, HostFacts{DNSServersV4: []string{"10.0.0.10"}}, []string{dns}},
+		{"redirect-dns without servers (istio: off; still refused)", func(c *Config) { c.RedirectDNS = true }, HostFacts{}, []string{dns}},
+		{"capture-all-dns alone changes nothing in istio", func(c *Config) { c.CaptureAllDNS = true }, HostFacts{}, nil},
+		{"dns and drop-invalid", func(c *Config) { c.RedirectDNS, c.CaptureAllDNS, c.DropInvalid = true, true, true },
+			HostFacts{}, []string{dns, "--drop-invalid"}},
+		{"owner groups '*' is the default", func(c *Config) { c.OwnerGroupsInclude = "*" }, HostFacts{}, nil},
+		{"owner groups list", func(c *Config) { c.OwnerGroupsInclude = "1337" }, HostFacts{}, []string{`ISTIO_OUTBOUND_OWNER_GROUPS="1337"`}},
+		{"owner groups empty", func(c *Config) { c.OwnerGroupsInclude = "" }, HostFacts{},
+			[]string{`ISTIO_OUTBOUND_OWNER_GROUPS="" (empty: istio captures no outbound TCP at all)`}},
+		{"owner groups exclude", func(c *Config) { c.OwnerGroupsExclude = "2000" }, HostFacts{}, []string{`ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE="2000"`}},
+		{"exclude ignored by istio beside an include list", func(c *Config) { c.OwnerGroupsInclude, c.OwnerGroupsExclude = "7", "8" },
+			HostFacts{}, []string{`ISTIO_OUTBOUND_OWNER_GROUPS="7"`}},
+		{"interfaces", func(c *Config) { c.KubeVirtInterfaces, c.ExcludeInterfaces = "eth1", "eth2" }, HostFacts{},
 			[]string{"-k/--kube-virt-interfaces", "-c/--istio-exclude-interfaces"}},
+		{"eight proxy uids and gids fit", func(c *Config) { c.ProxyUID, c.ProxyGID = "1,2,3,4,5,6,7,8", "1,2,3,4,5,6,7,8" }, HostFacts{}, nil},
+		{"nine proxy uids and gids", func(c *Config) { c.ProxyUID, c.ProxyGID = "1,2,3,4,5,6,7,8,9", "1,2,3,4,5,6,7,8,9" }, HostFacts{},
+			[]string{"more than 8 -u/--proxy-uid values", "more than 8 -g/--proxy-gid values"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := Default()
 			tc.mod(&c)
-			if got := c.EBPFUnsupported(); !reflect.DeepEqual(got, tc.want) {
+			if got := c.EBPFUnsupported(tc.host); !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("EBPFUnsupported() = %q, want %q", got, tc.want)
 			}
 		})
+	}
+}
+
+func TestDNSCapture(t *testing.T) {
+	servers := HostFacts{DNSServersV6: []string{"fd00::a"}}
+	for _, tc := range []struct {
+		redirect, all bool
+		host          HostFacts
+		want          bool
+	}{
+		{false, false, servers, false},
+		{false, true, servers, false}, // --capture-all-dns alone does nothing
+		{true, false, HostFacts{}, false},
+		{true, false, servers, true},
+		{true, true, HostFacts{}, true},
+	} {
+		c := Default()
+		c.RedirectDNS, c.CaptureAllDNS = tc.redirect, tc.all
+		if got := c.DNSCapture(tc.host); got != tc.want {
+			t.Errorf("redirect=%v all=%v host=%+v: %v, want %v", tc.redirect, tc.all, tc.host, got, tc.want)
+		}
 	}
 }

@@ -46,6 +46,7 @@ const (
 	EnvCleanupOnly            = "CLEANUP_ONLY"
 	EnvForceApply             = "FORCE_APPLY"
 	EnvForceIptablesBinary    = "FORCE_IPTABLES_BINARY"
+	EnvNativeNftables         = "NATIVE_NFTABLES"
 	EnvSkipRuleApply          = "SKIP_RULE_APPLY"
 	EnvRunValidation          = "RUN_VALIDATION"
 	EnvProbePort              = "IPTABLES_PROBE_PORT"
@@ -65,9 +66,9 @@ const (
 type ExecOptions struct {
 	LogOutputLevel   string // --log_output_level: accepted and ignored (meshcap logs through --log-level)
 	SkipRuleApply    bool   // --skip-rule-apply: generate nothing, apply nothing, succeed
-	RunValidation    bool   // --run-validation: rejected by meshcap (not implemented) when set
-	ProbePort        string // --iptables-probe-port: validation only, accepted and ignored
-	ProbeTimeout     string // --probe-timeout: validation only, accepted and ignored
+	RunValidation    bool   // --run-validation: istio-validation's redirect check (meshcap init; pkg/validation)
+	ProbePort        string // --iptables-probe-port: the validation's probe port
+	ProbeTimeout     string // --probe-timeout: how long the validation waits for a redirected probe
 	NetworkNamespace string // --network-namespace: run everything in this netns (path)
 	CNIMode          bool   // --cni-mode: accepted and ignored (lock scoping)
 }
@@ -134,7 +135,7 @@ func BindCaptureFlags(fs *pflag.FlagSet, c *Config, env LookupEnv) {
 }
 
 // BindApplyFlags registers the flags of the iptables apply flow: -n/--dry-run, --reconcile, --cleanup-only,
-// --force-apply, --force-iptables-binary.
+// --force-apply, --force-iptables-binary, and --native-nftables (which switches the fallback to nftables).
 func BindApplyFlags(fs *pflag.FlagSet, c *Config, env LookupEnv) {
 	if env == nil {
 		env = os.LookupEnv
@@ -151,12 +152,14 @@ func BindApplyFlags(fs *pflag.FlagSet, c *Config, env LookupEnv) {
 		c.ForceIptablesBinary = v
 	}
 	fs.StringVar(&c.ForceIptablesBinary, "force-iptables-binary", c.ForceIptablesBinary, "iptables variant: legacy, nft or empty for auto-detection (env "+EnvForceIptablesBinary+")")
+	c.NativeNftables = envBool(env, EnvNativeNftables, c.NativeNftables)
+	fs.BoolVar(&c.NativeNftables, "native-nftables", c.NativeNftables, "write istio's native nftables tables (inet istio-proxy-nat/mangle/raw, one nft -f - transaction) instead of iptables rules (env "+EnvNativeNftables+")")
 }
 
 // BindExecFlags registers the istio-iptables flags that affect neither rules nor apply, so that istio-init argument
 // lists are accepted verbatim: --log_output_level (ignored), --skip-rule-apply (do nothing), --run-validation
-// (refused: not implemented), --iptables-probe-port and --probe-timeout (validation only, ignored),
-// --network-namespace (run in that netns), --cni-mode (ignored).
+// with --iptables-probe-port and --probe-timeout (istio-validation's check, pkg/validation), --network-namespace
+// (run in that netns), --cni-mode (ignored).
 func BindExecFlags(fs *pflag.FlagSet, o *ExecOptions, env LookupEnv) {
 	if env == nil {
 		env = os.LookupEnv
@@ -169,9 +172,9 @@ func BindExecFlags(fs *pflag.FlagSet, o *ExecOptions, env LookupEnv) {
 	}
 	fs.StringVar(&o.LogOutputLevel, "log_output_level", o.LogOutputLevel, "istio logging option: accepted and ignored (use --log-level)")
 	fs.BoolVar(&o.SkipRuleApply, "skip-rule-apply", envBool(env, EnvSkipRuleApply, o.SkipRuleApply), "generate and apply nothing (env "+EnvSkipRuleApply+")")
-	fs.BoolVar(&o.RunValidation, "run-validation", envBool(env, EnvRunValidation, o.RunValidation), "istio's post-apply redirect check: not implemented, refused when set (env "+EnvRunValidation+")")
-	fs.StringVar(&o.ProbePort, "iptables-probe-port", envStr(EnvProbePort, "15002"), "validation probe port: accepted and ignored")
-	fs.StringVar(&o.ProbeTimeout, "probe-timeout", envStr(EnvProbeTimeout, "5s"), "validation probe timeout: accepted and ignored")
+	fs.BoolVar(&o.RunValidation, "run-validation", envBool(env, EnvRunValidation, o.RunValidation), "check that capture redirects (meshcap init; exit 126 on failure) (env "+EnvRunValidation+")")
+	fs.StringVar(&o.ProbePort, "iptables-probe-port", envStr(EnvProbePort, "15002"), "validation probe port (env "+EnvProbePort+")")
+	fs.StringVar(&o.ProbeTimeout, "probe-timeout", envStr(EnvProbeTimeout, "5s"), "how long validation waits for a redirected probe (env "+EnvProbeTimeout+")")
 	fs.StringVar(&o.NetworkNamespace, "network-namespace", envStr(EnvNetworkNamespace, o.NetworkNamespace), "network namespace path to configure (default: the current one)")
 	fs.BoolVar(&o.CNIMode, "cni-mode", envBool(env, EnvCNIMode, o.CNIMode), "accepted and ignored")
 }
@@ -248,4 +251,16 @@ func (c Config) ValidateForceIptablesBinary() error {
 		return nil
 	}
 	return fmt.Errorf("invalid --force-iptables-binary %q: want legacy, nft or empty", c.ForceIptablesBinary)
+}
+
+// ParseArgs parses an istio-iptables argument list as `meshcap iptables` does (BindFlagsEnv + BindExecFlags) with
+// the given environment, starting from Default(). It does not resolve the -u/-g defaults (see ResolveDefaults).
+func ParseArgs(args []string, env LookupEnv) (Config, ExecOptions, error) {
+	c := Default()
+	var ex ExecOptions
+	fs := pflag.NewFlagSet("istio-iptables", pflag.ContinueOnError)
+	BindFlagsEnv(fs, &c, env)
+	BindExecFlags(fs, &ex, env)
+	err := fs.Parse(args)
+	return c, ex, err
 }

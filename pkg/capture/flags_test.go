@@ -30,13 +30,13 @@ func TestBindFlagsShortAndLong(t *testing.T) {
 	c := parse(t, nil, "-p", "1", "-z", "2", "-e", "3", "-u", "4", "-g", "5", "-m", "TPROXY", "-t", "6", "-r", "7",
 		"-b", "*", "-d", "8,9", "-i", "10.0.0.0/8", "-x", "", "-q", "11", "-o", "12", "-k", "eth1", "-c", "eth2", "-n",
 		"--redirect-dns", "--capture-all-dns", "--drop-invalid", "--dual-stack", "--reconcile", "--cleanup-only",
-		"--force-apply", "--force-iptables-binary", "nft")
+		"--force-apply", "--force-iptables-binary", "nft", "--native-nftables")
 	want := Config{ProxyPort: "1", InboundCapturePort: "2", InboundTunnelPort: "3", ProxyUID: "4", ProxyGID: "5",
 		InboundInterceptionMode: "TPROXY", InboundTProxyMark: "6", InboundTProxyRouteTable: "7", InboundPortsInclude: "*",
 		InboundPortsExclude: "8,9", OutboundIPRangesInclude: "10.0.0.0/8", OutboundPortsInclude: "11", OutboundPortsExclude: "12",
 		KubeVirtInterfaces: "eth1", ExcludeInterfaces: "eth2", RedirectDNS: true, CaptureAllDNS: true, DropInvalid: true,
 		DualStack: true, OwnerGroupsInclude: "*", HostIPv4LoopbackCIDR: "127.0.0.1/32", DryRun: true, Reconcile: true,
-		CleanupOnly: true, ForceApply: true, ForceIptablesBinary: "nft"}
+		CleanupOnly: true, ForceApply: true, ForceIptablesBinary: "nft", NativeNftables: true}
 	if c != want {
 		t.Fatalf("got  %+v\nwant %+v", c, want)
 	}
@@ -46,7 +46,7 @@ func TestBindFlagsShortAndLong(t *testing.T) {
 		"--istio-service-cidr=10.0.0.0/8", "--istio-service-exclude-cidr=", "--istio-outbound-ports=11",
 		"--istio-local-outbound-ports-exclude=12", "--kube-virt-interfaces=eth1", "--istio-exclude-interfaces=eth2",
 		"--dry-run", "--redirect-dns", "--capture-all-dns", "--drop-invalid", "--dual-stack", "--reconcile",
-		"--cleanup-only", "--force-apply", "--force-iptables-binary=nft")
+		"--cleanup-only", "--force-apply", "--force-iptables-binary=nft", "--native-nftables")
 	if long != want {
 		t.Fatalf("long flags: got %+v\nwant %+v", long, want)
 	}
@@ -61,6 +61,7 @@ func TestBindFlagsEnv(t *testing.T) {
 		EnvRedirectDNS: "true", EnvCaptureAllDNS: "1", EnvDropInvalid: "true", EnvDualStack: "true", EnvDryRun: "true",
 		EnvReconcile: "true", EnvCleanupOnly: "true", EnvForceApply: "true", EnvForceIptablesBinary: "legacy",
 		EnvOwnerGroups: "java,202", EnvOwnerGroupsExclude: "888", EnvIPv4LoopbackCIDR: "127.0.0.1/8", EnvEnvoyUser: "envoy",
+		EnvNativeNftables: "true",
 	}
 	c := parse(t, env)
 	want := Config{ProxyPort: "15001", InboundCapturePort: "2", InboundTunnelPort: "3", ProxyUID: "4", ProxyGID: "5",
@@ -69,13 +70,13 @@ func TestBindFlagsEnv(t *testing.T) {
 		OutboundPortsInclude: "11", OutboundPortsExclude: "12", KubeVirtInterfaces: "eth1", ExcludeInterfaces: "eth2",
 		RedirectDNS: true, CaptureAllDNS: true, DropInvalid: true, DualStack: true, OwnerGroupsInclude: "java,202",
 		OwnerGroupsExclude: "888", HostIPv4LoopbackCIDR: "127.0.0.1/8", EnvoyUser: "envoy", DryRun: true, Reconcile: true,
-		CleanupOnly: true, ForceApply: true, ForceIptablesBinary: "legacy"}
+		CleanupOnly: true, ForceApply: true, ForceIptablesBinary: "legacy", NativeNftables: true}
 	if c != want {
 		t.Fatalf("got  %+v\nwant %+v", c, want)
 	}
 	// A command-line flag beats the environment.
-	c = parse(t, env, "-b", "80", "--redirect-dns=false", "-z", "9")
-	if c.InboundPortsInclude != "80" || c.RedirectDNS || c.InboundCapturePort != "9" {
+	c = parse(t, env, "-b", "80", "--redirect-dns=false", "-z", "9", "--native-nftables=false")
+	if c.InboundPortsInclude != "80" || c.RedirectDNS || c.InboundCapturePort != "9" || c.NativeNftables {
 		t.Fatalf("flags must beat env: %+v", c)
 	}
 }
@@ -110,7 +111,7 @@ func TestBindCaptureFlagsOnly(t *testing.T) {
 	c := Default()
 	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
 	BindCaptureFlags(fs, &c, MapEnv(map[string]string{EnvDryRun: "true", EnvReconcile: "true"}))
-	for _, name := range []string{"dry-run", "reconcile", "cleanup-only", "force-apply", "force-iptables-binary"} {
+	for _, name := range []string{"dry-run", "reconcile", "cleanup-only", "force-apply", "force-iptables-binary", "native-nftables"} {
 		if fs.Lookup(name) != nil {
 			t.Errorf("capture subset registers apply flag --%s", name)
 		}

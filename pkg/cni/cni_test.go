@@ -159,8 +159,9 @@ func testPlugin(out *bytes.Buffer, enr *fakeEnroller) *Plugin {
 			}
 			return NetnsID{Cookie: 4242, Inode: 99}, nil
 		},
-		Stdout: out,
-		Now:    func() time.Time { return time.Unix(1, 0) },
+		EBPFUnsupported: func(_ string, c capture.Config) ([]string, error) { return c.EBPFUnsupported(capture.HostFacts{}), nil },
+		Stdout:          out,
+		Now:             func() time.Time { return time.Unix(1, 0) },
 	}
 }
 
@@ -242,6 +243,58 @@ func TestPluginLeavesNonMeshPodAlone(t *testing.T) {
 	}
 	if err := p.Del(args); err != nil {
 		t.Fatalf("DEL: %v", err)
+	}
+}
+
+// TestPluginFallsBackForPodEBPFCannotCover: a pod with IPv6 (istio would write ip6tables rules) or TPROXY
+// interception is not enrolled into eBPF capture: it is captured by the iptables fallback instead, recorded as
+// such (DEL undoes it there), and the reason is logged.
+func TestPluginFallsBackForPodEBPFCannotCover(t *testing.T) {
+	for _, tc := range []struct {
+		name, args string
+		ipv6       bool
+		want       string
+	}{
+		{"ipv6", "", true, "IPv6 capture"},
+		{"tproxy", ";MESHCAP_ISTIO_INBOUND_INTERCEPTION_MODE=TPROXY", false, "-m TPROXY"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, log bytes.Buffer
+			enr := &fakeEnroller{enrolled: map[uint64]capture.Policy{}}
+			fallback := &fakeEnroller{enrolled: map[uint64]capture.Policy{}}
+			p := testPlugin(&out, enr)
+			p.Log, p.Fallback = &log, fallback
+			p.EBPFUnsupported = func(netns string, c capture.Config) ([]string, error) {
+				if netns != "/var/run/netns/x" {
+					t.Errorf("facts read in %q", netns)
+				}
+				return c.EBPFUnsupported(capture.HostFacts{IPv6: tc.ipv6}), nil
+			}
+			conf := confJSON(t, `,"enroll":"all"`)
+			var parsed NetConf
+			_ = json.Unmarshal(conf, &parsed)
+			args := &skel.CmdArgs{ContainerID: "c9", Netns: "/var/run/netns/x", IfName: "eth0",
+				Args: "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web" + tc.args, StdinData: conf}
+			if err := p.Add(args); err != nil {
+				t.Fatalf("ADD: %v", err)
+			}
+			if !strings.Contains(log.String(), tc.want) || !strings.Contains(log.String(), "NOT enrolled into eBPF") {
+				t.Errorf("fallback not logged with its reason: %q", log.String())
+			}
+			rec, err := Store{Dir: parsed.StateDir}.Get("c9")
+			if err != nil || rec == nil || rec.Mode != ModeIPTables {
+				t.Fatalf("record %+v, %v: want mode %q", rec, err, ModeIPTables)
+			}
+			if len(enr.enrolled) != 0 || len(fallback.enrolled) != 1 {
+				t.Fatalf("eBPF enrolled %v, fallback %v: want the fallback only", enr.enrolled, fallback.enrolled)
+			}
+			if err := p.Del(args); err != nil {
+				t.Fatalf("DEL: %v", err)
+			}
+			if len(fallback.enrolled) != 0 {
+				t.Fatalf("DEL left the fallback in place: %v", fallback.enrolled)
+			}
+		})
 	}
 }
 

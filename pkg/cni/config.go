@@ -4,6 +4,9 @@
 // Invariants:
 //   - prevResult is passed through unchanged (only converted to the configuration's cniVersion).
 //   - A pod not meant for the mesh is left alone: nothing is recorded and nothing is programmed.
+//   - A mesh pod goes into the agent's eBPF capture only when that covers all of it (capture.EBPFUnsupported with
+//     its netns' facts); otherwise istio's own rules are applied in its netns (ModeIPTables). Never enrolled with
+//     part of its traffic uncaptured.
 //   - DEL is idempotent and succeeds with an empty or vanished netns (the record holds the cookie).
 //   - Bad configuration fails ADD with a message naming the bad value; nothing is half-applied.
 package cni

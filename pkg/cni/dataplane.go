@@ -47,8 +47,25 @@ func ReadAgentInfo(stateDir string) (*AgentInfo, error) {
 type PinnedEnroller struct {
 	PinDir  string // the agent's outbound attachment (pinRoot/cgroup-<id>)
 	PinRoot string // for per-netns inbound attachments (pinRoot/netns-<cookie>/inbound)
+	// CgroupDir is the agent's shared cgroup (the pods' cgroup root). Each pod's inbound cgroup programs, which
+	// register its sidecar's listener by themselves (loader.InboundOptions.Cgroup), go on the pod's own cgroup below
+	// it when the pod UID finds one, else on CgroupDir (see InboundCgroup).
+	CgroupDir string
 	// MaxConns is each pod's capacity of captured connections (0 = the default).
 	MaxConns uint32
+}
+
+// InboundCgroup is where the inbound cgroup programs of pod e go: the pod's own cgroup under CgroupDir (found by the
+// K8S_POD_UID the runtime passed), so that a node's pods do not share the kernel's 64 programs per hook of one
+// cgroup; the shared CgroupDir when the UID is unknown or names no cgroup there.
+func (p PinnedEnroller) InboundCgroup(e *Enrollment) string {
+	if p.CgroupDir == "" || e.Pod.UID == "" {
+		return p.CgroupDir
+	}
+	if dir, err := loader.FindPodCgroup(p.CgroupDir, e.Pod.UID); err == nil {
+		return dir
+	}
+	return p.CgroupDir
 }
 
 // Enroll captures the pod through the agent's attachment (loader.CapturePod: its outbound settings under its netns
@@ -67,7 +84,11 @@ func (p PinnedEnroller) Unenroll(e *Enrollment) error {
 }
 
 func (p PinnedEnroller) target(e *Enrollment, netns string) loader.PodTarget {
-	return loader.PodTarget{AgentPinDir: p.PinDir, Netns: netns, NetnsCookie: e.NetnsCookie}
+	t := loader.PodTarget{AgentPinDir: p.PinDir, Netns: netns, NetnsCookie: e.NetnsCookie}
+	if netns != "" {
+		t.InboundCgroup = p.InboundCgroup(e)
+	}
+	return t
 }
 
 // AgentEnroller returns the PinnedEnroller of the node agent, or NopEnroller (records only; the agent programs
@@ -81,5 +102,5 @@ func AgentEnroller(conf *NetConf) (Enroller, error) {
 	if info == nil {
 		return NopEnroller{}, nil
 	}
-	return PinnedEnroller{PinDir: info.PinDir, PinRoot: info.PinRoot, MaxConns: info.MaxConnections}, nil
+	return PinnedEnroller{PinDir: info.PinDir, PinRoot: info.PinRoot, CgroupDir: info.CgroupDir, MaxConns: info.MaxConnections}, nil
 }

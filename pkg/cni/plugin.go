@@ -7,12 +7,17 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/meshcap/meshcap/pkg/capture"
+	"github.com/meshcap/meshcap/pkg/hostfs"
+	"github.com/meshcap/meshcap/pkg/iptables"
 )
 
 // SupportedVersions are the CNI spec versions meshcap-cni speaks.
@@ -24,20 +29,27 @@ type Plugin struct {
 	NewEnroller func(conf *NetConf) (Enroller, error)
 	// ReadNetnsID reads a netns' cookie and inode (ReadNetnsID; replaceable in tests).
 	ReadNetnsID func(path string) (NetnsID, error)
-	Stdout      io.Writer // results
-	Log         io.Writer // one line per decision (stderr)
-	Now         func() time.Time
+	// EBPFUnsupported lists what eBPF capture cannot do for c in the pod's netns (iptables.EBPFUnsupportedIn;
+	// replaceable in tests).
+	EBPFUnsupported func(netnsPath string, c capture.Config) ([]string, error)
+	// Fallback captures a pod that eBPF cannot fully cover (IPTablesEnroller: istio's rules in its netns).
+	Fallback Enroller
+	Stdout   io.Writer // results
+	Log      io.Writer // one line per decision (stderr)
+	Now      func() time.Time
 }
 
 // NewPlugin returns a plugin that writes to stdout/stderr, records enrollments in the state dir and programs
 // the node agent's pinned maps when an agent runs (AgentEnroller).
 func NewPlugin() *Plugin {
 	return &Plugin{
-		NewEnroller: AgentEnroller,
-		ReadNetnsID: ReadNetnsID,
-		Stdout:      os.Stdout,
-		Log:         os.Stderr,
-		Now:         time.Now,
+		NewEnroller:     AgentEnroller,
+		ReadNetnsID:     ReadNetnsID,
+		EBPFUnsupported: iptables.EBPFUnsupportedIn,
+		Fallback:        IPTablesEnroller{},
+		Stdout:          os.Stdout,
+		Log:             os.Stderr,
+		Now:             time.Now,
 	}
 }
 
@@ -150,6 +162,10 @@ func (p *Plugin) Add(a *skel.CmdArgs) error {
 	if err != nil {
 		return types.NewError(types.ErrInvalidNetNS, err.Error(), "")
 	}
+	mode, err := p.captureMode(a, in.pod, cfg, id)
+	if err != nil {
+		return err
+	}
 	e := &Enrollment{
 		ContainerID: a.ContainerID,
 		IfName:      a.IfName,
@@ -162,6 +178,7 @@ func (p *Plugin) Add(a *skel.CmdArgs) error {
 		Reason:      in.decision.Reason,
 		Network:     in.conf.Name,
 		Created:     p.Now().UTC(),
+		Mode:        mode,
 	}
 	store := Store{Dir: in.conf.StateDir}
 	unlock, err := store.Lock()
@@ -169,7 +186,7 @@ func (p *Plugin) Add(a *skel.CmdArgs) error {
 		return types.NewError(types.ErrIOFailure, err.Error(), "")
 	}
 	defer unlock()
-	enr, err := p.NewEnroller(in.conf)
+	enr, err := p.enroller(in.conf, mode)
 	if err != nil {
 		return types.NewError(types.ErrInternal, fmt.Sprintf("dataplane: %v", err), "")
 	}
@@ -182,8 +199,45 @@ func (p *Plugin) Add(a *skel.CmdArgs) error {
 		}
 		return types.NewError(types.ErrIOFailure, err.Error(), "")
 	}
-	p.logf("ADD %s pod %s: enrolled netns cookie %d ips %v: %s", a.ContainerID, in.pod, id.Cookie, ips, in.decision.Reason)
+	p.logf("ADD %s pod %s: enrolled (%s) netns cookie %d ips %v: %s", a.ContainerID, in.pod, modeName(mode), id.Cookie, ips, in.decision.Reason)
 	return p.printResult(in.conf)
+}
+
+// captureMode decides how an enrolled pod is captured: ModeEBPF, or ModeIPTables when eBPF capture cannot fully
+// cover it (capture.EBPFUnsupported with the facts of its netns, for example IPv6 addresses): enrolling it into
+// eBPF would leave those connections uncaptured. The fallback is logged with the reason.
+func (p *Plugin) captureMode(a *skel.CmdArgs, pod Pod, cfg capture.Config, id NetnsID) (string, error) {
+	un, err := p.EBPFUnsupported(a.Netns, cfg)
+	if err != nil {
+		return "", types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("pod %s: %v", pod, err), "")
+	}
+	if !hostfs.IsNetnsCookie(id.Cookie) {
+		un = append(un, "agent mode on this kernel (it gives userspace no netns cookie: SO_NETNS_COOKIE needs Linux 5.14)")
+	}
+	if len(un) == 0 {
+		return ModeEBPF, nil
+	}
+	p.logf("ADD %s pod %s: NOT enrolled into eBPF capture, which cannot do %s: istio's iptables rules are applied in its netns instead",
+		a.ContainerID, pod, strings.Join(un, "; "))
+	return ModeIPTables, nil
+}
+
+// enroller returns the dataplane of a capture mode.
+func (p *Plugin) enroller(conf *NetConf, mode string) (Enroller, error) {
+	if mode == ModeIPTables {
+		if p.Fallback == nil {
+			return nil, errors.New("no iptables fallback configured")
+		}
+		return p.Fallback, nil
+	}
+	return p.NewEnroller(conf)
+}
+
+func modeName(mode string) string {
+	if mode == ModeIPTables {
+		return "iptables"
+	}
+	return "ebpf"
 }
 
 // Del unenrolls the pod. It needs neither the netns (it may be empty or gone) nor a record (then it does nothing).
@@ -222,7 +276,7 @@ func (p *Plugin) Del(a *skel.CmdArgs) error {
 }
 
 func (p *Plugin) unenroll(conf *NetConf, store Store, rec *Enrollment) error {
-	enr, err := p.NewEnroller(conf)
+	enr, err := p.enroller(conf, rec.Mode)
 	if err != nil {
 		return types.NewError(types.ErrInternal, fmt.Sprintf("dataplane: %v", err), "")
 	}

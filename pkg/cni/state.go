@@ -31,6 +31,8 @@ type Enrollment struct {
 	Reason      string         `json:"reason"` // why it was enrolled
 	Network     string         `json:"network"`
 	Created     time.Time      `json:"created"`
+	// Mode is how the pod is captured: ModeEBPF (the agent) or ModeIPTables (the per-pod fallback).
+	Mode string `json:"mode,omitempty"`
 }
 
 // Enroller programs the dataplane for one pod. The record store is separate (Store); an Enroller is the

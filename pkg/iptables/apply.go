@@ -349,11 +349,11 @@ func (a *Applier) applyAll(ctx context.Context, fams []family, rs *Ruleset) erro
 			}
 		}
 	}
-	return a.routes(ctx, rs)
+	return a.Routes(ctx, rs)
 }
 
-// routes adds ::6/128 to lo when IPv6 is on, and the TPROXY ip rule + route. Existing entries are fine.
-func (a *Applier) routes(ctx context.Context, rs *Ruleset) error {
+// Routes adds ::6/128 to lo when IPv6 is on, and the TPROXY ip rule + route. Existing entries are fine.
+func (a *Applier) Routes(ctx context.Context, rs *Ruleset) error {
 	ignoreExists := func(err error) error {
 		var ce *CommandError
 		if errors.As(err, &ce) && (strings.Contains(ce.Stderr, "File exists") || strings.Contains(ce.Stderr, "already assigned")) {
@@ -372,8 +372,16 @@ func (a *Applier) routes(ctx context.Context, rs *Ruleset) error {
 			fams = append(fams, "inet6")
 		}
 		for _, f := range fams {
-			if _, err := a.run(ctx, "", "ip", "-f", f, "rule", "add", "fwmark", rs.TProxyRoute.Mark, "lookup", rs.TProxyRoute.Table); ignoreExists(err) != nil {
+			// The kernel accepts the same rule twice: add it only when `ip rule show` has none (idempotent re-runs).
+			sel := []string{"fwmark", rs.TProxyRoute.Mark, "lookup", rs.TProxyRoute.Table}
+			have, err := a.run(ctx, "", "ip", append([]string{"-f", f, "rule", "show"}, sel...)...)
+			if err != nil {
 				return fmt.Errorf("tproxy ip rule: %w", err)
+			}
+			if strings.TrimSpace(have) == "" {
+				if _, err := a.run(ctx, "", "ip", append([]string{"-f", f, "rule", "add"}, sel...)...); err != nil {
+					return fmt.Errorf("tproxy ip rule: %w", err)
+				}
 			}
 			if _, err := a.run(ctx, "", "ip", "-f", f, "route", "add", "local", "default", "dev", "lo", "table", rs.TProxyRoute.Table); ignoreExists(err) != nil {
 				return fmt.Errorf("tproxy ip route: %w", err)

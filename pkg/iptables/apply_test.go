@@ -69,7 +69,7 @@ func injected(t *testing.T, ipv6 bool, mod func(*capture.Config)) (capture.Confi
 		mod(&c)
 	}
 	c.ResolveDefaultsWith(nil)
-	rs, err := Build(c, HostFacts{IPv6: ipv6})
+	rs, err := Build(c, capture.HostFacts{IPv6: ipv6})
 	if err != nil {
 		t.Fatal(err)
 	}

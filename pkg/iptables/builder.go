@@ -50,15 +50,6 @@ var builtinChains = map[string]bool{
 // IsBuiltinChain reports whether name is a built-in chain or target (no -N needed).
 func IsBuiltinChain(name string) bool { return builtinChains[name] }
 
-// HostFacts are the values istio takes from the host rather than from flags (DEFAULTS.md section 4).
-type HostFacts struct {
-	IPv6 bool // IPv6 enabled: see DetectIPv6
-	// DNS servers in canonical text form (see ParseResolvConf), used when --redirect-dns is on and
-	// --capture-all-dns is off. They are inserted verbatim with /32 or /128 appended.
-	DNSServersV4 []string
-	DNSServersV6 []string
-}
-
 // Rule is one generated rule: `-A Chain Spec...` or, when Pos > 0, `-I Chain Pos Spec...`.
 type Rule struct {
 	Table string
@@ -260,8 +251,8 @@ func checkWord(what, s string) error {
 	return nil
 }
 
-// canonCIDRs splits a validated CIDR list into canonical IPv4 and IPv6 text (host bits kept, IPv4-mapped = IPv6).
-func canonCIDRs(list string) (v4, v6 []string, loopback bool) {
+// SplitCIDRs splits a validated CIDR list into canonical IPv4 and IPv6 text (host bits kept, IPv4-mapped = IPv6).
+func SplitCIDRs(list string) (v4, v6 []string, loopback bool) {
 	for _, item := range capture.SplitList(list) {
 		p, err := netip.ParsePrefix(item)
 		if err != nil {
@@ -319,7 +310,7 @@ func (b *builder) fam(loV4 string, fn func(v6 bool, lo, src string)) {
 
 // Build validates c and generates the rules of istio-iptables for the given host facts (DEFAULTS.md section 5).
 // c must have gone through ResolveDefaults (or carry explicit -u/-g).
-func Build(c capture.Config, host HostFacts) (*Ruleset, error) {
+func Build(c capture.Config, host capture.HostFacts) (*Ruleset, error) {
 	if _, err := Validate(c); err != nil {
 		return nil, err
 	}
@@ -337,16 +328,16 @@ func Build(c capture.Config, host HostFacts) (*Ruleset, error) {
 	var inc4, inc6 []string
 	var incLoopback bool
 	if !incAll {
-		inc4, inc6, incLoopback = canonCIDRs(c.OutboundIPRangesInclude)
+		inc4, inc6, incLoopback = SplitCIDRs(c.OutboundIPRangesInclude)
 	}
-	exc4, exc6, _ := canonCIDRs(c.OutboundIPRangesExclude)
+	exc4, exc6, _ := SplitCIDRs(c.OutboundIPRangesExclude)
 
 	captureAll := c.CaptureAllDNS
 	var dns4, dns6 []string
 	if c.RedirectDNS && !captureAll {
 		dns4, dns6 = host.DNSServersV4, host.DNSServersV6
 	}
-	dns := c.RedirectDNS && (captureAll || len(dns4) > 0 || len(dns6) > 0)
+	dns := c.DNSCapture(host)
 
 	// 1. excluded interfaces
 	for _, i := range excludeIfs {

@@ -3,12 +3,15 @@ package iptables
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os/exec"
 	"runtime"
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/meshcap/meshcap/pkg/capture"
 )
 
 // Runner runs one external command to completion. stdin may be empty. On failure the error carries the
@@ -96,4 +99,26 @@ func InNetns(path string, fn func() error) error {
 	}
 	runtime.UnlockOSThread()
 	return ferr
+}
+
+// FactsIn gathers the host facts of c inside the network namespace at path ("" = the current one), as
+// istio-iptables does when it runs there: its interface addresses, and /etc/resolv.conf of this process.
+func FactsIn(path string, c capture.Config) (capture.HostFacts, error) {
+	var f capture.HostFacts
+	err := InNetns(path, func() (err error) {
+		f, err = capture.HostSource{}.Facts(c)
+		return err
+	})
+	return f, err
+}
+
+// EBPFUnsupportedIn is capture.EBPFUnsupported with the host facts of the network namespace at path. A netns
+// without any non-loopback address has no IPv6 to capture: there istio-iptables fails, and eBPF capture misses
+// nothing.
+func EBPFUnsupportedIn(path string, c capture.Config) ([]string, error) {
+	facts, err := FactsIn(path, c)
+	if err != nil && !errors.Is(err, capture.ErrNoLocalAddress) {
+		return nil, fmt.Errorf("host facts of netns %q: %w", path, err)
+	}
+	return c.EBPFUnsupported(facts), nil
 }

@@ -10,8 +10,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/spf13/pflag"
-
 	"github.com/meshcap/meshcap/pkg/capture"
 )
 
@@ -47,17 +45,9 @@ func loadGoldenCases(t *testing.T) []goldenCase {
 
 // configFromArgs runs args through the same flag binding as the CLI.
 func configFromArgs(args []string, env map[string]string) (capture.Config, error) {
-	cfg := capture.Default()
-	fs := pflag.NewFlagSet("istio-iptables", pflag.ContinueOnError)
-	lookup := capture.MapEnv(env)
-	capture.BindFlagsEnv(fs, &cfg, lookup)
-	var exec capture.ExecOptions
-	capture.BindExecFlags(fs, &exec, lookup)
-	if err := fs.Parse(args); err != nil {
-		return cfg, err
-	}
+	cfg, _, err := capture.ParseArgs(args, capture.MapEnv(env))
 	cfg.ResolveDefaultsWith(func(string) (string, error) { return "", errors.New("no such user") })
-	return cfg, nil
+	return cfg, err
 }
 
 func buildCase(t *testing.T, gc goldenCase) *Ruleset {
@@ -66,7 +56,7 @@ func buildCase(t *testing.T, gc goldenCase) *Ruleset {
 	if err != nil {
 		t.Fatalf("flags %q: %v", gc.Args, err)
 	}
-	src := HostSource{
+	src := capture.HostSource{
 		Addrs: func() ([]netip.Addr, error) {
 			var out []netip.Addr
 			for _, a := range gc.Addrs {

@@ -6,13 +6,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/binary"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"regexp"
 	"strings"
@@ -23,34 +20,16 @@ import (
 
 	"github.com/meshcap/meshcap/pkg/capture"
 	"github.com/meshcap/meshcap/pkg/podnet"
+	"github.com/meshcap/meshcap/pkg/podnet/podtest"
 )
 
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root (network namespaces, iptables) and CI runs as root")
-		}
-		t.Skip("needs root: creates network namespaces and runs iptables in them")
-	}
+	podtest.RequireRoot(t, "creates network namespaces and runs iptables in them")
 }
 
-// newPod makes a netns (+ cgroup) named mc-ipt-<random>-<role>, removed when the test ends.
-func newPod(t *testing.T, role string) *podnet.Pod {
-	t.Helper()
-	b := make([]byte, 3)
-	_, _ = rand.Read(b)
-	p, err := podnet.NewPod("mc-ipt-" + hex.EncodeToString(b) + "-" + role)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := p.Close(); err != nil {
-			t.Errorf("remove %s: %v", p.Name, err)
-		}
-	})
-	return p
-}
+// newPod makes a throwaway netns (+ cgroup) named mc-ipt-<random>-<role>.
+func newPod(t *testing.T, role string) *podnet.Pod { return podtest.NewPod(t, "mc-ipt", role) }
 
 // countingRunner counts restore calls on top of the real runner.
 type countingRunner struct {
@@ -145,7 +124,7 @@ func TestRealApplyFlow(t *testing.T) {
 			run := &countingRunner{Runner: NetnsRunner(pod.NetnsPath)}
 			a := &Applier{Runner: run}
 			cfg := injectedConfig(t, backend)
-			rs, err := Build(cfg, HostFacts{})
+			rs, err := Build(cfg, capture.HostFacts{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -153,7 +132,7 @@ func TestRealApplyFlow(t *testing.T) {
 			// Bad input: rejected before any command runs, nothing applied.
 			bad := cfg
 			bad.InboundPortsInclude = "80x"
-			if _, err := Build(bad, HostFacts{}); err == nil || !strings.Contains(err.Error(), `"80x"`) {
+			if _, err := Build(bad, capture.HostFacts{}); err == nil || !strings.Contains(err.Error(), `"80x"`) {
 				t.Fatalf("bad -b: %v", err)
 			}
 			if got := istioLines(saved(t, pod, save)); got != "" {
@@ -232,7 +211,7 @@ func TestRealApplyFlow(t *testing.T) {
 			clean := capture.Default()
 			clean.CleanupOnly, clean.ForceIptablesBinary = true, backend
 			clean.ResolveDefaultsWith(nil)
-			crs, err := Build(clean, HostFacts{})
+			crs, err := Build(clean, capture.HostFacts{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -257,7 +236,7 @@ func TestRealApplyIPv6AndTProxy(t *testing.T) {
 			ctx := context.Background()
 			pod := newPod(t, backend[:3])
 			cfg := injectedConfig(t, backend, "-m", "TPROXY", "--drop-invalid", "--redirect-dns", "--capture-all-dns", "-k", "eth9", "-c", "eth8")
-			rs, err := Build(cfg, HostFacts{IPv6: true})
+			rs, err := Build(cfg, capture.HostFacts{IPv6: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -403,8 +382,8 @@ func TestRealTraffic(t *testing.T) {
 			}
 			// Host facts from the pod itself: its only non-loopback address is IPv4.
 			cfg := injectedConfig(t, backend)
-			var facts HostFacts
-			if err := InNetns(srv.NetnsPath, func() (err error) { facts, err = HostSource{}.Facts(cfg); return err }); err != nil {
+			var facts capture.HostFacts
+			if err := InNetns(srv.NetnsPath, func() (err error) { facts, err = capture.HostSource{}.Facts(cfg); return err }); err != nil {
 				t.Fatal(err)
 			}
 			if facts.IPv6 {

@@ -9,9 +9,12 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // DialResult is what one dial saw; the tests decode it.
@@ -30,10 +33,12 @@ func dialCmd(addr string, args []string) error {
 	fs := flag.NewFlagSet("dial", flag.ContinueOnError)
 	send := fs.Int64("send", 64, "bytes to send")
 	timeout := fs.Duration("timeout", 5*time.Second, "overall timeout")
+	family6 := fs.Bool("family6", false, "connect from an AF_INET6 socket (an IPv4-mapped ADDR then stays IPv4-mapped, as Java and other runtimes dial it; Go's net package would use AF_INET)")
+	bind := fs.String("bind", "", "source address to bind before connecting (for example 127.0.0.6, istio's passthrough source)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	res := dial(addr, *send, *timeout)
+	res := dial(addr, *send, *timeout, *family6, *bind)
 	if err := json.NewEncoder(os.Stdout).Encode(res); err != nil {
 		return err
 	}
@@ -43,9 +48,19 @@ func dialCmd(addr string, args []string) error {
 	return nil
 }
 
-func dial(addr string, send int64, timeout time.Duration) DialResult {
+func dial(addr string, send int64, timeout time.Duration, family6 bool, bind string) DialResult {
 	var res DialResult
-	conn, err := net.DialTimeout("tcp", addr, timeout)
+	var conn net.Conn
+	var err error
+	switch {
+	case family6:
+		conn, err = dialFamily6(addr, timeout)
+	case bind != "":
+		d := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{IP: net.ParseIP(bind)}}
+		conn, err = d.Dial("tcp", addr)
+	default:
+		conn, err = net.DialTimeout("tcp", addr, timeout)
+	}
 	if err != nil {
 		res.Error = err.Error()
 		return res
@@ -90,4 +105,25 @@ func dial(addr string, send int64, timeout time.Duration) DialResult {
 		res.Error = fmt.Sprintf("echo mismatch: sent %d, echoed %d", res.Sent, res.Echoed)
 	}
 	return res
+}
+
+// dialFamily6 connects from an AF_INET6 socket with the plain socket API, whatever the address (IPv4-mapped too).
+func dialFamily6(addr string, timeout time.Duration) (net.Conn, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	if err != nil {
+		return nil, err
+	}
+	tv := unix.NsecToTimeval(timeout.Nanoseconds())
+	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
+	if err := unix.Connect(fd, &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}); err != nil {
+		_ = unix.Close(fd)
+		return nil, fmt.Errorf("connect %s from an AF_INET6 socket: %w", addr, err)
+	}
+	f := os.NewFile(uintptr(fd), "dial6")
+	defer f.Close()
+	return net.FileConn(f)
 }

@@ -23,7 +23,8 @@ func listen(addr string) (net.Listener, error) {
 	return lc.Listen(context.Background(), "tcp", addr)
 }
 
-func serveCmd(addr string) error {
+// serveEach listens on addr and runs handle for each connection in its own goroutine, closing it afterwards.
+func serveEach(addr string, handle func(c net.Conn)) error {
 	ln, err := listen(addr)
 	if err != nil {
 		return err
@@ -35,18 +36,32 @@ func serveCmd(addr string) error {
 		}
 		go func() {
 			defer c.Close()
-			fmt.Fprintf(c, "%s %s\n", c.LocalAddr(), c.RemoteAddr())
-			_, _ = io.Copy(c, c)
+			handle(c)
 		}()
 	}
 }
 
+func serveCmd(addr string) error {
+	return serveEach(addr, func(c net.Conn) {
+		fmt.Fprintf(c, "%s %s\n", c.LocalAddr(), c.RemoteAddr())
+		_, _ = io.Copy(c, c)
+	})
+}
+
 // origdstCmd is a deliberately plain transparent proxy: the only way it learns where a connection was going is
 // getsockopt(SOL_IP, SO_ORIGINAL_DST), as Envoy's original_dst listener filter does.
-func origdstCmd(addr string) error {
+func origdstCmd(addr, src string) error {
 	ln, err := listen(addr)
 	if err != nil {
 		return err
+	}
+	d := net.Dialer{Timeout: 5 * time.Second}
+	if src != "" {
+		ip := net.ParseIP(src)
+		if ip == nil {
+			return fmt.Errorf("invalid source address %q", src)
+		}
+		d.LocalAddr = &net.TCPAddr{IP: ip}
 	}
 	var mu sync.Mutex
 	enc := json.NewEncoder(os.Stdout)
@@ -70,7 +85,7 @@ func origdstCmd(addr string) error {
 			if err != nil {
 				return
 			}
-			up, err := net.DialTimeout("tcp", dst.String(), 5*time.Second)
+			up, err := d.Dial("tcp", dst.String())
 			if err != nil {
 				return
 			}

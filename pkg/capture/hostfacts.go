@@ -1,4 +1,4 @@
-package iptables
+package capture
 
 import (
 	"bufio"
@@ -8,8 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"strings"
-
-	"github.com/meshcap/meshcap/pkg/capture"
 )
 
 // ErrNoLocalAddress is istio's "no valid local IP address found".
@@ -99,15 +97,32 @@ func ParseResolvConf(data []byte) (v4, v6 []string) {
 	return v4, v6
 }
 
+// HostFacts are the values istio takes from the pod's network namespace and files rather than from flags
+// (DEFAULTS.md section 4). The iptables backend builds its rules from them; EBPFUnsupported decides from them what
+// eBPF capture cannot cover.
+type HostFacts struct {
+	IPv6 bool // IPv6 enabled: see DetectIPv6
+	// DNS servers in canonical text form (see ParseResolvConf), used when --redirect-dns is on and
+	// --capture-all-dns is off. They are inserted verbatim with /32 or /128 appended.
+	DNSServersV4 []string
+	DNSServersV6 []string
+}
+
+// DNSCapture reports whether istio's DNS rules are in effect: --redirect-dns with --capture-all-dns, or with at
+// least one resolv.conf server (without servers istio silently turns DNS capture off).
+func (c Config) DNSCapture(h HostFacts) bool {
+	return c.RedirectDNS && (c.CaptureAllDNS || len(h.DNSServersV4) > 0 || len(h.DNSServersV6) > 0)
+}
+
 // HostSource supplies host facts; the zero value reads the current netns and /etc/resolv.conf.
 type HostSource struct {
 	Addrs      func() ([]netip.Addr, error) // default InterfaceAddrs
 	ResolvConf func() ([]byte, error)       // default reads /etc/resolv.conf
 }
 
-// Facts gathers the host facts c needs: IPv6 detection always, DNS servers only when --redirect-dns is on and
+// Facts gathers the host facts c needs (read-only: interface addresses of the current netns, /etc/resolv.conf): IPv6 detection always, DNS servers only when --redirect-dns is on and
 // --capture-all-dns is off (as istio). A missing resolv.conf means no servers.
-func (h HostSource) Facts(c capture.Config) (HostFacts, error) {
+func (h HostSource) Facts(c Config) (HostFacts, error) {
 	var f HostFacts
 	addrs := h.Addrs
 	if addrs == nil {

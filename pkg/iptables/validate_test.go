@@ -1,94 +1,11 @@
 package iptables
 
 import (
-	"errors"
-	"net/netip"
-	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/meshcap/meshcap/pkg/capture"
 )
-
-func addrs(s ...string) []netip.Addr {
-	var out []netip.Addr
-	for _, a := range s {
-		out = append(out, netip.MustParseAddr(a))
-	}
-	return out
-}
-
-func TestDetectIPv6(t *testing.T) {
-	for _, tc := range []struct {
-		addrs     []netip.Addr
-		dualStack bool
-		want      bool
-		err       error
-	}{
-		{addrs("127.0.0.1", "10.1.2.3"), false, false, nil},
-		{addrs("127.0.0.1", "::1", "2001:db8::3"), false, true, nil},
-		{addrs("10.1.2.3", "2001:db8::3"), false, false, nil},            // first address decides
-		{addrs("10.1.2.3", "2001:db8::3"), true, true, nil},              // dual-stack: any IPv6
-		{addrs("2001:db8::3", "10.1.2.3"), false, true, nil},             // first address decides
-		{addrs("fe80::1", "169.254.1.1", "10.1.2.3"), false, false, nil}, // link-local skipped
-		{addrs("fe80::1", "2001:db8::3"), false, true, nil},
-		{addrs("::ffff:10.1.2.3"), false, true, nil}, // IPv4-mapped counts as IPv6
-		{addrs("10.1.2.3"), true, false, nil},
-		{addrs("127.0.0.1", "::1", "fe80::1"), false, false, ErrNoLocalAddress},
-		{nil, true, false, ErrNoLocalAddress},
-	} {
-		got, err := DetectIPv6(tc.addrs, tc.dualStack)
-		if got != tc.want || !errors.Is(err, tc.err) {
-			t.Errorf("DetectIPv6(%v, %v) = %v, %v; want %v, %v", tc.addrs, tc.dualStack, got, err, tc.want, tc.err)
-		}
-	}
-}
-
-func TestParseResolvConf(t *testing.T) {
-	v4, v6 := ParseResolvConf([]byte(`# comment
-search example.com
-nameserver 127.0.0.53
-nameserver ::127.0.0.53
-nameserver FD00::A  # trailing comment
-nameserver ::ffff:10.0.0.1
-nameserver fe80::1%eth0
-nameserver not-an-ip
-options ndots:5
- nameserver 10.0.0.10
-`))
-	if want := []string{"127.0.0.53", "10.0.0.10"}; !reflect.DeepEqual(v4, want) {
-		t.Errorf("v4 = %q, want %q", v4, want)
-	}
-	if want := []string{"::7f00:35", "fd00::a", "::ffff:10.0.0.1", "fe80::1"}; !reflect.DeepEqual(v6, want) {
-		t.Errorf("v6 = %q, want %q", v6, want)
-	}
-	if v4, v6 := ParseResolvConf(nil); v4 != nil || v6 != nil {
-		t.Errorf("empty file: %q %q", v4, v6)
-	}
-}
-
-func TestHostFactsReadsResolvConfOnlyWhenNeeded(t *testing.T) {
-	read := 0
-	src := HostSource{
-		Addrs:      func() ([]netip.Addr, error) { return addrs("10.1.2.3"), nil },
-		ResolvConf: func() ([]byte, error) { read++; return []byte("nameserver 1.1.1.1\n"), nil },
-	}
-	c := capture.Default()
-	for _, tc := range []struct {
-		dns, all bool
-		reads    int
-	}{{false, false, 0}, {true, true, 0}, {true, false, 1}} {
-		read = 0
-		c.RedirectDNS, c.CaptureAllDNS = tc.dns, tc.all
-		f, err := src.Facts(c)
-		if err != nil || read != tc.reads {
-			t.Errorf("dns=%v all=%v: reads=%d err=%v", tc.dns, tc.all, read, err)
-		}
-		if tc.reads == 1 && !reflect.DeepEqual(f.DNSServersV4, []string{"1.1.1.1"}) {
-			t.Errorf("servers %q", f.DNSServersV4)
-		}
-	}
-}
 
 func TestValidateNamesBadValue(t *testing.T) {
 	for _, tc := range []struct {
@@ -121,7 +38,7 @@ func TestValidateNamesBadValue(t *testing.T) {
 		c := capture.Default()
 		c.ProxyUID, c.ProxyGID = "1337", "1337"
 		tc.mod(&c)
-		_, err := Build(c, HostFacts{})
+		_, err := Build(c, capture.HostFacts{})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("want error containing %s, got %v", tc.want, err)
 		}
@@ -132,7 +49,7 @@ func TestValidateNamesBadValue(t *testing.T) {
 	c.InboundPortsInclude, c.OutboundIPRangesInclude, c.InboundPortsExclude = "*", "*", "6000,7000,"
 	c.OwnerGroupsInclude = strings.TrimSuffix(strings.Repeat("1,", 64), ",")
 	c.HostIPv4LoopbackCIDR = "127.0.0.1/8"
-	if _, err := Build(c, HostFacts{}); err != nil {
+	if _, err := Build(c, capture.HostFacts{}); err != nil {
 		t.Errorf("valid config rejected: %v", err)
 	}
 }

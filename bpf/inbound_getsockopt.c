@@ -1,0 +1,85 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * cgroup/getsockopt, inbound side: getsockopt(SOL_IP, SO_ORIGINAL_DST) on a connection sk_lookup steered to the
+ * sidecar answers its original destination, as iptables REDIRECT does. With sk_lookup nothing was rewritten, so the
+ * original destination is the accepted socket's own local address.
+ *
+ * Attached next to the outbound getsockopt program. It answers only when nothing earlier did (ctx->retval != 0:
+ * the kernel said ENOENT, no conntrack) and the socket is in inb_steered; everything else is left alone.
+ */
+#include "inbound.h"
+#include "sockopt_guard.h"
+
+/* struct sockaddr_in, as userspace expects it (16 bytes). */
+struct inb_sockaddr_in {
+	__u16 sin_family;
+	__u16 sin_port; /* network byte order */
+	__u32 sin_addr; /* network byte order */
+	__u8 sin_zero[8];
+};
+
+/* One load of a struct bpf_sock field, pinned where it is written. Why: the verifier forbids pointer arithmetic on
+ * a socket pointer, and without the barrier clang sinks the loads of both branches into one load from a computed
+ * address (sk + 52 or sk + 68). */
+#define inb_sk_load(sk, field)                          \
+	({                                              \
+		__u32 __v = (sk)->field;                \
+		asm volatile("" : "+r"(__v));           \
+		__v;                                    \
+	})
+
+/* Answers SO_ORIGINAL_DST for a steered connection; leaves every other answer as it was. */
+static __always_inline int inb_getsockopt_answer(struct bpf_sockopt *ctx)
+{
+	if (ctx->level != SOL_IP || ctx->optname != SO_ORIGINAL_DST || ctx->retval == 0)
+		return 1; /* not ours, or already answered (outbound program, or conntrack's own answer) */
+
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk || sk->protocol != IPPROTO_TCP)
+		return 1;
+
+	struct inb_tuple t = {
+		.local_port = (__u16)sk->src_port,      /* host order */
+		.remote_port = bpf_ntohs(sk->dst_port), /* network order */
+	};
+	if (sk->family == AF_INET) {
+		t.local_addr = inb_sk_load(sk, src_ip4);
+		t.remote_addr = inb_sk_load(sk, dst_ip4);
+	} else if (sk->family == AF_INET6) {
+		/* A dual-stack listener (Go's and many proxies' default for 0.0.0.0) accepts IPv4 as ::ffff:a.b.c.d
+		 * (::ffff:0:0/96). */
+		__u32 w0 = inb_sk_load(sk, src_ip6[0]), w1 = inb_sk_load(sk, src_ip6[1]), w2 = inb_sk_load(sk, src_ip6[2]);
+		if (w0 || w1 || w2 != bpf_htonl(0xffff))
+			return 1;
+		t.local_addr = inb_sk_load(sk, src_ip6[3]);
+		t.remote_addr = inb_sk_load(sk, dst_ip6[3]);
+	} else {
+		return 1;
+	}
+	if (!bpf_map_lookup_elem(&inb_steered, &t))
+		return 1;
+
+	struct inb_sockaddr_in *sa = ctx->optval;
+	if ((void *)(sa + 1) > ctx->optval_end)
+		return 1; /* buffer smaller than a sockaddr_in: the kernel's error stands */
+	sa->sin_family = AF_INET;
+	sa->sin_port = bpf_htons(t.local_port);
+	sa->sin_addr = t.local_addr;
+	__builtin_memset(sa->sin_zero, 0, sizeof(sa->sin_zero));
+	ctx->optlen = sizeof(*sa);
+	/* Why the barrier: clang 14 merges the optlen and retval stores into one 8-byte store, which the verifier
+	 * rejects (invalid bpf_context access off=32 size=8). */
+	asm volatile("" ::: "memory");
+	ctx->retval = 0;
+	inb_count(INB_STAT_ORIGDST);
+	return 1;
+}
+
+SEC("cgroup/getsockopt")
+int inb_getsockopt(struct bpf_sockopt *ctx)
+{
+	inb_getsockopt_answer(ctx);
+	return mc_sockopt_keep_large(ctx);
+}
+
+char _license[] SEC("license") = "Dual BSD/GPL";
