@@ -38,13 +38,16 @@ func NetnsCookie(ns *os.File) (uint64, error) {
 }
 
 // OwnNetnsCookie is the cookie of the caller's network namespace.
-func OwnNetnsCookie() (uint64, error) {
+func OwnNetnsCookie() (uint64, error) { return ofOwnSocket(SocketNetnsCookie) }
+
+// ofOwnSocket applies read to a socket made in the caller's network namespace.
+func ofOwnSocket(read func(fd int) (uint64, error)) (uint64, error) {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return 0, fmt.Errorf("netns cookie: %w", err)
 	}
 	defer unix.Close(fd)
-	return SocketNetnsCookie(fd)
+	return read(fd)
 }
 
 // InNetns runs fn on a locked OS thread that has entered ns, then puts the thread back.
@@ -94,6 +97,11 @@ func SocketNetnsID(fd int) (uint64, error) {
 	if err == nil || !errors.Is(err, unix.ENOPROTOOPT) {
 		return cookie, err
 	}
+	return socketNetnsInodeID(fd)
+}
+
+// socketNetnsInodeID is the stand-in NetnsID of the netns socket fd lives in (SIOCGSKNS opens that netns).
+func socketNetnsInodeID(fd int) (uint64, error) {
 	nsfd, err := unix.IoctlRetInt(fd, unix.SIOCGSKNS)
 	if err != nil {
 		return 0, fmt.Errorf("netns id: SIOCGSKNS: %w", err)
@@ -109,3 +117,6 @@ func SocketNetnsID(fd int) (uint64, error) {
 
 // IsNetnsCookie reports whether a NetnsID is a real netns cookie (what BPF programs see), not an inode stand-in.
 func IsNetnsCookie(id uint64) bool { return id != 0 && id&inodeIDBit == 0 }
+
+// OwnNetnsID is NetnsID of the caller's network namespace.
+func OwnNetnsID() (uint64, error) { return ofOwnSocket(SocketNetnsID) }
