@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 
 	"github.com/meshcap/meshcap/pkg/capture"
 )
@@ -172,5 +173,56 @@ func TestProcNetListeners(t *testing.T) {
 	}
 	if got := procNetListeners(table, 15006); len(got) != 0 {
 		t.Errorf("listeners on 15006: %v, want none", got)
+	}
+}
+
+// TestReattachAddsSockCreate: an attachment made before the sock_create hook existed (no link_sockcreate pin, no
+// mc_sk_netns pin) is upgraded in place by the next attach: the hook is attached and pinned, the others replaced,
+// and capture works with the 5.10 variant, which depends on it.
+func TestReattachAddsSockCreate(t *testing.T) {
+	outRequireRoot(t)
+	t.Setenv(ProbeDisableEnv, storageVariantEnv)
+	cg := outNewCgroup(t)
+	root := outNewPinRoot(t)
+	p := outPolicy(t, func(c *capture.Config) { c.ProxyPort = "15013"; c.OutboundIPRangesInclude = "203.0.113.0/24" })
+	a, err := Attach(cg, p, root, LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Make it look like an older attachment.
+	old, err := link.LoadPinnedLink(linkPin(a.PinDir, "sockcreate"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Unpin(); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Close(); err != nil { // unpinned and closed: the kernel detaches it
+		t.Fatal(err)
+	}
+	if err := os.Remove(mapPin(a.PinDir, mapSkNetns)); err != nil {
+		t.Fatal(err)
+	}
+	if ids := outAttachedProgs(t, cg, ebpf.AttachCGroupInetSockCreate); len(ids) != 0 {
+		t.Fatalf("%d sock_create programs after removing the link, want 0", len(ids))
+	}
+	again, err := Attach(cg, p, root, LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !again.Replaced {
+		t.Error("re-attach of the older attachment did not replace it in place")
+	}
+	for _, pin := range []string{linkPin(a.PinDir, "sockcreate"), mapPin(a.PinDir, mapSkNetns)} {
+		if _, err := os.Stat(pin); err != nil {
+			t.Errorf("after re-attach: %v", err)
+		}
+	}
+	if ids := outAttachedProgs(t, cg, ebpf.AttachCGroupInetSockCreate); len(ids) != 1 {
+		t.Errorf("%d sock_create programs after re-attach, want 1", len(ids))
+	}
+	out := outRunChild(t, cg, childArgs{ProxyPort: 15013, Dests: []string{"203.0.113.9:80"}, UID: -1, GID: -1, PinRoot: root})
+	if len(out.Results) != 1 || !out.Results[0].Captured || out.Results[0].OrigDst != "203.0.113.9:80" {
+		t.Errorf("capture after the upgrade: %+v", out.Results)
 	}
 }
