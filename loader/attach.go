@@ -72,7 +72,7 @@ func attachLocked(cgroupDir string, p *capture.Policy, pinRoot string, opts Load
 	if _, err := os.Stat(dir); err == nil {
 		if complete(dir) {
 			a.Replaced = true
-			if err := replace(dir, p, opts); err != nil {
+			if err := replace(cgroupDir, dir, p, opts); err != nil {
 				return nil, fmt.Errorf("replace settings of %s: %w", cgroupDir, err)
 			}
 			return a, nil
@@ -92,7 +92,7 @@ func attachLocked(cgroupDir string, p *capture.Policy, pinRoot string, opts Load
 // complete reports whether dir holds every link and map pin of an attachment.
 func complete(dir string) bool {
 	for _, h := range hooks {
-		if _, err := os.Stat(linkPin(dir, h.name)); err != nil {
+		if _, err := os.Stat(linkPin(dir, h.name)); err != nil && !h.added {
 			return false
 		}
 	}
@@ -137,21 +137,32 @@ func fresh(cgroupDir, dir string, p *capture.Policy, opts LoadOptions) (err erro
 		}
 	}
 	for _, h := range hooks {
-		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupDir, Attach: h.attach, Program: objs.Programs[h.name]})
+		l, err := attachPinned(cgroupDir, dir, h, objs)
 		if err != nil {
-			return fmt.Errorf("attach %s: %w", h.name, err)
+			return err
 		}
 		links = append(links, l)
-		if err := l.Pin(linkPin(dir, h.name)); err != nil {
-			return fmt.Errorf("pin %s link: %w", h.name, err)
-		}
 	}
 	return nil
 }
 
+// attachPinned attaches hook h of objs to cgroupDir and pins its link in dir (detached again if it cannot be).
+func attachPinned(cgroupDir, dir string, h hook, objs *Objects) (link.Link, error) {
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupDir, Attach: h.attach, Program: objs.Programs[h.name]})
+	if err != nil {
+		return nil, fmt.Errorf("attach %s: %w", h.name, err)
+	}
+	if err := l.Pin(linkPin(dir, h.name)); err != nil {
+		_ = l.Detach()
+		l.Close()
+		return nil, fmt.Errorf("pin %s link: %w", h.name, err)
+	}
+	return l, nil
+}
+
 // replace swaps in programs bound to fresh settings maps (holding p) and the existing state maps. With p == nil
 // the settings maps are kept too (a program upgrade).
-func replace(dir string, p *capture.Policy, opts LoadOptions) (err error) {
+func replace(cgroupDir, dir string, p *capture.Policy, opts LoadOptions) (err error) {
 	reuse := map[string]*ebpf.Map{}
 	defer func() {
 		for _, m := range reuse {
@@ -181,7 +192,7 @@ func replace(dir string, p *capture.Policy, opts LoadOptions) (err error) {
 		}
 	}
 	var newPins []string // fast-path maps an older attachment did not have
-	for _, name := range fastPathMaps {
+	for _, name := range addedMaps {
 		m, err := ebpf.LoadPinnedMap(mapPin(dir, name), nil)
 		if errors.Is(err, os.ErrNotExist) {
 			newPins = append(newPins, name)
@@ -206,7 +217,7 @@ func replace(dir string, p *capture.Policy, opts LoadOptions) (err error) {
 		}
 	}
 	if p == nil {
-		return updateLinks(dir, objs)
+		return updateLinks(cgroupDir, dir, objs)
 	}
 	if err := objs.SetPolicy(0, *p); err != nil {
 		return err
@@ -215,11 +226,12 @@ func replace(dir string, p *capture.Policy, opts LoadOptions) (err error) {
 	for _, name := range settingsMaps {
 		fresh[name] = objs.Maps[name]
 	}
-	return swapIn(dir, fresh, func() error { return updateLinks(dir, objs) })
+	return swapIn(dir, fresh, func() error { return updateLinks(cgroupDir, dir, objs) })
 }
 
-// updateLinks points every pinned link of dir at the programs of objs.
-func updateLinks(dir string, objs *Objects) error {
+// updateLinks points every pinned link of dir at the programs of objs; a hook newer than the attachment is
+// attached to cgroupDir and pinned first.
+func updateLinks(cgroupDir, dir string, objs *Objects) error {
 	links := make([]link.Link, 0, len(hooks))
 	defer func() {
 		for _, l := range links {
@@ -228,6 +240,9 @@ func updateLinks(dir string, objs *Objects) error {
 	}()
 	for _, h := range hooks {
 		l, err := link.LoadPinnedLink(linkPin(dir, h.name), nil)
+		if errors.Is(err, os.ErrNotExist) && h.added {
+			l, err = attachPinned(cgroupDir, dir, h, objs)
+		}
 		if err != nil {
 			return fmt.Errorf("open pinned %s link: %w", h.name, err)
 		}
@@ -246,9 +261,9 @@ func updateLinks(dir string, objs *Objects) error {
 // DeletePolicy on a live attachment (node-agent mode). Objects.Programs is empty. Close it when done.
 func OpenPinned(pinDir string) (*Objects, error) {
 	objs := &Objects{Programs: map[string]*ebpf.Program{}, Maps: map[string]*ebpf.Map{}}
-	for _, name := range append(append(append([]string{}, settingsMaps...), stateMaps...), fastPathMaps...) {
+	for _, name := range append(append(append([]string{}, settingsMaps...), stateMaps...), addedMaps...) {
 		m, err := ebpf.LoadPinnedMap(mapPin(pinDir, name), nil)
-		if errors.Is(err, os.ErrNotExist) && slices.Contains(fastPathMaps, name) {
+		if errors.Is(err, os.ErrNotExist) && slices.Contains(addedMaps, name) {
 			continue // attached before the fast path existed
 		}
 		if err != nil {

@@ -104,17 +104,19 @@ type connect4McTuple struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	connect4MapMcCidrExcl  = "mc_cidr_excl"
-	connect4MapMcCidrIncl  = "mc_cidr_incl"
-	connect4MapMcClient    = "mc_client"
-	connect4MapMcConfig    = "mc_config"
-	connect4MapMcFpPeer    = "mc_fp_peer"
-	connect4MapMcFpStats   = "mc_fp_stats"
-	connect4MapMcOrigTuple = "mc_orig_tuple"
-	connect4MapMcPorts     = "mc_ports"
-	connect4MapMcSockhash  = "mc_sockhash"
-	connect4MapMcStats     = "mc_stats"
-	connect4ProgMcConnect4 = "mc_connect4"
+	connect4MapMcCidrExcl         = "mc_cidr_excl"
+	connect4MapMcCidrIncl         = "mc_cidr_incl"
+	connect4MapMcClient           = "mc_client"
+	connect4MapMcConfig           = "mc_config"
+	connect4MapMcFpPeer           = "mc_fp_peer"
+	connect4MapMcFpStats          = "mc_fp_stats"
+	connect4MapMcOrigTuple        = "mc_orig_tuple"
+	connect4MapMcPorts            = "mc_ports"
+	connect4MapMcSkNetns          = "mc_sk_netns"
+	connect4MapMcSockhash         = "mc_sockhash"
+	connect4MapMcStats            = "mc_stats"
+	connect4ProgMcConnect4        = "mc_connect4"
+	connect4VarMcNetnsFromStorage = "mc_netns_from_storage"
 )
 
 // loadConnect4 returns the embedded CollectionSpec for connect4.
@@ -174,6 +176,7 @@ type connect4MapSpecs struct {
 	McFpStats   *ebpf.MapSpec `ebpf:"mc_fp_stats"`
 	McOrigTuple *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McPorts     *ebpf.MapSpec `ebpf:"mc_ports"`
+	McSkNetns   *ebpf.MapSpec `ebpf:"mc_sk_netns"`
 	McSockhash  *ebpf.MapSpec `ebpf:"mc_sockhash"`
 	McStats     *ebpf.MapSpec `ebpf:"mc_stats"`
 }
@@ -182,6 +185,7 @@ type connect4MapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type connect4VariableSpecs struct {
+	McNetnsFromStorage *ebpf.VariableSpec `ebpf:"mc_netns_from_storage"`
 }
 
 // connect4Objects contains all objects after they have been loaded into the kernel.
@@ -212,6 +216,7 @@ type connect4Maps struct {
 	McFpStats   *ebpf.Map `ebpf:"mc_fp_stats"`
 	McOrigTuple *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McPorts     *ebpf.Map `ebpf:"mc_ports"`
+	McSkNetns   *ebpf.Map `ebpf:"mc_sk_netns"`
 	McSockhash  *ebpf.Map `ebpf:"mc_sockhash"`
 	McStats     *ebpf.Map `ebpf:"mc_stats"`
 }
@@ -226,6 +231,7 @@ func (m *connect4Maps) Close() error {
 		m.McFpStats,
 		m.McOrigTuple,
 		m.McPorts,
+		m.McSkNetns,
 		m.McSockhash,
 		m.McStats,
 	)
@@ -235,6 +241,7 @@ func (m *connect4Maps) Close() error {
 //
 // It can be passed to loadConnect4Objects or ebpf.CollectionSpec.LoadAndAssign.
 type connect4Variables struct {
+	McNetnsFromStorage *ebpf.Variable `ebpf:"mc_netns_from_storage"`
 }
 
 // connect4Programs contains all programs after they have been loaded into the kernel.

@@ -16,17 +16,19 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	fastpathMapMcCidrExcl  = "mc_cidr_excl"
-	fastpathMapMcCidrIncl  = "mc_cidr_incl"
-	fastpathMapMcClient    = "mc_client"
-	fastpathMapMcConfig    = "mc_config"
-	fastpathMapMcFpPeer    = "mc_fp_peer"
-	fastpathMapMcFpStats   = "mc_fp_stats"
-	fastpathMapMcOrigTuple = "mc_orig_tuple"
-	fastpathMapMcPorts     = "mc_ports"
-	fastpathMapMcSockhash  = "mc_sockhash"
-	fastpathMapMcStats     = "mc_stats"
-	fastpathProgMcFastpath = "mc_fastpath"
+	fastpathMapMcCidrExcl         = "mc_cidr_excl"
+	fastpathMapMcCidrIncl         = "mc_cidr_incl"
+	fastpathMapMcClient           = "mc_client"
+	fastpathMapMcConfig           = "mc_config"
+	fastpathMapMcFpPeer           = "mc_fp_peer"
+	fastpathMapMcFpStats          = "mc_fp_stats"
+	fastpathMapMcOrigTuple        = "mc_orig_tuple"
+	fastpathMapMcPorts            = "mc_ports"
+	fastpathMapMcSkNetns          = "mc_sk_netns"
+	fastpathMapMcSockhash         = "mc_sockhash"
+	fastpathMapMcStats            = "mc_stats"
+	fastpathProgMcFastpath        = "mc_fastpath"
+	fastpathVarMcNetnsFromStorage = "mc_netns_from_storage"
 )
 
 // loadFastpath returns the embedded CollectionSpec for fastpath.
@@ -86,6 +88,7 @@ type fastpathMapSpecs struct {
 	McFpStats   *ebpf.MapSpec `ebpf:"mc_fp_stats"`
 	McOrigTuple *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McPorts     *ebpf.MapSpec `ebpf:"mc_ports"`
+	McSkNetns   *ebpf.MapSpec `ebpf:"mc_sk_netns"`
 	McSockhash  *ebpf.MapSpec `ebpf:"mc_sockhash"`
 	McStats     *ebpf.MapSpec `ebpf:"mc_stats"`
 }
@@ -94,6 +97,7 @@ type fastpathMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathVariableSpecs struct {
+	McNetnsFromStorage *ebpf.VariableSpec `ebpf:"mc_netns_from_storage"`
 }
 
 // fastpathObjects contains all objects after they have been loaded into the kernel.
@@ -124,6 +128,7 @@ type fastpathMaps struct {
 	McFpStats   *ebpf.Map `ebpf:"mc_fp_stats"`
 	McOrigTuple *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McPorts     *ebpf.Map `ebpf:"mc_ports"`
+	McSkNetns   *ebpf.Map `ebpf:"mc_sk_netns"`
 	McSockhash  *ebpf.Map `ebpf:"mc_sockhash"`
 	McStats     *ebpf.Map `ebpf:"mc_stats"`
 }
@@ -138,6 +143,7 @@ func (m *fastpathMaps) Close() error {
 		m.McFpStats,
 		m.McOrigTuple,
 		m.McPorts,
+		m.McSkNetns,
 		m.McSockhash,
 		m.McStats,
 	)
@@ -147,6 +153,7 @@ func (m *fastpathMaps) Close() error {
 //
 // It can be passed to loadFastpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathVariables struct {
+	McNetnsFromStorage *ebpf.Variable `ebpf:"mc_netns_from_storage"`
 }
 
 // fastpathPrograms contains all programs after they have been loaded into the kernel.

@@ -16,17 +16,19 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	getpeername4MapMcCidrExcl      = "mc_cidr_excl"
-	getpeername4MapMcCidrIncl      = "mc_cidr_incl"
-	getpeername4MapMcClient        = "mc_client"
-	getpeername4MapMcConfig        = "mc_config"
-	getpeername4MapMcFpPeer        = "mc_fp_peer"
-	getpeername4MapMcFpStats       = "mc_fp_stats"
-	getpeername4MapMcOrigTuple     = "mc_orig_tuple"
-	getpeername4MapMcPorts         = "mc_ports"
-	getpeername4MapMcSockhash      = "mc_sockhash"
-	getpeername4MapMcStats         = "mc_stats"
-	getpeername4ProgMcGetpeername4 = "mc_getpeername4"
+	getpeername4MapMcCidrExcl         = "mc_cidr_excl"
+	getpeername4MapMcCidrIncl         = "mc_cidr_incl"
+	getpeername4MapMcClient           = "mc_client"
+	getpeername4MapMcConfig           = "mc_config"
+	getpeername4MapMcFpPeer           = "mc_fp_peer"
+	getpeername4MapMcFpStats          = "mc_fp_stats"
+	getpeername4MapMcOrigTuple        = "mc_orig_tuple"
+	getpeername4MapMcPorts            = "mc_ports"
+	getpeername4MapMcSkNetns          = "mc_sk_netns"
+	getpeername4MapMcSockhash         = "mc_sockhash"
+	getpeername4MapMcStats            = "mc_stats"
+	getpeername4ProgMcGetpeername4    = "mc_getpeername4"
+	getpeername4VarMcNetnsFromStorage = "mc_netns_from_storage"
 )
 
 // loadGetpeername4 returns the embedded CollectionSpec for getpeername4.
@@ -86,6 +88,7 @@ type getpeername4MapSpecs struct {
 	McFpStats   *ebpf.MapSpec `ebpf:"mc_fp_stats"`
 	McOrigTuple *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McPorts     *ebpf.MapSpec `ebpf:"mc_ports"`
+	McSkNetns   *ebpf.MapSpec `ebpf:"mc_sk_netns"`
 	McSockhash  *ebpf.MapSpec `ebpf:"mc_sockhash"`
 	McStats     *ebpf.MapSpec `ebpf:"mc_stats"`
 }
@@ -94,6 +97,7 @@ type getpeername4MapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type getpeername4VariableSpecs struct {
+	McNetnsFromStorage *ebpf.VariableSpec `ebpf:"mc_netns_from_storage"`
 }
 
 // getpeername4Objects contains all objects after they have been loaded into the kernel.
@@ -124,6 +128,7 @@ type getpeername4Maps struct {
 	McFpStats   *ebpf.Map `ebpf:"mc_fp_stats"`
 	McOrigTuple *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McPorts     *ebpf.Map `ebpf:"mc_ports"`
+	McSkNetns   *ebpf.Map `ebpf:"mc_sk_netns"`
 	McSockhash  *ebpf.Map `ebpf:"mc_sockhash"`
 	McStats     *ebpf.Map `ebpf:"mc_stats"`
 }
@@ -138,6 +143,7 @@ func (m *getpeername4Maps) Close() error {
 		m.McFpStats,
 		m.McOrigTuple,
 		m.McPorts,
+		m.McSkNetns,
 		m.McSockhash,
 		m.McStats,
 	)
@@ -147,6 +153,7 @@ func (m *getpeername4Maps) Close() error {
 //
 // It can be passed to loadGetpeername4Objects or ebpf.CollectionSpec.LoadAndAssign.
 type getpeername4Variables struct {
+	McNetnsFromStorage *ebpf.Variable `ebpf:"mc_netns_from_storage"`
 }
 
 // getpeername4Programs contains all programs after they have been loaded into the kernel.

@@ -45,19 +45,21 @@ type getsockoptMcStatsAnswer struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	getsockoptMapMcCidrExcl       = "mc_cidr_excl"
-	getsockoptMapMcCidrIncl       = "mc_cidr_incl"
-	getsockoptMapMcClient         = "mc_client"
-	getsockoptMapMcConfig         = "mc_config"
-	getsockoptMapMcFpPeer         = "mc_fp_peer"
-	getsockoptMapMcFpStats        = "mc_fp_stats"
-	getsockoptMapMcOrigTuple      = "mc_orig_tuple"
-	getsockoptMapMcPorts          = "mc_ports"
-	getsockoptMapMcSockhash       = "mc_sockhash"
-	getsockoptMapMcStats          = "mc_stats"
-	getsockoptProgMcGetsockopt    = "mc_getsockopt"
-	getsockoptVarMcOrigdstExtBtf  = "mc_origdst_ext_btf"
-	getsockoptVarMcStatsAnswerBtf = "mc_stats_answer_btf"
+	getsockoptMapMcCidrExcl         = "mc_cidr_excl"
+	getsockoptMapMcCidrIncl         = "mc_cidr_incl"
+	getsockoptMapMcClient           = "mc_client"
+	getsockoptMapMcConfig           = "mc_config"
+	getsockoptMapMcFpPeer           = "mc_fp_peer"
+	getsockoptMapMcFpStats          = "mc_fp_stats"
+	getsockoptMapMcOrigTuple        = "mc_orig_tuple"
+	getsockoptMapMcPorts            = "mc_ports"
+	getsockoptMapMcSkNetns          = "mc_sk_netns"
+	getsockoptMapMcSockhash         = "mc_sockhash"
+	getsockoptMapMcStats            = "mc_stats"
+	getsockoptProgMcGetsockopt      = "mc_getsockopt"
+	getsockoptVarMcNetnsFromStorage = "mc_netns_from_storage"
+	getsockoptVarMcOrigdstExtBtf    = "mc_origdst_ext_btf"
+	getsockoptVarMcStatsAnswerBtf   = "mc_stats_answer_btf"
 )
 
 // loadGetsockopt returns the embedded CollectionSpec for getsockopt.
@@ -117,6 +119,7 @@ type getsockoptMapSpecs struct {
 	McFpStats   *ebpf.MapSpec `ebpf:"mc_fp_stats"`
 	McOrigTuple *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McPorts     *ebpf.MapSpec `ebpf:"mc_ports"`
+	McSkNetns   *ebpf.MapSpec `ebpf:"mc_sk_netns"`
 	McSockhash  *ebpf.MapSpec `ebpf:"mc_sockhash"`
 	McStats     *ebpf.MapSpec `ebpf:"mc_stats"`
 }
@@ -125,8 +128,9 @@ type getsockoptMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type getsockoptVariableSpecs struct {
-	McOrigdstExtBtf  *ebpf.VariableSpec `ebpf:"mc_origdst_ext_btf"`
-	McStatsAnswerBtf *ebpf.VariableSpec `ebpf:"mc_stats_answer_btf"`
+	McNetnsFromStorage *ebpf.VariableSpec `ebpf:"mc_netns_from_storage"`
+	McOrigdstExtBtf    *ebpf.VariableSpec `ebpf:"mc_origdst_ext_btf"`
+	McStatsAnswerBtf   *ebpf.VariableSpec `ebpf:"mc_stats_answer_btf"`
 }
 
 // getsockoptObjects contains all objects after they have been loaded into the kernel.
@@ -157,6 +161,7 @@ type getsockoptMaps struct {
 	McFpStats   *ebpf.Map `ebpf:"mc_fp_stats"`
 	McOrigTuple *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McPorts     *ebpf.Map `ebpf:"mc_ports"`
+	McSkNetns   *ebpf.Map `ebpf:"mc_sk_netns"`
 	McSockhash  *ebpf.Map `ebpf:"mc_sockhash"`
 	McStats     *ebpf.Map `ebpf:"mc_stats"`
 }
@@ -171,6 +176,7 @@ func (m *getsockoptMaps) Close() error {
 		m.McFpStats,
 		m.McOrigTuple,
 		m.McPorts,
+		m.McSkNetns,
 		m.McSockhash,
 		m.McStats,
 	)
@@ -180,8 +186,9 @@ func (m *getsockoptMaps) Close() error {
 //
 // It can be passed to loadGetsockoptObjects or ebpf.CollectionSpec.LoadAndAssign.
 type getsockoptVariables struct {
-	McOrigdstExtBtf  *ebpf.Variable `ebpf:"mc_origdst_ext_btf"`
-	McStatsAnswerBtf *ebpf.Variable `ebpf:"mc_stats_answer_btf"`
+	McNetnsFromStorage *ebpf.Variable `ebpf:"mc_netns_from_storage"`
+	McOrigdstExtBtf    *ebpf.Variable `ebpf:"mc_origdst_ext_btf"`
+	McStatsAnswerBtf   *ebpf.Variable `ebpf:"mc_stats_answer_btf"`
 }
 
 // getsockoptPrograms contains all programs after they have been loaded into the kernel.

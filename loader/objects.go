@@ -22,6 +22,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
 
 	"github.com/meshcap/meshcap/pkg/capture"
 )
@@ -38,15 +39,16 @@ const (
 	mapSockhash  = "mc_sockhash"
 	mapFPStats   = "mc_fp_stats"
 	mapFPPeer    = "mc_fp_peer"
+	mapSkNetns   = "mc_sk_netns"
 )
 
 // settingsMaps hold one attachment's policy; stateMaps hold its live connections (kept across a re-attach).
 var (
 	settingsMaps = []string{mapConfig, mapCIDRExcl, mapCIDRIncl, mapPorts}
 	stateMaps    = []string{mapClient, mapOrigTuple, mapStats}
-	// fastPathMaps are state too, but optional in a pin dir (attachments made before the fast path existed lack
-	// them): kept across a re-attach when pinned, created and pinned otherwise.
-	fastPathMaps = []string{mapSockhash, mapFPStats, mapFPPeer}
+	// addedMaps are state too, but optional in a pin dir (attachments made before the fast path or the
+	// sock_create hook existed lack them): kept across a re-attach when pinned, created and pinned otherwise.
+	addedMaps = []string{mapSockhash, mapFPStats, mapFPPeer, mapSkNetns}
 )
 
 // Values of the C enums (enums are not in the objects' BTF, so bpf2go cannot emit them).
@@ -77,20 +79,22 @@ type hook struct {
 	progType ebpf.ProgramType
 	attach   ebpf.AttachType
 	spec     func() (*ebpf.CollectionSpec, error)
+	added    bool // newer than the first attachments: a re-attach adds its link when the pin dir lacks it
 }
 
 // hooks in the order they are attached on a fresh attach; connect4 comes last so that no connection is redirected
 // before sockops/getsockopt are there to answer for it. Detach goes in reverse order.
 var hooks = []hook{
-	{"sockops", "mc_sockops", ebpf.SockOps, ebpf.AttachCGroupSockOps, loadSockops},
-	{"getsockopt", "mc_getsockopt", ebpf.CGroupSockopt, ebpf.AttachCGroupGetsockopt, loadGetsockopt},
-	{"getpeername4", "mc_getpeername4", ebpf.CGroupSockAddr, ebpf.AttachCgroupInet4GetPeername, loadGetpeername4},
-	{"sockrelease", "mc_sock_release", ebpf.CGroupSock, ebpf.AttachCgroupInetSockRelease, loadSockrelease},
-	{"connect4", "mc_connect4", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet4Connect, loadConnect4},
+	{"sockops", "mc_sockops", ebpf.SockOps, ebpf.AttachCGroupSockOps, loadSockops, false},
+	{"getsockopt", "mc_getsockopt", ebpf.CGroupSockopt, ebpf.AttachCGroupGetsockopt, loadGetsockopt, false},
+	{"getpeername4", "mc_getpeername4", ebpf.CGroupSockAddr, ebpf.AttachCgroupInet4GetPeername, loadGetpeername4, false},
+	{"sockrelease", "mc_sock_release", ebpf.CGroupSock, ebpf.AttachCgroupInetSockRelease, loadSockrelease, false},
+	{"sockcreate", "mc_sock_create", ebpf.CGroupSock, ebpf.AttachCGroupInetSockCreate, loadSockcreate, true},
+	{"connect4", "mc_connect4", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet4Connect, loadConnect4, false},
 }
 
 // fastPathHook is the sk_msg program (bpf/fastpath.c); it is attached to mc_sockhash, not to a cgroup.
-var fastPathHook = hook{"fastpath", "mc_fastpath", ebpf.SkMsg, ebpf.AttachSkMsgVerdict, loadFastpath}
+var fastPathHook = hook{"fastpath", "mc_fastpath", ebpf.SkMsg, ebpf.AttachSkMsgVerdict, loadFastpath, false}
 
 // LoadOptions size the maps. Zero values keep the defaults compiled into the objects.
 type LoadOptions struct {
@@ -115,6 +119,8 @@ type Objects struct {
 	FastPath bool
 	// MaxConns is written by SetPolicy as the key's capacity (0 = capture.DefaultMaxConnections).
 	MaxConns uint32
+	// Variant is what the programs were loaded as (chosen by probing this kernel; see variant.go).
+	Variant Variant
 }
 
 // Close releases the file descriptors (pinned or attached objects stay in the kernel).
@@ -138,7 +144,11 @@ func load(opts LoadOptions, reuse map[string]*ebpf.Map) (_ *Objects, err error) 
 	if err := checkKernel(); err != nil {
 		return nil, err
 	}
-	objs := &Objects{Programs: map[string]*ebpf.Program{}, Maps: map[string]*ebpf.Map{}, FastPath: opts.FastPath, MaxConns: opts.MaxConns}
+	variant, err := probeVariant()
+	if err != nil {
+		return nil, err
+	}
+	objs := &Objects{Programs: map[string]*ebpf.Program{}, Maps: map[string]*ebpf.Map{}, FastPath: opts.FastPath, MaxConns: opts.MaxConns, Variant: variant}
 	defer func() {
 		if err != nil {
 			objs.Close()
@@ -169,19 +179,26 @@ func (objs *Objects) loadHook(h hook, opts LoadOptions, reuse map[string]*ebpf.M
 		return fmt.Errorf("load %s object: %w", h.name, err)
 	}
 	resize(spec, opts)
-	// A data section no program uses: getsockopt.c's BTF anchor of struct mc_origdst_ext.
+	if err := applyVariant(spec, objs.Variant); err != nil {
+		return fmt.Errorf("load %s object: %w", h.name, err)
+	}
+	// Data sections no program uses (getsockopt.c's BTF anchor of struct mc_origdst_ext) go; .rodata (the
+	// variant settings) stays, private to this object.
 	for name, v := range spec.Variables {
-		if strings.HasPrefix(v.SectionName, ".") {
+		if strings.HasPrefix(v.SectionName, ".") && v.SectionName != ".rodata" {
 			delete(spec.Variables, name)
 		}
 	}
 	for name := range spec.Maps {
-		if strings.HasPrefix(name, ".") {
+		if strings.HasPrefix(name, ".") && name != ".rodata" {
 			delete(spec.Maps, name)
 		}
 	}
 	replace := map[string]*ebpf.Map{}
 	for name, ms := range spec.Maps {
+		if name == ".rodata" {
+			continue
+		}
 		m, ok := objs.Maps[name]
 		if !ok {
 			if m, ok = reuse[name]; ok {
@@ -422,8 +439,29 @@ var kernelCheck struct {
 	err  error
 }
 
-// checkKernel reports a precise error when the kernel lacks a program type the hooks need.
+var memlock struct {
+	once sync.Once
+	err  error
+}
+
+// allowBPFMemory lifts RLIMIT_MEMLOCK where the kernel charges BPF maps and programs to it (before Linux 5.11,
+// for example Debian's 5.10: there even a small map fails with EPERM under the default limit). From 5.11 on the
+// kernel charges the memory cgroup instead and this changes nothing. Done once per process, before any map.
+func allowBPFMemory() error {
+	memlock.once.Do(func() {
+		if err := rlimit.RemoveMemlock(); err != nil {
+			memlock.err = fmt.Errorf("raise RLIMIT_MEMLOCK (this kernel charges BPF memory to it): %w", err)
+		}
+	})
+	return memlock.err
+}
+
+// checkKernel reports a precise error when the kernel lacks a program type the hooks need, after allowing BPF
+// memory.
 func checkKernel() error {
+	if err := allowBPFMemory(); err != nil {
+		return err
+	}
 	kernelCheck.once.Do(func() {
 		for _, h := range hooks {
 			if err := features.HaveProgramType(h.progType); err != nil {

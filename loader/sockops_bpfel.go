@@ -16,17 +16,19 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	sockopsMapMcCidrExcl  = "mc_cidr_excl"
-	sockopsMapMcCidrIncl  = "mc_cidr_incl"
-	sockopsMapMcClient    = "mc_client"
-	sockopsMapMcConfig    = "mc_config"
-	sockopsMapMcFpPeer    = "mc_fp_peer"
-	sockopsMapMcFpStats   = "mc_fp_stats"
-	sockopsMapMcOrigTuple = "mc_orig_tuple"
-	sockopsMapMcPorts     = "mc_ports"
-	sockopsMapMcSockhash  = "mc_sockhash"
-	sockopsMapMcStats     = "mc_stats"
-	sockopsProgMcSockops  = "mc_sockops"
+	sockopsMapMcCidrExcl         = "mc_cidr_excl"
+	sockopsMapMcCidrIncl         = "mc_cidr_incl"
+	sockopsMapMcClient           = "mc_client"
+	sockopsMapMcConfig           = "mc_config"
+	sockopsMapMcFpPeer           = "mc_fp_peer"
+	sockopsMapMcFpStats          = "mc_fp_stats"
+	sockopsMapMcOrigTuple        = "mc_orig_tuple"
+	sockopsMapMcPorts            = "mc_ports"
+	sockopsMapMcSkNetns          = "mc_sk_netns"
+	sockopsMapMcSockhash         = "mc_sockhash"
+	sockopsMapMcStats            = "mc_stats"
+	sockopsProgMcSockops         = "mc_sockops"
+	sockopsVarMcNetnsFromStorage = "mc_netns_from_storage"
 )
 
 // loadSockops returns the embedded CollectionSpec for sockops.
@@ -86,6 +88,7 @@ type sockopsMapSpecs struct {
 	McFpStats   *ebpf.MapSpec `ebpf:"mc_fp_stats"`
 	McOrigTuple *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McPorts     *ebpf.MapSpec `ebpf:"mc_ports"`
+	McSkNetns   *ebpf.MapSpec `ebpf:"mc_sk_netns"`
 	McSockhash  *ebpf.MapSpec `ebpf:"mc_sockhash"`
 	McStats     *ebpf.MapSpec `ebpf:"mc_stats"`
 }
@@ -94,6 +97,7 @@ type sockopsMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockopsVariableSpecs struct {
+	McNetnsFromStorage *ebpf.VariableSpec `ebpf:"mc_netns_from_storage"`
 }
 
 // sockopsObjects contains all objects after they have been loaded into the kernel.
@@ -124,6 +128,7 @@ type sockopsMaps struct {
 	McFpStats   *ebpf.Map `ebpf:"mc_fp_stats"`
 	McOrigTuple *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McPorts     *ebpf.Map `ebpf:"mc_ports"`
+	McSkNetns   *ebpf.Map `ebpf:"mc_sk_netns"`
 	McSockhash  *ebpf.Map `ebpf:"mc_sockhash"`
 	McStats     *ebpf.Map `ebpf:"mc_stats"`
 }
@@ -138,6 +143,7 @@ func (m *sockopsMaps) Close() error {
 		m.McFpStats,
 		m.McOrigTuple,
 		m.McPorts,
+		m.McSkNetns,
 		m.McSockhash,
 		m.McStats,
 	)
@@ -147,6 +153,7 @@ func (m *sockopsMaps) Close() error {
 //
 // It can be passed to loadSockopsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockopsVariables struct {
+	McNetnsFromStorage *ebpf.Variable `ebpf:"mc_netns_from_storage"`
 }
 
 // sockopsPrograms contains all programs after they have been loaded into the kernel.

@@ -16,17 +16,19 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	sockreleaseMapMcCidrExcl     = "mc_cidr_excl"
-	sockreleaseMapMcCidrIncl     = "mc_cidr_incl"
-	sockreleaseMapMcClient       = "mc_client"
-	sockreleaseMapMcConfig       = "mc_config"
-	sockreleaseMapMcFpPeer       = "mc_fp_peer"
-	sockreleaseMapMcFpStats      = "mc_fp_stats"
-	sockreleaseMapMcOrigTuple    = "mc_orig_tuple"
-	sockreleaseMapMcPorts        = "mc_ports"
-	sockreleaseMapMcSockhash     = "mc_sockhash"
-	sockreleaseMapMcStats        = "mc_stats"
-	sockreleaseProgMcSockRelease = "mc_sock_release"
+	sockreleaseMapMcCidrExcl         = "mc_cidr_excl"
+	sockreleaseMapMcCidrIncl         = "mc_cidr_incl"
+	sockreleaseMapMcClient           = "mc_client"
+	sockreleaseMapMcConfig           = "mc_config"
+	sockreleaseMapMcFpPeer           = "mc_fp_peer"
+	sockreleaseMapMcFpStats          = "mc_fp_stats"
+	sockreleaseMapMcOrigTuple        = "mc_orig_tuple"
+	sockreleaseMapMcPorts            = "mc_ports"
+	sockreleaseMapMcSkNetns          = "mc_sk_netns"
+	sockreleaseMapMcSockhash         = "mc_sockhash"
+	sockreleaseMapMcStats            = "mc_stats"
+	sockreleaseProgMcSockRelease     = "mc_sock_release"
+	sockreleaseVarMcNetnsFromStorage = "mc_netns_from_storage"
 )
 
 // loadSockrelease returns the embedded CollectionSpec for sockrelease.
@@ -86,6 +88,7 @@ type sockreleaseMapSpecs struct {
 	McFpStats   *ebpf.MapSpec `ebpf:"mc_fp_stats"`
 	McOrigTuple *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McPorts     *ebpf.MapSpec `ebpf:"mc_ports"`
+	McSkNetns   *ebpf.MapSpec `ebpf:"mc_sk_netns"`
 	McSockhash  *ebpf.MapSpec `ebpf:"mc_sockhash"`
 	McStats     *ebpf.MapSpec `ebpf:"mc_stats"`
 }
@@ -94,6 +97,7 @@ type sockreleaseMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockreleaseVariableSpecs struct {
+	McNetnsFromStorage *ebpf.VariableSpec `ebpf:"mc_netns_from_storage"`
 }
 
 // sockreleaseObjects contains all objects after they have been loaded into the kernel.
@@ -124,6 +128,7 @@ type sockreleaseMaps struct {
 	McFpStats   *ebpf.Map `ebpf:"mc_fp_stats"`
 	McOrigTuple *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McPorts     *ebpf.Map `ebpf:"mc_ports"`
+	McSkNetns   *ebpf.Map `ebpf:"mc_sk_netns"`
 	McSockhash  *ebpf.Map `ebpf:"mc_sockhash"`
 	McStats     *ebpf.Map `ebpf:"mc_stats"`
 }
@@ -138,6 +143,7 @@ func (m *sockreleaseMaps) Close() error {
 		m.McFpStats,
 		m.McOrigTuple,
 		m.McPorts,
+		m.McSkNetns,
 		m.McSockhash,
 		m.McStats,
 	)
@@ -147,6 +153,7 @@ func (m *sockreleaseMaps) Close() error {
 //
 // It can be passed to loadSockreleaseObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockreleaseVariables struct {
+	McNetnsFromStorage *ebpf.Variable `ebpf:"mc_netns_from_storage"`
 }
 
 // sockreleasePrograms contains all programs after they have been loaded into the kernel.
