@@ -9,15 +9,19 @@
  * given only then; otherwise the answer is the plain 16-byte sockaddr_in netfilter gives.
  */
 #include "meshcap.h"
+#include "sockopt_guard.h"
 
 /* Puts struct mc_origdst_ext into this object's BTF, so that bpf2go generates its Go type (the proxy's decoder of
  * the extended answer comes from it). No program uses it; the loader drops the section it lands in. */
 const struct mc_origdst_ext *mc_origdst_ext_btf __attribute__((unused));
 const struct mc_stats_answer *mc_stats_answer_btf __attribute__((unused));
 
-/* The one netns-cookie read of this program type (bpf_get_netns_cookie: sockopt programs have it from 5.15). */
+/* The one netns-cookie read of this program type (bpf_get_netns_cookie: sockopt programs have it from 5.15;
+ * before, the cookie sock_create recorded, or that the listener passed on to an accepted socket). */
 static __always_inline __u64 mc_sockopt_netns(struct bpf_sockopt *ctx)
 {
+	if (mc_netns_from_storage)
+		return mc_stored_netns(ctx->sk);
 	return bpf_get_netns_cookie(ctx);
 }
 
@@ -68,6 +72,8 @@ static __always_inline int mc_origdst6_answer(struct bpf_sockopt *ctx)
 	struct mc_tuple6 t;
 	__builtin_memset(&t, 0, sizeof(t));
 	t.netns = mc_sockopt_netns(ctx);
+	if (!t.netns)
+		return 1; /* unknown netns: never a key */
 	for (int i = 0; i < 4; i++) {
 		t.local_addr[i] = sk->src_ip6[i];
 		t.remote_addr[i] = sk->dst_ip6[i];
@@ -88,8 +94,8 @@ static __always_inline int mc_origdst6_answer(struct bpf_sockopt *ctx)
 	return 1;
 }
 
-SEC("cgroup/getsockopt")
-int mc_getsockopt(struct bpf_sockopt *ctx)
+/* Answers the options this program owns; leaves every other answer as the kernel gave it. */
+static __always_inline int mc_getsockopt_answer(struct bpf_sockopt *ctx)
 {
 	if (ctx->level == SOL_IP && ctx->optname == MC_SO_CAPTURE_STATS)
 		return mc_stats_answer(ctx);
@@ -102,8 +108,11 @@ int mc_getsockopt(struct bpf_sockopt *ctx)
 	if (!sk || sk->family != AF_INET || sk->protocol != IPPROTO_TCP)
 		return 1;
 
+	__u64 netns = mc_sockopt_netns(ctx);
+	if (!netns)
+		return 1; /* unknown netns: never a key */
 	struct mc_tuple t;
-	mc_fill_tuple(&t, mc_sockopt_netns(ctx), sk->src_ip4, (__u16)sk->src_port, sk->dst_ip4,
+	mc_fill_tuple(&t, netns, sk->src_ip4, (__u16)sk->src_port, sk->dst_ip4,
 	              bpf_ntohs(sk->dst_port));
 	struct mc_orig *orig = bpf_map_lookup_elem(&mc_orig_tuple, &t);
 	if (!orig)
@@ -127,6 +136,13 @@ int mc_getsockopt(struct bpf_sockopt *ctx)
 	/* Override whatever the kernel answered (ENOENT without conntrack, or the local address with it). */
 	mc_answer(ctx, optlen);
 	return 1;
+}
+
+SEC("cgroup/getsockopt")
+int mc_getsockopt(struct bpf_sockopt *ctx)
+{
+	mc_getsockopt_answer(ctx);
+	return mc_sockopt_keep_large(ctx);
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

@@ -26,8 +26,9 @@ static __always_inline void inb_mark_if_exempt(struct bpf_sock *sk)
 	struct inb_config *cfg = inb_config();
 	if (!cfg || sk->protocol != IPPROTO_TCP || sk->src_port != cfg->capture_port)
 		return;
-	/* Agent mode attaches one set per pod netns to a shared cgroup: only this netns's sockets are ours. */
-	if (bpf_get_netns_cookie(sk) != cfg->netns_cookie)
+	/* Agent mode attaches one set per pod netns to a shared cgroup: only this netns's sockets are ours. 0: the
+	 * kernel gives userspace no cookie (before 5.14); then only per-pod mode exists, whose cgroup is the pod's. */
+	if (cfg->netns_cookie && bpf_get_netns_cookie(sk) != cfg->netns_cookie)
 		return;
 	__u64 ugid = bpf_get_current_uid_gid();
 	__u32 uid = (__u32)ugid, gid = (__u32)(ugid >> 32);

@@ -8,6 +8,7 @@
  * the kernel said ENOENT, no conntrack) and the socket is in inb_steered; everything else is left alone.
  */
 #include "inbound.h"
+#include "sockopt_guard.h"
 
 /* struct sockaddr_in, as userspace expects it (16 bytes). */
 struct inb_sockaddr_in {
@@ -27,8 +28,8 @@ struct inb_sockaddr_in {
 		__v;                                    \
 	})
 
-SEC("cgroup/getsockopt")
-int inb_getsockopt(struct bpf_sockopt *ctx)
+/* Answers SO_ORIGINAL_DST for a steered connection; leaves every other answer as it was. */
+static __always_inline int inb_getsockopt_answer(struct bpf_sockopt *ctx)
 {
 	if (ctx->level != SOL_IP || ctx->optname != SO_ORIGINAL_DST || ctx->retval == 0)
 		return 1; /* not ours, or already answered (outbound program, or conntrack's own answer) */
@@ -72,6 +73,13 @@ int inb_getsockopt(struct bpf_sockopt *ctx)
 	ctx->retval = 0;
 	inb_count(INB_STAT_ORIGDST);
 	return 1;
+}
+
+SEC("cgroup/getsockopt")
+int inb_getsockopt(struct bpf_sockopt *ctx)
+{
+	inb_getsockopt_answer(ctx);
+	return mc_sockopt_keep_large(ctx);
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

@@ -137,16 +137,27 @@ func fresh(cgroupDir, dir string, p *capture.Policy, opts LoadOptions) (err erro
 		}
 	}
 	for _, h := range hooks {
-		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupDir, Attach: h.attach, Program: objs.Programs[h.name]})
+		l, err := attachPinned(cgroupDir, dir, h, objs)
 		if err != nil {
-			return fmt.Errorf("attach %s: %w", h.name, err)
+			return err
 		}
 		links = append(links, l)
-		if err := l.Pin(linkPin(dir, h.name)); err != nil {
-			return fmt.Errorf("pin %s link: %w", h.name, err)
-		}
 	}
 	return nil
+}
+
+// attachPinned attaches hook h of objs to cgroupDir and pins its link in dir (detached again if it cannot be).
+func attachPinned(cgroupDir, dir string, h hook, objs *Objects) (link.Link, error) {
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupDir, Attach: h.attach, Program: objs.Programs[h.name]})
+	if err != nil {
+		return nil, fmt.Errorf("attach %s: %w", h.name, err)
+	}
+	if err := l.Pin(linkPin(dir, h.name)); err != nil {
+		_ = l.Detach()
+		l.Close()
+		return nil, fmt.Errorf("pin %s link: %w", h.name, err)
+	}
+	return l, nil
 }
 
 // replace swaps in programs bound to fresh settings maps (holding p) and the existing state maps. With p == nil
@@ -235,15 +246,11 @@ func updateLinks(cgroupDir, dir string, objs *Objects) error {
 	// The connect programs are last in hooks: the programs that read settings switch after the others.
 	for i, h := range hooks {
 		if links[i] == nil {
-			l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupDir, Attach: h.attach, Program: objs.Programs[h.name]})
+			l, err := attachPinned(cgroupDir, dir, h, objs)
 			if err != nil {
-				return fmt.Errorf("attach %s: %w", h.name, err)
+				return err
 			}
 			links[i] = l
-			if err := l.Pin(linkPin(dir, h.name)); err != nil {
-				_ = l.Detach()
-				return fmt.Errorf("pin %s link: %w", h.name, err)
-			}
 			continue
 		}
 		if err := links[i].Update(objs.Programs[h.name]); err != nil {

@@ -136,21 +136,23 @@ type connect4McTuple6 struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	connect4MapMcCidr6Excl  = "mc_cidr6_excl"
-	connect4MapMcCidr6Incl  = "mc_cidr6_incl"
-	connect4MapMcCidrExcl   = "mc_cidr_excl"
-	connect4MapMcCidrIncl   = "mc_cidr_incl"
-	connect4MapMcClient     = "mc_client"
-	connect4MapMcConfig     = "mc_config"
-	connect4MapMcDst6       = "mc_dst6"
-	connect4MapMcFpPeer     = "mc_fp_peer"
-	connect4MapMcFpStats    = "mc_fp_stats"
-	connect4MapMcOrigTuple  = "mc_orig_tuple"
-	connect4MapMcOrigTuple6 = "mc_orig_tuple6"
-	connect4MapMcPorts      = "mc_ports"
-	connect4MapMcSockhash   = "mc_sockhash"
-	connect4MapMcStats      = "mc_stats"
-	connect4ProgMcConnect4  = "mc_connect4"
+	connect4MapMcCidr6Excl        = "mc_cidr6_excl"
+	connect4MapMcCidr6Incl        = "mc_cidr6_incl"
+	connect4MapMcCidrExcl         = "mc_cidr_excl"
+	connect4MapMcCidrIncl         = "mc_cidr_incl"
+	connect4MapMcClient           = "mc_client"
+	connect4MapMcConfig           = "mc_config"
+	connect4MapMcDst6             = "mc_dst6"
+	connect4MapMcFpPeer           = "mc_fp_peer"
+	connect4MapMcFpStats          = "mc_fp_stats"
+	connect4MapMcOrigTuple        = "mc_orig_tuple"
+	connect4MapMcOrigTuple6       = "mc_orig_tuple6"
+	connect4MapMcPorts            = "mc_ports"
+	connect4MapMcSkNetns          = "mc_sk_netns"
+	connect4MapMcSockhash         = "mc_sockhash"
+	connect4MapMcStats            = "mc_stats"
+	connect4ProgMcConnect4        = "mc_connect4"
+	connect4VarMcNetnsFromStorage = "mc_netns_from_storage"
 )
 
 // loadConnect4 returns the embedded CollectionSpec for connect4.
@@ -214,6 +216,7 @@ type connect4MapSpecs struct {
 	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.MapSpec `ebpf:"mc_orig_tuple6"`
 	McPorts      *ebpf.MapSpec `ebpf:"mc_ports"`
+	McSkNetns    *ebpf.MapSpec `ebpf:"mc_sk_netns"`
 	McSockhash   *ebpf.MapSpec `ebpf:"mc_sockhash"`
 	McStats      *ebpf.MapSpec `ebpf:"mc_stats"`
 }
@@ -222,6 +225,7 @@ type connect4MapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type connect4VariableSpecs struct {
+	McNetnsFromStorage *ebpf.VariableSpec `ebpf:"mc_netns_from_storage"`
 }
 
 // connect4Objects contains all objects after they have been loaded into the kernel.
@@ -256,6 +260,7 @@ type connect4Maps struct {
 	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.Map `ebpf:"mc_orig_tuple6"`
 	McPorts      *ebpf.Map `ebpf:"mc_ports"`
+	McSkNetns    *ebpf.Map `ebpf:"mc_sk_netns"`
 	McSockhash   *ebpf.Map `ebpf:"mc_sockhash"`
 	McStats      *ebpf.Map `ebpf:"mc_stats"`
 }
@@ -274,6 +279,7 @@ func (m *connect4Maps) Close() error {
 		m.McOrigTuple,
 		m.McOrigTuple6,
 		m.McPorts,
+		m.McSkNetns,
 		m.McSockhash,
 		m.McStats,
 	)
@@ -283,6 +289,7 @@ func (m *connect4Maps) Close() error {
 //
 // It can be passed to loadConnect4Objects or ebpf.CollectionSpec.LoadAndAssign.
 type connect4Variables struct {
+	McNetnsFromStorage *ebpf.Variable `ebpf:"mc_netns_from_storage"`
 }
 
 // connect4Programs contains all programs after they have been loaded into the kernel.

@@ -16,21 +16,23 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	connect6MapMcCidr6Excl  = "mc_cidr6_excl"
-	connect6MapMcCidr6Incl  = "mc_cidr6_incl"
-	connect6MapMcCidrExcl   = "mc_cidr_excl"
-	connect6MapMcCidrIncl   = "mc_cidr_incl"
-	connect6MapMcClient     = "mc_client"
-	connect6MapMcConfig     = "mc_config"
-	connect6MapMcDst6       = "mc_dst6"
-	connect6MapMcFpPeer     = "mc_fp_peer"
-	connect6MapMcFpStats    = "mc_fp_stats"
-	connect6MapMcOrigTuple  = "mc_orig_tuple"
-	connect6MapMcOrigTuple6 = "mc_orig_tuple6"
-	connect6MapMcPorts      = "mc_ports"
-	connect6MapMcSockhash   = "mc_sockhash"
-	connect6MapMcStats      = "mc_stats"
-	connect6ProgMcConnect6  = "mc_connect6"
+	connect6MapMcCidr6Excl        = "mc_cidr6_excl"
+	connect6MapMcCidr6Incl        = "mc_cidr6_incl"
+	connect6MapMcCidrExcl         = "mc_cidr_excl"
+	connect6MapMcCidrIncl         = "mc_cidr_incl"
+	connect6MapMcClient           = "mc_client"
+	connect6MapMcConfig           = "mc_config"
+	connect6MapMcDst6             = "mc_dst6"
+	connect6MapMcFpPeer           = "mc_fp_peer"
+	connect6MapMcFpStats          = "mc_fp_stats"
+	connect6MapMcOrigTuple        = "mc_orig_tuple"
+	connect6MapMcOrigTuple6       = "mc_orig_tuple6"
+	connect6MapMcPorts            = "mc_ports"
+	connect6MapMcSkNetns          = "mc_sk_netns"
+	connect6MapMcSockhash         = "mc_sockhash"
+	connect6MapMcStats            = "mc_stats"
+	connect6ProgMcConnect6        = "mc_connect6"
+	connect6VarMcNetnsFromStorage = "mc_netns_from_storage"
 )
 
 // loadConnect6 returns the embedded CollectionSpec for connect6.
@@ -94,6 +96,7 @@ type connect6MapSpecs struct {
 	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.MapSpec `ebpf:"mc_orig_tuple6"`
 	McPorts      *ebpf.MapSpec `ebpf:"mc_ports"`
+	McSkNetns    *ebpf.MapSpec `ebpf:"mc_sk_netns"`
 	McSockhash   *ebpf.MapSpec `ebpf:"mc_sockhash"`
 	McStats      *ebpf.MapSpec `ebpf:"mc_stats"`
 }
@@ -102,6 +105,7 @@ type connect6MapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type connect6VariableSpecs struct {
+	McNetnsFromStorage *ebpf.VariableSpec `ebpf:"mc_netns_from_storage"`
 }
 
 // connect6Objects contains all objects after they have been loaded into the kernel.
@@ -136,6 +140,7 @@ type connect6Maps struct {
 	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.Map `ebpf:"mc_orig_tuple6"`
 	McPorts      *ebpf.Map `ebpf:"mc_ports"`
+	McSkNetns    *ebpf.Map `ebpf:"mc_sk_netns"`
 	McSockhash   *ebpf.Map `ebpf:"mc_sockhash"`
 	McStats      *ebpf.Map `ebpf:"mc_stats"`
 }
@@ -154,6 +159,7 @@ func (m *connect6Maps) Close() error {
 		m.McOrigTuple,
 		m.McOrigTuple6,
 		m.McPorts,
+		m.McSkNetns,
 		m.McSockhash,
 		m.McStats,
 	)
@@ -163,6 +169,7 @@ func (m *connect6Maps) Close() error {
 //
 // It can be passed to loadConnect6Objects or ebpf.CollectionSpec.LoadAndAssign.
 type connect6Variables struct {
+	McNetnsFromStorage *ebpf.Variable `ebpf:"mc_netns_from_storage"`
 }
 
 // connect6Programs contains all programs after they have been loaded into the kernel.

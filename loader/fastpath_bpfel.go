@@ -16,21 +16,23 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	fastpathMapMcCidr6Excl  = "mc_cidr6_excl"
-	fastpathMapMcCidr6Incl  = "mc_cidr6_incl"
-	fastpathMapMcCidrExcl   = "mc_cidr_excl"
-	fastpathMapMcCidrIncl   = "mc_cidr_incl"
-	fastpathMapMcClient     = "mc_client"
-	fastpathMapMcConfig     = "mc_config"
-	fastpathMapMcDst6       = "mc_dst6"
-	fastpathMapMcFpPeer     = "mc_fp_peer"
-	fastpathMapMcFpStats    = "mc_fp_stats"
-	fastpathMapMcOrigTuple  = "mc_orig_tuple"
-	fastpathMapMcOrigTuple6 = "mc_orig_tuple6"
-	fastpathMapMcPorts      = "mc_ports"
-	fastpathMapMcSockhash   = "mc_sockhash"
-	fastpathMapMcStats      = "mc_stats"
-	fastpathProgMcFastpath  = "mc_fastpath"
+	fastpathMapMcCidr6Excl        = "mc_cidr6_excl"
+	fastpathMapMcCidr6Incl        = "mc_cidr6_incl"
+	fastpathMapMcCidrExcl         = "mc_cidr_excl"
+	fastpathMapMcCidrIncl         = "mc_cidr_incl"
+	fastpathMapMcClient           = "mc_client"
+	fastpathMapMcConfig           = "mc_config"
+	fastpathMapMcDst6             = "mc_dst6"
+	fastpathMapMcFpPeer           = "mc_fp_peer"
+	fastpathMapMcFpStats          = "mc_fp_stats"
+	fastpathMapMcOrigTuple        = "mc_orig_tuple"
+	fastpathMapMcOrigTuple6       = "mc_orig_tuple6"
+	fastpathMapMcPorts            = "mc_ports"
+	fastpathMapMcSkNetns          = "mc_sk_netns"
+	fastpathMapMcSockhash         = "mc_sockhash"
+	fastpathMapMcStats            = "mc_stats"
+	fastpathProgMcFastpath        = "mc_fastpath"
+	fastpathVarMcNetnsFromStorage = "mc_netns_from_storage"
 )
 
 // loadFastpath returns the embedded CollectionSpec for fastpath.
@@ -94,6 +96,7 @@ type fastpathMapSpecs struct {
 	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.MapSpec `ebpf:"mc_orig_tuple6"`
 	McPorts      *ebpf.MapSpec `ebpf:"mc_ports"`
+	McSkNetns    *ebpf.MapSpec `ebpf:"mc_sk_netns"`
 	McSockhash   *ebpf.MapSpec `ebpf:"mc_sockhash"`
 	McStats      *ebpf.MapSpec `ebpf:"mc_stats"`
 }
@@ -102,6 +105,7 @@ type fastpathMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathVariableSpecs struct {
+	McNetnsFromStorage *ebpf.VariableSpec `ebpf:"mc_netns_from_storage"`
 }
 
 // fastpathObjects contains all objects after they have been loaded into the kernel.
@@ -136,6 +140,7 @@ type fastpathMaps struct {
 	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.Map `ebpf:"mc_orig_tuple6"`
 	McPorts      *ebpf.Map `ebpf:"mc_ports"`
+	McSkNetns    *ebpf.Map `ebpf:"mc_sk_netns"`
 	McSockhash   *ebpf.Map `ebpf:"mc_sockhash"`
 	McStats      *ebpf.Map `ebpf:"mc_stats"`
 }
@@ -154,6 +159,7 @@ func (m *fastpathMaps) Close() error {
 		m.McOrigTuple,
 		m.McOrigTuple6,
 		m.McPorts,
+		m.McSkNetns,
 		m.McSockhash,
 		m.McStats,
 	)
@@ -163,6 +169,7 @@ func (m *fastpathMaps) Close() error {
 //
 // It can be passed to loadFastpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathVariables struct {
+	McNetnsFromStorage *ebpf.Variable `ebpf:"mc_netns_from_storage"`
 }
 
 // fastpathPrograms contains all programs after they have been loaded into the kernel.

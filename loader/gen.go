@@ -11,4 +11,5 @@ package loader
 //go:generate go tool bpf2go -cc clang-14 -target bpfel -go-package loader -no-global-types -type mc_origdst_ext -type mc_stats_answer getsockopt ../bpf/getsockopt.c -- -O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu
 //go:generate go tool bpf2go -cc clang-14 -target bpfel -go-package loader -no-global-types getpeername4 ../bpf/getpeername4.c -- -O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu
 //go:generate go tool bpf2go -cc clang-14 -target bpfel -go-package loader -no-global-types sockrelease ../bpf/sockrelease.c -- -O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu
+//go:generate go tool bpf2go -cc clang-14 -target bpfel -go-package loader -no-global-types sockcreate ../bpf/sockcreate.c -- -O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu
 //go:generate go tool bpf2go -cc clang-14 -target bpfel -go-package loader -no-global-types fastpath ../bpf/fastpath.c -- -O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu

@@ -16,21 +16,23 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	getpeername4MapMcCidr6Excl     = "mc_cidr6_excl"
-	getpeername4MapMcCidr6Incl     = "mc_cidr6_incl"
-	getpeername4MapMcCidrExcl      = "mc_cidr_excl"
-	getpeername4MapMcCidrIncl      = "mc_cidr_incl"
-	getpeername4MapMcClient        = "mc_client"
-	getpeername4MapMcConfig        = "mc_config"
-	getpeername4MapMcDst6          = "mc_dst6"
-	getpeername4MapMcFpPeer        = "mc_fp_peer"
-	getpeername4MapMcFpStats       = "mc_fp_stats"
-	getpeername4MapMcOrigTuple     = "mc_orig_tuple"
-	getpeername4MapMcOrigTuple6    = "mc_orig_tuple6"
-	getpeername4MapMcPorts         = "mc_ports"
-	getpeername4MapMcSockhash      = "mc_sockhash"
-	getpeername4MapMcStats         = "mc_stats"
-	getpeername4ProgMcGetpeername4 = "mc_getpeername4"
+	getpeername4MapMcCidr6Excl        = "mc_cidr6_excl"
+	getpeername4MapMcCidr6Incl        = "mc_cidr6_incl"
+	getpeername4MapMcCidrExcl         = "mc_cidr_excl"
+	getpeername4MapMcCidrIncl         = "mc_cidr_incl"
+	getpeername4MapMcClient           = "mc_client"
+	getpeername4MapMcConfig           = "mc_config"
+	getpeername4MapMcDst6             = "mc_dst6"
+	getpeername4MapMcFpPeer           = "mc_fp_peer"
+	getpeername4MapMcFpStats          = "mc_fp_stats"
+	getpeername4MapMcOrigTuple        = "mc_orig_tuple"
+	getpeername4MapMcOrigTuple6       = "mc_orig_tuple6"
+	getpeername4MapMcPorts            = "mc_ports"
+	getpeername4MapMcSkNetns          = "mc_sk_netns"
+	getpeername4MapMcSockhash         = "mc_sockhash"
+	getpeername4MapMcStats            = "mc_stats"
+	getpeername4ProgMcGetpeername4    = "mc_getpeername4"
+	getpeername4VarMcNetnsFromStorage = "mc_netns_from_storage"
 )
 
 // loadGetpeername4 returns the embedded CollectionSpec for getpeername4.
@@ -94,6 +96,7 @@ type getpeername4MapSpecs struct {
 	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.MapSpec `ebpf:"mc_orig_tuple6"`
 	McPorts      *ebpf.MapSpec `ebpf:"mc_ports"`
+	McSkNetns    *ebpf.MapSpec `ebpf:"mc_sk_netns"`
 	McSockhash   *ebpf.MapSpec `ebpf:"mc_sockhash"`
 	McStats      *ebpf.MapSpec `ebpf:"mc_stats"`
 }
@@ -102,6 +105,7 @@ type getpeername4MapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type getpeername4VariableSpecs struct {
+	McNetnsFromStorage *ebpf.VariableSpec `ebpf:"mc_netns_from_storage"`
 }
 
 // getpeername4Objects contains all objects after they have been loaded into the kernel.
@@ -136,6 +140,7 @@ type getpeername4Maps struct {
 	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.Map `ebpf:"mc_orig_tuple6"`
 	McPorts      *ebpf.Map `ebpf:"mc_ports"`
+	McSkNetns    *ebpf.Map `ebpf:"mc_sk_netns"`
 	McSockhash   *ebpf.Map `ebpf:"mc_sockhash"`
 	McStats      *ebpf.Map `ebpf:"mc_stats"`
 }
@@ -154,6 +159,7 @@ func (m *getpeername4Maps) Close() error {
 		m.McOrigTuple,
 		m.McOrigTuple6,
 		m.McPorts,
+		m.McSkNetns,
 		m.McSockhash,
 		m.McStats,
 	)
@@ -163,6 +169,7 @@ func (m *getpeername4Maps) Close() error {
 //
 // It can be passed to loadGetpeername4Objects or ebpf.CollectionSpec.LoadAndAssign.
 type getpeername4Variables struct {
+	McNetnsFromStorage *ebpf.Variable `ebpf:"mc_netns_from_storage"`
 }
 
 // getpeername4Programs contains all programs after they have been loaded into the kernel.

@@ -16,21 +16,23 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	getpeername6MapMcCidr6Excl     = "mc_cidr6_excl"
-	getpeername6MapMcCidr6Incl     = "mc_cidr6_incl"
-	getpeername6MapMcCidrExcl      = "mc_cidr_excl"
-	getpeername6MapMcCidrIncl      = "mc_cidr_incl"
-	getpeername6MapMcClient        = "mc_client"
-	getpeername6MapMcConfig        = "mc_config"
-	getpeername6MapMcDst6          = "mc_dst6"
-	getpeername6MapMcFpPeer        = "mc_fp_peer"
-	getpeername6MapMcFpStats       = "mc_fp_stats"
-	getpeername6MapMcOrigTuple     = "mc_orig_tuple"
-	getpeername6MapMcOrigTuple6    = "mc_orig_tuple6"
-	getpeername6MapMcPorts         = "mc_ports"
-	getpeername6MapMcSockhash      = "mc_sockhash"
-	getpeername6MapMcStats         = "mc_stats"
-	getpeername6ProgMcGetpeername6 = "mc_getpeername6"
+	getpeername6MapMcCidr6Excl        = "mc_cidr6_excl"
+	getpeername6MapMcCidr6Incl        = "mc_cidr6_incl"
+	getpeername6MapMcCidrExcl         = "mc_cidr_excl"
+	getpeername6MapMcCidrIncl         = "mc_cidr_incl"
+	getpeername6MapMcClient           = "mc_client"
+	getpeername6MapMcConfig           = "mc_config"
+	getpeername6MapMcDst6             = "mc_dst6"
+	getpeername6MapMcFpPeer           = "mc_fp_peer"
+	getpeername6MapMcFpStats          = "mc_fp_stats"
+	getpeername6MapMcOrigTuple        = "mc_orig_tuple"
+	getpeername6MapMcOrigTuple6       = "mc_orig_tuple6"
+	getpeername6MapMcPorts            = "mc_ports"
+	getpeername6MapMcSkNetns          = "mc_sk_netns"
+	getpeername6MapMcSockhash         = "mc_sockhash"
+	getpeername6MapMcStats            = "mc_stats"
+	getpeername6ProgMcGetpeername6    = "mc_getpeername6"
+	getpeername6VarMcNetnsFromStorage = "mc_netns_from_storage"
 )
 
 // loadGetpeername6 returns the embedded CollectionSpec for getpeername6.
@@ -94,6 +96,7 @@ type getpeername6MapSpecs struct {
 	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.MapSpec `ebpf:"mc_orig_tuple6"`
 	McPorts      *ebpf.MapSpec `ebpf:"mc_ports"`
+	McSkNetns    *ebpf.MapSpec `ebpf:"mc_sk_netns"`
 	McSockhash   *ebpf.MapSpec `ebpf:"mc_sockhash"`
 	McStats      *ebpf.MapSpec `ebpf:"mc_stats"`
 }
@@ -102,6 +105,7 @@ type getpeername6MapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type getpeername6VariableSpecs struct {
+	McNetnsFromStorage *ebpf.VariableSpec `ebpf:"mc_netns_from_storage"`
 }
 
 // getpeername6Objects contains all objects after they have been loaded into the kernel.
@@ -136,6 +140,7 @@ type getpeername6Maps struct {
 	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.Map `ebpf:"mc_orig_tuple6"`
 	McPorts      *ebpf.Map `ebpf:"mc_ports"`
+	McSkNetns    *ebpf.Map `ebpf:"mc_sk_netns"`
 	McSockhash   *ebpf.Map `ebpf:"mc_sockhash"`
 	McStats      *ebpf.Map `ebpf:"mc_stats"`
 }
@@ -154,6 +159,7 @@ func (m *getpeername6Maps) Close() error {
 		m.McOrigTuple,
 		m.McOrigTuple6,
 		m.McPorts,
+		m.McSkNetns,
 		m.McSockhash,
 		m.McStats,
 	)
@@ -163,6 +169,7 @@ func (m *getpeername6Maps) Close() error {
 //
 // It can be passed to loadGetpeername6Objects or ebpf.CollectionSpec.LoadAndAssign.
 type getpeername6Variables struct {
+	McNetnsFromStorage *ebpf.Variable `ebpf:"mc_netns_from_storage"`
 }
 
 // getpeername6Programs contains all programs after they have been loaded into the kernel.

@@ -45,23 +45,25 @@ type getsockoptMcStatsAnswer struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	getsockoptMapMcCidr6Excl      = "mc_cidr6_excl"
-	getsockoptMapMcCidr6Incl      = "mc_cidr6_incl"
-	getsockoptMapMcCidrExcl       = "mc_cidr_excl"
-	getsockoptMapMcCidrIncl       = "mc_cidr_incl"
-	getsockoptMapMcClient         = "mc_client"
-	getsockoptMapMcConfig         = "mc_config"
-	getsockoptMapMcDst6           = "mc_dst6"
-	getsockoptMapMcFpPeer         = "mc_fp_peer"
-	getsockoptMapMcFpStats        = "mc_fp_stats"
-	getsockoptMapMcOrigTuple      = "mc_orig_tuple"
-	getsockoptMapMcOrigTuple6     = "mc_orig_tuple6"
-	getsockoptMapMcPorts          = "mc_ports"
-	getsockoptMapMcSockhash       = "mc_sockhash"
-	getsockoptMapMcStats          = "mc_stats"
-	getsockoptProgMcGetsockopt    = "mc_getsockopt"
-	getsockoptVarMcOrigdstExtBtf  = "mc_origdst_ext_btf"
-	getsockoptVarMcStatsAnswerBtf = "mc_stats_answer_btf"
+	getsockoptMapMcCidr6Excl        = "mc_cidr6_excl"
+	getsockoptMapMcCidr6Incl        = "mc_cidr6_incl"
+	getsockoptMapMcCidrExcl         = "mc_cidr_excl"
+	getsockoptMapMcCidrIncl         = "mc_cidr_incl"
+	getsockoptMapMcClient           = "mc_client"
+	getsockoptMapMcConfig           = "mc_config"
+	getsockoptMapMcDst6             = "mc_dst6"
+	getsockoptMapMcFpPeer           = "mc_fp_peer"
+	getsockoptMapMcFpStats          = "mc_fp_stats"
+	getsockoptMapMcOrigTuple        = "mc_orig_tuple"
+	getsockoptMapMcOrigTuple6       = "mc_orig_tuple6"
+	getsockoptMapMcPorts            = "mc_ports"
+	getsockoptMapMcSkNetns          = "mc_sk_netns"
+	getsockoptMapMcSockhash         = "mc_sockhash"
+	getsockoptMapMcStats            = "mc_stats"
+	getsockoptProgMcGetsockopt      = "mc_getsockopt"
+	getsockoptVarMcNetnsFromStorage = "mc_netns_from_storage"
+	getsockoptVarMcOrigdstExtBtf    = "mc_origdst_ext_btf"
+	getsockoptVarMcStatsAnswerBtf   = "mc_stats_answer_btf"
 )
 
 // loadGetsockopt returns the embedded CollectionSpec for getsockopt.
@@ -125,6 +127,7 @@ type getsockoptMapSpecs struct {
 	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.MapSpec `ebpf:"mc_orig_tuple6"`
 	McPorts      *ebpf.MapSpec `ebpf:"mc_ports"`
+	McSkNetns    *ebpf.MapSpec `ebpf:"mc_sk_netns"`
 	McSockhash   *ebpf.MapSpec `ebpf:"mc_sockhash"`
 	McStats      *ebpf.MapSpec `ebpf:"mc_stats"`
 }
@@ -133,8 +136,9 @@ type getsockoptMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type getsockoptVariableSpecs struct {
-	McOrigdstExtBtf  *ebpf.VariableSpec `ebpf:"mc_origdst_ext_btf"`
-	McStatsAnswerBtf *ebpf.VariableSpec `ebpf:"mc_stats_answer_btf"`
+	McNetnsFromStorage *ebpf.VariableSpec `ebpf:"mc_netns_from_storage"`
+	McOrigdstExtBtf    *ebpf.VariableSpec `ebpf:"mc_origdst_ext_btf"`
+	McStatsAnswerBtf   *ebpf.VariableSpec `ebpf:"mc_stats_answer_btf"`
 }
 
 // getsockoptObjects contains all objects after they have been loaded into the kernel.
@@ -169,6 +173,7 @@ type getsockoptMaps struct {
 	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.Map `ebpf:"mc_orig_tuple6"`
 	McPorts      *ebpf.Map `ebpf:"mc_ports"`
+	McSkNetns    *ebpf.Map `ebpf:"mc_sk_netns"`
 	McSockhash   *ebpf.Map `ebpf:"mc_sockhash"`
 	McStats      *ebpf.Map `ebpf:"mc_stats"`
 }
@@ -187,6 +192,7 @@ func (m *getsockoptMaps) Close() error {
 		m.McOrigTuple,
 		m.McOrigTuple6,
 		m.McPorts,
+		m.McSkNetns,
 		m.McSockhash,
 		m.McStats,
 	)
@@ -196,8 +202,9 @@ func (m *getsockoptMaps) Close() error {
 //
 // It can be passed to loadGetsockoptObjects or ebpf.CollectionSpec.LoadAndAssign.
 type getsockoptVariables struct {
-	McOrigdstExtBtf  *ebpf.Variable `ebpf:"mc_origdst_ext_btf"`
-	McStatsAnswerBtf *ebpf.Variable `ebpf:"mc_stats_answer_btf"`
+	McNetnsFromStorage *ebpf.Variable `ebpf:"mc_netns_from_storage"`
+	McOrigdstExtBtf    *ebpf.Variable `ebpf:"mc_origdst_ext_btf"`
+	McStatsAnswerBtf   *ebpf.Variable `ebpf:"mc_stats_answer_btf"`
 }
 
 // getsockoptPrograms contains all programs after they have been loaded into the kernel.

@@ -148,7 +148,9 @@ func attachInbound(netnsPath string, p capture.Policy, opts InboundOptions) (_ *
 		return nil, err
 	}
 	defer ns.Close()
-	cfg.NetnsCookie = cookie
+	if hostfs.IsNetnsCookie(cookie) { // else (before 5.14) 0: per-pod only, the cgroup programs serve one pod
+		cfg.NetnsCookie = cookie
+	}
 
 	root := opts.PinRoot
 	if root == "" {
@@ -167,6 +169,9 @@ func attachInbound(netnsPath string, p capture.Policy, opts InboundOptions) (_ *
 	}
 	defer unlock()
 
+	if err := allowBPFMemory(); err != nil {
+		return nil, err
+	}
 	spec, err := loadInbound()
 	if err != nil {
 		return nil, fmt.Errorf("load inbound object: %w", err)
@@ -554,7 +559,7 @@ func inbInspectListener(ln syscall.Conn) (inbListenerFacts, error) {
 			ierr = fmt.Errorf("listener has unsupported address %T", sa)
 			return
 		}
-		lf.netnsCookie, err = hostfs.SocketNetnsCookie(fd)
+		lf.netnsCookie, err = hostfs.SocketNetnsID(fd)
 		if err != nil {
 			ierr = fmt.Errorf("listener: netns cookie: %w", err)
 		}

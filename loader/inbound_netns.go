@@ -9,8 +9,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/meshcap/meshcap/pkg/capture"
@@ -36,7 +34,7 @@ func inbOpenNetns(path string) (*os.File, uint64, error) {
 		f.Close()
 		return nil, 0, fmt.Errorf("%s is not a network namespace", path)
 	}
-	cookie, err := hostfs.NetnsCookie(f)
+	cookie, err := hostfs.NetnsID(f) // names pins only: the inbound program keys nothing by netns
 	if err != nil {
 		f.Close()
 		return nil, 0, err
@@ -156,27 +154,49 @@ func inbProcInNetns(pid int, netnsIno uint64) bool {
 	return unix.Stat(filepath.Join("/proc", strconv.Itoa(pid), "ns", "net"), &st) == nil && st.Ino == netnsIno
 }
 
-// inbListenerInodes lists, by sock_diag inside ns, the inodes of TCP sockets listening on port: IPv4 first, then
-// dual-stack IPv6 candidates (inbInspectListener rejects IPv6-only ones).
+// inbListenerInodes lists the inodes of TCP sockets listening on port inside ns: IPv4 first, then dual-stack IPv6
+// candidates (inbInspectListener rejects IPv6-only ones). It reads the netns's /proc/net/tcp{,6}, which the TCP
+// core provides: sock_diag would need the tcp_diag/inet_diag modules, which a host may not have loaded (or be
+// able to autoload).
 func inbListenerInodes(ns *os.File, port uint16) ([]uint32, error) {
-	h, err := netlink.NewHandleAt(netns.NsHandle(int(ns.Fd())), unix.NETLINK_INET_DIAG)
-	if err != nil {
-		return nil, fmt.Errorf("sock_diag: %w", err)
-	}
-	defer h.Close()
 	var out []uint32
-	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
-		socks, err := h.SocketDiagTCP(fam)
-		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return nil, fmt.Errorf("sock_diag: %w", err)
-		}
-		for _, s := range socks {
-			if s.State == 10 /* TCP_LISTEN */ && s.ID.SourcePort == port && s.INode != 0 {
-				out = append(out, s.INode)
+	err := hostfs.InNetns(ns, func() error {
+		for _, table := range []string{"tcp", "tcp6"} {
+			data, err := os.ReadFile("/proc/thread-self/net/" + table)
+			if errors.Is(err, os.ErrNotExist) && table == "tcp6" {
+				continue // IPv6 disabled
 			}
+			if err != nil {
+				return err
+			}
+			out = append(out, procNetListeners(string(data), port)...)
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list listeners: %w", err)
 	}
 	return out, nil
+}
+
+// procNetListeners parses a /proc/net/tcp{,6} table: inodes of the sockets in state LISTEN (0A) on port.
+func procNetListeners(table string, port uint16) []uint32 {
+	var out []uint32
+	for _, line := range strings.Split(table, "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 10 || f[3] != "0A" {
+			continue
+		}
+		_, hexPort, ok := strings.Cut(f[1], ":")
+		p, err := strconv.ParseUint(hexPort, 16, 16)
+		if !ok || err != nil || uint16(p) != port {
+			continue
+		}
+		if ino, err := strconv.ParseUint(f[9], 10, 32); err == nil && ino != 0 {
+			out = append(out, uint32(ino))
+		}
+	}
+	return out
 }
 
 type inbFDRef struct{ pid, fd int }

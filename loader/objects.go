@@ -22,6 +22,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
 
 	"github.com/meshcap/meshcap/pkg/capture"
 )
@@ -42,15 +43,16 @@ const (
 	mapCIDR6Incl = "mc_cidr6_incl"
 	mapOrigTup6  = "mc_orig_tuple6"
 	mapDst6      = "mc_dst6"
+	mapSkNetns   = "mc_sk_netns"
 )
 
 // settingsMaps hold one attachment's policy; stateMaps hold its live connections (kept across a re-attach).
 var (
 	settingsMaps = []string{mapConfig, mapCIDRExcl, mapCIDRIncl, mapPorts, mapCIDR6Excl, mapCIDR6Incl}
-	stateMaps    = []string{mapClient, mapOrigTuple, mapStats, mapOrigTup6, mapDst6, mapSockhash, mapFPStats, mapFPPeer}
-	// addedMaps are optional in a pin dir: attachments made before the fast path or IPv6 existed lack them. A
-	// re-attach creates and pins them (and keeps them when pinned, as any map of its kind).
-	addedMaps = []string{mapSockhash, mapFPStats, mapFPPeer, mapCIDR6Excl, mapCIDR6Incl, mapOrigTup6, mapDst6}
+	stateMaps    = []string{mapClient, mapOrigTuple, mapStats, mapOrigTup6, mapDst6, mapSockhash, mapFPStats, mapFPPeer, mapSkNetns}
+	// addedMaps are optional in a pin dir: attachments made before the fast path, the sock_create hook or IPv6
+	// existed lack them. A re-attach creates and pins them (and keeps them when pinned, as any map of its kind).
+	addedMaps = []string{mapSockhash, mapFPStats, mapFPPeer, mapSkNetns, mapCIDR6Excl, mapCIDR6Incl, mapOrigTup6, mapDst6}
 )
 
 // Values of the C enums (enums are not in the objects' BTF, so bpf2go cannot emit them).
@@ -98,6 +100,7 @@ var hooks = []hook{
 	{"getpeername4", "mc_getpeername4", ebpf.CGroupSockAddr, ebpf.AttachCgroupInet4GetPeername, loadGetpeername4, false},
 	{"getpeername6", "mc_getpeername6", ebpf.CGroupSockAddr, ebpf.AttachCgroupInet6GetPeername, loadGetpeername6, true},
 	{"sockrelease", "mc_sock_release", ebpf.CGroupSock, ebpf.AttachCgroupInetSockRelease, loadSockrelease, false},
+	{"sockcreate", "mc_sock_create", ebpf.CGroupSock, ebpf.AttachCGroupInetSockCreate, loadSockcreate, true},
 	{"connect6", "mc_connect6", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet6Connect, loadConnect6, true},
 	{"connect4", "mc_connect4", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet4Connect, loadConnect4, false},
 }
@@ -128,6 +131,8 @@ type Objects struct {
 	FastPath bool
 	// MaxConns is written by SetPolicy as the key's capacity (0 = capture.DefaultMaxConnections).
 	MaxConns uint32
+	// Variant is what the programs were loaded as (chosen by probing this kernel; see variant.go).
+	Variant Variant
 }
 
 // Close releases the file descriptors (pinned or attached objects stay in the kernel).
@@ -151,7 +156,11 @@ func load(opts LoadOptions, reuse map[string]*ebpf.Map) (_ *Objects, err error) 
 	if err := checkKernel(); err != nil {
 		return nil, err
 	}
-	objs := &Objects{Programs: map[string]*ebpf.Program{}, Maps: map[string]*ebpf.Map{}, FastPath: opts.FastPath, MaxConns: opts.MaxConns}
+	variant, err := probeVariant()
+	if err != nil {
+		return nil, err
+	}
+	objs := &Objects{Programs: map[string]*ebpf.Program{}, Maps: map[string]*ebpf.Map{}, FastPath: opts.FastPath, MaxConns: opts.MaxConns, Variant: variant}
 	defer func() {
 		if err != nil {
 			objs.Close()
@@ -182,19 +191,26 @@ func (objs *Objects) loadHook(h hook, opts LoadOptions, reuse map[string]*ebpf.M
 		return fmt.Errorf("load %s object: %w", h.name, err)
 	}
 	resize(spec, opts)
-	// A data section no program uses: getsockopt.c's BTF anchor of struct mc_origdst_ext.
+	if err := applyVariant(spec, objs.Variant); err != nil {
+		return fmt.Errorf("load %s object: %w", h.name, err)
+	}
+	// Data sections no program uses (getsockopt.c's BTF anchor of struct mc_origdst_ext) go; .rodata (the
+	// variant settings) stays, private to this object.
 	for name, v := range spec.Variables {
-		if strings.HasPrefix(v.SectionName, ".") {
+		if strings.HasPrefix(v.SectionName, ".") && v.SectionName != ".rodata" {
 			delete(spec.Variables, name)
 		}
 	}
 	for name := range spec.Maps {
-		if strings.HasPrefix(name, ".") {
+		if strings.HasPrefix(name, ".") && name != ".rodata" {
 			delete(spec.Maps, name)
 		}
 	}
 	replace := map[string]*ebpf.Map{}
 	for name, ms := range spec.Maps {
+		if name == ".rodata" {
+			continue
+		}
 		m, ok := objs.Maps[name]
 		if !ok {
 			if m, ok = reuse[name]; ok {
@@ -489,8 +505,29 @@ var kernelCheck struct {
 	err  error
 }
 
-// checkKernel reports a precise error when the kernel lacks a program type the hooks need.
+var memlock struct {
+	once sync.Once
+	err  error
+}
+
+// allowBPFMemory lifts RLIMIT_MEMLOCK where the kernel charges BPF maps and programs to it (before Linux 5.11,
+// for example Debian's 5.10: there even a small map fails with EPERM under the default limit). From 5.11 on the
+// kernel charges the memory cgroup instead and this changes nothing. Done once per process, before any map.
+func allowBPFMemory() error {
+	memlock.once.Do(func() {
+		if err := rlimit.RemoveMemlock(); err != nil {
+			memlock.err = fmt.Errorf("raise RLIMIT_MEMLOCK (this kernel charges BPF memory to it): %w", err)
+		}
+	})
+	return memlock.err
+}
+
+// checkKernel reports a precise error when the kernel lacks a program type the hooks need, after allowing BPF
+// memory.
 func checkKernel() error {
+	if err := allowBPFMemory(); err != nil {
+		return err
+	}
 	kernelCheck.once.Do(func() {
 		for _, h := range hooks {
 			if err := features.HaveProgramType(h.progType); err != nil {

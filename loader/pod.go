@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 
 	"github.com/meshcap/meshcap/pkg/capture"
+	"github.com/meshcap/meshcap/pkg/hostfs"
 )
 
 // PodTarget names one pod.
@@ -137,6 +138,9 @@ func (t PodTarget) root(pinRoot string) (string, error) {
 // captureOutbound does step 1 and returns the undo of a first capture (nil when the pod was captured before).
 func captureOutbound(t PodTarget, p capture.Policy, root string, o CaptureOptions, res *PodCapture) (func() error, error) {
 	if t.agent() {
+		if !hostfs.IsNetnsCookie(res.NetnsCookie) { // Linux < 5.14: no cookie from userspace, no agent mode
+			return nil, fmt.Errorf("enroll netns id %#x in %s: this kernel gives no netns cookie to userspace (SO_NETNS_COOKIE): agent mode is unavailable, use per-pod mode", res.NetnsCookie, t.AgentPinDir)
+		}
 		was, err := enrollLocked(t.AgentPinDir, res.NetnsCookie, p, o.Load.MaxConns)
 		if err != nil {
 			return nil, fmt.Errorf("enroll netns cookie %d in %s: %w", res.NetnsCookie, t.AgentPinDir, err)

@@ -47,6 +47,8 @@ const (
 	ScopeCore     = "core"     // needed for any eBPF capture (outbound, SO_ORIGINAL_DST, getpeername)
 	ScopeInbound  = "inbound"  // needed for eBPF inbound capture (sk_lookup)
 	ScopeFallback = "fallback" // needed by the iptables fallback; never blocks eBPF
+	ScopeVariant  = "variant"  // picks a program variant (ChooseVariant); never blocks eBPF on its own
+	ScopeAgent    = "agent"    // needed by agent mode (pods told apart by a netns cookie read from userspace)
 )
 
 // FeatureCheck is one probed feature.
@@ -66,25 +68,29 @@ type ProbeOptions struct {
 	BPFFSPath string
 	// Disable lists features to mark missing. Nil: read from MESHCAP_PROBE_DISABLE.
 	Disable []string
+	// Only, when not nil, runs just the checks named (the others are left out of the result).
+	Only []string
 }
 
 // ProbeRequirements says which scopes must be complete for eBPF mode.
 type ProbeRequirements struct {
 	Inbound bool // inbound capture wanted (istio -b non-empty): sk_lookup checks are required too
+	Agent   bool // agent mode (one shared attachment, pods keyed by netns cookie): ScopeAgent checks are required too
 }
 
 // ModeDecision is the outcome of DecideMode.
 type ModeDecision struct {
-	Mode    string   `json:"mode"`    // ProbeModeEBPF or ProbeModeIPTables
-	Reason  string   `json:"reason"`  // one line, names every missing feature
-	Missing []string `json:"missing"` // names of the required checks that failed
+	Mode    string   `json:"mode"`              // ProbeModeEBPF or ProbeModeIPTables
+	Reason  string   `json:"reason"`            // one line, names every missing feature
+	Missing []string `json:"missing"`           // names of the required checks that failed
+	Variant string   `json:"variant,omitempty"` // eBPF mode: the program variant the loader will load (Variant.String)
 }
 
 // DecideMode is the pure decision: eBPF when every required check passed, else iptables naming what is missing.
 func DecideMode(checks []FeatureCheck, req ProbeRequirements) ModeDecision {
 	var missing, why []string
 	for _, c := range checks {
-		required := c.Scope == ScopeCore || (c.Scope == ScopeInbound && req.Inbound)
+		required := c.Scope == ScopeCore || (c.Scope == ScopeInbound && req.Inbound) || (c.Scope == ScopeAgent && req.Agent)
 		if !required || c.OK {
 			continue
 		}
@@ -96,7 +102,7 @@ func DecideMode(checks []FeatureCheck, req ProbeRequirements) ModeDecision {
 		if !req.Inbound {
 			reason += " (inbound capture not requested)"
 		}
-		return ModeDecision{Mode: ProbeModeEBPF, Reason: reason}
+		return ModeDecision{Mode: ProbeModeEBPF, Reason: reason, Variant: ChooseVariant(checks).String()}
 	}
 	reason := "missing: " + strings.Join(why, "; ")
 	for _, c := range checks {
@@ -129,6 +135,7 @@ var cgroupAttaches = []sockAttach{
 	{"getpeername4", ebpf.CGroupSockAddr, ebpf.AttachCgroupInet4GetPeername},
 	{"getpeername6", ebpf.CGroupSockAddr, ebpf.AttachCgroupInet6GetPeername},
 	{"sock_release", ebpf.CGroupSock, ebpf.AttachCgroupInetSockRelease},
+	{"sock_create", ebpf.CGroupSock, ebpf.AttachCGroupInetSockCreate},
 }
 
 type helperUse struct {
@@ -146,16 +153,18 @@ var helperUses = []helperUse{
 	{ebpf.CGroupSockAddr, asm.FnSkStorageGet, ScopeCore},
 	{ebpf.CGroupSockAddr, asm.FnSkStorageDelete, ScopeCore},
 	{ebpf.CGroupSockAddr, asm.FnSpinLock, ScopeCore},
-	{ebpf.SockOps, asm.FnGetNetnsCookie, ScopeCore},
+	{ebpf.SockOps, asm.FnGetNetnsCookie, ScopeVariant},
 	{ebpf.SockOps, asm.FnSkStorageGet, ScopeCore},
 	{ebpf.SockOps, asm.FnSpinLock, ScopeCore},
 	{ebpf.SockOps, asm.FnSockOpsCbFlagsSet, ScopeCore},
 	{ebpf.SockOps, asm.FnMapLookupElem, ScopeCore},
 	{ebpf.SockOps, asm.FnMapUpdateElem, ScopeCore},
 	{ebpf.SockOps, asm.FnMapDeleteElem, ScopeCore},
-	{ebpf.CGroupSockopt, asm.FnGetNetnsCookie, ScopeCore},
+	{ebpf.CGroupSockopt, asm.FnGetNetnsCookie, ScopeVariant},
+	{ebpf.CGroupSockopt, asm.FnSkStorageGet, ScopeCore},
 	{ebpf.CGroupSockopt, asm.FnMapLookupElem, ScopeCore},
 	{ebpf.CGroupSock, asm.FnSkStorageGet, ScopeCore},
+	{ebpf.CGroupSock, asm.FnGetNetnsCookie, ScopeCore},
 	{ebpf.CGroupSock, asm.FnMapLookupElem, ScopeCore},
 	{ebpf.CGroupSock, asm.FnSpinLock, ScopeCore},
 	{ebpf.SkLookup, asm.FnSkAssign, ScopeInbound},
@@ -192,6 +201,13 @@ func probeItems() []probeItem {
 	items := []probeItem{
 		{"cgroup2", ScopeCore, (*probeRun).checkCgroup2},
 		{"bpffs", ScopeCore, (*probeRun).checkBPFFS},
+		// First of the kernel checks: every map after it is made as the loader makes its maps.
+		{"bpf_memory", ScopeCore, func(*probeRun) (string, error) {
+			if err := allowBPFMemory(); err != nil {
+				return "", err
+			}
+			return "RLIMIT_MEMLOCK lifted where the kernel charges BPF memory to it", nil
+		}},
 	}
 	for _, pt := range []ebpf.ProgramType{ebpf.CGroupSockAddr, ebpf.SockOps, ebpf.CGroupSockopt, ebpf.CGroupSock, ebpf.SkLookup} {
 		scope := ScopeCore
@@ -239,6 +255,7 @@ func probeItems() []probeItem {
 			return "available", nil
 		}})
 	}
+	items = append(items, probeItem{"sockopt:so_netns_cookie", ScopeAgent, (*probeRun).checkSockoptNetnsCookie})
 	items = append(items, probeItem{"iptables", ScopeFallback, (*probeRun).checkIPTables})
 	return items
 }
@@ -295,6 +312,9 @@ func Probe(opts ProbeOptions) ([]FeatureCheck, error) {
 
 	var checks []FeatureCheck
 	for _, it := range probeItems() {
+		if opts.Only != nil && !slices.Contains(opts.Only, it.name) {
+			continue
+		}
 		c := FeatureCheck{Name: it.name, Scope: it.scope}
 		if slices.ContainsFunc(disable, func(tok string) bool { return disableMatches(tok, it.name) }) {
 			c.Detail = "disabled by " + ProbeDisableEnv
@@ -564,4 +584,13 @@ func (r *probeRun) checkIPTables() (string, error) {
 		return "", errors.New("no iptables, iptables-legacy or iptables-nft in PATH: the fallback cannot run")
 	}
 	return strings.Join(found, ", "), nil
+}
+
+// checkSockoptNetnsCookie: agent mode tells pods apart by the netns cookie userspace reads with SO_NETNS_COOKIE
+// (Linux 5.14+); without it the agent cannot name a pod the way the programs see it.
+func (r *probeRun) checkSockoptNetnsCookie() (string, error) {
+	if _, err := hostfs.OwnNetnsCookie(); err != nil {
+		return "", err
+	}
+	return "available", nil
 }

@@ -16,21 +16,23 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	sockopsMapMcCidr6Excl  = "mc_cidr6_excl"
-	sockopsMapMcCidr6Incl  = "mc_cidr6_incl"
-	sockopsMapMcCidrExcl   = "mc_cidr_excl"
-	sockopsMapMcCidrIncl   = "mc_cidr_incl"
-	sockopsMapMcClient     = "mc_client"
-	sockopsMapMcConfig     = "mc_config"
-	sockopsMapMcDst6       = "mc_dst6"
-	sockopsMapMcFpPeer     = "mc_fp_peer"
-	sockopsMapMcFpStats    = "mc_fp_stats"
-	sockopsMapMcOrigTuple  = "mc_orig_tuple"
-	sockopsMapMcOrigTuple6 = "mc_orig_tuple6"
-	sockopsMapMcPorts      = "mc_ports"
-	sockopsMapMcSockhash   = "mc_sockhash"
-	sockopsMapMcStats      = "mc_stats"
-	sockopsProgMcSockops   = "mc_sockops"
+	sockopsMapMcCidr6Excl        = "mc_cidr6_excl"
+	sockopsMapMcCidr6Incl        = "mc_cidr6_incl"
+	sockopsMapMcCidrExcl         = "mc_cidr_excl"
+	sockopsMapMcCidrIncl         = "mc_cidr_incl"
+	sockopsMapMcClient           = "mc_client"
+	sockopsMapMcConfig           = "mc_config"
+	sockopsMapMcDst6             = "mc_dst6"
+	sockopsMapMcFpPeer           = "mc_fp_peer"
+	sockopsMapMcFpStats          = "mc_fp_stats"
+	sockopsMapMcOrigTuple        = "mc_orig_tuple"
+	sockopsMapMcOrigTuple6       = "mc_orig_tuple6"
+	sockopsMapMcPorts            = "mc_ports"
+	sockopsMapMcSkNetns          = "mc_sk_netns"
+	sockopsMapMcSockhash         = "mc_sockhash"
+	sockopsMapMcStats            = "mc_stats"
+	sockopsProgMcSockops         = "mc_sockops"
+	sockopsVarMcNetnsFromStorage = "mc_netns_from_storage"
 )
 
 // loadSockops returns the embedded CollectionSpec for sockops.
@@ -94,6 +96,7 @@ type sockopsMapSpecs struct {
 	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.MapSpec `ebpf:"mc_orig_tuple6"`
 	McPorts      *ebpf.MapSpec `ebpf:"mc_ports"`
+	McSkNetns    *ebpf.MapSpec `ebpf:"mc_sk_netns"`
 	McSockhash   *ebpf.MapSpec `ebpf:"mc_sockhash"`
 	McStats      *ebpf.MapSpec `ebpf:"mc_stats"`
 }
@@ -102,6 +105,7 @@ type sockopsMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockopsVariableSpecs struct {
+	McNetnsFromStorage *ebpf.VariableSpec `ebpf:"mc_netns_from_storage"`
 }
 
 // sockopsObjects contains all objects after they have been loaded into the kernel.
@@ -136,6 +140,7 @@ type sockopsMaps struct {
 	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.Map `ebpf:"mc_orig_tuple6"`
 	McPorts      *ebpf.Map `ebpf:"mc_ports"`
+	McSkNetns    *ebpf.Map `ebpf:"mc_sk_netns"`
 	McSockhash   *ebpf.Map `ebpf:"mc_sockhash"`
 	McStats      *ebpf.Map `ebpf:"mc_stats"`
 }
@@ -154,6 +159,7 @@ func (m *sockopsMaps) Close() error {
 		m.McOrigTuple,
 		m.McOrigTuple6,
 		m.McPorts,
+		m.McSkNetns,
 		m.McSockhash,
 		m.McStats,
 	)
@@ -163,6 +169,7 @@ func (m *sockopsMaps) Close() error {
 //
 // It can be passed to loadSockopsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockopsVariables struct {
+	McNetnsFromStorage *ebpf.Variable `ebpf:"mc_netns_from_storage"`
 }
 
 // sockopsPrograms contains all programs after they have been loaded into the kernel.

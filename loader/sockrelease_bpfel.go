@@ -16,21 +16,23 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	sockreleaseMapMcCidr6Excl    = "mc_cidr6_excl"
-	sockreleaseMapMcCidr6Incl    = "mc_cidr6_incl"
-	sockreleaseMapMcCidrExcl     = "mc_cidr_excl"
-	sockreleaseMapMcCidrIncl     = "mc_cidr_incl"
-	sockreleaseMapMcClient       = "mc_client"
-	sockreleaseMapMcConfig       = "mc_config"
-	sockreleaseMapMcDst6         = "mc_dst6"
-	sockreleaseMapMcFpPeer       = "mc_fp_peer"
-	sockreleaseMapMcFpStats      = "mc_fp_stats"
-	sockreleaseMapMcOrigTuple    = "mc_orig_tuple"
-	sockreleaseMapMcOrigTuple6   = "mc_orig_tuple6"
-	sockreleaseMapMcPorts        = "mc_ports"
-	sockreleaseMapMcSockhash     = "mc_sockhash"
-	sockreleaseMapMcStats        = "mc_stats"
-	sockreleaseProgMcSockRelease = "mc_sock_release"
+	sockreleaseMapMcCidr6Excl        = "mc_cidr6_excl"
+	sockreleaseMapMcCidr6Incl        = "mc_cidr6_incl"
+	sockreleaseMapMcCidrExcl         = "mc_cidr_excl"
+	sockreleaseMapMcCidrIncl         = "mc_cidr_incl"
+	sockreleaseMapMcClient           = "mc_client"
+	sockreleaseMapMcConfig           = "mc_config"
+	sockreleaseMapMcDst6             = "mc_dst6"
+	sockreleaseMapMcFpPeer           = "mc_fp_peer"
+	sockreleaseMapMcFpStats          = "mc_fp_stats"
+	sockreleaseMapMcOrigTuple        = "mc_orig_tuple"
+	sockreleaseMapMcOrigTuple6       = "mc_orig_tuple6"
+	sockreleaseMapMcPorts            = "mc_ports"
+	sockreleaseMapMcSkNetns          = "mc_sk_netns"
+	sockreleaseMapMcSockhash         = "mc_sockhash"
+	sockreleaseMapMcStats            = "mc_stats"
+	sockreleaseProgMcSockRelease     = "mc_sock_release"
+	sockreleaseVarMcNetnsFromStorage = "mc_netns_from_storage"
 )
 
 // loadSockrelease returns the embedded CollectionSpec for sockrelease.
@@ -94,6 +96,7 @@ type sockreleaseMapSpecs struct {
 	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.MapSpec `ebpf:"mc_orig_tuple6"`
 	McPorts      *ebpf.MapSpec `ebpf:"mc_ports"`
+	McSkNetns    *ebpf.MapSpec `ebpf:"mc_sk_netns"`
 	McSockhash   *ebpf.MapSpec `ebpf:"mc_sockhash"`
 	McStats      *ebpf.MapSpec `ebpf:"mc_stats"`
 }
@@ -102,6 +105,7 @@ type sockreleaseMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockreleaseVariableSpecs struct {
+	McNetnsFromStorage *ebpf.VariableSpec `ebpf:"mc_netns_from_storage"`
 }
 
 // sockreleaseObjects contains all objects after they have been loaded into the kernel.
@@ -136,6 +140,7 @@ type sockreleaseMaps struct {
 	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.Map `ebpf:"mc_orig_tuple6"`
 	McPorts      *ebpf.Map `ebpf:"mc_ports"`
+	McSkNetns    *ebpf.Map `ebpf:"mc_sk_netns"`
 	McSockhash   *ebpf.Map `ebpf:"mc_sockhash"`
 	McStats      *ebpf.Map `ebpf:"mc_stats"`
 }
@@ -154,6 +159,7 @@ func (m *sockreleaseMaps) Close() error {
 		m.McOrigTuple,
 		m.McOrigTuple6,
 		m.McPorts,
+		m.McSkNetns,
 		m.McSockhash,
 		m.McStats,
 	)
@@ -163,6 +169,7 @@ func (m *sockreleaseMaps) Close() error {
 //
 // It can be passed to loadSockreleaseObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockreleaseVariables struct {
+	McNetnsFromStorage *ebpf.Variable `ebpf:"mc_netns_from_storage"`
 }
 
 // sockreleasePrograms contains all programs after they have been loaded into the kernel.

@@ -235,6 +235,12 @@ type agentProc struct {
 // startAgent starts `meshcap agent args...` and waits until it is ready. It is killed when the test ends.
 func startAgent(t *testing.T, args ...string) *agentProc {
 	t.Helper()
+	return startAgentUntil(t, "agent ready", args...)
+}
+
+// startAgentUntil starts `meshcap agent args...` and waits until its log says marker.
+func startAgentUntil(t *testing.T, marker string, args ...string) *agentProc {
+	t.Helper()
 	a := &agentProc{cmd: exec.Command(meshcapBin, append([]string{"agent"}, args...)...), log: &syncBuffer{}, done: make(chan struct{})}
 	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
 	if err := a.cmd.Start(); err != nil {
@@ -253,12 +259,12 @@ func startAgent(t *testing.T, args ...string) *agentProc {
 		}
 	})
 	deadline := time.After(60 * time.Second)
-	for !strings.Contains(a.log.String(), "agent ready") {
+	for !strings.Contains(a.log.String(), marker) {
 		select {
 		case <-a.done:
 			t.Fatalf("agent exited before ready: %v\n%s", a.err, a.log.String())
 		case <-deadline:
-			t.Fatalf("agent not ready after 60s:\n%s", a.log.String())
+			t.Fatalf("agent log without %q after 60s:\n%s", marker, a.log.String())
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -403,6 +409,10 @@ func TestDeployAgentCNI(t *testing.T) {
 	}
 	if got := cgroupPrograms(t, kubepods); got != 0 {
 		t.Fatalf("%d programs attached at the kubepods root before the agent runs", got)
+	}
+	if !kernelGivesNetnsCookie(t) {
+		agentCNIWithoutNetnsCookie(t, e, kubepods, agentArgs, podA, srv, srvIP)
+		return
 	}
 
 	step("start agent")

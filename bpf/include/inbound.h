@@ -57,7 +57,8 @@ enum inb_config_flags {
 
 /* Single-valued settings (array map, key 0). Ports in host byte order. */
 struct inb_config {
-	__u64 netns_cookie; /* the netns these objects serve: the cgroup programs ignore sockets of any other netns */
+	__u64 netns_cookie; /* the netns these objects serve: the cgroup programs ignore sockets of any other netns
+	                     * (0 where userspace cannot read a cookie, before 5.14: per-pod mode, one pod per cgroup) */
 	__u16 capture_port; /* -z: the proxy's inbound listener; a connection to it is never steered (it lands there anyway) */
 	__u16 tunnel_port;  /* -e: never captured, whatever -b says (istio's first ISTIO_INBOUND rule) */
 	__u8 flags;         /* enum inb_config_flags */

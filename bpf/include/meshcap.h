@@ -393,6 +393,33 @@ struct mc_stats_answer {
 	__u32 _pad;
 };
 
+/*
+ * A socket's netns cookie where the program type has no bpf_get_netns_cookie (sock_ops and cgroup_sockopt before
+ * Linux 5.15). cgroup/sock_create (sockcreate.c) records it for every socket the cgroup creates; BPF_F_CLONE
+ * copies it into the sockets a listener accepts, which are never "created". Empty for sockets created before the
+ * attachment: their cookie reads 0, and 0 is never used as a netns key.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_CLONE);
+	__type(key, int);
+	__type(value, __u64);
+} mc_sk_netns SEC(".maps");
+
+/* Where sockops and getsockopt read a socket's netns cookie; the loader sets it before load from the probe
+ * (loader.NetnsSource): 0 = bpf_get_netns_cookie (Linux 5.15+), 1 = mc_sk_netns (Linux 5.10 to 5.14). The
+ * verifier drops the branch not taken, so a helper the kernel lacks there is never checked. */
+volatile const __u32 mc_netns_from_storage = 0;
+
+/* The cookie sock_create recorded for sk; 0 when there is none. */
+static __always_inline __u64 mc_stored_netns(struct bpf_sock *sk)
+{
+	if (!sk)
+		return 0;
+	__u64 *cookie = bpf_sk_storage_get(&mc_sk_netns, sk, 0, 0);
+	return cookie ? *cookie : 0;
+}
+
 /* Find the settings that apply to a socket in netns `netns`: its own, else the "any netns" key 0.
  * Sets *cfg_key to the key found, which scopes every list lookup. */
 static __always_inline struct mc_config *mc_lookup_config(__u64 netns, __u64 *cfg_key)

@@ -168,7 +168,7 @@ func agentCanUseEBPF(log *zap.Logger, cgroup string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	d := loader.DecideMode(checks, loader.ProbeRequirements{Inbound: true})
+	d := loader.DecideMode(checks, loader.ProbeRequirements{Inbound: true, Agent: true})
 	log.Info("capture mode chosen", zap.String("mode", d.Mode), zap.String("reason", d.Reason))
 	return d.Mode == loader.ProbeModeEBPF, nil
 }

@@ -69,6 +69,10 @@ func printProbe(w io.Writer, checks []loader.FeatureCheck, d loader.ModeDecision
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	_, err := fmt.Fprintf(w, "mode: %s (%s)\n", d.Mode, d.Reason)
+	if _, err := fmt.Fprintf(w, "mode: %s (%s)\n", d.Mode, d.Reason); err != nil || d.Variant == "" {
+		return err
+	}
+	agent := loader.DecideMode(checks, loader.ProbeRequirements{Inbound: true, Agent: true})
+	_, err := fmt.Fprintf(w, "program variant: %s\nagent mode: %s (%s)\n", d.Variant, agent.Mode, agent.Reason)
 	return err
 }

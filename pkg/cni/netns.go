@@ -20,7 +20,8 @@ type NetnsID struct {
 	Inode  uint64
 }
 
-// ReadNetnsID opens the netns at path and reads its cookie with SO_NETNS_COOKIE on a socket created inside it.
+// ReadNetnsID opens the netns at path and reads its cookie with SO_NETNS_COOKIE on a socket created inside it
+// (hostfs.NetnsID: before Linux 5.14 a stand-in that is no cookie, and captureMode then falls back to iptables).
 // The calling goroutine's thread enters the netns only for the socket() call.
 func ReadNetnsID(path string) (NetnsID, error) {
 	f, err := os.Open(path)
@@ -40,7 +41,7 @@ func ReadNetnsID(path string) (NetnsID, error) {
 		return NetnsID{}, fmt.Errorf("netns %q: not a namespace file", path)
 	}
 
-	cookie, err := hostfs.NetnsCookie(f)
+	cookie, err := hostfs.NetnsID(f) // a cookie, or (before 5.14) a stand-in that captureMode sends to iptables
 	if err != nil {
 		return NetnsID{}, fmt.Errorf("netns %q: %w", path, err)
 	}

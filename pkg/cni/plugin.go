@@ -16,6 +16,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/meshcap/meshcap/pkg/capture"
+	"github.com/meshcap/meshcap/pkg/hostfs"
 	"github.com/meshcap/meshcap/pkg/iptables"
 )
 
@@ -161,7 +162,7 @@ func (p *Plugin) Add(a *skel.CmdArgs) error {
 	if err != nil {
 		return types.NewError(types.ErrInvalidNetNS, err.Error(), "")
 	}
-	mode, err := p.captureMode(a, in.pod, cfg)
+	mode, err := p.captureMode(a, in.pod, cfg, id)
 	if err != nil {
 		return err
 	}
@@ -205,10 +206,13 @@ func (p *Plugin) Add(a *skel.CmdArgs) error {
 // captureMode decides how an enrolled pod is captured: ModeEBPF, or ModeIPTables when eBPF capture cannot fully
 // cover it (capture.EBPFUnsupported with the facts of its netns, for example IPv6 addresses): enrolling it into
 // eBPF would leave those connections uncaptured. The fallback is logged with the reason.
-func (p *Plugin) captureMode(a *skel.CmdArgs, pod Pod, cfg capture.Config) (string, error) {
+func (p *Plugin) captureMode(a *skel.CmdArgs, pod Pod, cfg capture.Config, id NetnsID) (string, error) {
 	un, err := p.EBPFUnsupported(a.Netns, cfg)
 	if err != nil {
 		return "", types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("pod %s: %v", pod, err), "")
+	}
+	if !hostfs.IsNetnsCookie(id.Cookie) {
+		un = append(un, "agent mode on this kernel (it gives userspace no netns cookie: SO_NETNS_COOKIE needs Linux 5.14)")
 	}
 	if len(un) == 0 {
 		return ModeEBPF, nil

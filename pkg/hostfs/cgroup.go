@@ -17,11 +17,19 @@ func Cgroup2Root() (string, error) {
 		return root, nil
 	}
 	for _, mnt := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
-		if v, ok := HostView(mnt, unix.CGROUP2_SUPER_MAGIC); ok {
+		// The candidate itself must be cgroup2, not merely lie below a cgroup2 mount: on a pure v2 host the
+		// nonexistent .../cgroup/unified would otherwise pass as the root.
+		if v, ok := HostView(mnt, unix.CGROUP2_SUPER_MAGIC); ok && existsOnFS(v, unix.CGROUP2_SUPER_MAGIC) {
 			return v, nil
 		}
 	}
 	return "", errors.New("no cgroup2 filesystem mounted (nor visible through the host's mount namespace)")
+}
+
+// existsOnFS reports whether path itself exists on a filesystem with this magic.
+func existsOnFS(path string, magic int64) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(path, &st) == nil && int64(st.Type) == magic
 }
 
 // CgroupID checks that dir is a cgroup v2 directory and returns its id (its inode number, what the kernel and

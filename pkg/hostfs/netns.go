@@ -38,13 +38,16 @@ func NetnsCookie(ns *os.File) (uint64, error) {
 }
 
 // OwnNetnsCookie is the cookie of the caller's network namespace.
-func OwnNetnsCookie() (uint64, error) {
+func OwnNetnsCookie() (uint64, error) { return ofOwnSocket(SocketNetnsCookie) }
+
+// ofOwnSocket applies read to a socket made in the caller's network namespace.
+func ofOwnSocket(read func(fd int) (uint64, error)) (uint64, error) {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return 0, fmt.Errorf("netns cookie: %w", err)
 	}
 	defer unix.Close(fd)
-	return SocketNetnsCookie(fd)
+	return read(fd)
 }
 
 // InNetns runs fn on a locked OS thread that has entered ns, then puts the thread back.
@@ -68,3 +71,52 @@ func InNetns(ns *os.File, fn func() error) error {
 	runtime.UnlockOSThread()
 	return fnErr
 }
+
+// inodeIDBit marks a NetnsID that is an nsfs inode number, not a cookie, so the two never compare equal.
+const inodeIDBit = 1 << 63
+
+// NetnsID names the network namespace ns for userspace bookkeeping only (pin directory names, matching a
+// listener to its netns): its cookie where the kernel reports one (5.14+), else its nsfs inode number with the
+// top bit set (Linux 5.10). Never a BPF key: programs see cookies only. An inode is unique among live
+// namespaces but may be reused after one is freed, so pins named by it must be removed with their netns.
+func NetnsID(ns *os.File) (uint64, error) {
+	cookie, err := NetnsCookie(ns)
+	if err == nil || !errors.Is(err, unix.ENOPROTOOPT) {
+		return cookie, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(ns.Fd()), &st); err != nil {
+		return 0, fmt.Errorf("netns id: %w", err)
+	}
+	return inodeIDBit | st.Ino, nil
+}
+
+// SocketNetnsID is NetnsID of the network namespace socket fd lives in (SIOCGSKNS where there is no cookie).
+func SocketNetnsID(fd int) (uint64, error) {
+	cookie, err := SocketNetnsCookie(fd)
+	if err == nil || !errors.Is(err, unix.ENOPROTOOPT) {
+		return cookie, err
+	}
+	return socketNetnsInodeID(fd)
+}
+
+// socketNetnsInodeID is the stand-in NetnsID of the netns socket fd lives in (SIOCGSKNS opens that netns).
+func socketNetnsInodeID(fd int) (uint64, error) {
+	nsfd, err := unix.IoctlRetInt(fd, unix.SIOCGSKNS)
+	if err != nil {
+		return 0, fmt.Errorf("netns id: SIOCGSKNS: %w", err)
+	}
+	ns := os.NewFile(uintptr(nsfd), "netns")
+	defer ns.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(nsfd, &st); err != nil {
+		return 0, fmt.Errorf("netns id: %w", err)
+	}
+	return inodeIDBit | st.Ino, nil
+}
+
+// IsNetnsCookie reports whether a NetnsID is a real netns cookie (what BPF programs see), not an inode stand-in.
+func IsNetnsCookie(id uint64) bool { return id != 0 && id&inodeIDBit == 0 }
+
+// OwnNetnsID is NetnsID of the caller's network namespace.
+func OwnNetnsID() (uint64, error) { return ofOwnSocket(SocketNetnsID) }

@@ -175,11 +175,12 @@ func (p *Pod) Start(cmd *exec.Cmd, cred *Cred) error {
 	return nil
 }
 
-// NetnsCookie returns the kernel's cookie for the pod's netns (what BPF's bpf_get_netns_cookie reports).
+// NetnsCookie returns the id meshcap's userspace names the pod's netns by (hostfs.NetnsID): the kernel's cookie
+// (what BPF's bpf_get_netns_cookie reports), or before Linux 5.14, which gives userspace no cookie, its stand-in.
 func (p *Pod) NetnsCookie() (uint64, error) {
 	var cookie uint64
 	err := p.Do(func() (err error) {
-		cookie, err = hostfs.OwnNetnsCookie()
+		cookie, err = hostfs.OwnNetnsID()
 		return err
 	})
 	if err != nil {

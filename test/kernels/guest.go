@@ -75,10 +75,12 @@ func (g *guest) run() {
 		})
 		return
 	}
+	g.tests(g.cfg.Tests)
 	if g.vm {
+		// After the tests: they have loaded (by autoload) every module the test itself needs besides capture,
+		// such as nf_tables for its iptables-nft step, so only the sock_diag modules are really missing here.
 		g.check("inbound capture with module autoload off", g.inboundWithoutAutoload)
 	}
-	g.tests(g.cfg.Tests)
 	g.check("init --mode auto: probe's mode, exact original destination", func() error { return g.autoRelay(mode) })
 	g.check("meshcap demo", g.demo)
 }

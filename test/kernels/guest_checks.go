@@ -24,10 +24,20 @@ import (
 // (a host may have module autoload off, or not ship them).
 var diagModules = []string{"tcp_diag", "inet_diag"}
 
+// testModules are what TestInboundTwoSidecar's fixtures use themselves (iptables-nft's nat table).
+var testModules = []string{"nf_tables", "nft_chain_nat", "nft_compat"}
+
 // inboundWithoutAutoload runs the inbound two-sidecar test with the kernel's module autoload pointed at nothing
 // and the sock_diag modules unloaded. VM only: it changes a kernel-wide setting.
 func (g *guest) inboundWithoutAutoload() error {
 	const knob = "/proc/sys/kernel/modprobe"
+	// The test's own fixtures (an ISTIO chain made with iptables-nft in another pod) need nf_tables: loaded
+	// first, so that only meshcap's independence from modules is measured.
+	for _, m := range testModules {
+		if out, err := exec.Command("modprobe", m).CombinedOutput(); err != nil {
+			return fmt.Errorf("modprobe %s (for the test's fixtures): %v: %s", m, err, out)
+		}
+	}
 	old, err := os.ReadFile(knob)
 	if err != nil {
 		return err

@@ -160,6 +160,8 @@ func addUserland(root string) error {
 		"group":         "root:x:0:\n",
 		"nsswitch.conf": "passwd: files\ngroup: files\nhosts: files\nprotocols: files\nservices: files\n",
 		"hosts":         "127.0.0.1 localhost\n",
+		// A nameserver as pods have one: istio's DNS rules (and the tests that bind-mount their own) need the file.
+		"resolv.conf": "nameserver 198.18.255.53\n",
 	}
 	for name, data := range etc {
 		if err := os.WriteFile(filepath.Join(root, "etc", name), []byte(data), 0o644); err != nil {
