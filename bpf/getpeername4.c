@@ -10,10 +10,8 @@ SEC("cgroup/getpeername4")
 int mc_getpeername4(struct bpf_sock_addr *ctx)
 {
 	struct bpf_sock *sk = ctx->sk;
-	if (!sk)
-		return SYS_PROCEED;
-	struct mc_client *cl = bpf_sk_storage_get(&mc_client, sk, 0, 0);
-	if (!cl || !(cl->flags & MC_CL_F_COUNTED))
+	struct mc_client *cl = mc_captured_client(sk);
+	if (!cl)
 		return SYS_PROCEED;
 
 	ctx->user_ip4 = cl->orig.addr;

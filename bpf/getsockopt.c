@@ -62,11 +62,45 @@ static __always_inline int mc_stats_answer(struct bpf_sockopt *ctx)
 	return 1;
 }
 
+/* SOL_IPV6/IP6T_SO_ORIGINAL_DST on the proxy's accepted IPv6 socket: the sockaddr_in6 netfilter gives after an
+ * ip6tables REDIRECT, from mc_orig_tuple6 (native IPv6 connections connect6 captured). */
+static __always_inline int mc_origdst6_answer(struct bpf_sockopt *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk || sk->family != AF_INET6 || sk->protocol != IPPROTO_TCP)
+		return 1;
+	struct mc_tuple6 t;
+	__builtin_memset(&t, 0, sizeof(t));
+	t.netns = mc_sockopt_netns(ctx);
+	if (!t.netns)
+		return 1; /* unknown netns: never a key */
+	for (int i = 0; i < 4; i++) {
+		t.local_addr[i] = sk->src_ip6[i];
+		t.remote_addr[i] = sk->dst_ip6[i];
+	}
+	t.local_port = (__u16)sk->src_port;
+	t.remote_port = bpf_ntohs(sk->dst_port);
+	struct mc_orig6 *orig = bpf_map_lookup_elem(&mc_orig_tuple6, &t);
+	struct mc_sockaddr_in6 *sa = ctx->optval;
+	if (!orig || (void *)(sa + 1) > ctx->optval_end)
+		return 1; /* not a captured connection, or a buffer too small: the kernel's answer stands */
+	sa->sin6_family = AF_INET6;
+	sa->sin6_port = bpf_htons(orig->port);
+	sa->sin6_flowinfo = 0;
+	for (int i = 0; i < 4; i++)
+		sa->sin6_addr[i] = orig->addr[i];
+	sa->sin6_scope_id = 0;
+	mc_answer(ctx, sizeof(*sa));
+	return 1;
+}
+
 /* Answers the options this program owns; leaves every other answer as the kernel gave it. */
 static __always_inline int mc_getsockopt_answer(struct bpf_sockopt *ctx)
 {
 	if (ctx->level == SOL_IP && ctx->optname == MC_SO_CAPTURE_STATS)
 		return mc_stats_answer(ctx);
+	if (ctx->level == SOL_IPV6 && ctx->optname == IP6T_SO_ORIGINAL_DST)
+		return mc_origdst6_answer(ctx);
 	if (ctx->level != SOL_IP || ctx->optname != SO_ORIGINAL_DST)
 		return 1; /* untouched: keep the kernel's optlen and retval */
 

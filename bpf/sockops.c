@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * sockops: turns the client socket's record (mc_client, from connect4) into "4-tuple -> original destination"
- * that the proxy can find from its accepted socket, and frees tuple entries on every path.
+ * sockops: turns the client socket's record (mc_client, from connect4 or connect6) into "4-tuple -> original
+ * destination" that the proxy can find from its accepted socket, and frees tuple entries on every path.
  *
  *   client TCP_CONNECT (captured)   -> ask for state callbacks (a refused or reset connect then frees its entry)
  *   client ACTIVE_ESTABLISHED        -> mc_orig_tuple[(netns, proxy-local, client-addr)] = original destination
@@ -150,11 +150,124 @@ static __always_inline void mc_closed(struct bpf_sock_ops *skops)
 	mc_free_tuple(&t, 1);
 }
 
+/*
+ * Native IPv6 (a client connect6 captured with MC_CL_F_IPV6, and the proxy's accepted socket on [::1]:proxy_port):
+ * the same life cycle in mc_orig_tuple6, without the fast path.
+ */
+static __always_inline void mc_proxy_view6(struct mc_tuple6 *t, struct bpf_sock_ops *skops, __u64 netns, int active)
+{
+	__u32 l[4], r[4];
+	/* Why volatile: one 4-byte context load per word (see mc_proxy_view). */
+	for (int i = 0; i < 4; i++) {
+		l[i] = *(volatile __u32 *)&skops->local_ip6[i];
+		r[i] = *(volatile __u32 *)&skops->remote_ip6[i];
+	}
+	__u16 lport = (__u16) * (volatile __u32 *)&skops->local_port;
+	__u16 rport = (__u16)bpf_ntohl(*(volatile __u32 *)&skops->remote_port);
+
+	__builtin_memset(t, 0, sizeof(*t)); /* padding is part of the hash key */
+	t->netns = netns;
+	for (int i = 0; i < 4; i++) {
+		t->local_addr[i] = active ? r[i] : l[i]; /* the client's remote side is the proxy's local side */
+		t->remote_addr[i] = active ? l[i] : r[i];
+	}
+	t->local_port = active ? rport : lport;
+	t->remote_port = active ? lport : rport;
+}
+
+static __always_inline void mc_active_established6(struct bpf_sock_ops *skops, struct mc_client *cl)
+{
+	struct bpf_sock *sk = skops->sk;
+	struct mc_dst6 *d6 = sk ? bpf_sk_storage_get(&mc_dst6, sk, 0, 0) : NULL;
+	if (!d6)
+		return;
+	struct mc_tuple6 t;
+	mc_proxy_view6(&t, skops, cl->netns, 1);
+	struct mc_orig6 val = {.port = cl->orig.port, .cfg = cl->orig.cfg};
+	for (int i = 0; i < 4; i++)
+		val.addr[i] = d6->addr[i];
+	struct mc_stats *st = mc_stats_of(val.cfg);
+	if (bpf_map_update_elem(&mc_orig_tuple6, &t, &val, BPF_NOEXIST) == 0) {
+		if (st)
+			mc_gauge_add(st, &st->tuples, 1);
+		return;
+	}
+	/* a stale entry with this tuple (replaced, the count stays), or the node-wide table is full (counted) */
+	if (bpf_map_update_elem(&mc_orig_tuple6, &t, &val, BPF_EXIST) != 0 && st)
+		mc_count(&st->tuple_lost);
+}
+
+/* As mc_free_tuple, in mc_orig_tuple6. */
+static __always_inline void mc_free_tuple6(struct mc_tuple6 *t, int proxy_side)
+{
+	struct mc_orig6 *orig = bpf_map_lookup_elem(&mc_orig_tuple6, t);
+	if (!orig || ((orig->flags & MC_ORIG_F_PROXY_OWNED) != 0) != proxy_side)
+		return;
+	__u64 cfg = orig->cfg;
+	if (bpf_map_delete_elem(&mc_orig_tuple6, t) != 0)
+		return;
+	struct mc_stats *st = bpf_map_lookup_elem(&mc_stats, &cfg);
+	if (st)
+		mc_gauge_add(st, &st->tuples, -1);
+}
+
+static __always_inline int mc_sockops6(struct bpf_sock_ops *skops)
+{
+	if (skops->family != AF_INET6)
+		return 1;
+	struct mc_client *cl = mc_client_of(skops);
+	if (cl && !((cl->flags & MC_CL_F_COUNTED) && (cl->flags & MC_CL_F_IPV6)))
+		cl = NULL;
+	struct mc_tuple6 t;
+	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		if (cl)
+			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		break;
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		if (cl)
+			mc_active_established6(skops, cl);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: {
+		mc_proxy_view6(&t, skops, mc_sock_ops_netns(skops), 0);
+		struct mc_orig6 *orig = bpf_map_lookup_elem(&mc_orig_tuple6, &t);
+		if (orig) {
+			orig->flags |= MC_ORIG_F_PROXY_OWNED;
+			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		}
+		break;
+	}
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[1] != TCP_CLOSE)
+			break;
+		if (cl) {
+			mc_proxy_view6(&t, skops, cl->netns, 1);
+			mc_free_tuple6(&t, 0);
+		} else {
+			mc_proxy_view6(&t, skops, mc_sock_ops_netns(skops), 0);
+			mc_free_tuple6(&t, 1);
+		}
+		break;
+	}
+	return 1;
+}
+
+/* An AF_INET6 socket with an IPv4-mapped peer (a client connect6 captured, ::ffff:127.0.0.1:<proxy port>): IPv4 on
+ * the wire, with its IPv4 addresses in local_ip4/remote_ip4, so it is handled exactly as an AF_INET socket. */
+static __always_inline int mc_sock_ops_v4mapped(struct bpf_sock_ops *skops)
+{
+	if (skops->family != AF_INET6)
+		return 0;
+	/* Why volatile: one 4-byte context load per word (see mc_proxy_view). */
+	return mc_is_v4mapped(*(volatile __u32 *)&skops->remote_ip6[0], *(volatile __u32 *)&skops->remote_ip6[1],
+	                      *(volatile __u32 *)&skops->remote_ip6[2]);
+}
+
 SEC("sockops")
 int mc_sockops(struct bpf_sock_ops *skops)
 {
-	if (skops->family != AF_INET)
-		return 1;
+	if (skops->family != AF_INET && !mc_sock_ops_v4mapped(skops))
+		return mc_sockops6(skops);
 
 	switch (skops->op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:

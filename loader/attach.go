@@ -97,7 +97,7 @@ func complete(dir string) bool {
 		}
 	}
 	for _, m := range append(append([]string{}, settingsMaps...), stateMaps...) {
-		if _, err := os.Stat(mapPin(dir, m)); err != nil {
+		if _, err := os.Stat(mapPin(dir, m)); err != nil && !slices.Contains(addedMaps, m) {
 			return false
 		}
 	}
@@ -174,8 +174,13 @@ func replace(cgroupDir, dir string, p *capture.Policy, opts LoadOptions) (err er
 	if p == nil {
 		keep = append(append([]string{}, stateMaps...), settingsMaps...)
 	}
+	var newPins []string // maps an older attachment did not have (addedMaps)
 	for _, name := range keep {
 		m, err := ebpf.LoadPinnedMap(mapPin(dir, name), nil)
+		if errors.Is(err, os.ErrNotExist) && slices.Contains(addedMaps, name) {
+			newPins = append(newPins, name)
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("open pinned map %s: %w", name, err)
 		}
@@ -190,18 +195,6 @@ func replace(cgroupDir, dir string, p *capture.Policy, opts LoadOptions) (err er
 		case mapConfig:
 			opts.MaxPolicies = m.MaxEntries()
 		}
-	}
-	var newPins []string // fast-path maps an older attachment did not have
-	for _, name := range addedMaps {
-		m, err := ebpf.LoadPinnedMap(mapPin(dir, name), nil)
-		if errors.Is(err, os.ErrNotExist) {
-			newPins = append(newPins, name)
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("open pinned map %s: %w", name, err)
-		}
-		reuse[name] = m
 	}
 	cfgConns := opts.MaxConns
 	opts.MaxConns = sizeConns
@@ -229,27 +222,37 @@ func replace(cgroupDir, dir string, p *capture.Policy, opts LoadOptions) (err er
 	return swapIn(dir, fresh, func() error { return updateLinks(cgroupDir, dir, objs) })
 }
 
-// updateLinks points every pinned link of dir at the programs of objs; a hook newer than the attachment is
-// attached to cgroupDir and pinned first.
+// updateLinks points every pinned link of dir at the programs of objs; a newer hook's link the attachment lacks
+// (made before the hook existed) is attached to cgroupDir and pinned, in hook order.
 func updateLinks(cgroupDir, dir string, objs *Objects) error {
-	links := make([]link.Link, 0, len(hooks))
+	links := make([]link.Link, len(hooks))
 	defer func() {
 		for _, l := range links {
-			l.Close()
+			if l != nil {
+				l.Close()
+			}
 		}
 	}()
-	for _, h := range hooks {
+	for i, h := range hooks {
 		l, err := link.LoadPinnedLink(linkPin(dir, h.name), nil)
 		if errors.Is(err, os.ErrNotExist) && h.added {
-			l, err = attachPinned(cgroupDir, dir, h, objs)
+			continue
 		}
 		if err != nil {
 			return fmt.Errorf("open pinned %s link: %w", h.name, err)
 		}
-		links = append(links, l)
+		links[i] = l
 	}
-	// connect4 is last in hooks: the only program that reads settings switches after the others.
+	// The connect programs are last in hooks: the programs that read settings switch after the others.
 	for i, h := range hooks {
+		if links[i] == nil {
+			l, err := attachPinned(cgroupDir, dir, h, objs)
+			if err != nil {
+				return err
+			}
+			links[i] = l
+			continue
+		}
 		if err := links[i].Update(objs.Programs[h.name]); err != nil {
 			return fmt.Errorf("update %s link: %w", h.name, err)
 		}
@@ -261,10 +264,10 @@ func updateLinks(cgroupDir, dir string, objs *Objects) error {
 // DeletePolicy on a live attachment (node-agent mode). Objects.Programs is empty. Close it when done.
 func OpenPinned(pinDir string) (*Objects, error) {
 	objs := &Objects{Programs: map[string]*ebpf.Program{}, Maps: map[string]*ebpf.Map{}}
-	for _, name := range append(append(append([]string{}, settingsMaps...), stateMaps...), addedMaps...) {
+	for _, name := range append(append([]string{}, settingsMaps...), stateMaps...) {
 		m, err := ebpf.LoadPinnedMap(mapPin(pinDir, name), nil)
 		if errors.Is(err, os.ErrNotExist) && slices.Contains(addedMaps, name) {
-			continue // attached before the fast path existed
+			continue // attached before the fast path or IPv6 capture existed
 		}
 		if err != nil {
 			objs.Close()

@@ -32,11 +32,14 @@ type childArgs struct {
 	Dests      []string // dialled once each, concurrently
 	Sequential string   // dialled Count times, one after the other
 	Count      int
-	UID, GID   int    // drop to these ids before dialling (-1: stay root)
-	HoldMillis int    // keep the process (and netns) alive this long after dialling
-	PinRoot    string // when set, the proxy also asks OrigDst() through the pinned map
-	EarlyClose bool   // clients connect and close at once; the proxy accepts only afterwards
-	WaitStdin  bool   // print "cookie=<netns cookie>" and wait for a line on stdin before dialling
+	UID, GID   int      // drop to these ids before dialling (-1: stay root)
+	HoldMillis int      // keep the process (and netns) alive this long after dialling
+	PinRoot    string   // when set, the proxy also asks OrigDst() through the pinned map
+	EarlyClose bool     // clients connect and close at once; the proxy accepts only afterwards
+	WaitStdin  bool     // print "cookie=<netns cookie>" and wait for a line on stdin before dialling
+	NoProxy    bool     // no listener on the proxy port (the sidecar stopped)
+	HoldOpen   []string // dialled first, one after the other, and kept open until the child exits
+	Listen6    bool     // the proxy also listens on [::1]:ProxyPort (native IPv6 capture)
 }
 
 type childResult struct {
@@ -84,9 +87,13 @@ func runChild() (out childOutput) {
 		fmt.Printf("cookie=%d\n", out.NetnsCookie)
 		_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
 	}
+	port := a.ProxyPort
+	if a.NoProxy {
+		port = 0 // a listener nobody is sent to: the proxy port has none
+	}
 	var lc net.ListenConfig
 	lc.SetMultipathTCP(false)
-	ln, err := lc.Listen(context.Background(), "tcp4", fmt.Sprintf("127.0.0.1:%d", a.ProxyPort))
+	ln, err := lc.Listen(context.Background(), "tcp4", fmt.Sprintf("127.0.0.1:%d", port))
 	if err != nil {
 		out.Err = "listen: " + err.Error()
 		return
@@ -95,34 +102,16 @@ func runChild() (out childOutput) {
 	if a.EarlyClose {
 		return earlyClose(a, ln, out)
 	}
-	// The proxy: answer each accepted connection with "<SO_ORIGINAL_DST> <local> <remote>\n".
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func(c net.Conn) {
-				defer c.Close()
-				od, err := origDst(c.(*net.TCPConn))
-				line := od.String()
-				if err != nil {
-					line = "error:" + err.Error()
-				}
-				mapDst := "-"
-				if a.PinRoot != "" {
-					l := c.LocalAddr().(*net.TCPAddr).AddrPort()
-					r := c.RemoteAddr().(*net.TCPAddr).AddrPort()
-					if md, err := OrigDst(a.PinRoot, l, r, out.NetnsCookie); err == nil {
-						mapDst = md.String()
-					} else {
-						mapDst = "error"
-					}
-				}
-				fmt.Fprintf(c, "%s %s %s %s\n", line, c.LocalAddr(), c.RemoteAddr(), mapDst)
-			}(c)
+	go serveProxy(ln, a, out.NetnsCookie)
+	if a.Listen6 {
+		ln6, err := lc.Listen(context.Background(), "tcp6", fmt.Sprintf("[::1]:%d", port))
+		if err != nil {
+			out.Err = "listen6: " + err.Error()
+			return
 		}
-	}()
+		defer ln6.Close()
+		go serveProxy(ln6, a, out.NetnsCookie)
+	}
 	if a.GID >= 0 {
 		if err := syscall.Setgid(a.GID); err != nil {
 			out.Err = err.Error()
@@ -134,6 +123,14 @@ func runChild() (out childOutput) {
 			out.Err = err.Error()
 			return
 		}
+	}
+	for _, d := range a.HoldOpen {
+		c, err := dialConn(d)
+		if err != nil {
+			out.Err = "hold " + d + ": " + err.Error()
+			return
+		}
+		defer c.Close()
 	}
 	res := make(chan childResult, len(a.Dests))
 	for _, d := range a.Dests {
@@ -149,6 +146,35 @@ func runChild() (out childOutput) {
 	}
 	time.Sleep(time.Duration(a.HoldMillis) * time.Millisecond)
 	return out
+}
+
+// serveProxy is the proxy: it answers each accepted connection with "<SO_ORIGINAL_DST> <local> <remote> <OrigDst()>".
+func serveProxy(ln net.Listener, a childArgs, cookie uint64) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func(c net.Conn) {
+			defer c.Close()
+			od, err := origDst(c.(*net.TCPConn))
+			line := od.String()
+			if err != nil {
+				line = "error:" + err.Error()
+			}
+			mapDst := "-"
+			if a.PinRoot != "" {
+				l := c.LocalAddr().(*net.TCPAddr).AddrPort()
+				r := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+				if md, err := OrigDst(a.PinRoot, l, r, cookie); err == nil {
+					mapDst = md.String()
+				} else {
+					mapDst = "error"
+				}
+			}
+			fmt.Fprintf(c, "%s %s %s %s\n", line, c.LocalAddr(), c.RemoteAddr(), mapDst)
+		}(c)
+	}
 }
 
 func mustSocket() int {
@@ -172,9 +198,7 @@ func dialOnce(dest string) (r childResult) {
 		c.Close()
 		return
 	}
-	d := net.Dialer{Timeout: 2 * time.Second}
-	d.SetMultipathTCP(false)
-	c, err := d.Dial("tcp4", dest)
+	c, err := dialConn(dest)
 	if err != nil {
 		r.Err = err.Error()
 		return
@@ -182,10 +206,11 @@ func dialOnce(dest string) (r childResult) {
 	defer c.Close()
 	raw, _ := c.(*net.TCPConn).SyscallConn()
 	_ = raw.Control(func(fd uintptr) {
-		if sa, err := unix.Getpeername(int(fd)); err == nil {
-			if in4, ok := sa.(*unix.SockaddrInet4); ok {
-				r.Peer = netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), uint16(in4.Port)).String()
-			}
+		switch sa, _ := unix.Getpeername(int(fd)); sa := sa.(type) {
+		case *unix.SockaddrInet4:
+			r.Peer = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port)).String()
+		case *unix.SockaddrInet6:
+			r.Peer = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port)).String()
 		}
 	})
 	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
@@ -202,17 +227,51 @@ func dialOnce(dest string) (r childResult) {
 	return
 }
 
-// origDst asks SO_ORIGINAL_DST with the plain socket API, as any transparent proxy does.
+// dialConn connects to dest; "mapped:A:P" connects an AF_INET6 socket to ::ffff:A:P with the plain socket API, as
+// Java does (Go itself would use an AF_INET socket for a mapped address).
+func dialConn(dest string) (net.Conn, error) {
+	m, ok := strings.CutPrefix(dest, "mapped:")
+	if !ok {
+		d := net.Dialer{Timeout: 2 * time.Second}
+		d.SetMultipathTCP(false)
+		if strings.HasPrefix(dest, "[") {
+			return d.Dial("tcp6", dest)
+		}
+		return d.Dial("tcp4", dest)
+	}
+	ap, err := netip.ParseAddrPort(m)
+	if err != nil {
+		return nil, err
+	}
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), "mapped")
+	defer f.Close()
+	if err := unix.Connect(fd, &unix.SockaddrInet6{Addr: ap.Addr().As16(), Port: int(ap.Port())}); err != nil {
+		return nil, fmt.Errorf("connect %s: %w", dest, err)
+	}
+	return net.FileConn(f)
+}
+
+// origDst asks SO_ORIGINAL_DST with the plain socket API, as any transparent proxy does: SOL_IP for an IPv4
+// socket (a sockaddr_in), SOL_IPV6/IP6T_SO_ORIGINAL_DST for an IPv6 one (a sockaddr_in6).
 func origDst(c *net.TCPConn) (netip.AddrPort, error) {
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
-	var sa [16]byte
+	v6 := !c.LocalAddr().(*net.TCPAddr).AddrPort().Addr().Unmap().Is4()
+	level := unix.SOL_IP
+	var sa [28]byte
+	l := uint32(16)
+	if v6 {
+		level, l = unix.SOL_IPV6, 28
+	}
 	var serr error
 	_ = raw.Control(func(fd uintptr) {
-		l := uint32(len(sa))
-		_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_IP, 80, uintptr(unsafe.Pointer(&sa[0])), uintptr(unsafe.Pointer(&l)), 0)
+		_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, uintptr(level), 80, uintptr(unsafe.Pointer(&sa[0])), uintptr(unsafe.Pointer(&l)), 0)
 		if e != 0 {
 			serr = e
 		}
@@ -221,6 +280,9 @@ func origDst(c *net.TCPConn) (netip.AddrPort, error) {
 		return netip.AddrPort{}, serr
 	}
 	port := uint16(sa[2])<<8 | uint16(sa[3])
+	if v6 {
+		return netip.AddrPortFrom(netip.AddrFrom16([16]byte(sa[8:24])), port), nil
+	}
 	return netip.AddrPortFrom(netip.AddrFrom4([4]byte(sa[4:8])), port), nil
 }
 

@@ -38,11 +38,24 @@ type connect4McConfig struct {
 	Pad2         uint32
 }
 
+type connect4McDst6 struct {
+	_    structs.HostLayout
+	Addr [4]uint32
+}
+
 type connect4McFpPeer struct {
 	_    structs.HostLayout
 	Peer connect4McTuple
 	Mode uint32
 	Pad  uint32
+}
+
+type connect4McLpm6Key struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	CfgHi     uint32
+	CfgLo     uint32
+	Addr      [4]uint32
 }
 
 type connect4McLpmKey struct {
@@ -60,6 +73,15 @@ type connect4McOrig struct {
 	Flags uint16
 	Pad   uint32
 	_     [4]byte
+	Cfg   uint64
+}
+
+type connect4McOrig6 struct {
+	_     structs.HostLayout
+	Addr  [4]uint32
+	Port  uint16
+	Flags uint16
+	Pad   uint32
 	Cfg   uint64
 }
 
@@ -100,17 +122,31 @@ type connect4McTuple struct {
 	Pad        uint32
 }
 
+type connect4McTuple6 struct {
+	_          structs.HostLayout
+	Netns      uint64
+	LocalAddr  [4]uint32
+	RemoteAddr [4]uint32
+	LocalPort  uint16
+	RemotePort uint16
+	Pad        uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	connect4MapMcCidr6Excl        = "mc_cidr6_excl"
+	connect4MapMcCidr6Incl        = "mc_cidr6_incl"
 	connect4MapMcCidrExcl         = "mc_cidr_excl"
 	connect4MapMcCidrIncl         = "mc_cidr_incl"
 	connect4MapMcClient           = "mc_client"
 	connect4MapMcConfig           = "mc_config"
+	connect4MapMcDst6             = "mc_dst6"
 	connect4MapMcFpPeer           = "mc_fp_peer"
 	connect4MapMcFpStats          = "mc_fp_stats"
 	connect4MapMcOrigTuple        = "mc_orig_tuple"
+	connect4MapMcOrigTuple6       = "mc_orig_tuple6"
 	connect4MapMcPorts            = "mc_ports"
 	connect4MapMcSkNetns          = "mc_sk_netns"
 	connect4MapMcSockhash         = "mc_sockhash"
@@ -168,17 +204,21 @@ type connect4ProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type connect4MapSpecs struct {
-	McCidrExcl  *ebpf.MapSpec `ebpf:"mc_cidr_excl"`
-	McCidrIncl  *ebpf.MapSpec `ebpf:"mc_cidr_incl"`
-	McClient    *ebpf.MapSpec `ebpf:"mc_client"`
-	McConfig    *ebpf.MapSpec `ebpf:"mc_config"`
-	McFpPeer    *ebpf.MapSpec `ebpf:"mc_fp_peer"`
-	McFpStats   *ebpf.MapSpec `ebpf:"mc_fp_stats"`
-	McOrigTuple *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
-	McPorts     *ebpf.MapSpec `ebpf:"mc_ports"`
-	McSkNetns   *ebpf.MapSpec `ebpf:"mc_sk_netns"`
-	McSockhash  *ebpf.MapSpec `ebpf:"mc_sockhash"`
-	McStats     *ebpf.MapSpec `ebpf:"mc_stats"`
+	McCidr6Excl  *ebpf.MapSpec `ebpf:"mc_cidr6_excl"`
+	McCidr6Incl  *ebpf.MapSpec `ebpf:"mc_cidr6_incl"`
+	McCidrExcl   *ebpf.MapSpec `ebpf:"mc_cidr_excl"`
+	McCidrIncl   *ebpf.MapSpec `ebpf:"mc_cidr_incl"`
+	McClient     *ebpf.MapSpec `ebpf:"mc_client"`
+	McConfig     *ebpf.MapSpec `ebpf:"mc_config"`
+	McDst6       *ebpf.MapSpec `ebpf:"mc_dst6"`
+	McFpPeer     *ebpf.MapSpec `ebpf:"mc_fp_peer"`
+	McFpStats    *ebpf.MapSpec `ebpf:"mc_fp_stats"`
+	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
+	McOrigTuple6 *ebpf.MapSpec `ebpf:"mc_orig_tuple6"`
+	McPorts      *ebpf.MapSpec `ebpf:"mc_ports"`
+	McSkNetns    *ebpf.MapSpec `ebpf:"mc_sk_netns"`
+	McSockhash   *ebpf.MapSpec `ebpf:"mc_sockhash"`
+	McStats      *ebpf.MapSpec `ebpf:"mc_stats"`
 }
 
 // connect4VariableSpecs contains global variables before they are loaded into the kernel.
@@ -208,28 +248,36 @@ func (o *connect4Objects) Close() error {
 //
 // It can be passed to loadConnect4Objects or ebpf.CollectionSpec.LoadAndAssign.
 type connect4Maps struct {
-	McCidrExcl  *ebpf.Map `ebpf:"mc_cidr_excl"`
-	McCidrIncl  *ebpf.Map `ebpf:"mc_cidr_incl"`
-	McClient    *ebpf.Map `ebpf:"mc_client"`
-	McConfig    *ebpf.Map `ebpf:"mc_config"`
-	McFpPeer    *ebpf.Map `ebpf:"mc_fp_peer"`
-	McFpStats   *ebpf.Map `ebpf:"mc_fp_stats"`
-	McOrigTuple *ebpf.Map `ebpf:"mc_orig_tuple"`
-	McPorts     *ebpf.Map `ebpf:"mc_ports"`
-	McSkNetns   *ebpf.Map `ebpf:"mc_sk_netns"`
-	McSockhash  *ebpf.Map `ebpf:"mc_sockhash"`
-	McStats     *ebpf.Map `ebpf:"mc_stats"`
+	McCidr6Excl  *ebpf.Map `ebpf:"mc_cidr6_excl"`
+	McCidr6Incl  *ebpf.Map `ebpf:"mc_cidr6_incl"`
+	McCidrExcl   *ebpf.Map `ebpf:"mc_cidr_excl"`
+	McCidrIncl   *ebpf.Map `ebpf:"mc_cidr_incl"`
+	McClient     *ebpf.Map `ebpf:"mc_client"`
+	McConfig     *ebpf.Map `ebpf:"mc_config"`
+	McDst6       *ebpf.Map `ebpf:"mc_dst6"`
+	McFpPeer     *ebpf.Map `ebpf:"mc_fp_peer"`
+	McFpStats    *ebpf.Map `ebpf:"mc_fp_stats"`
+	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
+	McOrigTuple6 *ebpf.Map `ebpf:"mc_orig_tuple6"`
+	McPorts      *ebpf.Map `ebpf:"mc_ports"`
+	McSkNetns    *ebpf.Map `ebpf:"mc_sk_netns"`
+	McSockhash   *ebpf.Map `ebpf:"mc_sockhash"`
+	McStats      *ebpf.Map `ebpf:"mc_stats"`
 }
 
 func (m *connect4Maps) Close() error {
 	return _Connect4Close(
+		m.McCidr6Excl,
+		m.McCidr6Incl,
 		m.McCidrExcl,
 		m.McCidrIncl,
 		m.McClient,
 		m.McConfig,
+		m.McDst6,
 		m.McFpPeer,
 		m.McFpStats,
 		m.McOrigTuple,
+		m.McOrigTuple6,
 		m.McPorts,
 		m.McSkNetns,
 		m.McSockhash,

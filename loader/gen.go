@@ -5,6 +5,8 @@ package loader
 // them share one instance of every map. Only connect4 emits the Go types of the shared structs (mc_*).
 
 //go:generate go tool bpf2go -cc clang-14 -target bpfel -go-package loader connect4 ../bpf/connect4.c -- -O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu
+//go:generate go tool bpf2go -cc clang-14 -target bpfel -go-package loader -no-global-types connect6 ../bpf/connect6.c -- -O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu
+//go:generate go tool bpf2go -cc clang-14 -target bpfel -go-package loader -no-global-types getpeername6 ../bpf/getpeername6.c -- -O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu
 //go:generate go tool bpf2go -cc clang-14 -target bpfel -go-package loader -no-global-types sockops ../bpf/sockops.c -- -O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu
 //go:generate go tool bpf2go -cc clang-14 -target bpfel -go-package loader -no-global-types -type mc_origdst_ext -type mc_stats_answer getsockopt ../bpf/getsockopt.c -- -O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu
 //go:generate go tool bpf2go -cc clang-14 -target bpfel -go-package loader -no-global-types getpeername4 ../bpf/getpeername4.c -- -O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu

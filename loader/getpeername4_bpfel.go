@@ -16,13 +16,17 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	getpeername4MapMcCidr6Excl        = "mc_cidr6_excl"
+	getpeername4MapMcCidr6Incl        = "mc_cidr6_incl"
 	getpeername4MapMcCidrExcl         = "mc_cidr_excl"
 	getpeername4MapMcCidrIncl         = "mc_cidr_incl"
 	getpeername4MapMcClient           = "mc_client"
 	getpeername4MapMcConfig           = "mc_config"
+	getpeername4MapMcDst6             = "mc_dst6"
 	getpeername4MapMcFpPeer           = "mc_fp_peer"
 	getpeername4MapMcFpStats          = "mc_fp_stats"
 	getpeername4MapMcOrigTuple        = "mc_orig_tuple"
+	getpeername4MapMcOrigTuple6       = "mc_orig_tuple6"
 	getpeername4MapMcPorts            = "mc_ports"
 	getpeername4MapMcSkNetns          = "mc_sk_netns"
 	getpeername4MapMcSockhash         = "mc_sockhash"
@@ -80,17 +84,21 @@ type getpeername4ProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type getpeername4MapSpecs struct {
-	McCidrExcl  *ebpf.MapSpec `ebpf:"mc_cidr_excl"`
-	McCidrIncl  *ebpf.MapSpec `ebpf:"mc_cidr_incl"`
-	McClient    *ebpf.MapSpec `ebpf:"mc_client"`
-	McConfig    *ebpf.MapSpec `ebpf:"mc_config"`
-	McFpPeer    *ebpf.MapSpec `ebpf:"mc_fp_peer"`
-	McFpStats   *ebpf.MapSpec `ebpf:"mc_fp_stats"`
-	McOrigTuple *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
-	McPorts     *ebpf.MapSpec `ebpf:"mc_ports"`
-	McSkNetns   *ebpf.MapSpec `ebpf:"mc_sk_netns"`
-	McSockhash  *ebpf.MapSpec `ebpf:"mc_sockhash"`
-	McStats     *ebpf.MapSpec `ebpf:"mc_stats"`
+	McCidr6Excl  *ebpf.MapSpec `ebpf:"mc_cidr6_excl"`
+	McCidr6Incl  *ebpf.MapSpec `ebpf:"mc_cidr6_incl"`
+	McCidrExcl   *ebpf.MapSpec `ebpf:"mc_cidr_excl"`
+	McCidrIncl   *ebpf.MapSpec `ebpf:"mc_cidr_incl"`
+	McClient     *ebpf.MapSpec `ebpf:"mc_client"`
+	McConfig     *ebpf.MapSpec `ebpf:"mc_config"`
+	McDst6       *ebpf.MapSpec `ebpf:"mc_dst6"`
+	McFpPeer     *ebpf.MapSpec `ebpf:"mc_fp_peer"`
+	McFpStats    *ebpf.MapSpec `ebpf:"mc_fp_stats"`
+	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
+	McOrigTuple6 *ebpf.MapSpec `ebpf:"mc_orig_tuple6"`
+	McPorts      *ebpf.MapSpec `ebpf:"mc_ports"`
+	McSkNetns    *ebpf.MapSpec `ebpf:"mc_sk_netns"`
+	McSockhash   *ebpf.MapSpec `ebpf:"mc_sockhash"`
+	McStats      *ebpf.MapSpec `ebpf:"mc_stats"`
 }
 
 // getpeername4VariableSpecs contains global variables before they are loaded into the kernel.
@@ -120,28 +128,36 @@ func (o *getpeername4Objects) Close() error {
 //
 // It can be passed to loadGetpeername4Objects or ebpf.CollectionSpec.LoadAndAssign.
 type getpeername4Maps struct {
-	McCidrExcl  *ebpf.Map `ebpf:"mc_cidr_excl"`
-	McCidrIncl  *ebpf.Map `ebpf:"mc_cidr_incl"`
-	McClient    *ebpf.Map `ebpf:"mc_client"`
-	McConfig    *ebpf.Map `ebpf:"mc_config"`
-	McFpPeer    *ebpf.Map `ebpf:"mc_fp_peer"`
-	McFpStats   *ebpf.Map `ebpf:"mc_fp_stats"`
-	McOrigTuple *ebpf.Map `ebpf:"mc_orig_tuple"`
-	McPorts     *ebpf.Map `ebpf:"mc_ports"`
-	McSkNetns   *ebpf.Map `ebpf:"mc_sk_netns"`
-	McSockhash  *ebpf.Map `ebpf:"mc_sockhash"`
-	McStats     *ebpf.Map `ebpf:"mc_stats"`
+	McCidr6Excl  *ebpf.Map `ebpf:"mc_cidr6_excl"`
+	McCidr6Incl  *ebpf.Map `ebpf:"mc_cidr6_incl"`
+	McCidrExcl   *ebpf.Map `ebpf:"mc_cidr_excl"`
+	McCidrIncl   *ebpf.Map `ebpf:"mc_cidr_incl"`
+	McClient     *ebpf.Map `ebpf:"mc_client"`
+	McConfig     *ebpf.Map `ebpf:"mc_config"`
+	McDst6       *ebpf.Map `ebpf:"mc_dst6"`
+	McFpPeer     *ebpf.Map `ebpf:"mc_fp_peer"`
+	McFpStats    *ebpf.Map `ebpf:"mc_fp_stats"`
+	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
+	McOrigTuple6 *ebpf.Map `ebpf:"mc_orig_tuple6"`
+	McPorts      *ebpf.Map `ebpf:"mc_ports"`
+	McSkNetns    *ebpf.Map `ebpf:"mc_sk_netns"`
+	McSockhash   *ebpf.Map `ebpf:"mc_sockhash"`
+	McStats      *ebpf.Map `ebpf:"mc_stats"`
 }
 
 func (m *getpeername4Maps) Close() error {
 	return _Getpeername4Close(
+		m.McCidr6Excl,
+		m.McCidr6Incl,
 		m.McCidrExcl,
 		m.McCidrIncl,
 		m.McClient,
 		m.McConfig,
+		m.McDst6,
 		m.McFpPeer,
 		m.McFpStats,
 		m.McOrigTuple,
+		m.McOrigTuple6,
 		m.McPorts,
 		m.McSkNetns,
 		m.McSockhash,

@@ -45,13 +45,17 @@ type getsockoptMcStatsAnswer struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	getsockoptMapMcCidr6Excl        = "mc_cidr6_excl"
+	getsockoptMapMcCidr6Incl        = "mc_cidr6_incl"
 	getsockoptMapMcCidrExcl         = "mc_cidr_excl"
 	getsockoptMapMcCidrIncl         = "mc_cidr_incl"
 	getsockoptMapMcClient           = "mc_client"
 	getsockoptMapMcConfig           = "mc_config"
+	getsockoptMapMcDst6             = "mc_dst6"
 	getsockoptMapMcFpPeer           = "mc_fp_peer"
 	getsockoptMapMcFpStats          = "mc_fp_stats"
 	getsockoptMapMcOrigTuple        = "mc_orig_tuple"
+	getsockoptMapMcOrigTuple6       = "mc_orig_tuple6"
 	getsockoptMapMcPorts            = "mc_ports"
 	getsockoptMapMcSkNetns          = "mc_sk_netns"
 	getsockoptMapMcSockhash         = "mc_sockhash"
@@ -111,17 +115,21 @@ type getsockoptProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type getsockoptMapSpecs struct {
-	McCidrExcl  *ebpf.MapSpec `ebpf:"mc_cidr_excl"`
-	McCidrIncl  *ebpf.MapSpec `ebpf:"mc_cidr_incl"`
-	McClient    *ebpf.MapSpec `ebpf:"mc_client"`
-	McConfig    *ebpf.MapSpec `ebpf:"mc_config"`
-	McFpPeer    *ebpf.MapSpec `ebpf:"mc_fp_peer"`
-	McFpStats   *ebpf.MapSpec `ebpf:"mc_fp_stats"`
-	McOrigTuple *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
-	McPorts     *ebpf.MapSpec `ebpf:"mc_ports"`
-	McSkNetns   *ebpf.MapSpec `ebpf:"mc_sk_netns"`
-	McSockhash  *ebpf.MapSpec `ebpf:"mc_sockhash"`
-	McStats     *ebpf.MapSpec `ebpf:"mc_stats"`
+	McCidr6Excl  *ebpf.MapSpec `ebpf:"mc_cidr6_excl"`
+	McCidr6Incl  *ebpf.MapSpec `ebpf:"mc_cidr6_incl"`
+	McCidrExcl   *ebpf.MapSpec `ebpf:"mc_cidr_excl"`
+	McCidrIncl   *ebpf.MapSpec `ebpf:"mc_cidr_incl"`
+	McClient     *ebpf.MapSpec `ebpf:"mc_client"`
+	McConfig     *ebpf.MapSpec `ebpf:"mc_config"`
+	McDst6       *ebpf.MapSpec `ebpf:"mc_dst6"`
+	McFpPeer     *ebpf.MapSpec `ebpf:"mc_fp_peer"`
+	McFpStats    *ebpf.MapSpec `ebpf:"mc_fp_stats"`
+	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
+	McOrigTuple6 *ebpf.MapSpec `ebpf:"mc_orig_tuple6"`
+	McPorts      *ebpf.MapSpec `ebpf:"mc_ports"`
+	McSkNetns    *ebpf.MapSpec `ebpf:"mc_sk_netns"`
+	McSockhash   *ebpf.MapSpec `ebpf:"mc_sockhash"`
+	McStats      *ebpf.MapSpec `ebpf:"mc_stats"`
 }
 
 // getsockoptVariableSpecs contains global variables before they are loaded into the kernel.
@@ -153,28 +161,36 @@ func (o *getsockoptObjects) Close() error {
 //
 // It can be passed to loadGetsockoptObjects or ebpf.CollectionSpec.LoadAndAssign.
 type getsockoptMaps struct {
-	McCidrExcl  *ebpf.Map `ebpf:"mc_cidr_excl"`
-	McCidrIncl  *ebpf.Map `ebpf:"mc_cidr_incl"`
-	McClient    *ebpf.Map `ebpf:"mc_client"`
-	McConfig    *ebpf.Map `ebpf:"mc_config"`
-	McFpPeer    *ebpf.Map `ebpf:"mc_fp_peer"`
-	McFpStats   *ebpf.Map `ebpf:"mc_fp_stats"`
-	McOrigTuple *ebpf.Map `ebpf:"mc_orig_tuple"`
-	McPorts     *ebpf.Map `ebpf:"mc_ports"`
-	McSkNetns   *ebpf.Map `ebpf:"mc_sk_netns"`
-	McSockhash  *ebpf.Map `ebpf:"mc_sockhash"`
-	McStats     *ebpf.Map `ebpf:"mc_stats"`
+	McCidr6Excl  *ebpf.Map `ebpf:"mc_cidr6_excl"`
+	McCidr6Incl  *ebpf.Map `ebpf:"mc_cidr6_incl"`
+	McCidrExcl   *ebpf.Map `ebpf:"mc_cidr_excl"`
+	McCidrIncl   *ebpf.Map `ebpf:"mc_cidr_incl"`
+	McClient     *ebpf.Map `ebpf:"mc_client"`
+	McConfig     *ebpf.Map `ebpf:"mc_config"`
+	McDst6       *ebpf.Map `ebpf:"mc_dst6"`
+	McFpPeer     *ebpf.Map `ebpf:"mc_fp_peer"`
+	McFpStats    *ebpf.Map `ebpf:"mc_fp_stats"`
+	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
+	McOrigTuple6 *ebpf.Map `ebpf:"mc_orig_tuple6"`
+	McPorts      *ebpf.Map `ebpf:"mc_ports"`
+	McSkNetns    *ebpf.Map `ebpf:"mc_sk_netns"`
+	McSockhash   *ebpf.Map `ebpf:"mc_sockhash"`
+	McStats      *ebpf.Map `ebpf:"mc_stats"`
 }
 
 func (m *getsockoptMaps) Close() error {
 	return _GetsockoptClose(
+		m.McCidr6Excl,
+		m.McCidr6Incl,
 		m.McCidrExcl,
 		m.McCidrIncl,
 		m.McClient,
 		m.McConfig,
+		m.McDst6,
 		m.McFpPeer,
 		m.McFpStats,
 		m.McOrigTuple,
+		m.McOrigTuple6,
 		m.McPorts,
 		m.McSkNetns,
 		m.McSockhash,

@@ -136,7 +136,7 @@ func TestLoadVerifies(t *testing.T) {
 			t.Errorf("program %s not loaded", h.name)
 		}
 	}
-	if want := len(settingsMaps) + len(stateMaps) + len(addedMaps); len(objs.Maps) != want {
+	if want := len(settingsMaps) + len(stateMaps); len(objs.Maps) != want {
 		t.Errorf("want %d shared maps, got %d", want, len(objs.Maps))
 	}
 	// Every hook must use the same map instance: ids of the maps each program references.
@@ -188,7 +188,7 @@ func TestEnumsMatchHeader(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, name := range []string{
-		`MC_F_OUTBOUND_ALL = 1 << 0`, `MC_F_LOOPBACK_INCLUDED = 1 << 1`, `MC_F_FAST_PATH = 1 << 2`,
+		`MC_F_OUTBOUND_ALL = 1 << 0`, `MC_F_LOOPBACK_INCLUDED = 1 << 1`, `MC_F_FAST_PATH = 1 << 2`, `MC_F_IPV6 = 1 << 3`,
 		`MC_FP_REDIRECT_MSGS = 0`, `MC_FP_REDIRECT_BYTES = 1`, `MC_FP_PASS_MSGS = 2`,
 		`MC_PORT_OUT_EXCLUDE = 1`, `MC_PORT_OUT_INCLUDE = 2`, `#define MC_MAX_IDS 8`,
 		`#define MC_ORIGDST_F_FAST_PATH 1`, `#define MC_SO_CAPTURE_STATS 0x4d43`,
@@ -197,7 +197,7 @@ func TestEnumsMatchHeader(t *testing.T) {
 			t.Errorf("header no longer has %q: update the constants in objects.go", name)
 		}
 	}
-	if flagOutboundAll != 1 || flagLoopbackIncluded != 2 || flagFastPath != 4 || portOutExclude != 1 || portOutInclude != 2 ||
+	if flagOutboundAll != 1 || flagLoopbackIncluded != 2 || flagFastPath != 4 || flagIPv6 != 8 || portOutExclude != 1 || portOutInclude != 2 ||
 		maxIDs != 8 || origDstFastPath != 1 || mcSoCaptureStats != 0x4d43 {
 		t.Error("Go constants differ from the header")
 	}

@@ -1,8 +1,8 @@
 // Package loader loads, attaches, pins and inspects meshcap's outbound capture programs. It is the only package that
 // imports cilium/ebpf.
 //
-// Model: one "attachment" = the four outbound programs (connect4, sockops, getsockopt, getpeername4) attached to one
-// cgroup v2 directory with bpf_links, plus their maps. Links and maps are pinned under <pin root>/cgroup-<id>
+// Model: one "attachment" = the outbound programs (connect4, connect6, sockops, getsockopt, getpeername4,
+// getpeername6, sock_release) attached to one cgroup v2 directory with bpf_links, plus their maps. Links and maps are pinned under <pin root>/cgroup-<id>
 // (id = the cgroup's inode number = kernel cgroup id), so capture outlives the process that attached it.
 // A fifth program, the sk_msg fast path (bpf/fastpath.c), is attached to the mc_sockhash map (a map attachment, not
 // a link: it goes with the map); sockets only enter that map where the fast path is on (LoadOptions.FastPath).
@@ -39,16 +39,20 @@ const (
 	mapSockhash  = "mc_sockhash"
 	mapFPStats   = "mc_fp_stats"
 	mapFPPeer    = "mc_fp_peer"
+	mapCIDR6Excl = "mc_cidr6_excl"
+	mapCIDR6Incl = "mc_cidr6_incl"
+	mapOrigTup6  = "mc_orig_tuple6"
+	mapDst6      = "mc_dst6"
 	mapSkNetns   = "mc_sk_netns"
 )
 
 // settingsMaps hold one attachment's policy; stateMaps hold its live connections (kept across a re-attach).
 var (
-	settingsMaps = []string{mapConfig, mapCIDRExcl, mapCIDRIncl, mapPorts}
-	stateMaps    = []string{mapClient, mapOrigTuple, mapStats}
-	// addedMaps are state too, but optional in a pin dir (attachments made before the fast path or the
-	// sock_create hook existed lack them): kept across a re-attach when pinned, created and pinned otherwise.
-	addedMaps = []string{mapSockhash, mapFPStats, mapFPPeer, mapSkNetns}
+	settingsMaps = []string{mapConfig, mapCIDRExcl, mapCIDRIncl, mapPorts, mapCIDR6Excl, mapCIDR6Incl}
+	stateMaps    = []string{mapClient, mapOrigTuple, mapStats, mapOrigTup6, mapDst6, mapSockhash, mapFPStats, mapFPPeer, mapSkNetns}
+	// addedMaps are optional in a pin dir: attachments made before the fast path, the sock_create hook or IPv6
+	// existed lack them. A re-attach creates and pins them (and keeps them when pinned, as any map of its kind).
+	addedMaps = []string{mapSockhash, mapFPStats, mapFPPeer, mapSkNetns, mapCIDR6Excl, mapCIDR6Incl, mapOrigTup6, mapDst6}
 )
 
 // Values of the C enums (enums are not in the objects' BTF, so bpf2go cannot emit them).
@@ -57,6 +61,7 @@ const (
 	flagOutboundAll      = 1 << 0         // MC_F_OUTBOUND_ALL
 	flagLoopbackIncluded = 1 << 1         // MC_F_LOOPBACK_INCLUDED
 	flagFastPath         = 1 << 2         // MC_F_FAST_PATH
+	flagIPv6             = 1 << 3         // MC_F_IPV6
 	portOutExclude       = 1              // MC_PORT_OUT_EXCLUDE
 	portOutInclude       = 2              // MC_PORT_OUT_INCLUDE
 	maxIDs               = capture.MaxIDs // MC_MAX_IDS
@@ -66,6 +71,9 @@ const (
 type (
 	configValue = connect4McConfig
 	lpmKey      = connect4McLpmKey
+	lpm6Key     = connect4McLpm6Key
+	orig6Value  = connect4McOrig6
+	tuple6Key   = connect4McTuple6
 	portKey     = connect4McPortKey
 	origValue   = connect4McOrig
 	tupleKey    = connect4McTuple
@@ -79,17 +87,21 @@ type hook struct {
 	progType ebpf.ProgramType
 	attach   ebpf.AttachType
 	spec     func() (*ebpf.CollectionSpec, error)
-	added    bool // newer than the first attachments: a re-attach adds its link when the pin dir lacks it
+	// added: a hook newer than the first pinned layout. An attachment made before it existed lacks its link; a
+	// re-attach adds it (updateLinks) instead of detaching everything, so capture never has a gap.
+	added bool
 }
 
-// hooks in the order they are attached on a fresh attach; connect4 comes last so that no connection is redirected
-// before sockops/getsockopt are there to answer for it. Detach goes in reverse order.
+// hooks in the order they are attached on a fresh attach; the connect programs come last so that no connection is
+// redirected before sockops/getsockopt are there to answer for it. Detach goes in reverse order.
 var hooks = []hook{
 	{"sockops", "mc_sockops", ebpf.SockOps, ebpf.AttachCGroupSockOps, loadSockops, false},
 	{"getsockopt", "mc_getsockopt", ebpf.CGroupSockopt, ebpf.AttachCGroupGetsockopt, loadGetsockopt, false},
 	{"getpeername4", "mc_getpeername4", ebpf.CGroupSockAddr, ebpf.AttachCgroupInet4GetPeername, loadGetpeername4, false},
+	{"getpeername6", "mc_getpeername6", ebpf.CGroupSockAddr, ebpf.AttachCgroupInet6GetPeername, loadGetpeername6, true},
 	{"sockrelease", "mc_sock_release", ebpf.CGroupSock, ebpf.AttachCgroupInetSockRelease, loadSockrelease, false},
 	{"sockcreate", "mc_sock_create", ebpf.CGroupSock, ebpf.AttachCGroupInetSockCreate, loadSockcreate, true},
+	{"connect6", "mc_connect6", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet6Connect, loadConnect6, true},
 	{"connect4", "mc_connect4", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet4Connect, loadConnect4, false},
 }
 
@@ -229,7 +241,7 @@ func (objs *Objects) loadHook(h hook, opts LoadOptions, reuse map[string]*ebpf.M
 func resize(spec *ebpf.CollectionSpec, opts LoadOptions) {
 	for name, ms := range spec.Maps {
 		switch {
-		case opts.MaxConns > 0 && (name == mapOrigTuple || name == mapSockhash):
+		case opts.MaxConns > 0 && (name == mapOrigTuple || name == mapOrigTup6 || name == mapSockhash):
 			ms.MaxEntries = 2 * opts.MaxConns
 		case opts.MaxPolicies > 0 && (name == mapConfig || name == mapStats):
 			ms.MaxEntries = opts.MaxPolicies
@@ -250,8 +262,8 @@ func verifierError(err error) error {
 // CIDR entries p needs are added first, then the config value is replaced (one atomic map update), then entries p
 // no longer has are removed. So a key already set is never without settings, a new key only becomes visible to
 // connect4 once its lists are complete, and writing the same policy again changes nothing. The one path from a
-// Policy to map entries, for per-pod and agent mode alike. IPv6 CIDRs are ignored (these are IPv4 programs; istio
-// keeps them for ip6tables).
+// Policy to map entries, for per-pod and agent mode alike. IPv6 CIDRs go to the IPv6 tries; connect6 uses them
+// only when p.IPv6 is set (istio writes ip6tables rules only then).
 func (o *Objects) SetPolicy(cfgKey uint64, p capture.Policy) error {
 	cfg, err := configFor(p)
 	if err != nil {
@@ -285,22 +297,37 @@ func (o *Objects) SetPolicy(cfgKey uint64, p capture.Policy) error {
 // policyKeys are the list entries of one policy, by map.
 type policyKeys struct {
 	lpm   map[string]map[lpmKey]bool
+	lpm6  map[string]map[lpm6Key]bool
 	ports map[portKey]bool
 }
 
 // writeLists adds the CIDR and port entries of p under cfgKey and returns them.
 func (o *Objects) writeLists(cfgKey uint64, p capture.Policy) (policyKeys, error) {
-	want := policyKeys{lpm: map[string]map[lpmKey]bool{mapCIDRExcl: {}, mapCIDRIncl: {}}, ports: map[portKey]bool{}}
+	want := policyKeys{
+		lpm:   map[string]map[lpmKey]bool{mapCIDRExcl: {}, mapCIDRIncl: {}},
+		lpm6:  map[string]map[lpm6Key]bool{mapCIDR6Excl: {}, mapCIDR6Incl: {}},
+		ports: map[portKey]bool{},
+	}
 	one := uint8(1)
-	for name, cidrs := range map[string][]netip.Prefix{mapCIDRExcl: p.OutboundExcludeCIDRs, mapCIDRIncl: p.OutboundIncludeCIDRs} {
-		for _, c := range cidrs {
-			if !c.Addr().Is4() {
-				continue
+	for _, l := range []struct {
+		v4, v6 string
+		cidrs  []netip.Prefix
+	}{{mapCIDRExcl, mapCIDR6Excl, p.OutboundExcludeCIDRs}, {mapCIDRIncl, mapCIDR6Incl, p.OutboundIncludeCIDRs}} {
+		for _, c := range l.cidrs {
+			var err error
+			if c.Addr().Is4() {
+				k := newLPMKey(cfgKey, c)
+				want.lpm[l.v4][k] = true
+				err = o.Maps[l.v4].Update(&k, &one, ebpf.UpdateAny)
+			} else if m := o.Maps[l.v6]; m == nil {
+				err = fmt.Errorf("attachment predates IPv6 capture: detach it, then attach again")
+			} else {
+				k := newLPM6Key(cfgKey, c)
+				want.lpm6[l.v6][k] = true
+				err = m.Update(&k, &one, ebpf.UpdateAny)
 			}
-			k := newLPMKey(cfgKey, c)
-			want.lpm[name][k] = true
-			if err := o.Maps[name].Update(&k, &one, ebpf.UpdateAny); err != nil {
-				return want, fmt.Errorf("write CIDR %s to %s: %w", c, name, err)
+			if err != nil {
+				return want, fmt.Errorf("write CIDR %s: %w", c, err)
 			}
 		}
 	}
@@ -324,6 +351,17 @@ func (o *Objects) deleteLists(cfgKey uint64, keep policyKeys) error {
 	for _, name := range []string{mapCIDRExcl, mapCIDRIncl} {
 		err := deleteWhere(o.Maps[name], func(k *lpmKey) bool {
 			return uint64(k.CfgHi)<<32|uint64(k.CfgLo) == cfgKey && !keep.lpm[name][*k]
+		})
+		if err != nil {
+			return err
+		}
+	}
+	for _, name := range []string{mapCIDR6Excl, mapCIDR6Incl} {
+		if o.Maps[name] == nil {
+			continue // an attachment from before IPv6 capture: nothing to delete
+		}
+		err := deleteWhere(o.Maps[name], func(k *lpm6Key) bool {
+			return uint64(k.CfgHi)<<32|uint64(k.CfgLo) == cfgKey && !keep.lpm6[name][*k]
 		})
 		if err != nil {
 			return err
@@ -390,6 +428,9 @@ func configFor(p capture.Policy) (configValue, error) {
 	if p.OutboundAll {
 		c.Flags |= flagOutboundAll
 	}
+	if p.IPv6 {
+		c.Flags |= flagIPv6
+	}
 	for _, pfx := range p.OutboundIncludeCIDRs {
 		if pfx.Addr().IsLoopback() { // istio §4: either family's loopback include drops the "-o lo" RETURN rules
 			c.Flags |= flagLoopbackIncluded
@@ -400,6 +441,31 @@ func configFor(p capture.Policy) (configValue, error) {
 	c.LoopbackAddr = be32(lo.Masked().Addr())
 	c.LoopbackMask = maskBE32(lo.Bits())
 	return c, nil
+}
+
+func newLPM6Key(cfgKey uint64, c netip.Prefix) lpm6Key {
+	c = c.Masked()
+	k := lpm6Key{Prefixlen: uint32(64 + c.Bits()), CfgHi: uint32(cfgKey >> 32), CfgLo: uint32(cfgKey)}
+	k.Addr = be32x4(c.Addr())
+	return k
+}
+
+// be32x4 is an IPv6 address as the four u32 words the kernel keeps in network byte order.
+func be32x4(a netip.Addr) [4]uint32 {
+	b := a.As16()
+	var w [4]uint32
+	for i := range w {
+		w[i] = binary.NativeEndian.Uint32(b[4*i:])
+	}
+	return w
+}
+
+func addrFromBE32x4(w [4]uint32) netip.Addr {
+	var b [16]byte
+	for i, v := range w {
+		binary.NativeEndian.PutUint32(b[4*i:], v)
+	}
+	return netip.AddrFrom16(b)
 }
 
 func newLPMKey(cfgKey uint64, c netip.Prefix) lpmKey {

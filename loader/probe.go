@@ -129,9 +129,11 @@ type sockAttach struct {
 // cgroupAttaches are the cgroup program/attach types the eBPF backend uses.
 var cgroupAttaches = []sockAttach{
 	{"connect4", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet4Connect},
+	{"connect6", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet6Connect},
 	{"sockops", ebpf.SockOps, ebpf.AttachCGroupSockOps},
 	{"getsockopt", ebpf.CGroupSockopt, ebpf.AttachCGroupGetsockopt},
 	{"getpeername4", ebpf.CGroupSockAddr, ebpf.AttachCgroupInet4GetPeername},
+	{"getpeername6", ebpf.CGroupSockAddr, ebpf.AttachCgroupInet6GetPeername},
 	{"sock_release", ebpf.CGroupSock, ebpf.AttachCgroupInetSockRelease},
 	{"sock_create", ebpf.CGroupSock, ebpf.AttachCGroupInetSockCreate},
 }

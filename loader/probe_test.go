@@ -57,7 +57,7 @@ func TestProbeThisKernelSaysEBPF(t *testing.T) {
 		t.Fatalf("mode = %s (%s), want ebpf on this kernel", d.Mode, d.Reason)
 	}
 	for _, name := range []string{"cgroup2", "bpffs", "attach:connect4", "attach:sockops", "attach:getsockopt",
-		"attach:getpeername4", "attach:sock_release", "attach:sk_lookup", "helper:cgroup_sock_addr:get_current_uid_gid",
+		"attach:getpeername4", "attach:connect6", "attach:getpeername6", "attach:sock_release", "attach:sk_lookup", "helper:cgroup_sock_addr:get_current_uid_gid",
 		"helper:cgroup_sock:sk_storage_get", "helper:cgroup_sock_addr:spin_lock",
 		"helper:sk_lookup:sk_assign", "helper:cgroup_sockopt:get_netns_cookie"} {
 		if c := findCheck(t, checks, name); !c.OK {
@@ -75,26 +75,31 @@ func TestProbeThisKernelSaysEBPF(t *testing.T) {
 	}
 }
 
-func TestProbeDisableConnect4SaysIPTables(t *testing.T) {
+// TestProbeDisableConnectSaysIPTables: without connect4, connect6 or getpeername6 (an AF_INET6 socket to an
+// IPv4-mapped destination would bypass capture, or see the proxy as its peer) the mode is iptables.
+func TestProbeDisableConnectSaysIPTables(t *testing.T) {
 	probeNeedsRoot(t)
-	t.Setenv(ProbeDisableEnv, "connect4")
-	checks, err := Probe(ProbeOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := findCheck(t, checks, "attach:connect4")
-	if c.OK || c.Detail != "disabled by MESHCAP_PROBE_DISABLE" {
-		t.Fatalf("attach:connect4 = %+v, want disabled", c)
-	}
-	if c := findCheck(t, checks, "attach:sockops"); !c.OK {
-		t.Errorf("attach:sockops should still pass: %s", c.Detail)
-	}
-	d := DecideMode(checks, ProbeRequirements{Inbound: true})
-	if d.Mode != ProbeModeIPTables {
-		t.Fatalf("mode = %s, want iptables", d.Mode)
-	}
-	if !slices.Equal(d.Missing, []string{"attach:connect4"}) || !strings.Contains(d.Reason, "attach:connect4 (disabled by MESHCAP_PROBE_DISABLE)") {
-		t.Fatalf("decision %+v: want attach:connect4 named as missing", d)
+	for _, hook := range []string{"connect4", "connect6", "getpeername6"} {
+		t.Setenv(ProbeDisableEnv, hook)
+		checks, err := Probe(ProbeOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := "attach:" + hook
+		c := findCheck(t, checks, name)
+		if c.OK || c.Detail != "disabled by MESHCAP_PROBE_DISABLE" {
+			t.Fatalf("%s = %+v, want disabled", name, c)
+		}
+		if c := findCheck(t, checks, "attach:sockops"); !c.OK {
+			t.Errorf("attach:sockops should still pass: %s", c.Detail)
+		}
+		d := DecideMode(checks, ProbeRequirements{Inbound: true})
+		if d.Mode != ProbeModeIPTables {
+			t.Fatalf("%s disabled: mode = %s, want iptables", hook, d.Mode)
+		}
+		if !slices.Equal(d.Missing, []string{name}) || !strings.Contains(d.Reason, name+" (disabled by MESHCAP_PROBE_DISABLE)") {
+			t.Fatalf("decision %+v: want %s named as missing", d, name)
+		}
 	}
 }
 

@@ -16,13 +16,17 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	sockopsMapMcCidr6Excl        = "mc_cidr6_excl"
+	sockopsMapMcCidr6Incl        = "mc_cidr6_incl"
 	sockopsMapMcCidrExcl         = "mc_cidr_excl"
 	sockopsMapMcCidrIncl         = "mc_cidr_incl"
 	sockopsMapMcClient           = "mc_client"
 	sockopsMapMcConfig           = "mc_config"
+	sockopsMapMcDst6             = "mc_dst6"
 	sockopsMapMcFpPeer           = "mc_fp_peer"
 	sockopsMapMcFpStats          = "mc_fp_stats"
 	sockopsMapMcOrigTuple        = "mc_orig_tuple"
+	sockopsMapMcOrigTuple6       = "mc_orig_tuple6"
 	sockopsMapMcPorts            = "mc_ports"
 	sockopsMapMcSkNetns          = "mc_sk_netns"
 	sockopsMapMcSockhash         = "mc_sockhash"
@@ -80,17 +84,21 @@ type sockopsProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockopsMapSpecs struct {
-	McCidrExcl  *ebpf.MapSpec `ebpf:"mc_cidr_excl"`
-	McCidrIncl  *ebpf.MapSpec `ebpf:"mc_cidr_incl"`
-	McClient    *ebpf.MapSpec `ebpf:"mc_client"`
-	McConfig    *ebpf.MapSpec `ebpf:"mc_config"`
-	McFpPeer    *ebpf.MapSpec `ebpf:"mc_fp_peer"`
-	McFpStats   *ebpf.MapSpec `ebpf:"mc_fp_stats"`
-	McOrigTuple *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
-	McPorts     *ebpf.MapSpec `ebpf:"mc_ports"`
-	McSkNetns   *ebpf.MapSpec `ebpf:"mc_sk_netns"`
-	McSockhash  *ebpf.MapSpec `ebpf:"mc_sockhash"`
-	McStats     *ebpf.MapSpec `ebpf:"mc_stats"`
+	McCidr6Excl  *ebpf.MapSpec `ebpf:"mc_cidr6_excl"`
+	McCidr6Incl  *ebpf.MapSpec `ebpf:"mc_cidr6_incl"`
+	McCidrExcl   *ebpf.MapSpec `ebpf:"mc_cidr_excl"`
+	McCidrIncl   *ebpf.MapSpec `ebpf:"mc_cidr_incl"`
+	McClient     *ebpf.MapSpec `ebpf:"mc_client"`
+	McConfig     *ebpf.MapSpec `ebpf:"mc_config"`
+	McDst6       *ebpf.MapSpec `ebpf:"mc_dst6"`
+	McFpPeer     *ebpf.MapSpec `ebpf:"mc_fp_peer"`
+	McFpStats    *ebpf.MapSpec `ebpf:"mc_fp_stats"`
+	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
+	McOrigTuple6 *ebpf.MapSpec `ebpf:"mc_orig_tuple6"`
+	McPorts      *ebpf.MapSpec `ebpf:"mc_ports"`
+	McSkNetns    *ebpf.MapSpec `ebpf:"mc_sk_netns"`
+	McSockhash   *ebpf.MapSpec `ebpf:"mc_sockhash"`
+	McStats      *ebpf.MapSpec `ebpf:"mc_stats"`
 }
 
 // sockopsVariableSpecs contains global variables before they are loaded into the kernel.
@@ -120,28 +128,36 @@ func (o *sockopsObjects) Close() error {
 //
 // It can be passed to loadSockopsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockopsMaps struct {
-	McCidrExcl  *ebpf.Map `ebpf:"mc_cidr_excl"`
-	McCidrIncl  *ebpf.Map `ebpf:"mc_cidr_incl"`
-	McClient    *ebpf.Map `ebpf:"mc_client"`
-	McConfig    *ebpf.Map `ebpf:"mc_config"`
-	McFpPeer    *ebpf.Map `ebpf:"mc_fp_peer"`
-	McFpStats   *ebpf.Map `ebpf:"mc_fp_stats"`
-	McOrigTuple *ebpf.Map `ebpf:"mc_orig_tuple"`
-	McPorts     *ebpf.Map `ebpf:"mc_ports"`
-	McSkNetns   *ebpf.Map `ebpf:"mc_sk_netns"`
-	McSockhash  *ebpf.Map `ebpf:"mc_sockhash"`
-	McStats     *ebpf.Map `ebpf:"mc_stats"`
+	McCidr6Excl  *ebpf.Map `ebpf:"mc_cidr6_excl"`
+	McCidr6Incl  *ebpf.Map `ebpf:"mc_cidr6_incl"`
+	McCidrExcl   *ebpf.Map `ebpf:"mc_cidr_excl"`
+	McCidrIncl   *ebpf.Map `ebpf:"mc_cidr_incl"`
+	McClient     *ebpf.Map `ebpf:"mc_client"`
+	McConfig     *ebpf.Map `ebpf:"mc_config"`
+	McDst6       *ebpf.Map `ebpf:"mc_dst6"`
+	McFpPeer     *ebpf.Map `ebpf:"mc_fp_peer"`
+	McFpStats    *ebpf.Map `ebpf:"mc_fp_stats"`
+	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
+	McOrigTuple6 *ebpf.Map `ebpf:"mc_orig_tuple6"`
+	McPorts      *ebpf.Map `ebpf:"mc_ports"`
+	McSkNetns    *ebpf.Map `ebpf:"mc_sk_netns"`
+	McSockhash   *ebpf.Map `ebpf:"mc_sockhash"`
+	McStats      *ebpf.Map `ebpf:"mc_stats"`
 }
 
 func (m *sockopsMaps) Close() error {
 	return _SockopsClose(
+		m.McCidr6Excl,
+		m.McCidr6Incl,
 		m.McCidrExcl,
 		m.McCidrIncl,
 		m.McClient,
 		m.McConfig,
+		m.McDst6,
 		m.McFpPeer,
 		m.McFpStats,
 		m.McOrigTuple,
+		m.McOrigTuple6,
 		m.McPorts,
 		m.McSkNetns,
 		m.McSockhash,

@@ -16,13 +16,17 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	sockreleaseMapMcCidr6Excl        = "mc_cidr6_excl"
+	sockreleaseMapMcCidr6Incl        = "mc_cidr6_incl"
 	sockreleaseMapMcCidrExcl         = "mc_cidr_excl"
 	sockreleaseMapMcCidrIncl         = "mc_cidr_incl"
 	sockreleaseMapMcClient           = "mc_client"
 	sockreleaseMapMcConfig           = "mc_config"
+	sockreleaseMapMcDst6             = "mc_dst6"
 	sockreleaseMapMcFpPeer           = "mc_fp_peer"
 	sockreleaseMapMcFpStats          = "mc_fp_stats"
 	sockreleaseMapMcOrigTuple        = "mc_orig_tuple"
+	sockreleaseMapMcOrigTuple6       = "mc_orig_tuple6"
 	sockreleaseMapMcPorts            = "mc_ports"
 	sockreleaseMapMcSkNetns          = "mc_sk_netns"
 	sockreleaseMapMcSockhash         = "mc_sockhash"
@@ -80,17 +84,21 @@ type sockreleaseProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockreleaseMapSpecs struct {
-	McCidrExcl  *ebpf.MapSpec `ebpf:"mc_cidr_excl"`
-	McCidrIncl  *ebpf.MapSpec `ebpf:"mc_cidr_incl"`
-	McClient    *ebpf.MapSpec `ebpf:"mc_client"`
-	McConfig    *ebpf.MapSpec `ebpf:"mc_config"`
-	McFpPeer    *ebpf.MapSpec `ebpf:"mc_fp_peer"`
-	McFpStats   *ebpf.MapSpec `ebpf:"mc_fp_stats"`
-	McOrigTuple *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
-	McPorts     *ebpf.MapSpec `ebpf:"mc_ports"`
-	McSkNetns   *ebpf.MapSpec `ebpf:"mc_sk_netns"`
-	McSockhash  *ebpf.MapSpec `ebpf:"mc_sockhash"`
-	McStats     *ebpf.MapSpec `ebpf:"mc_stats"`
+	McCidr6Excl  *ebpf.MapSpec `ebpf:"mc_cidr6_excl"`
+	McCidr6Incl  *ebpf.MapSpec `ebpf:"mc_cidr6_incl"`
+	McCidrExcl   *ebpf.MapSpec `ebpf:"mc_cidr_excl"`
+	McCidrIncl   *ebpf.MapSpec `ebpf:"mc_cidr_incl"`
+	McClient     *ebpf.MapSpec `ebpf:"mc_client"`
+	McConfig     *ebpf.MapSpec `ebpf:"mc_config"`
+	McDst6       *ebpf.MapSpec `ebpf:"mc_dst6"`
+	McFpPeer     *ebpf.MapSpec `ebpf:"mc_fp_peer"`
+	McFpStats    *ebpf.MapSpec `ebpf:"mc_fp_stats"`
+	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
+	McOrigTuple6 *ebpf.MapSpec `ebpf:"mc_orig_tuple6"`
+	McPorts      *ebpf.MapSpec `ebpf:"mc_ports"`
+	McSkNetns    *ebpf.MapSpec `ebpf:"mc_sk_netns"`
+	McSockhash   *ebpf.MapSpec `ebpf:"mc_sockhash"`
+	McStats      *ebpf.MapSpec `ebpf:"mc_stats"`
 }
 
 // sockreleaseVariableSpecs contains global variables before they are loaded into the kernel.
@@ -120,28 +128,36 @@ func (o *sockreleaseObjects) Close() error {
 //
 // It can be passed to loadSockreleaseObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockreleaseMaps struct {
-	McCidrExcl  *ebpf.Map `ebpf:"mc_cidr_excl"`
-	McCidrIncl  *ebpf.Map `ebpf:"mc_cidr_incl"`
-	McClient    *ebpf.Map `ebpf:"mc_client"`
-	McConfig    *ebpf.Map `ebpf:"mc_config"`
-	McFpPeer    *ebpf.Map `ebpf:"mc_fp_peer"`
-	McFpStats   *ebpf.Map `ebpf:"mc_fp_stats"`
-	McOrigTuple *ebpf.Map `ebpf:"mc_orig_tuple"`
-	McPorts     *ebpf.Map `ebpf:"mc_ports"`
-	McSkNetns   *ebpf.Map `ebpf:"mc_sk_netns"`
-	McSockhash  *ebpf.Map `ebpf:"mc_sockhash"`
-	McStats     *ebpf.Map `ebpf:"mc_stats"`
+	McCidr6Excl  *ebpf.Map `ebpf:"mc_cidr6_excl"`
+	McCidr6Incl  *ebpf.Map `ebpf:"mc_cidr6_incl"`
+	McCidrExcl   *ebpf.Map `ebpf:"mc_cidr_excl"`
+	McCidrIncl   *ebpf.Map `ebpf:"mc_cidr_incl"`
+	McClient     *ebpf.Map `ebpf:"mc_client"`
+	McConfig     *ebpf.Map `ebpf:"mc_config"`
+	McDst6       *ebpf.Map `ebpf:"mc_dst6"`
+	McFpPeer     *ebpf.Map `ebpf:"mc_fp_peer"`
+	McFpStats    *ebpf.Map `ebpf:"mc_fp_stats"`
+	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
+	McOrigTuple6 *ebpf.Map `ebpf:"mc_orig_tuple6"`
+	McPorts      *ebpf.Map `ebpf:"mc_ports"`
+	McSkNetns    *ebpf.Map `ebpf:"mc_sk_netns"`
+	McSockhash   *ebpf.Map `ebpf:"mc_sockhash"`
+	McStats      *ebpf.Map `ebpf:"mc_stats"`
 }
 
 func (m *sockreleaseMaps) Close() error {
 	return _SockreleaseClose(
+		m.McCidr6Excl,
+		m.McCidr6Incl,
 		m.McCidrExcl,
 		m.McCidrIncl,
 		m.McClient,
 		m.McConfig,
+		m.McDst6,
 		m.McFpPeer,
 		m.McFpStats,
 		m.McOrigTuple,
+		m.McOrigTuple6,
 		m.McPorts,
 		m.McSkNetns,
 		m.McSockhash,

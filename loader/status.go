@@ -162,6 +162,23 @@ func PinDir(cgroupDir, pinRoot string) (string, error) {
 	return pinDirFor(pinRoot, id), nil
 }
 
+// lookupPinned looks key up in the map pinned as name in each of dirs, first hit wins.
+func lookupPinned[K, V any](dirs []string, name string, key *K) (V, bool) {
+	var v V
+	for _, dir := range dirs {
+		m, err := ebpf.LoadPinnedMap(mapPin(dir, name), nil)
+		if err != nil {
+			continue
+		}
+		err = m.Lookup(key, &v)
+		m.Close()
+		if err == nil {
+			return v, true
+		}
+	}
+	return v, false
+}
+
 // ErrNoOrigDst means the connection is not a captured one (or its entry is gone).
 var ErrNoOrigDst = errors.New("no original destination recorded")
 
@@ -169,8 +186,9 @@ var ErrNoOrigDst = errors.New("no original destination recorded")
 // local = its local address (127.0.0.1:<proxy port>), remote = its peer (the client), netnsCookie = its netns
 // cookie. pinDir is one attachment's directory, or a pin root (every attachment under it is searched).
 func OrigDst(pinDir string, local, remote netip.AddrPort, netnsCookie uint64) (netip.AddrPort, error) {
-	if !local.Addr().Unmap().Is4() || !remote.Addr().Unmap().Is4() {
-		return netip.AddrPort{}, fmt.Errorf("original destination lookup: IPv4 only (%s, %s)", local, remote)
+	v6 := !local.Addr().Is4() && !local.Addr().Is4In6()
+	if v6 != (!remote.Addr().Is4() && !remote.Addr().Is4In6()) {
+		return netip.AddrPort{}, fmt.Errorf("original destination lookup: mixed families (%s, %s)", local, remote)
 	}
 	dirs := []string{pinDir}
 	if _, err := os.Stat(mapPin(pinDir, mapOrigTuple)); err != nil {
@@ -180,22 +198,16 @@ func OrigDst(pinDir string, local, remote netip.AddrPort, netnsCookie uint64) (n
 			dirs = append(dirs, pinDirFor(pinDir, id))
 		}
 	}
-	key := tupleKey{
-		Netns:      netnsCookie,
-		LocalAddr:  be32(local.Addr().Unmap()),
-		LocalPort:  local.Port(),
-		RemoteAddr: be32(remote.Addr().Unmap()),
-		RemotePort: remote.Port(),
-	}
-	for _, dir := range dirs {
-		m, err := ebpf.LoadPinnedMap(mapPin(dir, mapOrigTuple), nil)
-		if err != nil {
-			continue
+	if v6 {
+		key := tuple6Key{Netns: netnsCookie, LocalAddr: be32x4(local.Addr()), LocalPort: local.Port(),
+			RemoteAddr: be32x4(remote.Addr()), RemotePort: remote.Port()}
+		if v, ok := lookupPinned[tuple6Key, orig6Value](dirs, mapOrigTup6, &key); ok {
+			return netip.AddrPortFrom(addrFromBE32x4(v.Addr), v.Port), nil
 		}
-		var v origValue
-		err = m.Lookup(&key, &v)
-		m.Close()
-		if err == nil {
+	} else {
+		key := tupleKey{Netns: netnsCookie, LocalAddr: be32(local.Addr().Unmap()), LocalPort: local.Port(),
+			RemoteAddr: be32(remote.Addr().Unmap()), RemotePort: remote.Port()}
+		if v, ok := lookupPinned[tupleKey, origValue](dirs, mapOrigTuple, &key); ok {
 			return netip.AddrPortFrom(addrFromBE32(v.Addr), v.Port), nil
 		}
 	}

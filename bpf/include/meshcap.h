@@ -26,6 +26,9 @@
 #ifndef AF_INET
 #define AF_INET 2
 #endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
 #ifndef SOCK_STREAM
 #define SOCK_STREAM 1
 #endif
@@ -62,6 +65,9 @@ enum mc_config_flags {
 	MC_F_FAST_PATH = 1 << 2,         /* opt-in (ebpf attach --fast-path): both ends of a captured app<->proxy
 	                                  * connection go into mc_sockhash and mc_fastpath redirects their data (see
 	                                  * fastpath.c). Only for proxies that read with read()/recvmsg(), not splice. */
+	MC_F_IPV6 = 1 << 3,              /* the pod has IPv6 enabled (istio's rule: it then writes ip6tables rules):
+	                                  * connect6 captures native IPv6 destinations to [::1]:proxy_port. Without it
+	                                  * native IPv6 is left alone, as istio does. IPv4-mapped ones are IPv4. */
 };
 
 /* Per-netns (or, for key 0, per-attach) outbound settings. Ports in host byte order, addresses in network order. */
@@ -88,6 +94,14 @@ struct mc_lpm_key {
 	__u32 cfg_hi;
 	__u32 cfg_lo;
 	__u32 addr; /* network byte order */
+};
+
+/* LPM key of the IPv6 tries (mc_cidr6_*): the same layout with a 128-bit address, prefixlen = 64 + CIDR bits. */
+struct mc_lpm6_key {
+	__u32 prefixlen;
+	__u32 cfg_hi;
+	__u32 cfg_lo;
+	__u32 addr[4]; /* network byte order */
 };
 
 /* mc_ports kinds */
@@ -123,6 +137,7 @@ struct mc_orig {
 /* mc_client.flags */
 enum mc_client_flags {
 	MC_CL_F_COUNTED = 1 << 0, /* holds one slot of mc_stats.conns (released by cgroup/sock_release) */
+	MC_CL_F_IPV6 = 1 << 1,    /* the destination is native IPv6: its address is in mc_dst6 (orig.addr is 0) */
 };
 
 /* Socket storage of a captured client socket (mc_client): written by connect4, read by sockops and getpeername4,
@@ -216,6 +231,64 @@ struct {
 	__type(key, struct mc_tuple);
 	__type(value, struct mc_orig);
 } mc_orig_tuple SEC(".maps");
+
+/* The IPv6 original destination of a captured client socket (MC_CL_F_IPV6 in its mc_client): socket storage beside
+ * mc_client, whose layout pinned attachments already hold. */
+struct mc_dst6 {
+	__u32 addr[4]; /* network byte order */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct mc_dst6);
+} mc_dst6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MC_MAX_LIST_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct mc_lpm6_key);
+	__type(value, __u8);
+} mc_cidr6_excl SEC(".maps"); /* -x, IPv6 CIDRs */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MC_MAX_LIST_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct mc_lpm6_key);
+	__type(value, __u8);
+} mc_cidr6_incl SEC(".maps"); /* -i, IPv6 CIDRs */
+
+/* The IPv6 twin of mc_tuple: key of mc_orig_tuple6, from the proxy's point of view ([::1]:proxy_port, client). */
+struct mc_tuple6 {
+	__u64 netns;
+	__u32 local_addr[4];  /* network byte order */
+	__u32 remote_addr[4]; /* network byte order */
+	__u16 local_port;     /* host byte order */
+	__u16 remote_port;    /* host byte order */
+	__u32 _pad;
+};
+
+/* Original IPv6 destination of a captured connection (the IPv6 twin of struct mc_orig). */
+struct mc_orig6 {
+	__u32 addr[4]; /* network byte order */
+	__u16 port;    /* host byte order */
+	__u16 flags;   /* enum mc_orig_flags (MC_ORIG_F_PROXY_OWNED only: no fast path for IPv6) */
+	__u32 _pad;
+	__u64 cfg;
+};
+
+/* mc_orig_tuple for native IPv6 connections: same life cycle (written at the client's ESTABLISHED, owned and freed
+ * by the proxy's accepted socket, or by the client when no proxy socket ever owned it). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 2 * MC_MAX_CONNS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct mc_tuple6);
+	__type(value, struct mc_orig6);
+} mc_orig_tuple6 SEC(".maps");
 
 /* Per config key counters (struct mc_stats), created by the loader with the settings (and by connect4 if missing). */
 struct {
@@ -399,6 +472,39 @@ static __always_inline void mc_fill_tuple(struct mc_tuple *t, __u64 netns, __u32
 	t->local_port = local_port;
 	t->remote_addr = remote_addr;
 	t->remote_port = remote_port;
+}
+
+#ifndef SOL_IPV6
+#define SOL_IPV6 41
+#endif
+/* netfilter's IP6T_SO_ORIGINAL_DST (linux/netfilter_ipv6/ip6_tables.h): the same number at level SOL_IPV6. */
+#ifndef IP6T_SO_ORIGINAL_DST
+#define IP6T_SO_ORIGINAL_DST 80
+#endif
+
+/* struct sockaddr_in6, as userspace expects it (28 bytes). */
+struct mc_sockaddr_in6 {
+	__u16 sin6_family;
+	__u16 sin6_port; /* network byte order */
+	__u32 sin6_flowinfo;
+	__u32 sin6_addr[4];
+	__u32 sin6_scope_id;
+};
+
+/* The record of a client socket connect4/connect6 captured (holding its slot), or NULL: what getpeername restores. */
+static __always_inline struct mc_client *mc_captured_client(struct bpf_sock *sk)
+{
+	if (!sk)
+		return NULL;
+	struct mc_client *cl = bpf_sk_storage_get(&mc_client, sk, 0, 0);
+	return cl && (cl->flags & MC_CL_F_COUNTED) ? cl : NULL;
+}
+
+/* ::ffff:0:0/96 (words of an IPv6 address, network order): an AF_INET6 socket whose peer is IPv4-mapped talks IPv4
+ * on the wire, and the kernel keeps its IPv4 addresses where AF_INET sockets have them (skc_daddr, skc_rcv_saddr). */
+static __always_inline int mc_is_v4mapped(__u32 w0, __u32 w1, __u32 w2)
+{
+	return w0 == 0 && w1 == 0 && w2 == bpf_htonl(0xffff);
 }
 
 #endif /* MESHCAP_H */

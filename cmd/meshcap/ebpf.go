@@ -38,8 +38,9 @@ func newEBPFAttachCmd(log *zap.Logger) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "attach --cgroup DIR [--netns PATH] [--fast-path] [capture flags]",
 		Short: "Capture outbound TCP of every process in a cgroup v2 directory, and inbound TCP of a network namespace when -b is set",
-		Long: `Attaches the outbound capture programs (cgroup/connect4, sockops, cgroup/getsockopt, cgroup/getpeername4)
-to a cgroup v2 directory. A TCP connect from a process in it is sent to 127.0.0.1:<-p> unless exempt, with the
+		Long: `Attaches the outbound capture programs (cgroup/connect4 and connect6, sockops, cgroup/getsockopt,
+cgroup/getpeername4 and 6) to a cgroup v2 directory. A TCP connect from a process in it (IPv4, or IPv4-mapped
+::ffff:a.b.c.d from an IPv6 socket) is sent to 127.0.0.1:<-p> unless exempt, with the
 same decision order as istio's ISTIO_OUTPUT chain: -o ports, then -u/-g owners, then loopback, then -x CIDRs,
 then -q ports, then -i CIDRs ('*' = all). The proxy learns the original destination with
 getsockopt(SOL_IP, SO_ORIGINAL_DST), exactly as under iptables REDIRECT.

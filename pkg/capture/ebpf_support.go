@@ -12,8 +12,10 @@ import (
 // applies istio's rules in the pod's netns instead of enrolling it into eBPF capture (docs/ipv6-dns.md).
 //
 // The list follows istio's rules (istio-golden/DEFAULTS.md):
-//   - IPv6: istio writes ip6tables rules when it detects IPv6 (h.IPv6, see DetectIPv6 and --dual-stack). eBPF
-//     mode has no connect6 yet, so every IPv6 connection of such a pod would bypass the sidecar.
+//   - IPv6: istio writes ip6tables rules when it detects IPv6 (h.IPv6, see DetectIPv6 and --dual-stack). The
+//     programs capture native IPv6 when Policy.IPv6 is set (loader tests), but no entry point sets it from the
+//     pod's facts yet, so such a pod is still refused rather than have its IPv6 connections bypass the sidecar.
+//     IPv4-mapped destinations are IPv4 and captured in every pod (connect6).
 //   - DNS: --redirect-dns (REDIRECT_DNS, ISTIO_META_DNS_CAPTURE). Refused whenever it is on, even where istio would
 //     find no resolv.conf server and capture nothing: the deciding process does not always see the pod's
 //     resolv.conf, and the iptables fallback then does exactly what istio does. --capture-all-dns alone changes

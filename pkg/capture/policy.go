@@ -28,6 +28,11 @@ type Policy struct {
 	OutboundExcludePorts []uint16       // -o: never captured
 
 	LoopbackV4 netip.Prefix // ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR
+
+	// IPv6 is istio's "IPv6 enabled" for the pod (HostFacts.IPv6, from its addresses and --dual-stack): native
+	// IPv6 is captured with the IPv6 lists only then, as istio writes ip6tables rules only then. Not a flag: the
+	// caller that knows the pod's facts sets it.
+	IPv6 bool
 }
 
 // InboundEnabled reports whether any inbound port is captured (-b non-empty).

@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * cgroup/connect6: outbound capture of AF_INET6 sockets, with the decision connect4 uses (bpf/include/outbound.h).
+ *
+ * IPv4-mapped destinations (::ffff:a.b.c.d, what Java and many runtimes use for every IPv4 peer) are IPv4 on the
+ * wire, and istio's iptables rules capture them in every pod: they are decided with the IPv4 policy exactly as
+ * connect4 decides a.b.c.d (exemptions, counters, capacity, client record) and rewritten to
+ * ::ffff:127.0.0.1:<proxy_port>. The proxy's accepted socket is then an ordinary IPv4 one on 127.0.0.1, so sockops
+ * and getsockopt answer for it as for connect4; getpeername6 restores the mapped destination for the app.
+ *
+ * Native IPv6 destinations are captured only in a pod with IPv6 enabled (MC_F_IPV6, istio's rule for writing
+ * ip6tables rules), with the IPv6 lists (-i/-x IPv6 CIDRs), the same -o/-q ports and owners, ::1 as loopback, and
+ * rewritten to [::1]:<proxy_port> (the proxy's IPv6 outbound listener, as Envoy's in a dual-stack pod). sockops
+ * records them in mc_orig_tuple6 and getsockopt answers SOL_IPV6/IP6T_SO_ORIGINAL_DST.
+ */
+#include "outbound.h"
+
+SEC("cgroup/connect6")
+int mc_connect6(struct bpf_sock_addr *ctx)
+{
+	if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
+		return SYS_PROCEED;
+
+	struct mc_dest d = {.port = bpf_ntohs((__u16)ctx->user_port)};
+	/* Why volatile: one 4-byte context load per word (the verifier checks the access size of user_ip6). */
+	__u32 w0 = *(volatile __u32 *)&ctx->user_ip6[0];
+	__u32 w1 = *(volatile __u32 *)&ctx->user_ip6[1];
+	__u32 w2 = *(volatile __u32 *)&ctx->user_ip6[2];
+	__u32 w3 = *(volatile __u32 *)&ctx->user_ip6[3];
+	int mapped = mc_is_v4mapped(w0, w1, w2);
+	if (mapped) {
+		d.addr[0] = w3;
+	} else {
+		d.v6 = 1;
+		d.addr[0] = w0;
+		d.addr[1] = w1;
+		d.addr[2] = w2;
+		d.addr[3] = w3;
+	}
+
+	__u16 proxy_port = 0;
+	int out = mc_outbound(ctx, &d, &proxy_port);
+	if (out == MC_OUT_REFUSE)
+		return 0; /* EPERM */
+	if (out != MC_OUT_CAPTURE)
+		return SYS_PROCEED;
+	/* ::ffff:127.0.0.1 for a mapped destination, ::1 for a native one */
+	ctx->user_ip6[0] = 0;
+	ctx->user_ip6[1] = 0;
+	ctx->user_ip6[2] = mapped ? bpf_htonl(0xffff) : 0;
+	ctx->user_ip6[3] = mapped ? bpf_htonl(0x7f000001) : bpf_htonl(1);
+	ctx->user_port = bpf_htons(proxy_port);
+	return SYS_PROCEED;
+}
+
+char _license[] SEC("license") = "Dual BSD/GPL";
