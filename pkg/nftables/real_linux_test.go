@@ -1,6 +1,6 @@
 package nftables
 
-// Real nft in throwaway network namespaces. Root only; run under the e2e lock (see COMMON.md / README).
+// Real nft in throwaway network namespaces. Root only.
 
 import (
 	"context"
