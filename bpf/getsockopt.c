@@ -25,16 +25,6 @@ static __always_inline __u64 mc_sockopt_netns(struct bpf_sockopt *ctx)
 	return bpf_get_netns_cookie(ctx);
 }
 
-/* Set the answer's length and override the kernel's error. */
-static __always_inline void mc_answer(struct bpf_sockopt *ctx, int optlen)
-{
-	ctx->optlen = optlen;
-	/* Why the barrier: clang 14 merges the optlen and retval stores into one 8-byte store, which the verifier
-	 * rejects (invalid bpf_context access off=32 size=8). */
-	asm volatile("" ::: "memory");
-	ctx->retval = 0;
-}
-
 /* MC_SO_CAPTURE_STATS: the counters of the pod the socket belongs to (its config key). */
 static __always_inline int mc_stats_answer(struct bpf_sockopt *ctx)
 {

@@ -10,14 +10,6 @@
 #include "inbound.h"
 #include "sockopt_guard.h"
 
-/* struct sockaddr_in, as userspace expects it (16 bytes). */
-struct inb_sockaddr_in {
-	__u16 sin_family;
-	__u16 sin_port; /* network byte order */
-	__u32 sin_addr; /* network byte order */
-	__u8 sin_zero[8];
-};
-
 /* One load of a struct bpf_sock field, pinned where it is written. Why: the verifier forbids pointer arithmetic on
  * a socket pointer, and without the barrier clang sinks the loads of both branches into one load from a computed
  * address (sk + 52 or sk + 68). */
@@ -59,18 +51,14 @@ static __always_inline int inb_getsockopt_answer(struct bpf_sockopt *ctx)
 	if (!bpf_map_lookup_elem(&inb_steered, &t))
 		return 1;
 
-	struct inb_sockaddr_in *sa = ctx->optval;
+	struct mc_sockaddr_in *sa = ctx->optval;
 	if ((void *)(sa + 1) > ctx->optval_end)
 		return 1; /* buffer smaller than a sockaddr_in: the kernel's error stands */
 	sa->sin_family = AF_INET;
 	sa->sin_port = bpf_htons(t.local_port);
 	sa->sin_addr = t.local_addr;
 	__builtin_memset(sa->sin_zero, 0, sizeof(sa->sin_zero));
-	ctx->optlen = sizeof(*sa);
-	/* Why the barrier: clang 14 merges the optlen and retval stores into one 8-byte store, which the verifier
-	 * rejects (invalid bpf_context access off=32 size=8). */
-	asm volatile("" ::: "memory");
-	ctx->retval = 0;
+	mc_answer(ctx, sizeof(*sa));
 	inb_count(INB_STAT_ORIGDST);
 	return 1;
 }

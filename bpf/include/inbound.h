@@ -19,30 +19,7 @@
 #ifndef MESHCAP_INBOUND_H
 #define MESHCAP_INBOUND_H
 
-#include <linux/types.h>
-#include <linux/bpf.h>
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_endian.h>
-
-#ifndef AF_INET
-#define AF_INET 2
-#endif
-#ifndef AF_INET6
-#define AF_INET6 10
-#endif
-#ifndef IPPROTO_TCP
-#define IPPROTO_TCP 6
-#endif
-#ifndef SOL_IP
-#define SOL_IP 0
-#endif
-/* netfilter's SO_ORIGINAL_DST (linux/netfilter_ipv4.h). */
-#ifndef SO_ORIGINAL_DST
-#define SO_ORIGINAL_DST 80
-#endif
-#ifndef TCP_CLOSE
-#define TCP_CLOSE 7
-#endif
+#include "common.h"
 
 /* Size of the exempt uid/gid arrays (istio allows lists; real pods use one or two). */
 #define INB_MAX_IDS 8

@@ -18,33 +18,7 @@
 #ifndef MESHCAP_H
 #define MESHCAP_H
 
-#include <linux/types.h>
-#include <linux/bpf.h>
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_endian.h>
-
-#ifndef AF_INET
-#define AF_INET 2
-#endif
-#ifndef AF_INET6
-#define AF_INET6 10
-#endif
-#ifndef SOCK_STREAM
-#define SOCK_STREAM 1
-#endif
-#ifndef IPPROTO_TCP
-#define IPPROTO_TCP 6
-#endif
-#ifndef SOL_IP
-#define SOL_IP 0
-#endif
-/* netfilter's SO_ORIGINAL_DST (linux/netfilter_ipv4.h), what every transparent proxy asks. */
-#ifndef SO_ORIGINAL_DST
-#define SO_ORIGINAL_DST 80
-#endif
-#ifndef TCP_CLOSE
-#define TCP_CLOSE 7
-#endif
+#include "common.h"
 
 /* sock_addr programs: 1 lets the syscall proceed (possibly rewritten). */
 #define SYS_PROCEED 1
@@ -356,14 +330,6 @@ struct {
  * mode) writes only the sockaddr_in and leaves the rest of the buffer as the caller set it (zero), so the same
  * call tells a proxy whether its accepted socket is on the fast path, without another syscall and without bpf(). */
 #define MC_ORIGDST_F_FAST_PATH 1 /* the accepted socket is in mc_sockhash: read it with read(), never splice */
-
-/* struct sockaddr_in, as userspace expects it (16 bytes). */
-struct mc_sockaddr_in {
-	__u16 sin_family;
-	__u16 sin_port; /* network byte order */
-	__u32 sin_addr; /* network byte order */
-	__u8 sin_zero[8];
-};
 
 /* What a caller with a large enough buffer gets for a fast-path socket from getsockopt(SO_ORIGINAL_DST). The Go
  * side reads it through the type bpf2go generates from getsockopt's BTF (loader.OrigDstExt). */

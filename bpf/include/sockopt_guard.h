@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * The rule every cgroup/getsockopt program of meshcap ends with (getsockopt.c, and any other): an answer larger
- * than a page must reach the caller as the kernel gave it.
+ * What every cgroup/getsockopt program of meshcap (getsockopt.c, inbound_getsockopt.c) shares: how it answers
+ * (mc_answer), and the rule it ends with: an answer larger than a page must reach the caller as the kernel gave it.
  *
  * The kernel hands a getsockopt program at most a page of the answer. Linux 5.10 then fails the whole call with
  * EFAULT when the program returns with ctx->optlen still above that page, even if it touched nothing (measured:
@@ -14,6 +14,16 @@
 #include <linux/bpf.h>
 
 #define MC_SOCKOPT_PAGE 4096
+
+/* Set the answer's length and override the kernel's error. */
+static __always_inline void mc_answer(struct bpf_sockopt *ctx, int optlen)
+{
+	ctx->optlen = optlen;
+	/* Why the barrier: clang 14 merges the optlen and retval stores into one 8-byte store, which the verifier
+	 * rejects (invalid bpf_context access off=32 size=8). */
+	asm volatile("" ::: "memory");
+	ctx->retval = 0;
+}
 
 /* Ends a cgroup/getsockopt program: returns 1 (the call proceeds), with a larger-than-a-page answer passed on. */
 static __always_inline int mc_sockopt_keep_large(struct bpf_sockopt *ctx)
