@@ -2,7 +2,8 @@ package loader
 
 // The BPF objects are generated and committed, so that `go build` and `go test` need no clang. Regenerate with
 // `go generate ./loader` (clang-14 pinned: CI regenerates and diffs). Each hook is its own object; the loader makes
-// them share one instance of every map. Only connect4 emits the Go types of the shared structs (mc_*).
+// them share one instance of every map. Only connect4 emits the Go types of the shared structs (mc_*). A new hook
+// is its C file, its line here and one entry in hookTable (hooks.go): see docs/hooks.md.
 
 //go:generate go tool bpf2go -cc clang-14 -target bpfel -go-package loader connect4 ../bpf/connect4.c -- -O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu
 //go:generate go tool bpf2go -cc clang-14 -target bpfel -go-package loader -no-global-types connect6 ../bpf/connect6.c -- -O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu

@@ -172,9 +172,9 @@ func attachInbound(netnsPath string, p capture.Policy, opts InboundOptions) (_ *
 	if err := allowBPFMemory(); err != nil {
 		return nil, err
 	}
-	spec, err := loadInbound()
+	spec, err := inbLookupHook.load()
 	if err != nil {
-		return nil, fmt.Errorf("load inbound object: %w", err)
+		return nil, fmt.Errorf("load %s: %w", inbLookupHook.object, err)
 	}
 	// Keep the proxy's registration and the counters across a re-attach: reuse their pinned maps when compatible.
 	replace := map[string]*ebpf.Map{}
@@ -211,7 +211,7 @@ func attachInbound(netnsPath string, p capture.Policy, opts InboundOptions) (_ *
 		return nil, fmt.Errorf("load sk_lookup program: %w", inbVerifierError(err))
 	}
 	defer coll.Close()
-	prog := coll.Programs[inboundProgInbSkLookup]
+	prog := coll.Programs[inbLookupHook.prog]
 	cfgMap, portMap := coll.Maps[inboundMapInbCfg], coll.Maps[inboundMapInbPorts]
 	lisMap := coll.Maps[inboundMapInbListener]
 

@@ -15,23 +15,8 @@ import (
 	"github.com/cilium/ebpf/link"
 )
 
-// inbCgroupHook is one cgroup program of the inbound side and the pin name of its link.
-type inbCgroupHook struct {
-	obj    string // object (C file) the program is in: hooks of one object share one load
-	pin    string
-	prog   string
-	attach ebpf.AttachType
-	load   func() (*ebpf.CollectionSpec, error)
-}
-
-var inbCgroupHooks = []inbCgroupHook{
-	{"bind", inbPinPostBind4, inboundBindProgInbPostBind4, ebpf.AttachCGroupInet4PostBind, loadInboundBind},
-	{"bind", inbPinPostBind6, inboundBindProgInbPostBind6, ebpf.AttachCGroupInet6PostBind, loadInboundBind},
-	{"sockops", inbPinSockops, inboundSockopsProgInbSockops, ebpf.AttachCGroupSockOps, loadInboundSockops},
-	{"getsockopt", inbPinGetsockopt, inboundGetsockoptProgInbGetsockopt, ebpf.AttachCGroupGetsockopt, loadInboundGetsockopt},
-}
-
-// inbCgroupPrograms loads the cgroup programs with every map shared with the sk_lookup collection.
+// inbCgroupPrograms loads the inbound cgroup hooks (hooks.go), one load per object, with every map shared with the
+// sk_lookup collection. Programs are keyed by pin name.
 func inbCgroupPrograms(shared map[string]*ebpf.Map) (map[string]*ebpf.Program, func(), error) {
 	progs := map[string]*ebpf.Program{}
 	var colls []*ebpf.Collection
@@ -40,30 +25,30 @@ func inbCgroupPrograms(shared map[string]*ebpf.Map) (map[string]*ebpf.Program, f
 			c.Close()
 		}
 	}
-	loaded := map[string]*ebpf.Collection{}
-	for _, h := range inbCgroupHooks {
-		coll := loaded[h.obj]
-		if coll == nil {
-			spec, err := h.load()
-			if err != nil {
-				release()
-				return nil, nil, err
-			}
-			repl := map[string]*ebpf.Map{}
-			for name, m := range shared {
-				if spec.Maps[name] != nil {
-					repl[name] = m
-				}
-			}
-			coll, err = ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
-			if err != nil {
-				release()
-				return nil, nil, fmt.Errorf("load inbound %s program: %w", h.pin, inbVerifierError(err))
-			}
-			colls = append(colls, coll)
-			loaded[h.obj] = coll
+	for _, group := range byObject(inbCgroupHooks) {
+		spec, err := group[0].load()
+		if err != nil {
+			release()
+			return nil, nil, fmt.Errorf("load %s: %w", group[0].object, err)
 		}
-		progs[h.pin] = coll.Programs[h.prog]
+		repl := map[string]*ebpf.Map{}
+		for name, m := range shared {
+			if spec.Maps[name] != nil {
+				repl[name] = m
+			}
+		}
+		coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
+		if err != nil {
+			release()
+			return nil, nil, fmt.Errorf("load inbound %s programs: %w", group[0].object, inbVerifierError(err))
+		}
+		colls = append(colls, coll)
+		for _, h := range group {
+			if progs[inbCgroupPin(h)] = coll.Programs[h.prog]; progs[inbCgroupPin(h)] == nil {
+				release()
+				return nil, nil, fmt.Errorf("load inbound %s program: %s missing from %s", h.name, h.prog, h.object)
+			}
+		}
 	}
 	return progs, release, nil
 }
@@ -85,9 +70,10 @@ func inbAttachCgroup(dir, cgroupDir string, shared map[string]*ebpf.Map) (create
 		}
 	}()
 	for _, h := range inbCgroupHooks {
-		path := inbPin(dir, h.pin)
+		pin := inbCgroupPin(h)
+		path := inbPin(dir, pin)
 		if l, lerr := link.LoadPinnedLink(path, nil); lerr == nil {
-			uerr := l.Update(progs[h.pin])
+			uerr := l.Update(progs[pin])
 			l.Close()
 			if uerr == nil {
 				continue
@@ -97,17 +83,17 @@ func inbAttachCgroup(dir, cgroupDir string, shared map[string]*ebpf.Map) (create
 		if cgroupDir == "" {
 			continue
 		}
-		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupDir, Attach: h.attach, Program: progs[h.pin]})
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupDir, Attach: h.attach, Program: progs[pin]})
 		if err != nil {
-			return created, fmt.Errorf("attach inbound %s to %s: %w", h.pin, cgroupDir, err)
+			return created, fmt.Errorf("attach inbound %s to %s: %w", pin, cgroupDir, err)
 		}
 		_ = os.Remove(path)
 		if err := l.Pin(path); err != nil {
 			l.Close()
-			return created, fmt.Errorf("pin inbound %s link: %w", h.pin, err)
+			return created, fmt.Errorf("pin inbound %s link: %w", pin, err)
 		}
 		l.Close()
-		created = append(created, h.pin)
+		created = append(created, pin)
 	}
 	return created, nil
 }
@@ -125,7 +111,7 @@ func inbDetachPinnedLink(path string) {
 // inbCgroupAttached reports whether the inbound cgroup programs of dir are pinned (self-registration is on).
 func inbCgroupAttached(dir string) bool {
 	for _, h := range inbCgroupHooks {
-		if _, err := os.Stat(inbPin(dir, h.pin)); err != nil {
+		if _, err := os.Stat(inbPin(dir, inbCgroupPin(h))); err != nil {
 			return false
 		}
 	}
@@ -136,7 +122,7 @@ func inbCgroupAttached(dir string) bool {
 func inbDetachLinks(dir string) error {
 	paths := []string{inbPin(dir, inbPinLink)}
 	for _, h := range inbCgroupHooks {
-		paths = append(paths, inbPin(dir, h.pin))
+		paths = append(paths, inbPin(dir, inbCgroupPin(h)))
 	}
 	var errs []error
 	for _, p := range paths {

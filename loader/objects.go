@@ -1,11 +1,12 @@
 // Package loader loads, attaches, pins and inspects meshcap's outbound capture programs. It is the only package that
 // imports cilium/ebpf.
 //
-// Model: one "attachment" = the outbound programs (connect4, connect6, sockops, getsockopt, getpeername4,
-// getpeername6, sock_release) attached to one cgroup v2 directory with bpf_links, plus their maps. Links and maps are pinned under <pin root>/cgroup-<id>
-// (id = the cgroup's inode number = kernel cgroup id), so capture outlives the process that attached it.
-// A fifth program, the sk_msg fast path (bpf/fastpath.c), is attached to the mc_sockhash map (a map attachment, not
-// a link: it goes with the map); sockets only enter that map where the fast path is on (LoadOptions.FastPath).
+// Model: one "attachment" = the outbound cgroup programs (the sideOutbound, targetCgroup entries of hookTable in
+// hooks.go, the one list of hooks) attached to one cgroup v2 directory with bpf_links, plus their maps. Links and
+// maps are pinned under <pin root>/cgroup-<id> (id = the cgroup's inode number = kernel cgroup id), so capture
+// outlives the process that attached it. One more program, the sk_msg fast path (bpf/fastpath.c), is attached to
+// the mc_sockhash map (a map attachment, not a link: it goes with the map); sockets only enter that map where the
+// fast path is on (LoadOptions.FastPath).
 //
 // The same programs serve per-pod mode (settings under netns key 0 of an attachment's own maps) and node-agent mode
 // (one attachment at a root cgroup, settings per netns cookie); see bpf/include/meshcap.h.
@@ -80,34 +81,6 @@ type (
 	statsValue  = connect4McStats
 )
 
-// hook describes one program: its object, entry point and attach type.
-type hook struct {
-	name     string
-	prog     string
-	progType ebpf.ProgramType
-	attach   ebpf.AttachType
-	spec     func() (*ebpf.CollectionSpec, error)
-	// added: a hook newer than the first pinned layout. An attachment made before it existed lacks its link; a
-	// re-attach adds it (updateLinks) instead of detaching everything, so capture never has a gap.
-	added bool
-}
-
-// hooks in the order they are attached on a fresh attach; the connect programs come last so that no connection is
-// redirected before sockops/getsockopt are there to answer for it. Detach goes in reverse order.
-var hooks = []hook{
-	{"sockops", "mc_sockops", ebpf.SockOps, ebpf.AttachCGroupSockOps, loadSockops, false},
-	{"getsockopt", "mc_getsockopt", ebpf.CGroupSockopt, ebpf.AttachCGroupGetsockopt, loadGetsockopt, false},
-	{"getpeername4", "mc_getpeername4", ebpf.CGroupSockAddr, ebpf.AttachCgroupInet4GetPeername, loadGetpeername4, false},
-	{"getpeername6", "mc_getpeername6", ebpf.CGroupSockAddr, ebpf.AttachCgroupInet6GetPeername, loadGetpeername6, true},
-	{"sockrelease", "mc_sock_release", ebpf.CGroupSock, ebpf.AttachCgroupInetSockRelease, loadSockrelease, false},
-	{"sockcreate", "mc_sock_create", ebpf.CGroupSock, ebpf.AttachCGroupInetSockCreate, loadSockcreate, true},
-	{"connect6", "mc_connect6", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet6Connect, loadConnect6, true},
-	{"connect4", "mc_connect4", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet4Connect, loadConnect4, false},
-}
-
-// fastPathHook is the sk_msg program (bpf/fastpath.c); it is attached to mc_sockhash, not to a cgroup.
-var fastPathHook = hook{"fastpath", "mc_fastpath", ebpf.SkMsg, ebpf.AttachSkMsgVerdict, loadFastpath, false}
-
 // LoadOptions size the maps. Zero values keep the defaults compiled into the objects.
 type LoadOptions struct {
 	// MaxConns is the capacity of captured connections: per-pod mode, the pod's --max-connections (written into its
@@ -148,7 +121,7 @@ func (o *Objects) Close() {
 	}
 }
 
-// Load loads the four programs with one shared set of maps.
+// Load loads the outbound programs (every sideOutbound hook) with one shared set of maps.
 func Load(opts LoadOptions) (*Objects, error) { return load(opts, nil) }
 
 // load creates every map not given in reuse, then loads each hook's object against the shared maps.
@@ -166,8 +139,8 @@ func load(opts LoadOptions, reuse map[string]*ebpf.Map) (_ *Objects, err error) 
 			objs.Close()
 		}
 	}()
-	for _, h := range append(append([]hook{}, hooks...), fastPathHook) {
-		if err := objs.loadHook(h, opts, reuse); err != nil {
+	for _, group := range byObject(outboundHooks) {
+		if err := objs.loadObject(group, opts, reuse); err != nil {
 			return nil, err
 		}
 	}
@@ -184,28 +157,19 @@ func load(opts LoadOptions, reuse map[string]*ebpf.Map) (_ *Objects, err error) 
 	return objs, nil
 }
 
-// loadHook loads one hook's object against the maps already in objs (creating, or cloning from reuse, the others).
-func (objs *Objects) loadHook(h hook, opts LoadOptions, reuse map[string]*ebpf.Map) (err error) {
-	spec, err := h.spec()
+// loadObject loads the object of one group of hooks (one C file) against the maps already in objs (creating, or
+// cloning from reuse, the others).
+func (objs *Objects) loadObject(group []hook, opts LoadOptions, reuse map[string]*ebpf.Map) (err error) {
+	obj := group[0].object
+	spec, err := group[0].load()
 	if err != nil {
-		return fmt.Errorf("load %s object: %w", h.name, err)
+		return fmt.Errorf("load %s: %w", obj, err)
 	}
 	resize(spec, opts)
 	if err := applyVariant(spec, objs.Variant); err != nil {
-		return fmt.Errorf("load %s object: %w", h.name, err)
+		return fmt.Errorf("load %s: %w", obj, err)
 	}
-	// Data sections no program uses (getsockopt.c's BTF anchor of struct mc_origdst_ext) go; .rodata (the
-	// variant settings) stays, private to this object.
-	for name, v := range spec.Variables {
-		if strings.HasPrefix(v.SectionName, ".") && v.SectionName != ".rodata" {
-			delete(spec.Variables, name)
-		}
-	}
-	for name := range spec.Maps {
-		if strings.HasPrefix(name, ".") && name != ".rodata" {
-			delete(spec.Maps, name)
-		}
-	}
+	dropUnusedSections(spec)
 	replace := map[string]*ebpf.Map{}
 	for name, ms := range spec.Maps {
 		if name == ".rodata" {
@@ -228,14 +192,30 @@ func (objs *Objects) loadHook(h hook, opts LoadOptions, reuse map[string]*ebpf.M
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: replace})
 	if err != nil {
-		return fmt.Errorf("load %s program: %w", h.name, verifierError(err))
+		return fmt.Errorf("load %s programs: %w", obj, verifierError(err))
 	}
-	objs.Programs[h.name] = coll.DetachProgram(h.prog)
-	coll.Close()
-	if objs.Programs[h.name] == nil {
-		return fmt.Errorf("load %s program: %s missing from object", h.name, h.prog)
+	defer coll.Close()
+	for _, h := range group {
+		if objs.Programs[h.name] = coll.DetachProgram(h.prog); objs.Programs[h.name] == nil {
+			return fmt.Errorf("load %s program: %s missing from %s", h.name, h.prog, obj)
+		}
 	}
 	return nil
+}
+
+// dropUnusedSections removes the data sections no program uses (getsockopt.c's BTF anchor of struct
+// mc_origdst_ext); .rodata (the variant settings) stays, private to its object.
+func dropUnusedSections(spec *ebpf.CollectionSpec) {
+	for name, v := range spec.Variables {
+		if strings.HasPrefix(v.SectionName, ".") && v.SectionName != ".rodata" {
+			delete(spec.Variables, name)
+		}
+	}
+	for name := range spec.Maps {
+		if strings.HasPrefix(name, ".") && name != ".rodata" {
+			delete(spec.Maps, name)
+		}
+	}
 }
 
 func resize(spec *ebpf.CollectionSpec, opts LoadOptions) {
@@ -529,7 +509,7 @@ func checkKernel() error {
 		return err
 	}
 	kernelCheck.once.Do(func() {
-		for _, h := range hooks {
+		for _, h := range outboundHooks {
 			if err := features.HaveProgramType(h.progType); err != nil {
 				kernelCheck.err = fmt.Errorf("kernel does not support BPF program type %s (needed for %s): %w", h.progType, h.name, err)
 				return

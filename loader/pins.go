@@ -5,7 +5,7 @@ package loader
 //
 //   <pin root>/                               root-owned, not writable by group or others (checkPinRoot)
 //     cgroup-<cgroup id>/                     one outbound attachment (per-pod mode: one pod; agent mode: the root)
-//       link_<hook>                           bpf_links of the cgroup programs
+//       link_<hook>                           bpf_links of the cgroup programs (hook names: hooks.go)
 //       mc_<map>                              its maps; mc_<settings map>_new during a settings swap
 //     netns-<netns cookie>/inbound/           one pod's inbound attachment (sk_lookup): link, config, ports,
 //                                             listener, stats, steered, exempt_bound, and the links of its
@@ -48,12 +48,6 @@ const (
 	inbPinSteered  = "steered"
 	inbPinExempt   = "exempt_bound"
 	inbPinNewSufx  = swapSuffix
-
-	// Links of the inbound cgroup programs (inbCgroupHooks), pinned next to the sk_lookup link.
-	inbPinPostBind4  = "cg_post_bind4"
-	inbPinPostBind6  = "cg_post_bind6"
-	inbPinSockops    = "cg_sockops"
-	inbPinGetsockopt = "cg_getsockopt"
 )
 
 func rootOrDefault(root string) string {
@@ -68,8 +62,11 @@ func pinDirFor(root string, id uint64) string {
 }
 
 func linkPin(dir, hook string) string { return filepath.Join(dir, "link_"+hook) }
-func mapPin(dir, name string) string  { return filepath.Join(dir, name) }
-func inbPin(dir, name string) string  { return filepath.Join(dir, name) }
+
+// inbCgroupPin is the pin name of an inbound cgroup hook's link (cg_<hook>), next to the sk_lookup link.
+func inbCgroupPin(h hook) string     { return "cg_" + h.name }
+func mapPin(dir, name string) string { return filepath.Join(dir, name) }
+func inbPin(dir, name string) string { return filepath.Join(dir, name) }
 
 // InboundPinDir is where the inbound attachment of the netns with this cookie is pinned.
 func InboundPinDir(pinRoot string, netnsCookie uint64) string {

@@ -3,9 +3,10 @@ package loader
 // Feature probing: decides whether this kernel (and these privileges) can run eBPF capture, or whether the
 // istio-exact iptables rules must be used instead.
 //
-// Every check is real: program types and helpers through cilium/ebpf's features package, and each program
-// and attach type by loading a minimal pass-through program and attaching it to a temporary cgroup
-// (sk_lookup: a temporary network namespace) that is removed again. MESHCAP_PROBE_DISABLE=<feature,...>
+// Every check is real: program types, map types and helpers through cilium/ebpf's features package, and each
+// program and attach type by loading a minimal pass-through program and attaching it to a temporary cgroup
+// (sk_lookup: a temporary network namespace; sk_msg: a temporary sockhash) that is removed again. Which types,
+// attach points, maps and helpers are checked is derived from the hook table (probe_hooks.go). MESHCAP_PROBE_DISABLE=<feature,...>
 // marks features missing without running them, so that the fallback is testable on a kernel that has
 // everything.
 
@@ -23,7 +24,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
@@ -120,83 +120,6 @@ type probeItem struct {
 	run   func(*probeRun) (string, error)
 }
 
-type sockAttach struct {
-	name   string
-	prog   ebpf.ProgramType
-	attach ebpf.AttachType
-}
-
-// cgroupAttaches are the cgroup program/attach types the eBPF backend uses.
-var cgroupAttaches = []sockAttach{
-	{"connect4", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet4Connect},
-	{"connect6", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet6Connect},
-	{"sockops", ebpf.SockOps, ebpf.AttachCGroupSockOps},
-	{"getsockopt", ebpf.CGroupSockopt, ebpf.AttachCGroupGetsockopt},
-	{"getpeername4", ebpf.CGroupSockAddr, ebpf.AttachCgroupInet4GetPeername},
-	{"getpeername6", ebpf.CGroupSockAddr, ebpf.AttachCgroupInet6GetPeername},
-	{"sock_release", ebpf.CGroupSock, ebpf.AttachCgroupInetSockRelease},
-	{"sock_create", ebpf.CGroupSock, ebpf.AttachCGroupInetSockCreate},
-}
-
-type helperUse struct {
-	prog   ebpf.ProgramType
-	helper asm.BuiltinFunc
-	scope  string
-}
-
-// helperUses lists every helper the BPF programs call, per program type (bpf/*.c: keep in sync).
-var helperUses = []helperUse{
-	{ebpf.CGroupSockAddr, asm.FnGetCurrentUidGid, ScopeCore},
-	{ebpf.CGroupSockAddr, asm.FnGetNetnsCookie, ScopeCore},
-	{ebpf.CGroupSockAddr, asm.FnMapLookupElem, ScopeCore},
-	{ebpf.CGroupSockAddr, asm.FnMapUpdateElem, ScopeCore},
-	{ebpf.CGroupSockAddr, asm.FnSkStorageGet, ScopeCore},
-	{ebpf.CGroupSockAddr, asm.FnSkStorageDelete, ScopeCore},
-	{ebpf.CGroupSockAddr, asm.FnSpinLock, ScopeCore},
-	{ebpf.SockOps, asm.FnGetNetnsCookie, ScopeVariant},
-	{ebpf.SockOps, asm.FnSkStorageGet, ScopeCore},
-	{ebpf.SockOps, asm.FnSpinLock, ScopeCore},
-	{ebpf.SockOps, asm.FnSockOpsCbFlagsSet, ScopeCore},
-	{ebpf.SockOps, asm.FnMapLookupElem, ScopeCore},
-	{ebpf.SockOps, asm.FnMapUpdateElem, ScopeCore},
-	{ebpf.SockOps, asm.FnMapDeleteElem, ScopeCore},
-	{ebpf.CGroupSockopt, asm.FnGetNetnsCookie, ScopeVariant},
-	{ebpf.CGroupSockopt, asm.FnSkStorageGet, ScopeCore},
-	{ebpf.CGroupSockopt, asm.FnMapLookupElem, ScopeCore},
-	{ebpf.CGroupSock, asm.FnSkStorageGet, ScopeCore},
-	{ebpf.CGroupSock, asm.FnGetNetnsCookie, ScopeCore},
-	{ebpf.CGroupSock, asm.FnMapLookupElem, ScopeCore},
-	{ebpf.CGroupSock, asm.FnSpinLock, ScopeCore},
-	{ebpf.SkLookup, asm.FnSkAssign, ScopeInbound},
-	{ebpf.SkLookup, asm.FnMapLookupElem, ScopeInbound},
-	{ebpf.SkLookup, asm.FnSkRelease, ScopeInbound},
-}
-
-// progTypeNames are the short names used in check names and MESHCAP_PROBE_DISABLE.
-var progTypeNames = map[ebpf.ProgramType]string{
-	ebpf.CGroupSockAddr: "cgroup_sock_addr",
-	ebpf.SockOps:        "sock_ops",
-	ebpf.CGroupSockopt:  "cgroup_sockopt",
-	ebpf.SkLookup:       "sk_lookup",
-	ebpf.CGroupSock:     "cgroup_sock",
-}
-
-// helperName turns asm.FnGetNetnsCookie into "get_netns_cookie".
-func helperName(fn asm.BuiltinFunc) string {
-	s := strings.TrimPrefix(fn.String(), "Fn")
-	var b strings.Builder
-	for i, r := range s {
-		if r >= 'A' && r <= 'Z' {
-			if i > 0 {
-				b.WriteByte('_')
-			}
-			r += 'a' - 'A'
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
-}
-
 func probeItems() []probeItem {
 	items := []probeItem{
 		{"cgroup2", ScopeCore, (*probeRun).checkCgroup2},
@@ -209,52 +132,8 @@ func probeItems() []probeItem {
 			return "RLIMIT_MEMLOCK lifted where the kernel charges BPF memory to it", nil
 		}},
 	}
-	for _, pt := range []ebpf.ProgramType{ebpf.CGroupSockAddr, ebpf.SockOps, ebpf.CGroupSockopt, ebpf.CGroupSock, ebpf.SkLookup} {
-		scope := ScopeCore
-		if pt == ebpf.SkLookup {
-			scope = ScopeInbound
-		}
-		items = append(items, probeItem{"prog:" + progTypeNames[pt], scope, func(*probeRun) (string, error) {
-			if err := features.HaveProgramType(pt); err != nil {
-				return "", err
-			}
-			return "supported", nil
-		}})
-	}
-	for _, m := range []struct {
-		name  string
-		mt    ebpf.MapType
-		scope string
-	}{
-		{"hash", ebpf.Hash, ScopeCore},
-		{"sk_storage", ebpf.SkStorage, ScopeCore},
-		{"lpm_trie", ebpf.LPMTrie, ScopeCore},
-		{"array", ebpf.Array, ScopeInbound},
-		{"percpu_array", ebpf.PerCPUArray, ScopeInbound},
-		{"sockmap", ebpf.SockMap, ScopeInbound},
-	} {
-		items = append(items, probeItem{"map:" + m.name, m.scope, func(*probeRun) (string, error) {
-			if err := features.HaveMapType(m.mt); err != nil {
-				return "", err
-			}
-			return "supported", nil
-		}})
-	}
-	for _, a := range cgroupAttaches {
-		items = append(items, probeItem{"attach:" + a.name, ScopeCore, func(r *probeRun) (string, error) {
-			return r.checkCgroupAttach(a)
-		}})
-	}
-	items = append(items, probeItem{"attach:sk_lookup", ScopeInbound, (*probeRun).checkSkLookupAttach})
-	for _, h := range helperUses {
-		name := "helper:" + progTypeNames[h.prog] + ":" + helperName(h.helper)
-		items = append(items, probeItem{name, h.scope, func(*probeRun) (string, error) {
-			if err := features.HaveProgramHelper(h.prog, h.helper); err != nil {
-				return "", err
-			}
-			return "available", nil
-		}})
-	}
+	// Program, map, attach and helper checks: derived from the hook table and the objects (probe_hooks.go).
+	items = append(items, hookProbeItems()...)
 	items = append(items, probeItem{"sockopt:so_netns_cookie", ScopeAgent, (*probeRun).checkSockoptNetnsCookie})
 	items = append(items, probeItem{"iptables", ScopeFallback, (*probeRun).checkIPTables})
 	return items
@@ -495,34 +374,36 @@ func passProgram(pt ebpf.ProgramType, at ebpf.AttachType) (*ebpf.Program, error)
 	}, ebpf.ProgramOptions{LogDisabled: true})
 }
 
-func (r *probeRun) checkCgroupAttach(a sockAttach) (string, error) {
+// checkCgroupAttach attaches a pass-through program of h's types to the probe cgroup and detaches it.
+func (r *probeRun) checkCgroupAttach(h hook) (string, error) {
 	dir, note, err := r.probeCgroup()
 	if err != nil {
 		return "", err
 	}
-	prog, err := passProgram(a.prog, a.attach)
+	prog, err := passProgram(h.progType, h.attach)
 	if err != nil {
-		return "", fmt.Errorf("load %s program: %w", progTypeNames[a.prog], err)
+		return "", fmt.Errorf("load %s program: %w", progTypeName(h.progType), err)
 	}
 	defer prog.Close()
-	l, err := link.AttachCgroup(link.CgroupOptions{Path: dir, Attach: a.attach, Program: prog})
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: dir, Attach: h.attach, Program: prog})
 	if err != nil {
-		return "", fmt.Errorf("attach %s to %s: %w", a.attach, dir, err)
+		return "", fmt.Errorf("attach %s to %s: %w", h.attach, dir, err)
 	}
 	kind := "bpf_link"
 	if _, err := l.Info(); errors.Is(err, link.ErrNotSupported) {
 		kind = "legacy prog_attach, no bpf_link"
 	}
 	if err := l.Close(); err != nil {
-		return "", fmt.Errorf("detach %s: %w", a.attach, err)
+		return "", fmt.Errorf("detach %s: %w", h.attach, err)
 	}
 	return fmt.Sprintf("loaded and attached (%s) to %s", kind, note), nil
 }
 
-func (r *probeRun) checkSkLookupAttach() (string, error) {
-	prog, err := passProgram(ebpf.SkLookup, ebpf.AttachSkLookup)
+// checkNetnsAttach attaches a pass-through program of h's types (sk_lookup) to a temporary netns.
+func (r *probeRun) checkNetnsAttach(h hook) (string, error) {
+	prog, err := passProgram(h.progType, h.attach)
 	if err != nil {
-		return "", fmt.Errorf("load sk_lookup program: %w", err)
+		return "", fmt.Errorf("load %s program: %w", progTypeName(h.progType), err)
 	}
 	defer prog.Close()
 	ns, where, err := probeNetns()
@@ -532,12 +413,31 @@ func (r *probeRun) checkSkLookupAttach() (string, error) {
 	defer ns.Close()
 	l, err := link.AttachNetNs(int(ns.Fd()), prog)
 	if err != nil {
-		return "", fmt.Errorf("attach sk_lookup to %s: %w", where, err)
+		return "", fmt.Errorf("attach %s to %s: %w", progTypeName(h.progType), where, err)
 	}
 	if err := l.Close(); err != nil {
-		return "", fmt.Errorf("detach sk_lookup: %w", err)
+		return "", fmt.Errorf("detach %s: %w", progTypeName(h.progType), err)
 	}
 	return "loaded and attached to " + where, nil
+}
+
+// checkSockhashAttach attaches a pass-through program of h's types (sk_msg) to a temporary sockhash, which
+// takes the program with it when it is freed.
+func (r *probeRun) checkSockhashAttach(h hook) (string, error) {
+	prog, err := passProgram(h.progType, h.attach)
+	if err != nil {
+		return "", fmt.Errorf("load %s program: %w", progTypeName(h.progType), err)
+	}
+	defer prog.Close()
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: "meshcap_probe", Type: ebpf.SockHash, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+	if err != nil {
+		return "", fmt.Errorf("create sockhash: %w", err)
+	}
+	defer m.Close()
+	if err := link.RawAttachProgram(link.RawAttachProgramOptions{Target: m.FD(), Program: prog, Attach: h.attach}); err != nil {
+		return "", fmt.Errorf("attach %s to a sockhash: %w", progTypeName(h.progType), err)
+	}
+	return "loaded and attached to a temporary sockhash", nil
 }
 
 // probeNetns returns a fresh, empty network namespace (freed when the file is closed), or the current

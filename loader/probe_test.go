@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+
 	"github.com/meshcap/meshcap/pkg/hostfs"
 )
 
@@ -191,9 +194,27 @@ func TestParseCgroupV2Path(t *testing.T) {
 	}
 }
 
-func TestHelperName(t *testing.T) {
-	if got := helperName(helperUses[0].helper); got != "get_current_uid_gid" {
-		t.Fatalf("got %q", got)
+// TestKernelNames: check names spell types and helpers as the kernel's enums do (the names `meshcap probe`, the
+// recorded probes and MESHCAP_PROBE_DISABLE use).
+func TestKernelNames(t *testing.T) {
+	for _, tc := range []struct{ got, want string }{
+		{helperName(asm.FnGetCurrentUidGid), "get_current_uid_gid"},
+		{helperName(asm.FnSockOpsCbFlagsSet), "sock_ops_cb_flags_set"},
+		{progTypeName(ebpf.CGroupSockAddr), "cgroup_sock_addr"},
+		{progTypeName(ebpf.CGroupSockopt), "cgroup_sockopt"},
+		{progTypeName(ebpf.SockOps), "sock_ops"},
+		{progTypeName(ebpf.SkLookup), "sk_lookup"},
+		{progTypeName(ebpf.SkMsg), "sk_msg"},
+		{mapTypeName(ebpf.LPMTrie), "lpm_trie"},
+		{mapTypeName(ebpf.PerCPUArray), "percpu_array"},
+		{mapTypeName(ebpf.SockMap), "sockmap"},
+		{mapTypeName(ebpf.SockHash), "sockhash"},
+		{mapTypeName(ebpf.SkStorage), "sk_storage"},
+		{mapTypeName(ebpf.LRUHash), "lru_hash"},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("got %q, want %q", tc.got, tc.want)
+		}
 	}
 }
 
