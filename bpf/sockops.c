@@ -28,8 +28,9 @@
 #include "netns_btf.h"
 
 /* The one netns-cookie read of this program type (sock_ops has bpf_get_netns_cookie from 5.15; before, the
- * cookie sock_create recorded, or mc_record_netns_btf for a socket sock_create never saw). Only the proxy's (passive) side needs it: the client side uses the cookie connect4
- * recorded in mc_client. 0 (unknown) matches no entry: the client side always keys by a real cookie. */
+ * cookie sock_create recorded, or mc_record_netns_btf for a socket sock_create never saw). Only the proxy's
+ * (passive) side needs it: the client side uses the cookie connect4 recorded in mc_client. 0 (unknown) matches no
+ * entry: the client side always keys by a real cookie. */
 static __always_inline __u64 mc_sock_ops_netns(struct bpf_sock_ops *skops)
 {
 	if (mc_netns_from_storage)

@@ -130,7 +130,10 @@ func TestLoadVariants(t *testing.T) {
 			if objs.Variant.Netns != tc.want {
 				t.Fatalf("loaded %s", objs.Variant)
 			}
-			wantSockops := map[NetnsSource]string{NetnsFromHelper: sockopsProgMcSockops, NetnsFromStorage: sockopsProgMcSockopsBtf}[tc.want]
+			wantSockops := sockopsProgMcSockops
+			if tc.want == NetnsFromStorage {
+				wantSockops = sockopsProgMcSockopsBtf
+			}
 			if got := progName(t, objs.Programs["sockops"]); got != wantSockops {
 				t.Errorf("sockops entry point %s, want %s", got, wantSockops)
 			}
@@ -207,7 +210,8 @@ func TestCaptureNetnsFromStorageListenerFirst(t *testing.T) {
 	for _, r := range out.Results {
 		d, _ := strings.CutPrefix(r.Dest, "mapped:")
 		if !r.Captured || r.OrigDst != d || r.MapDst != d {
-			t.Errorf("%s: captured=%v SO_ORIGINAL_DST=%s OrigDst()=%s err=%q; want %s from both", r.Dest, r.Captured, r.OrigDst, r.MapDst, r.Err, d)
+			t.Errorf("%s: captured=%v SO_ORIGINAL_DST=%s OrigDst()=%s err=%q; want %s from both",
+				r.Dest, r.Captured, r.OrigDst, r.MapDst, r.Err, d)
 		}
 	}
 }
