@@ -54,6 +54,9 @@ func TestDerivedProbeChecks(t *testing.T) {
 		"helper:sock_ops:sock_ops_cb_flags_set":       ScopeCore,
 		"helper:sk_lookup:sk_assign":                  ScopeInbound,
 	}
+	// Only sockops.c's other entry point (mc_sockops_btf, loaded instead of mc_sockops by the storage variant when
+	// the kernel has BTF) calls it: never required on its own.
+	want["helper:sock_ops:skc_to_tcp_sock"] = ScopeVariant
 	for _, name := range variantChecks {
 		want[name] = ScopeVariant
 	}

@@ -6,14 +6,15 @@ package loader
 //   - map:<type>            each map type the hooks' objects create (features.HaveMapType);
 //   - attach:<section>      each attach point, named by the program's ELF section without "cgroup/" (a pass-through
 //                           program attached to a temporary cgroup, netns or sockhash);
-//   - helper:<type>:<name>  each (program type, helper) a `call` instruction of a hook's program makes
-//                           (features.HaveProgramHelper). The checks the variant choice reads (variantChecks) are
-//                           ScopeVariant where only outbound programs make them: the other variant avoids those calls.
+//   - helper:<type>:<name>  each (program type, helper) a `call` instruction of a hook's program makes, or of
+//                           another entry point of its object that a variant loads instead (features.HaveProgramHelper).
+//                           The checks the variant choice reads (variantChecks) are ScopeVariant where only outbound
+//                           programs make them (the other variant avoids those calls), and so are the calls only an
+//                           other entry point makes (the loader then keeps the table's program).
 // A check used by hooks of both sides gets the stronger scope (core). Names follow the kernel's spelling (the
 // BPF_PROG_TYPE_*, BPF_MAP_TYPE_* and BPF_FUNC_* enums in lower case), so they are stable across cilium/ebpf.
 
 import (
-	"cmp"
 	"fmt"
 	"slices"
 	"strings"
@@ -98,15 +99,18 @@ func deriveHookChecks(hs []hook) ([]probeItem, error) {
 		}
 		dropUnusedSections(spec)
 		for _, h := range group {
-			ps := spec.Programs[h.prog]
-			if ps == nil {
+			if spec.Programs[h.prog] == nil {
 				return nil, fmt.Errorf("%s: program %s missing", h.object, h.prog)
 			}
+		}
+		for _, name := range sortedKeys(spec.Programs) {
+			ps := spec.Programs[name]
+			h := ownerHook(group, ps)
 			scope := sideScope(h.side)
 			progs.add(progTypeCheck(h.progType, scope))
 			attaches.add(attachCheck(h, ps.SectionName, scope))
 			for _, fn := range helperCalls(ps) {
-				helpers.add(helperCheck(h, fn))
+				helpers.add(helperCheck(h, fn, ps.Name != h.prog))
 			}
 		}
 		for _, ms := range sortedMaps(spec) {
@@ -116,12 +120,36 @@ func deriveHookChecks(hs []hook) ([]probeItem, error) {
 	return slices.Concat(progs.items(), maps.items(), attaches.items(), helpers.items()), nil
 }
 
+// ownerHook is the hook a program of the group's object serves: its own entry, or, for another entry point of the
+// object (sockops.c's mc_sockops_btf, which a variant loads in mc_sockops's place), the hook with its attach type.
+func ownerHook(group []hook, ps *ebpf.ProgramSpec) hook {
+	for _, h := range group {
+		if h.prog == ps.Name {
+			return h
+		}
+	}
+	for _, h := range group {
+		if h.attach == ps.AttachType && h.progType == ps.Type {
+			return h
+		}
+	}
+	return group[0]
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
 func sortedMaps(spec *ebpf.CollectionSpec) []*ebpf.MapSpec {
 	out := make([]*ebpf.MapSpec, 0, len(spec.Maps))
-	for _, ms := range spec.Maps {
-		out = append(out, ms)
+	for _, name := range sortedKeys(spec.Maps) {
+		out = append(out, spec.Maps[name])
 	}
-	slices.SortFunc(out, func(a, b *ebpf.MapSpec) int { return cmp.Compare(a.Name, b.Name) })
 	return out
 }
 
@@ -157,10 +185,12 @@ func mapTypeCheck(mt ebpf.MapType, scope string) hookCheck {
 	}}
 }
 
-func helperCheck(h hook, fn asm.BuiltinFunc) hookCheck {
+// helperCheck checks a helper that h's program calls; alt: called by another entry point of h's object, which a
+// variant loads instead when it can (chooseSockops), so never required on its own.
+func helperCheck(h hook, fn asm.BuiltinFunc, alt bool) hookCheck {
 	name := helperCheckName(h.progType, fn)
 	scope := sideScope(h.side)
-	if h.side == sideOutbound && slices.Contains(variantChecks, name) {
+	if alt || (h.side == sideOutbound && slices.Contains(variantChecks, name)) {
 		scope = ScopeVariant
 	}
 	return hookCheck{name, scope, func(*probeRun) (string, error) {
