@@ -48,11 +48,14 @@ const (
 
 // settingsMaps hold one attachment's policy; stateMaps hold its live connections (kept across a re-attach).
 var (
-	settingsMaps = []string{mapConfig, mapCIDRExcl, mapCIDRIncl, mapPorts, mapCIDR6Excl, mapCIDR6Incl}
-	stateMaps    = []string{mapClient, mapOrigTuple, mapStats, mapOrigTup6, mapDst6, mapSockhash, mapFPStats, mapFPPeer, mapSkNetns}
+	settingsMaps = []string{mapConfig, mapCIDRExcl, mapCIDRIncl, mapPorts, mapCIDR6Excl, mapCIDR6Incl,
+		mapDNS, mapDNSSrv} // DNS capture (dns.go)
+	stateMaps = []string{mapClient, mapOrigTuple, mapStats, mapOrigTup6, mapDst6, mapSockhash, mapFPStats, mapFPPeer, mapSkNetns,
+		mapDNSOrig} // DNS capture (dns.go)
 	// addedMaps are optional in a pin dir: attachments made before the fast path, the sock_create hook or IPv6
 	// existed lack them. A re-attach creates and pins them (and keeps them when pinned, as any map of its kind).
-	addedMaps = []string{mapSockhash, mapFPStats, mapFPPeer, mapSkNetns, mapCIDR6Excl, mapCIDR6Incl, mapOrigTup6, mapDst6}
+	addedMaps = []string{mapSockhash, mapFPStats, mapFPPeer, mapSkNetns, mapCIDR6Excl, mapCIDR6Incl, mapOrigTup6, mapDst6,
+		mapDNS, mapDNSSrv, mapDNSOrig} // DNS capture (dns.go)
 )
 
 // Values of the C enums (enums are not in the objects' BTF, so bpf2go cannot emit them).
@@ -101,6 +104,11 @@ var hooks = []hook{
 	{"getpeername6", "mc_getpeername6", ebpf.CGroupSockAddr, ebpf.AttachCgroupInet6GetPeername, loadGetpeername6, true},
 	{"sockrelease", "mc_sock_release", ebpf.CGroupSock, ebpf.AttachCgroupInetSockRelease, loadSockrelease, false},
 	{"sockcreate", "mc_sock_create", ebpf.CGroupSock, ebpf.AttachCGroupInetSockCreate, loadSockcreate, true},
+	// DNS capture (dns.go, bpf/include/dns.h): the answers' side before the sends that need it.
+	{"recvmsg4", "mc_recvmsg4", ebpf.CGroupSockAddr, ebpf.AttachCGroupUDP4Recvmsg, loadRecvmsg4, true},
+	{"recvmsg6", "mc_recvmsg6", ebpf.CGroupSockAddr, ebpf.AttachCGroupUDP6Recvmsg, loadRecvmsg6, true},
+	{"sendmsg4", "mc_sendmsg4", ebpf.CGroupSockAddr, ebpf.AttachCGroupUDP4Sendmsg, loadSendmsg4, true},
+	{"sendmsg6", "mc_sendmsg6", ebpf.CGroupSockAddr, ebpf.AttachCGroupUDP6Sendmsg, loadSendmsg6, true},
 	{"connect6", "mc_connect6", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet6Connect, loadConnect6, true},
 	{"connect4", "mc_connect4", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet4Connect, loadConnect4, false},
 }
@@ -288,8 +296,15 @@ func (o *Objects) SetPolicy(cfgKey uint64, p capture.Policy) error {
 	if err != nil {
 		return err
 	}
+	wantDNS, err := o.writeDNS(cfgKey, p)
+	if err != nil {
+		return err
+	}
 	if err := o.Maps[mapConfig].Update(&cfgKey, &cfg, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write %s: %w", mapConfig, err)
+	}
+	if err := o.deleteDNS(cfgKey, wantDNS); err != nil {
+		return err
 	}
 	return o.deleteLists(cfgKey, want)
 }
@@ -398,6 +413,9 @@ func (o *Objects) DeletePolicy(cfgKey uint64) error {
 		return fmt.Errorf("delete %s key %d: %w", mapConfig, cfgKey, err)
 	}
 	if err := o.deleteLists(cfgKey, policyKeys{}); err != nil {
+		return err
+	}
+	if err := o.deleteDNS(cfgKey, nil); err != nil {
 		return err
 	}
 	if err := o.Maps[mapStats].Delete(&cfgKey); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {

@@ -136,6 +136,11 @@ var cgroupAttaches = []sockAttach{
 	{"getpeername6", ebpf.CGroupSockAddr, ebpf.AttachCgroupInet6GetPeername},
 	{"sock_release", ebpf.CGroupSock, ebpf.AttachCgroupInetSockRelease},
 	{"sock_create", ebpf.CGroupSock, ebpf.AttachCGroupInetSockCreate},
+	// DNS capture (bpf/include/dns.h)
+	{"sendmsg4", ebpf.CGroupSockAddr, ebpf.AttachCGroupUDP4Sendmsg},
+	{"sendmsg6", ebpf.CGroupSockAddr, ebpf.AttachCGroupUDP6Sendmsg},
+	{"recvmsg4", ebpf.CGroupSockAddr, ebpf.AttachCGroupUDP4Recvmsg},
+	{"recvmsg6", ebpf.CGroupSockAddr, ebpf.AttachCGroupUDP6Recvmsg},
 }
 
 type helperUse struct {
