@@ -100,14 +100,25 @@ func (s *dnsServer) source(name string) string {
 
 // DNSResult mirrors nettool's dns output.
 type DNSResult struct {
-	From, Local, RCode, A, Error string
+	From, Local, Peer, RCode, A, Error string
 }
 
 func dnsQuery(t *testing.T, pod *podnet.Pod, cred *podnet.Cred, server, name string, tcp bool) (DNSResult, error) {
 	t.Helper()
-	args := []string{"dns", server, "-name", name, "-timeout", "2s"}
+	how := "udp"
 	if tcp {
-		args = append(args, "-tcp")
+		how = "tcp"
+	}
+	return dnsAsk(t, pod, cred, server, name, how)
+}
+
+// dnsAsk queries server from pod as cred: how is "udp" (unconnected socket), "connected" (connected UDP socket) or
+// "tcp".
+func dnsAsk(t *testing.T, pod *podnet.Pod, cred *podnet.Cred, server, name, how string) (DNSResult, error) {
+	t.Helper()
+	args := []string{"dns", server, "-name", name, "-timeout", "2s"}
+	if how != "udp" {
+		args = append(args, "-"+how)
 	}
 	var res DNSResult
 	err := runNettool(t, pod, cred, &res, args...)
