@@ -17,8 +17,9 @@ import (
 	"github.com/meshcap/meshcap/pkg/podnet"
 )
 
-// dnsServer is a real DNS server (UDP and TCP on one address) in a pod: it answers every A query with answer and
-// records where each query came from, by name.
+// dnsServer is a real DNS server (UDP and TCP on one address) in a pod: it answers every A query with answer (or,
+// when answer is the zero Addr, with 10.53.<source port>: portInAnswer) and records where each query came from, by
+// name.
 type dnsServer struct {
 	answer netip.Addr
 	mu     sync.Mutex
@@ -87,7 +88,11 @@ func (s *dnsServer) reply(q []byte, from string) []byte {
 	_ = b.StartQuestions()
 	_ = b.Question(question)
 	_ = b.StartAnswers()
-	_ = b.AResource(dnsmessage.ResourceHeader{Name: question.Name, Class: dnsmessage.ClassINET, TTL: 5}, dnsmessage.AResource{A: s.answer.As4()})
+	a4 := s.answer
+	if !a4.IsValid() {
+		a4 = portInAnswer(from)
+	}
+	_ = b.AResource(dnsmessage.ResourceHeader{Name: question.Name, Class: dnsmessage.ClassINET, TTL: 5}, dnsmessage.AResource{A: a4.As4()})
 	a, _ := b.Finish()
 	return a
 }
@@ -210,4 +215,14 @@ func portOf(addr string) string {
 		return addr[i:]
 	}
 	return addr
+}
+
+// portInAnswer is the answer of a server started without one: 10.53.<the query's source port, big endian>.
+func portInAnswer(from string) netip.Addr {
+	ap, err := netip.ParseAddrPort(from)
+	if err != nil {
+		return netip.IPv4Unspecified()
+	}
+	p := ap.Port()
+	return netip.AddrFrom4([4]byte{10, 53, byte(p >> 8), byte(p)})
 }

@@ -17,8 +17,8 @@ import (
 
 // DNSResult is what one DNS query saw; the tests decode it.
 type DNSResult struct {
-	From  string `json:"from"`  // source of the UDP answer (TCP: the connected peer)
-	Local string `json:"local"` // the query's own source address
+	From  string `json:"from"`           // source of the UDP answer (TCP: the connected peer)
+	Local string `json:"local"`          // the query's own source address
 	Peer  string `json:"peer,omitempty"` // -connected: the UDP socket's peer (getpeername)
 	RCode string `json:"rcode"`
 	A     string `json:"a,omitempty"` // first A record
