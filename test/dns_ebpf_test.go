@@ -47,14 +47,19 @@ func newDNSEBPFWorld(t *testing.T) *dnsEBPFWorld {
 
 // attach runs `meshcap ebpf attach` on the host with the pod's resolv.conf as /etc/resolv.conf (what istio-iptables
 // reads where it runs).
-func (w *dnsEBPFWorld) attach(t *testing.T, flags ...string) {
+func (w *dnsEBPFWorld) attach(t *testing.T, flags ...string) { w.attachEnv(t, nil, flags...) }
+
+// attachEnv is attach with extra environment variables (istio's, such as ISTIO_META_DNS_CAPTURE).
+func (w *dnsEBPFWorld) attachEnv(t *testing.T, env []string, flags ...string) {
 	t.Helper()
 	args := append([]string{"ebpf", "attach", "--pin-dir", w.pinRoot, "--cgroup", w.topo.client.CgroupDir,
 		"--netns", w.topo.client.NetnsPath}, flags...)
 	bin, argv := inPrivateResolvConf(w.resolv, append([]string{meshcapBin}, args...)...)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if out, err := exec.CommandContext(ctx, bin, argv...).CombinedOutput(); err != nil {
+	cmd := exec.CommandContext(ctx, bin, argv...)
+	cmd.Env = append(cmd.Environ(), env...)
+	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("ebpf attach %v: %v\n%s", flags, err, out)
 	}
 }
@@ -130,7 +135,8 @@ func TestDNSRedirectEBPF(t *testing.T) {
 	}
 
 	startProxy(t, w.topo.client, "--no-inbound", "--resolv-conf", w.resolv)
-	w.attach(t, "-i", "198.18.2.0/24", "--redirect-dns", "--capture-all-dns")
+	// istio's environment variables instead of the flags
+	w.attachEnv(t, []string{"ISTIO_META_DNS_CAPTURE=true", "CAPTURE_ALL_DNS=true"}, "-i", "198.18.2.0/24")
 	for _, how := range []string{"udp", "connected", "tcp"} {
 		if !w.ask(t, dnsUnlisted, how, user) {
 			t.Errorf("%s (%s) with --capture-all-dns: not through the proxy", dnsUnlisted, how)
@@ -141,5 +147,33 @@ func TestDNSRedirectEBPF(t *testing.T) {
 		if w.ask(t, dnsListed, how, user) {
 			t.Errorf("%s (%s) with -o 53: through the proxy, want direct (rule 9)", dnsListed, how)
 		}
+	}
+}
+
+// TestInitAutoDNSChoosesEBPF: `init --mode auto` with ISTIO_META_DNS_CAPTURE in an IPv4 pod chooses eBPF (DNS is no
+// longer a reason to fall back), reads the pod's resolv.conf, and DNS to its server goes through the sidecar.
+func TestInitAutoDNSChoosesEBPF(t *testing.T) {
+	requireRoot(t)
+	w := newDNSEBPFWorld(t)
+	bin, argv := inPrivateResolvConf(w.resolv, append([]string{meshcapBin, "init", "--mode", "auto", "--cgroup",
+		w.topo.client.CgroupDir, "--pin-root", w.pinRoot, "-b", ""}, istioInitArgs[:len(istioInitArgs)-4]...)...)
+	cmd := exec.Command(bin, argv...)
+	cmd.Env = append(cmd.Environ(), "ISTIO_META_DNS_CAPTURE=true")
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := w.topo.client.Start(cmd, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil || !strings.Contains(out.String(), `"mode": "ebpf"`) {
+		t.Fatalf("init --mode auto with DNS capture: %v; want mode ebpf\n%s", err, out.String())
+	}
+	startProxy(t, w.topo.client, "--no-inbound", "--resolv-conf", w.resolv)
+	for _, how := range []string{"udp", "tcp"} {
+		if !w.ask(t, dnsListed, how, user) {
+			t.Errorf("%s (%s) after init: not through the proxy", dnsListed, how)
+		}
+	}
+	if w.ask(t, dnsUnlisted, "udp", user) {
+		t.Errorf("%s (udp) after init: through the proxy, but it is not in resolv.conf", dnsUnlisted)
 	}
 }
