@@ -1,10 +1,8 @@
 package test
 
 import (
-	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -29,11 +27,8 @@ func ebpfBackend(pinDir string) captureBackend {
 				_, err := runMeshcap(t, args...)
 				return err
 			}
-			bin, argv := inPrivateResolvConf(tableResolvConf, append([]string{meshcapBin}, args...)...)
-			if out, err := exec.Command(bin, argv...).CombinedOutput(); err != nil {
-				return fmt.Errorf("meshcap %s: %w: %s", strings.Join(args, " "), err, out)
-			}
-			return nil
+			_, err := runMeshcapResolv(t, tableResolvConf, nil, args...)
+			return err
 		},
 		remove: func(t *testing.T, client *podnet.Pod) error {
 			_, err := runMeshcap(t, "ebpf", "detach", "--pin-dir", pinDir, "--cgroup", client.CgroupDir, "--netns", client.NetnsPath)

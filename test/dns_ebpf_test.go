@@ -1,7 +1,6 @@
 package test
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"os"
@@ -54,13 +53,8 @@ func (w *dnsEBPFWorld) attachEnv(t *testing.T, env []string, flags ...string) {
 	t.Helper()
 	args := append([]string{"ebpf", "attach", "--pin-dir", w.pinRoot, "--cgroup", w.topo.client.CgroupDir,
 		"--netns", w.topo.client.NetnsPath}, flags...)
-	bin, argv := inPrivateResolvConf(w.resolv, append([]string{meshcapBin}, args...)...)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, argv...)
-	cmd.Env = append(cmd.Environ(), env...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("ebpf attach %v: %v\n%s", flags, err, out)
+	if _, err := runMeshcapResolv(t, w.resolv, env, args...); err != nil {
+		t.Fatalf("ebpf attach %v: %v", flags, err)
 	}
 }
 

@@ -1,16 +1,19 @@
 package test
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
 
@@ -135,6 +138,21 @@ func dnsAsk(t *testing.T, pod *podnet.Pod, cred *podnet.Cred, server, name, how 
 func inPrivateResolvConf(resolvConf string, argv ...string) (string, []string) {
 	return "unshare", append([]string{"-m", "--propagation", "private", "sh", "-c",
 		`mount --bind "$0" /etc/resolv.conf && exec "$@"`, resolvConf}, argv...)
+}
+
+// runMeshcapResolv is runMeshcap with resolvConf as meshcap's /etc/resolv.conf and env added to its environment.
+func runMeshcapResolv(t *testing.T, resolvConf string, env []string, args ...string) (string, error) {
+	t.Helper()
+	bin, argv := inPrivateResolvConf(resolvConf, append([]string{meshcapBin}, args...)...)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, argv...)
+	cmd.Env = append(cmd.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("meshcap %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
 }
 
 // TestDNSRedirectIptablesThroughProxy: iptables mode with --redirect-dns (istio's DNS rules, servers from the

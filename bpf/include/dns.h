@@ -223,15 +223,18 @@ static __always_inline int mc_dns6(struct bpf_sock_addr *ctx, int forget)
 static __always_inline struct mc_dns_orig *mc_dns_from_proxy(struct bpf_sock_addr *ctx, int v4, __u32 a0, __u32 a1,
                                                              __u32 a2, __u32 a3)
 {
+	/* Why the address first: this runs for every UDP receive of the pod; most come from elsewhere. */
+	if (v4 && !(a3 == bpf_htonl(0x7f000001) && (a0 | a1) == 0 && (a2 == 0 || a2 == bpf_htonl(0xffff))))
+		return NULL;
+	if (!v4 && !((a0 | a1 | a2) == 0 && a3 == bpf_htonl(1)))
+		return NULL;
 	struct bpf_sock *sk = ctx->sk;
 	if (!sk)
 		return NULL;
 	struct mc_dns_orig *o = bpf_sk_storage_get(&mc_dns_orig, sk, 0, 0);
 	if (!o || bpf_ntohs((__u16)ctx->user_port) != o->proxy_port || o->v6 == v4)
 		return NULL;
-	if (v4)
-		return a3 == bpf_htonl(0x7f000001) && (a0 | a1) == 0 && (a2 == 0 || a2 == bpf_htonl(0xffff)) ? o : NULL;
-	return (a0 | a1 | a2) == 0 && a3 == bpf_htonl(1) ? o : NULL;
+	return o;
 }
 
 /* recvmsg4, getpeername4: 127.0.0.1:<DNS port> becomes the server the socket asked. */

@@ -70,10 +70,8 @@ func dnsQuery(server, name string, tcp, connected bool, timeout time.Duration) D
 		ans, err = dnsMappedUDP(ap, q, timeout, connected, &res)
 	case tcp:
 		ans, err = dnsTCP(ap, q, timeout, &res)
-	case connected:
-		ans, err = dnsConnectedUDP(ap, q, timeout, &res)
 	default:
-		ans, err = dnsUDP(ap, q, timeout, &res)
+		ans, err = dnsUDP(ap, q, timeout, connected, &res)
 	}
 	if err != nil {
 		res.Error = err.Error()
@@ -95,18 +93,32 @@ func dnsQuery(server, name string, tcp, connected bool, timeout time.Duration) D
 	return res
 }
 
-func dnsUDP(server netip.AddrPort, q []byte, timeout time.Duration, res *DNSResult) ([]byte, error) {
+// dnsUDP queries from an unconnected UDP socket, or a connected one (glibc's resolver connects), and reads the
+// answer with its source address (recvfrom), as glibc does to check it.
+func dnsUDP(server netip.AddrPort, q []byte, timeout time.Duration, connected bool, res *DNSResult) ([]byte, error) {
 	network := "udp4"
 	if server.Addr().Is6() {
 		network = "udp6"
 	}
-	c, err := net.ListenUDP(network, nil)
+	var c *net.UDPConn
+	var err error
+	if connected {
+		c, err = net.DialUDP(network, nil, net.UDPAddrFromAddrPort(server))
+	} else {
+		c, err = net.ListenUDP(network, nil)
+	}
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(timeout))
-	if _, err := c.WriteToUDPAddrPort(q, server); err != nil {
+	if connected {
+		res.Peer = c.RemoteAddr().String()
+		_, err = c.Write(q)
+	} else {
+		_, err = c.WriteToUDPAddrPort(q, server)
+	}
+	if err != nil {
 		return nil, err
 	}
 	res.Local = c.LocalAddr().String()
@@ -142,32 +154,6 @@ func dnsTCP(server netip.AddrPort, q []byte, timeout time.Duration, res *DNSResu
 	ans := make([]byte, binary.BigEndian.Uint16(l[:]))
 	_, err = io.ReadFull(c, ans)
 	return ans, err
-}
-
-// dnsConnectedUDP queries from a connected UDP socket (glibc's resolver does so) and reads the answer with its
-// source address (recvfrom), as glibc does to check it.
-func dnsConnectedUDP(server netip.AddrPort, q []byte, timeout time.Duration, res *DNSResult) ([]byte, error) {
-	network := "udp4"
-	if server.Addr().Is6() {
-		network = "udp6"
-	}
-	c, err := net.DialUDP(network, nil, net.UDPAddrFromAddrPort(server))
-	if err != nil {
-		return nil, err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(timeout))
-	res.Local, res.Peer = c.LocalAddr().String(), c.RemoteAddr().String()
-	if _, err := c.Write(q); err != nil {
-		return nil, err
-	}
-	buf := make([]byte, 65535)
-	n, from, err := c.ReadFromUDPAddrPort(buf)
-	if err != nil {
-		return nil, err
-	}
-	res.From = netip.AddrPortFrom(from.Addr().Unmap(), from.Port()).String()
-	return buf[:n], nil
 }
 
 // dnsMappedUDP queries an IPv4-mapped server from a dual-stack AF_INET6 socket, as runtimes that use AF_INET6 for
