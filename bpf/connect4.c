@@ -12,7 +12,7 @@
  *   17. -q port                           -> REDIRECT
  *   18. -i CIDR, or -i '*'                -> REDIRECT
  *   otherwise                             -> not captured
- * UDP (and anything that is not TCP) is never touched. Each outcome is counted per pod (struct mc_stats).
+ * UDP (and anything that is not TCP) is only touched by DNS capture (bpf/include/dns.h), decided first. Each outcome is counted per pod (struct mc_stats).
  * The decision itself lives in bpf/include/outbound.h (shared with connect6.c for IPv4-mapped destinations).
  *
  * Fail closed: a captured connect takes one slot of the pod's capacity (mc_config.max_conns) and records its
@@ -22,10 +22,15 @@
  * (sockrelease.c), whatever happened to the connection.
  */
 #include "outbound.h"
+#include "dns.h"
 
 SEC("cgroup/connect4")
 int mc_connect4(struct bpf_sock_addr *ctx)
 {
+	/* DNS (TCP and connected UDP to port 53) first: bpf/include/dns.h */
+	int dns = mc_dns4(ctx, 1);
+	if (dns != MC_DNS_PASS)
+		return dns == MC_DNS_REFUSE ? 0 : SYS_PROCEED;
 	if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
 		return SYS_PROCEED;
 

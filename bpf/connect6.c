@@ -14,10 +14,15 @@
  * records them in mc_orig_tuple6 and getsockopt answers SOL_IPV6/IP6T_SO_ORIGINAL_DST.
  */
 #include "outbound.h"
+#include "dns.h"
 
 SEC("cgroup/connect6")
 int mc_connect6(struct bpf_sock_addr *ctx)
 {
+	/* DNS (TCP and connected UDP to port 53) first: bpf/include/dns.h */
+	int dns = mc_dns6(ctx, 1);
+	if (dns != MC_DNS_PASS)
+		return dns == MC_DNS_REFUSE ? 0 : SYS_PROCEED;
 	if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
 		return SYS_PROCEED;
 

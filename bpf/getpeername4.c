@@ -5,14 +5,17 @@
  * (NAT is undone on the reply path); this keeps that behaviour.
  */
 #include "meshcap.h"
+#include "dns.h"
 
 SEC("cgroup/getpeername4")
 int mc_getpeername4(struct bpf_sock_addr *ctx)
 {
 	struct bpf_sock *sk = ctx->sk;
 	struct mc_client *cl = mc_captured_client(sk);
-	if (!cl)
+	if (!cl) {
+		mc_dns_restore4(ctx); /* a socket whose DNS connect was captured (bpf/include/dns.h) */
 		return SYS_PROCEED;
+	}
 
 	ctx->user_ip4 = cl->orig.addr;
 	ctx->user_port = bpf_htons(cl->orig.port);

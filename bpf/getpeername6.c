@@ -5,14 +5,17 @@
  * for an IPv4-mapped one, the IPv6 destination (mc_dst6) for a native one.
  */
 #include "meshcap.h"
+#include "dns.h"
 
 SEC("cgroup/getpeername6")
 int mc_getpeername6(struct bpf_sock_addr *ctx)
 {
 	struct bpf_sock *sk = ctx->sk;
 	struct mc_client *cl = mc_captured_client(sk);
-	if (!cl)
+	if (!cl) {
+		mc_dns_restore6(ctx); /* a socket whose DNS connect was captured (bpf/include/dns.h) */
 		return SYS_PROCEED;
+	}
 
 	if (cl->flags & MC_CL_F_IPV6) {
 		struct mc_dst6 *d6 = bpf_sk_storage_get(&mc_dst6, sk, 0, 0);

@@ -43,6 +43,8 @@ type childArgs struct {
 	NoProxy     bool     // no listener on the proxy port (the sidecar stopped)
 	HoldOpen    []string // dialled first, one after the other, and kept open until the child exits
 	Listen6     bool     // the proxy also listens on [::1]:ProxyPort (native IPv6 capture)
+	DNSPort     uint16   // a UDP DNS echo on 127.0.0.1 and [::1] at this port (the sidecar's 15053; dns_test.go)
+	DNS         []string // sent one UDP datagram each, after the drop of privileges (dns_test.go)
 }
 
 type childResult struct {
@@ -60,6 +62,7 @@ type childOutput struct {
 	Results     []childResult
 	SeqOK       int
 	LateOrig    []string // EarlyClose: SO_ORIGINAL_DST of each late-accepted connection
+	DNS         []childDNS
 	Err         string
 }
 
@@ -114,6 +117,14 @@ func runChild() (out childOutput) {
 		defer ln6.Close()
 		go serveProxy(ln6, a, out.NetnsCookie)
 	}
+	if a.DNSPort != 0 {
+		stop, err := startDNSEcho(a.DNSPort)
+		if err != nil {
+			out.Err = "dns echo: " + err.Error()
+			return
+		}
+		defer stop()
+	}
 	if a.WaitStdin && a.ListenFirst {
 		waitParent(out.NetnsCookie)
 	}
@@ -143,6 +154,9 @@ func runChild() (out childOutput) {
 	}
 	for range a.Dests {
 		out.Results = append(out.Results, <-res)
+	}
+	for _, d := range a.DNS {
+		out.DNS = append(out.DNS, dnsOnce(d))
 	}
 	for i := 0; i < a.Count; i++ {
 		if r := dialOnce(a.Sequential); r.Captured && r.Err == "" {

@@ -38,6 +38,30 @@ type connect4McConfig struct {
 	Pad2         uint32
 }
 
+type connect4McDnsConfig struct {
+	_     structs.HostLayout
+	Port  uint16
+	Flags uint8
+	Pad   [5]uint8
+}
+
+type connect4McDnsOrig struct {
+	_         structs.HostLayout
+	Addr      [4]uint32
+	Port      uint16
+	ProxyPort uint16
+	V6        uint8
+	Pad       [3]uint8
+}
+
+type connect4McDnsSrvKey struct {
+	_    structs.HostLayout
+	Cfg  uint64
+	Addr [4]uint32
+	V6   uint8
+	Pad  [7]uint8
+}
+
 type connect4McDst6 struct {
 	_    structs.HostLayout
 	Addr [4]uint32
@@ -142,6 +166,9 @@ const (
 	connect4MapMcCidrIncl         = "mc_cidr_incl"
 	connect4MapMcClient           = "mc_client"
 	connect4MapMcConfig           = "mc_config"
+	connect4MapMcDns              = "mc_dns"
+	connect4MapMcDnsOrig          = "mc_dns_orig"
+	connect4MapMcDnsSrv           = "mc_dns_srv"
 	connect4MapMcDst6             = "mc_dst6"
 	connect4MapMcFpPeer           = "mc_fp_peer"
 	connect4MapMcFpStats          = "mc_fp_stats"
@@ -210,6 +237,9 @@ type connect4MapSpecs struct {
 	McCidrIncl   *ebpf.MapSpec `ebpf:"mc_cidr_incl"`
 	McClient     *ebpf.MapSpec `ebpf:"mc_client"`
 	McConfig     *ebpf.MapSpec `ebpf:"mc_config"`
+	McDns        *ebpf.MapSpec `ebpf:"mc_dns"`
+	McDnsOrig    *ebpf.MapSpec `ebpf:"mc_dns_orig"`
+	McDnsSrv     *ebpf.MapSpec `ebpf:"mc_dns_srv"`
 	McDst6       *ebpf.MapSpec `ebpf:"mc_dst6"`
 	McFpPeer     *ebpf.MapSpec `ebpf:"mc_fp_peer"`
 	McFpStats    *ebpf.MapSpec `ebpf:"mc_fp_stats"`
@@ -254,6 +284,9 @@ type connect4Maps struct {
 	McCidrIncl   *ebpf.Map `ebpf:"mc_cidr_incl"`
 	McClient     *ebpf.Map `ebpf:"mc_client"`
 	McConfig     *ebpf.Map `ebpf:"mc_config"`
+	McDns        *ebpf.Map `ebpf:"mc_dns"`
+	McDnsOrig    *ebpf.Map `ebpf:"mc_dns_orig"`
+	McDnsSrv     *ebpf.Map `ebpf:"mc_dns_srv"`
 	McDst6       *ebpf.Map `ebpf:"mc_dst6"`
 	McFpPeer     *ebpf.Map `ebpf:"mc_fp_peer"`
 	McFpStats    *ebpf.Map `ebpf:"mc_fp_stats"`
@@ -273,6 +306,9 @@ func (m *connect4Maps) Close() error {
 		m.McCidrIncl,
 		m.McClient,
 		m.McConfig,
+		m.McDns,
+		m.McDnsOrig,
+		m.McDnsSrv,
 		m.McDst6,
 		m.McFpPeer,
 		m.McFpStats,

@@ -22,6 +22,9 @@ const (
 	connect6MapMcCidrIncl         = "mc_cidr_incl"
 	connect6MapMcClient           = "mc_client"
 	connect6MapMcConfig           = "mc_config"
+	connect6MapMcDns              = "mc_dns"
+	connect6MapMcDnsOrig          = "mc_dns_orig"
+	connect6MapMcDnsSrv           = "mc_dns_srv"
 	connect6MapMcDst6             = "mc_dst6"
 	connect6MapMcFpPeer           = "mc_fp_peer"
 	connect6MapMcFpStats          = "mc_fp_stats"
@@ -90,6 +93,9 @@ type connect6MapSpecs struct {
 	McCidrIncl   *ebpf.MapSpec `ebpf:"mc_cidr_incl"`
 	McClient     *ebpf.MapSpec `ebpf:"mc_client"`
 	McConfig     *ebpf.MapSpec `ebpf:"mc_config"`
+	McDns        *ebpf.MapSpec `ebpf:"mc_dns"`
+	McDnsOrig    *ebpf.MapSpec `ebpf:"mc_dns_orig"`
+	McDnsSrv     *ebpf.MapSpec `ebpf:"mc_dns_srv"`
 	McDst6       *ebpf.MapSpec `ebpf:"mc_dst6"`
 	McFpPeer     *ebpf.MapSpec `ebpf:"mc_fp_peer"`
 	McFpStats    *ebpf.MapSpec `ebpf:"mc_fp_stats"`
@@ -134,6 +140,9 @@ type connect6Maps struct {
 	McCidrIncl   *ebpf.Map `ebpf:"mc_cidr_incl"`
 	McClient     *ebpf.Map `ebpf:"mc_client"`
 	McConfig     *ebpf.Map `ebpf:"mc_config"`
+	McDns        *ebpf.Map `ebpf:"mc_dns"`
+	McDnsOrig    *ebpf.Map `ebpf:"mc_dns_orig"`
+	McDnsSrv     *ebpf.Map `ebpf:"mc_dns_srv"`
 	McDst6       *ebpf.Map `ebpf:"mc_dst6"`
 	McFpPeer     *ebpf.Map `ebpf:"mc_fp_peer"`
 	McFpStats    *ebpf.Map `ebpf:"mc_fp_stats"`
@@ -153,6 +162,9 @@ func (m *connect6Maps) Close() error {
 		m.McCidrIncl,
 		m.McClient,
 		m.McConfig,
+		m.McDns,
+		m.McDnsOrig,
+		m.McDnsSrv,
 		m.McDst6,
 		m.McFpPeer,
 		m.McFpStats,

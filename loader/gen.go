@@ -14,3 +14,8 @@ package loader
 //go:generate go tool bpf2go -cc clang-14 -target bpfel -go-package loader -no-global-types sockrelease ../bpf/sockrelease.c -- -O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu
 //go:generate go tool bpf2go -cc clang-14 -target bpfel -go-package loader -no-global-types sockcreate ../bpf/sockcreate.c -- -O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu
 //go:generate go tool bpf2go -cc clang-14 -target bpfel -go-package loader -no-global-types fastpath ../bpf/fastpath.c -- -O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu
+// DNS capture (bpf/include/dns.h).
+//go:generate go tool bpf2go -cc clang-14 -target bpfel -go-package loader -no-global-types sendmsg4 ../bpf/sendmsg4.c -- -O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu
+//go:generate go tool bpf2go -cc clang-14 -target bpfel -go-package loader -no-global-types sendmsg6 ../bpf/sendmsg6.c -- -O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu
+//go:generate go tool bpf2go -cc clang-14 -target bpfel -go-package loader -no-global-types recvmsg4 ../bpf/recvmsg4.c -- -O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu
+//go:generate go tool bpf2go -cc clang-14 -target bpfel -go-package loader -no-global-types recvmsg6 ../bpf/recvmsg6.c -- -O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu

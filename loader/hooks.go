@@ -62,6 +62,11 @@ var hookTable = []hook{
 	{"getpeername6", "mc_getpeername6", "getpeername6.c", loadGetpeername6, ebpf.CGroupSockAddr, ebpf.AttachCgroupInet6GetPeername, sideOutbound, targetCgroup, true},
 	{"sockrelease", "mc_sock_release", "sockrelease.c", loadSockrelease, ebpf.CGroupSock, ebpf.AttachCgroupInetSockRelease, sideOutbound, targetCgroup, false},
 	{"sockcreate", "mc_sock_create", "sockcreate.c", loadSockcreate, ebpf.CGroupSock, ebpf.AttachCGroupInetSockCreate, sideOutbound, targetCgroup, true},
+	// DNS capture (dns.go, bpf/include/dns.h): the answers' side before the sends that need it.
+	{"recvmsg4", "mc_recvmsg4", "recvmsg4.c", loadRecvmsg4, ebpf.CGroupSockAddr, ebpf.AttachCGroupUDP4Recvmsg, sideOutbound, targetCgroup, true},
+	{"recvmsg6", "mc_recvmsg6", "recvmsg6.c", loadRecvmsg6, ebpf.CGroupSockAddr, ebpf.AttachCGroupUDP6Recvmsg, sideOutbound, targetCgroup, true},
+	{"sendmsg4", "mc_sendmsg4", "sendmsg4.c", loadSendmsg4, ebpf.CGroupSockAddr, ebpf.AttachCGroupUDP4Sendmsg, sideOutbound, targetCgroup, true},
+	{"sendmsg6", "mc_sendmsg6", "sendmsg6.c", loadSendmsg6, ebpf.CGroupSockAddr, ebpf.AttachCGroupUDP6Sendmsg, sideOutbound, targetCgroup, true},
 	{"connect6", "mc_connect6", "connect6.c", loadConnect6, ebpf.CGroupSockAddr, ebpf.AttachCGroupInet6Connect, sideOutbound, targetCgroup, true},
 	{"connect4", "mc_connect4", "connect4.c", loadConnect4, ebpf.CGroupSockAddr, ebpf.AttachCGroupInet4Connect, sideOutbound, targetCgroup, false},
 	{"fastpath", "mc_fastpath", "fastpath.c", loadFastpath, ebpf.SkMsg, ebpf.AttachSkMsgVerdict, sideOutbound, targetSockhash, false},

@@ -201,6 +201,9 @@ func TestEnumsMatchHeader(t *testing.T) {
 		maxIDs != 8 || origDstFastPath != 1 || mcSoCaptureStats != 0x4d43 {
 		t.Error("Go constants differ from the header")
 	}
+	if b, err := os.ReadFile("../bpf/include/dns.h"); err != nil || !strings.Contains(string(b), "MC_DNS_F_ALL = 1 << 0") || dnsFlagAll != 1 {
+		t.Errorf("dns.h no longer has MC_DNS_F_ALL = 1 << 0 (%v): update dnsFlagAll in dns.go", err)
+	}
 }
 
 func TestAttachDetachPins(t *testing.T) {

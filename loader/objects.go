@@ -49,11 +49,14 @@ const (
 
 // settingsMaps hold one attachment's policy; stateMaps hold its live connections (kept across a re-attach).
 var (
-	settingsMaps = []string{mapConfig, mapCIDRExcl, mapCIDRIncl, mapPorts, mapCIDR6Excl, mapCIDR6Incl}
-	stateMaps    = []string{mapClient, mapOrigTuple, mapStats, mapOrigTup6, mapDst6, mapSockhash, mapFPStats, mapFPPeer, mapSkNetns}
+	settingsMaps = []string{mapConfig, mapCIDRExcl, mapCIDRIncl, mapPorts, mapCIDR6Excl, mapCIDR6Incl,
+		mapDNS, mapDNSSrv} // DNS capture (dns.go)
+	stateMaps = []string{mapClient, mapOrigTuple, mapStats, mapOrigTup6, mapDst6, mapSockhash, mapFPStats, mapFPPeer, mapSkNetns,
+		mapDNSOrig} // DNS capture (dns.go)
 	// addedMaps are optional in a pin dir: attachments made before the fast path, the sock_create hook or IPv6
 	// existed lack them. A re-attach creates and pins them (and keeps them when pinned, as any map of its kind).
-	addedMaps = []string{mapSockhash, mapFPStats, mapFPPeer, mapSkNetns, mapCIDR6Excl, mapCIDR6Incl, mapOrigTup6, mapDst6}
+	addedMaps = []string{mapSockhash, mapFPStats, mapFPPeer, mapSkNetns, mapCIDR6Excl, mapCIDR6Incl, mapOrigTup6, mapDst6,
+		mapDNS, mapDNSSrv, mapDNSOrig} // DNS capture (dns.go)
 )
 
 // Values of the C enums (enums are not in the objects' BTF, so bpf2go cannot emit them).
@@ -268,8 +271,15 @@ func (o *Objects) SetPolicy(cfgKey uint64, p capture.Policy) error {
 	if err != nil {
 		return err
 	}
+	wantDNS, err := o.writeDNS(cfgKey, p)
+	if err != nil {
+		return err
+	}
 	if err := o.Maps[mapConfig].Update(&cfgKey, &cfg, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write %s: %w", mapConfig, err)
+	}
+	if err := o.deleteDNS(cfgKey, wantDNS); err != nil {
+		return err
 	}
 	return o.deleteLists(cfgKey, want)
 }
@@ -378,6 +388,9 @@ func (o *Objects) DeletePolicy(cfgKey uint64) error {
 		return fmt.Errorf("delete %s key %d: %w", mapConfig, cfgKey, err)
 	}
 	if err := o.deleteLists(cfgKey, policyKeys{}); err != nil {
+		return err
+	}
+	if err := o.deleteDNS(cfgKey, nil); err != nil {
 		return err
 	}
 	if err := o.Maps[mapStats].Delete(&cfgKey); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {

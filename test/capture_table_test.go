@@ -1,6 +1,10 @@
 package test
 
 import (
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -19,7 +23,11 @@ func ebpfBackend(pinDir string) captureBackend {
 		name: "ebpf",
 		apply: func(t *testing.T, client *podnet.Pod, flags []string) error {
 			args := append([]string{"ebpf", "attach", "--pin-dir", pinDir, "--cgroup", client.CgroupDir, "--netns", client.NetnsPath}, flags...)
-			_, err := runMeshcap(t, args...)
+			if tableResolvConf == "" {
+				_, err := runMeshcap(t, args...)
+				return err
+			}
+			_, err := runMeshcapResolv(t, tableResolvConf, nil, args...)
 			return err
 		},
 		remove: func(t *testing.T, client *podnet.Pod) error {
@@ -32,7 +40,7 @@ func ebpfBackend(pinDir string) captureBackend {
 var iptablesBackend = captureBackend{
 	name: "iptables",
 	apply: func(t *testing.T, client *podnet.Pod, flags []string) error {
-		_, err := runIn(t, client, nil, meshcapBin, append([]string{"iptables"}, flags...)...)
+		_, err := runInResolv(t, client, append([]string{"iptables"}, flags...)...)
 		return err
 	},
 	remove: func(t *testing.T, client *podnet.Pod) error {
@@ -46,7 +54,7 @@ var iptablesBackend = captureBackend{
 var nftablesBackend = captureBackend{
 	name: "nftables",
 	apply: func(t *testing.T, client *podnet.Pod, flags []string) error {
-		_, err := runIn(t, client, nil, meshcapBin, append([]string{"iptables", "--native-nftables"}, flags...)...)
+		_, err := runInResolv(t, client, append([]string{"iptables", "--native-nftables"}, flags...)...)
 		return err
 	},
 	remove: func(t *testing.T, client *podnet.Pod) error {
@@ -61,11 +69,19 @@ var nftablesBackend = captureBackend{
 // "Differences"), nftables_diff_test.go asserts the difference.
 func TestCaptureTable(t *testing.T) {
 	requireRoot(t)
+	tableResolvConf = filepath.Join(worldDir(t), "resolv.conf")
+	t.Cleanup(func() { tableResolvConf = "" })
+	if err := os.WriteFile(tableResolvConf, []byte(tableNameservers), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, b := range []captureBackend{ebpfBackend(ebPinRoot(t)), iptablesBackend, nftablesBackend} {
 		t.Run(b.name, func(t *testing.T) {
 			topo := newDualStackTopology(t)
 			startEcho(t, topo.client, dst("0.0.0.0", ownPort))
-			startProxy(t, topo.client)
+			for _, a := range []string{dst("198.18.0.2", 53), dst("198.18.1.2", 53), dst(server6, 53)} {
+				startDNSServer(t, topo.server, a, netip.Addr{}) // answers with the query's source port
+			}
+			startProxy(t, topo.client, "--resolv-conf", tableResolvConf)
 			for _, c := range captureCases {
 				t.Run(strings.ReplaceAll(c.name, " ", "_"), func(t *testing.T) { runCaptureCase(t, b, topo.client, c) })
 			}
@@ -99,6 +115,10 @@ func runCaptureCase(t *testing.T, b captureBackend, client *podnet.Pod, c captur
 		t.Logf("documented nftables difference: %s", c.nftDiff)
 		want = !want
 	}
+	if c.dns != "" {
+		checkDNSCase(t, client, c, want)
+		return
+	}
 	var extra []string
 	if c.family6 {
 		extra = append(extra, "-family6")
@@ -120,5 +140,41 @@ func runCaptureCase(t *testing.T, b captureBackend, client *podnet.Pod, c captur
 	if res.Captured() != want {
 		t.Fatalf("flags %q env %v, dst %s, cred %+v: captured=%v, want %v (client %s, server saw %s)",
 			c.flags, c.env, c.dst, c.cred, res.Captured(), want, res.Local, res.Peer)
+	}
+}
+
+// tableResolvConf is the client pod's resolv.conf while TestCaptureTable runs ("" otherwise): the backends' capture
+// commands read it as their /etc/resolv.conf, as istio-iptables reads the pod's.
+var tableResolvConf string
+
+// runInResolv runs meshcap in the client pod with tableResolvConf as its /etc/resolv.conf (when set).
+func runInResolv(t *testing.T, client *podnet.Pod, args ...string) (string, error) {
+	if tableResolvConf == "" {
+		return runIn(t, client, nil, meshcapBin, args...)
+	}
+	bin, argv := inPrivateResolvConf(tableResolvConf, append([]string{meshcapBin}, args...)...)
+	return runIn(t, client, nil, bin, argv...)
+}
+
+// checkDNSCase asks the DNS server of a dns row; the server answers with the source port it saw the query from, so
+// the query went through the sidecar exactly when that is not the client's own port. The answer must come from the
+// server asked (the app never sees 15053).
+func checkDNSCase(t *testing.T, client *podnet.Pod, c captureCase, want bool) {
+	res, err := dnsAsk(t, client, c.cred, c.dst, "row.test.", c.dns)
+	if err != nil || res.RCode != "RCodeSuccess" {
+		t.Fatalf("dns %s (%s): %+v, %v", c.dst, c.dns, res, err)
+	}
+	if res.From != unmapped(c.dst) || (res.Peer != "" && unmapped(res.Peer) != unmapped(c.dst)) {
+		t.Errorf("dns %s (%s): answer from %s, peer %q: want the server asked", c.dst, c.dns, res.From, res.Peer)
+	}
+	a, err := netip.ParseAddr(res.A)
+	if err != nil {
+		t.Fatalf("dns %s: answer %q", c.dst, res.A)
+	}
+	b := a.As4()
+	seen := ":" + strconv.Itoa(int(b[2])<<8|int(b[3]))
+	if got := seen != portOf(res.Local); got != want {
+		t.Fatalf("flags %q, dns %s (%s), cred %+v: captured=%v, want %v (client %s, server saw port %s)",
+			c.flags, c.dst, c.dns, c.cred, got, want, res.Local, seen)
 	}
 }

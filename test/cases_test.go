@@ -25,6 +25,10 @@ type captureCase struct {
 	captured bool              // the connection goes through the proxy under istio's rules
 	ebpf     ebpfExpect
 	nftDiff  string // nftables mode captures the opposite of iptables mode here, by design (nftables/CASES.md §E)
+	// dns: dst is a DNS server and the client asks it over "udp" (unconnected), "connected" (UDP) or "tcp";
+	// captured = answered through the sidecar (15053, or 15001 for TCP outside the DNS rules). The pod's
+	// resolv.conf lists tableNameservers.
+	dns string
 }
 
 // ebpfExpect is how eBPF mode differs from istio's rules for a row (zero value: it does not).
@@ -53,6 +57,14 @@ const (
 )
 
 var ownIP = clientIP.Addr().String()
+
+// dnsFlags capture DNS but no other TCP to the DNS servers (198.18.2.0/24 holds none), so that a captured DNS row
+// went through 15053.
+var dnsFlags = []string{"-i", "198.18.2.0/24", "--redirect-dns"}
+
+// tableNameservers is the client pod's resolv.conf in the table: what every backend's capture command and the
+// proxy read.
+const tableNameservers = "nameserver 198.18.0.2\nnameserver fd00:198:18::2\n"
 
 // captureCases: server addresses 198.18.0.2, 198.18.1.2, 198.18.2.2 and fd00:198:18::2, each with ports 8080,
 // 9090, 7070.
@@ -99,9 +111,26 @@ var captureCases = []captureCase{
 	{name: "IPv4-mapped -x cidr", flags: []string{"-i", "*", "-x", "198.18.0.0/24"}, dst: dst(mapped, 8080), family6: true,
 		reached: dst("198.18.0.2", 8080)},
 
-	// DNS capture: port 53 goes to the sidecar's 15053; other TCP is unchanged.
-	{name: "--redirect-dns", flags: []string{"-i", "*", "--redirect-dns"}, dst: dst("198.18.0.2", 8080), captured: true,
-		ebpf: ebpfExpect{refused: "DNS capture"}},
+	// DNS capture (rules 9, 11c, 12c, 14): port 53 of the resolv.conf servers (tableNameservers: 198.18.0.2 and
+	// fd00:198:18::2) goes to the sidecar's 15053, every port 53 with --capture-all-dns; other TCP is unchanged.
+	{name: "--redirect-dns", flags: []string{"-i", "*", "--redirect-dns"}, dst: dst("198.18.0.2", 8080), captured: true},
+	{name: "DNS udp to a resolv.conf server", flags: dnsFlags, dst: dst("198.18.0.2", 53), dns: "udp", captured: true},
+	{name: "DNS connected udp to a resolv.conf server", flags: dnsFlags, dst: dst("198.18.0.2", 53), dns: "connected", captured: true},
+	{name: "DNS tcp to a resolv.conf server", flags: dnsFlags, dst: dst("198.18.0.2", 53), dns: "tcp", captured: true},
+	{name: "DNS udp IPv4-mapped resolv.conf server", flags: dnsFlags, dst: dst(mapped, 53), dns: "udp", captured: true},
+	{name: "DNS tcp IPv4-mapped resolv.conf server", flags: dnsFlags, dst: dst(mapped, 53), dns: "tcp", captured: true},
+	{name: "DNS udp without --redirect-dns", flags: []string{"-i", "*"}, dst: dst("198.18.0.2", 53), dns: "udp"},
+	{name: "DNS udp to a server outside resolv.conf", flags: dnsFlags, dst: dst("198.18.1.2", 53), dns: "udp"},
+	{name: "DNS tcp to a server outside resolv.conf", flags: dnsFlags, dst: dst("198.18.1.2", 53), dns: "tcp"},
+	{name: "DNS udp, --capture-all-dns", flags: append(dnsFlags, "--capture-all-dns"), dst: dst("198.18.1.2", 53), dns: "udp", captured: true},
+	{name: "DNS tcp, --capture-all-dns", flags: append(dnsFlags, "--capture-all-dns"), dst: dst("198.18.1.2", 53), dns: "tcp", captured: true},
+	{name: "DNS --capture-all-dns alone does nothing", flags: []string{"-i", "198.18.2.0/24", "--capture-all-dns"}, dst: dst("198.18.1.2", 53), dns: "udp"},
+	{name: "DNS proxy uid exempt", flags: dnsFlags, dst: dst("198.18.0.2", 53), dns: "udp", cred: uid1337},
+	{name: "DNS proxy gid exempt", flags: dnsFlags, dst: dst("198.18.0.2", 53), dns: "tcp", cred: gid1337},
+	{name: "DNS -o 53 exempt", flags: append(dnsFlags, "-o", "53"), dst: dst("198.18.0.2", 53), dns: "udp"},
+	{name: "DNS IPv6 server, pod IPv4 to istio (no ip6tables rules)", flags: dnsFlags, dst: dst(server6, 53), dns: "udp"},
+	{name: "DNS IPv6 server with --dual-stack", flags: append(dnsFlags, "--dual-stack"), dst: dst(server6, 53), dns: "udp", captured: true,
+		ebpf: ebpfExpect{refused: refusedV6}},
 
 	// Owner groups (environment only).
 	{name: "owner groups empty captures nothing", flags: []string{"-i", "*"}, env: map[string]string{"ISTIO_OUTBOUND_OWNER_GROUPS": ""},

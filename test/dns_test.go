@@ -1,24 +1,28 @@
 package test
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
 
 	"github.com/meshcap/meshcap/pkg/podnet"
 )
 
-// dnsServer is a real DNS server (UDP and TCP on one address) in a pod: it answers every A query with answer and
-// records where each query came from, by name.
+// dnsServer is a real DNS server (UDP and TCP on one address) in a pod: it answers every A query with answer (or,
+// when answer is the zero Addr, with 10.53.<source port>: portInAnswer) and records where each query came from, by
+// name.
 type dnsServer struct {
 	answer netip.Addr
 	mu     sync.Mutex
@@ -87,7 +91,11 @@ func (s *dnsServer) reply(q []byte, from string) []byte {
 	_ = b.StartQuestions()
 	_ = b.Question(question)
 	_ = b.StartAnswers()
-	_ = b.AResource(dnsmessage.ResourceHeader{Name: question.Name, Class: dnsmessage.ClassINET, TTL: 5}, dnsmessage.AResource{A: s.answer.As4()})
+	a4 := s.answer
+	if !a4.IsValid() {
+		a4 = portInAnswer(from)
+	}
+	_ = b.AResource(dnsmessage.ResourceHeader{Name: question.Name, Class: dnsmessage.ClassINET, TTL: 5}, dnsmessage.AResource{A: a4.As4()})
 	a, _ := b.Finish()
 	return a
 }
@@ -100,14 +108,25 @@ func (s *dnsServer) source(name string) string {
 
 // DNSResult mirrors nettool's dns output.
 type DNSResult struct {
-	From, Local, RCode, A, Error string
+	From, Local, Peer, RCode, A, Error string
 }
 
 func dnsQuery(t *testing.T, pod *podnet.Pod, cred *podnet.Cred, server, name string, tcp bool) (DNSResult, error) {
 	t.Helper()
-	args := []string{"dns", server, "-name", name, "-timeout", "2s"}
+	how := "udp"
 	if tcp {
-		args = append(args, "-tcp")
+		how = "tcp"
+	}
+	return dnsAsk(t, pod, cred, server, name, how)
+}
+
+// dnsAsk queries server from pod as cred: how is "udp" (unconnected socket), "connected" (connected UDP socket) or
+// "tcp".
+func dnsAsk(t *testing.T, pod *podnet.Pod, cred *podnet.Cred, server, name, how string) (DNSResult, error) {
+	t.Helper()
+	args := []string{"dns", server, "-name", name, "-timeout", "2s"}
+	if how != "udp" {
+		args = append(args, "-"+how)
 	}
 	var res DNSResult
 	err := runNettool(t, pod, cred, &res, args...)
@@ -119,6 +138,21 @@ func dnsQuery(t *testing.T, pod *podnet.Pod, cred *podnet.Cred, server, name str
 func inPrivateResolvConf(resolvConf string, argv ...string) (string, []string) {
 	return "unshare", append([]string{"-m", "--propagation", "private", "sh", "-c",
 		`mount --bind "$0" /etc/resolv.conf && exec "$@"`, resolvConf}, argv...)
+}
+
+// runMeshcapResolv is runMeshcap with resolvConf as meshcap's /etc/resolv.conf and env added to its environment.
+func runMeshcapResolv(t *testing.T, resolvConf string, env []string, args ...string) (string, error) {
+	t.Helper()
+	bin, argv := inPrivateResolvConf(resolvConf, append([]string{meshcapBin}, args...)...)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, argv...)
+	cmd.Env = append(cmd.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("meshcap %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
 }
 
 // TestDNSRedirectIptablesThroughProxy: iptables mode with --redirect-dns (istio's DNS rules, servers from the
@@ -199,4 +233,14 @@ func portOf(addr string) string {
 		return addr[i:]
 	}
 	return addr
+}
+
+// portInAnswer is the answer of a server started without one: 10.53.<the query's source port, big endian>.
+func portInAnswer(from string) netip.Addr {
+	ap, err := netip.ParseAddrPort(from)
+	if err != nil {
+		return netip.IPv4Unspecified()
+	}
+	p := ap.Port()
+	return netip.AddrFrom4([4]byte{10, 53, byte(p >> 8), byte(p)})
 }

@@ -274,6 +274,10 @@ func (r *agentReconciler) reconcileOne(id string, start bool) {
 	if state == netnsAlive {
 		warnUncoverable(log, rec)
 	}
+	if err := setPodDNS(&pol, rec.Netns, rec.Capture); err != nil {
+		log.Error("enroll: DNS capture", zap.Error(err))
+		return
+	}
 	// In place: for a pod already programmed (agent restart) nothing changes. The inbound step runs only when the
 	// pod's netns is alive and its inbound attachment is missing (enrolled while no agent ran) or has no
 	// self-registration (attached by an older meshcap).

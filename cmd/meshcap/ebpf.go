@@ -63,8 +63,9 @@ stays after this command exits. Attaching again replaces the settings atomically
 /sys/fs/bpf and no bpffs is mounted there, it is mounted (host mount namespace only).
 Capture flags and their environment variables are istio-iptables' own. What eBPF capture cannot do yet is refused
 with an error naming it, and nothing is attached: IPv6 in a pod where istio would write ip6tables rules (its IPv6
-addresses in --netns, as istio detects them, see --dual-stack), --redirect-dns, owner groups, -k, -c, -m TPROXY,
---drop-invalid (docs/ipv6-dns.md).`,
+addresses in --netns, as istio detects them, see --dual-stack), owner groups, -k, -c, -m TPROXY, --drop-invalid
+(docs/ipv6-dns.md). --redirect-dns captures DNS to 15053 as istio's rules do, with the nameservers of this
+process's /etc/resolv.conf (as istio-iptables reads them where it runs).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runEBPFAttach(log, cgroupDir, netnsPath, pinRoot, cfg, load)
@@ -113,6 +114,9 @@ func runEBPFAttach(log *zap.Logger, cgroupDir, netnsPath, pinRoot string, cfg ca
 	} else if len(un) > 0 {
 		return fmt.Errorf("ebpf attach: refused: eBPF capture cannot do %s for this pod (nothing attached; `meshcap iptables` and `meshcap init --mode auto` use istio's rules; docs/ipv6-dns.md)",
 			strings.Join(un, "; "))
+	}
+	if err := setPodDNS(&pol, netnsPath, cfg); err != nil {
+		return fmt.Errorf("ebpf attach: %w", err)
 	}
 	if !pol.OutboundAll && len(pol.OutboundIncludeCIDRs) == 0 && len(pol.OutboundIncludePorts) == 0 {
 		// Same meaning as istio-iptables (no -i: no outbound redirect), but easy to miss.

@@ -115,7 +115,10 @@ func runInit(ctx context.Context, log *zap.Logger, cmd *cobra.Command, o initOpt
 	log.Info("capture mode chosen", zap.String("mode", initModeName(mode, cfg)), zap.String("reason", reason),
 		zap.String("cgroup", cgroupDir), zap.String("requested", o.mode))
 	if mode == loader.ProbeModeEBPF {
-		err := initEBPF(log, o, cgroupDir, ex.NetworkNamespace, pol)
+		err := setPodDNS(&pol, ex.NetworkNamespace, cfg)
+		if err == nil {
+			err = initEBPF(log, o, cgroupDir, ex.NetworkNamespace, pol)
+		}
 		if err == nil {
 			err = loader.Failpoint("init-after-ebpf")
 		}

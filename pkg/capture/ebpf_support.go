@@ -16,10 +16,8 @@ import (
 //     programs capture native IPv6 when Policy.IPv6 is set (loader tests), but no entry point sets it from the
 //     pod's facts yet, so such a pod is still refused rather than have its IPv6 connections bypass the sidecar.
 //     IPv4-mapped destinations are IPv4 and captured in every pod (connect6).
-//   - DNS: --redirect-dns (REDIRECT_DNS, ISTIO_META_DNS_CAPTURE). Refused whenever it is on, even where istio would
-//     find no resolv.conf server and capture nothing: the deciding process does not always see the pod's
-//     resolv.conf, and the iptables fallback then does exactly what istio does. --capture-all-dns alone changes
-//     nothing in istio, so it is accepted.
+//   - DNS (--redirect-dns, --capture-all-dns) is not listed: the programs capture it (Policy.DNS, bpf/include/dns.h),
+//     from the same resolv.conf servers the iptables mode reads (HostFacts), IPv6 servers where Policy.IPv6 is set.
 //   - Owner groups (ISTIO_OUTBOUND_OWNER_GROUPS other than "*", including the empty value, which makes istio
 //     capture no outbound TCP; ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE, which istio uses only when the include value
 //     is "*").
@@ -32,7 +30,6 @@ func (c Config) EBPFUnsupported(h HostFacts) []string {
 		what string
 	}{
 		{h.IPv6, "IPv6 capture (the pod has IPv6 addresses, so istio also writes ip6tables rules; see --dual-stack)"},
-		{c.RedirectDNS, "DNS capture (--redirect-dns / ISTIO_META_DNS_CAPTURE)"},
 		{c.OwnerGroupsInclude != "*", EnvOwnerGroups + "=" + strconv.Quote(c.OwnerGroupsInclude) + ownerGroupsNote(c.OwnerGroupsInclude)},
 		{c.OwnerGroupsInclude == "*" && c.OwnerGroupsExclude != "", EnvOwnerGroupsExclude + "=" + strconv.Quote(c.OwnerGroupsExclude)},
 		{c.KubeVirtInterfaces != "", "-k/--kube-virt-interfaces"},

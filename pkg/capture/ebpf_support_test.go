@@ -1,15 +1,13 @@
 package capture
 
 import (
+	"net/netip"
 	"reflect"
 	"testing"
 )
 
 func TestEBPFUnsupported(t *testing.T) {
-	const (
-		v6  = "IPv6 capture (the pod has IPv6 addresses, so istio also writes ip6tables rules; see --dual-stack)"
-		dns = "DNS capture (--redirect-dns / ISTIO_META_DNS_CAPTURE)"
-	)
+	const v6 = "IPv6 capture (the pod has IPv6 addresses, so istio also writes ip6tables rules; see --dual-stack)"
 	for _, tc := range []struct {
 		name string
 		mod  func(*Config)
@@ -24,11 +22,11 @@ func TestEBPFUnsupported(t *testing.T) {
 		{"ipv6 pod, nothing captured still refused", func(c *Config) { c.OutboundIPRangesInclude = "" }, HostFacts{IPv6: true}, []string{v6}},
 		{"tproxy", func(c *Config) { c.InboundInterceptionMode = "TPROXY" }, HostFacts{}, []string{"-m TPROXY (sk_lookup already keeps the client address and original destination)"}},
 		{"lowercase tproxy is REDIRECT, as istio", func(c *Config) { c.InboundInterceptionMode = "tproxy" }, HostFacts{}, nil},
-		{"redirect-dns with servers", func(c *Config) { c.RedirectDNS = true }, HostFacts{DNSServersV4: []string{"10.0.0.10"}}, []string{dns}},
-		{"redirect-dns without servers (istio: off; still refused)", func(c *Config) { c.RedirectDNS = true }, HostFacts{}, []string{dns}},
+		{"redirect-dns with servers (captured by the programs)", func(c *Config) { c.RedirectDNS = true }, HostFacts{DNSServersV4: []string{"10.0.0.10"}}, nil},
+		{"redirect-dns without servers (istio: off)", func(c *Config) { c.RedirectDNS = true }, HostFacts{}, nil},
 		{"capture-all-dns alone changes nothing in istio", func(c *Config) { c.CaptureAllDNS = true }, HostFacts{}, nil},
 		{"dns and drop-invalid", func(c *Config) { c.RedirectDNS, c.CaptureAllDNS, c.DropInvalid = true, true, true },
-			HostFacts{}, []string{dns, "--drop-invalid"}},
+			HostFacts{}, []string{"--drop-invalid"}},
 		{"owner groups '*' is the default", func(c *Config) { c.OwnerGroupsInclude = "*" }, HostFacts{}, nil},
 		{"owner groups list", func(c *Config) { c.OwnerGroupsInclude = "1337" }, HostFacts{}, []string{`ISTIO_OUTBOUND_OWNER_GROUPS="1337"`}},
 		{"owner groups empty", func(c *Config) { c.OwnerGroupsInclude = "" }, HostFacts{},
@@ -69,6 +67,29 @@ func TestDNSCapture(t *testing.T) {
 		c.RedirectDNS, c.CaptureAllDNS = tc.redirect, tc.all
 		if got := c.DNSCapture(tc.host); got != tc.want {
 			t.Errorf("redirect=%v all=%v host=%+v: %v, want %v", tc.redirect, tc.all, tc.host, got, tc.want)
+		}
+	}
+}
+
+func TestDNSPolicy(t *testing.T) {
+	servers := HostFacts{DNSServersV4: []string{"10.0.0.10"}, DNSServersV6: []string{"fd00::a", "::ffff:10.0.0.11"}}
+	for _, tc := range []struct {
+		name          string
+		redirect, all bool
+		host          HostFacts
+		want          DNSPolicy
+	}{
+		{"off", false, false, servers, DNSPolicy{}},
+		{"capture-all-dns alone", false, true, servers, DNSPolicy{}},
+		{"servers, mapped one kept as IPv6", true, false, servers, DNSPolicy{Port: 15053, Servers: []netip.Addr{
+			netip.MustParseAddr("10.0.0.10"), netip.MustParseAddr("fd00::a"), netip.MustParseAddr("::ffff:10.0.0.11")}}},
+		{"no servers: istio turns it off", true, false, HostFacts{}, DNSPolicy{}},
+		{"all", true, true, HostFacts{}, DNSPolicy{Port: 15053, All: true}},
+	} {
+		var c Config
+		c.RedirectDNS, c.CaptureAllDNS = tc.redirect, tc.all
+		if got := c.DNSPolicy(tc.host); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%s: %+v, want %+v", tc.name, got, tc.want)
 		}
 	}
 }

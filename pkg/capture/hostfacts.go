@@ -114,6 +114,27 @@ func (c Config) DNSCapture(h HostFacts) bool {
 	return c.RedirectDNS && (c.CaptureAllDNS || len(h.DNSServersV4) > 0 || len(h.DNSServersV6) > 0)
 }
 
+// AgentDNSPort is istio's fixed agent DNS port, where DNS capture sends the pod's DNS (DEFAULTS.md §3).
+const AgentDNSPort = 15053
+
+// DNSPolicy is the DNS capture of c for a pod with facts h: zero unless DNSCapture holds; then every server of h
+// (none needed with --capture-all-dns, which captures every port-53 destination).
+func (c Config) DNSPolicy(h HostFacts) DNSPolicy {
+	if !c.DNSCapture(h) {
+		return DNSPolicy{}
+	}
+	p := DNSPolicy{Port: AgentDNSPort, All: c.CaptureAllDNS}
+	if p.All {
+		return p
+	}
+	for _, s := range append(append([]string{}, h.DNSServersV4...), h.DNSServersV6...) {
+		if a, err := netip.ParseAddr(s); err == nil {
+			p.Servers = append(p.Servers, a)
+		}
+	}
+	return p
+}
+
 // HostSource supplies host facts; the zero value reads the current netns and /etc/resolv.conf.
 type HostSource struct {
 	Addrs      func() ([]netip.Addr, error) // default InterfaceAddrs
@@ -132,19 +153,21 @@ func (h HostSource) Facts(c Config) (HostFacts, error) {
 	if err != nil {
 		return f, err
 	}
-	if f.IPv6, err = DetectIPv6(list, c.DualStack); err != nil {
+	f.IPv6, err = DetectIPv6(list, c.DualStack)
+	if err != nil && !errors.Is(err, ErrNoLocalAddress) {
 		return f, err
 	}
+	// ErrNoLocalAddress is returned with the DNS servers read: eBPF capture still needs them there.
 	if c.RedirectDNS && !c.CaptureAllDNS {
 		read := h.ResolvConf
 		if read == nil {
 			read = func() ([]byte, error) { return os.ReadFile("/etc/resolv.conf") }
 		}
-		data, err := read()
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			return f, err
+		data, rerr := read()
+		if rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			return f, rerr
 		}
 		f.DNSServersV4, f.DNSServersV6 = ParseResolvConf(data)
 	}
-	return f, nil
+	return f, err
 }

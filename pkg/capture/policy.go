@@ -33,6 +33,18 @@ type Policy struct {
 	// IPv6 is captured with the IPv6 lists only then, as istio writes ip6tables rules only then. Not a flag: the
 	// caller that knows the pod's facts sets it.
 	IPv6 bool
+
+	// DNS is istio's DNS capture of the pod (Config.DNSPolicy: --redirect-dns, --capture-all-dns and the pod's
+	// resolv.conf). Not flags alone: the caller that knows the pod's facts sets it. Zero value: no DNS capture.
+	DNS DNSPolicy
+}
+
+// DNSPolicy is istio's ISTIO_OUTPUT_DNS: UDP and TCP to port 53 of Servers (of every destination with All) go to
+// 127.0.0.1:Port ([::1]:Port for IPv6 servers, only when Policy.IPv6), after the -o and owner exemptions.
+type DNSPolicy struct {
+	Port    uint16       // the agent's DNS port (AgentDNSPort); 0 = no DNS capture
+	All     bool         // --capture-all-dns
+	Servers []netip.Addr // resolv.conf nameservers, canonical; an IPv4-mapped one is IPv6 (as istio: it never matches)
 }
 
 // InboundEnabled reports whether any inbound port is captured (-b non-empty).

@@ -7,8 +7,9 @@
 //	                                          dial it (from source address SRC if given: 127.0.0.6 for an inbound
 //	                                          sidecar), relay; one JSON line per connection on stdout
 //	nettool socks ADDR                        minimal SOCKS5 server (CONNECT to IPv4, no authentication)
-//	nettool dns SERVER [-name N] [-tcp]       one A query over UDP (unconnected socket: the answer's source is
-//	                                          shown) or TCP; print one JSON DNSResult; exit 1 without an answer
+//	nettool dns SERVER [-name N] [-tcp|-connected]  one A query over UDP (unconnected socket, or connected: the
+//	                                          answer's source is shown) or TCP; print one JSON DNSResult; exit 1
+//	                                          without an answer
 //	nettool serve ADDR                        echo server: "<local addr> <peer addr>\n", then echo until EOF
 //	nettool push ADDR [-max N] [-stall D]     write up to N bytes to a peer that does not read; print one JSON
 //	                                          PushResult: bytes accepted before the sender was held back
