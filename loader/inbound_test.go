@@ -311,7 +311,7 @@ func TestInboundFindListener(t *testing.T) {
 	if st := e.status(t); !st.Listener || st.ListenerCookie == 0 {
 		t.Fatalf("status: %+v", st)
 	}
-	if _, err := FindInboundListener(e.client.NetnsPath, 15006, rootExempt); !errors.Is(err, ErrInboundListenerNotFound) {
+	if _, err := FindInboundListeners(e.client.NetnsPath, 15006, rootExempt); !errors.Is(err, ErrInboundListenerNotFound) {
 		t.Fatalf("find in the client pod: %v, want ErrInboundListenerNotFound", err)
 	}
 }

@@ -317,30 +317,34 @@ func warnUncoverable(log *zap.Logger, rec *cni.Enrollment) {
 	}
 }
 
-// registerListener registers the pod's proxy listener for inbound capture when none is registered yet (the proxy
-// starts after CNI ADD has attached inbound capture, and may not register itself).
+// registerListener registers the pod's proxy listeners for inbound capture when none is registered yet, or, in a
+// pod with IPv6 capture, no IPv6 one (the proxy starts after CNI ADD has attached inbound capture, and may not
+// register itself).
 func (r *agentReconciler) registerListener(log *zap.Logger, rec *cni.Enrollment, pol capture.Policy) {
 	st, err := loader.InboundStatus(rec.Netns, r.enr.PinRoot)
 	if err != nil {
 		log.Error("inbound status", zap.Error(err))
 		return
 	}
-	if st.Listener {
+	if st.Listener && (!st.IPv6 || st.Listener6) {
 		return
 	}
-	f, err := loader.FindInboundListener(rec.Netns, st.CapturePort, pol)
+	found, err := loader.FindInboundListeners(rec.Netns, st.CapturePort, pol)
 	if err != nil {
 		if !errors.Is(err, loader.ErrInboundListenerNotFound) {
 			log.Warn("find proxy listener", zap.Error(err))
 		}
 		return
 	}
-	defer f.Close()
-	if err := loader.RegisterInboundListener(r.enr.PinRoot, f); err != nil {
-		log.Error("register proxy listener", zap.Error(err))
-		return
+	for _, f := range found {
+		err := loader.RegisterInboundListener(r.enr.PinRoot, f)
+		f.Close()
+		if err != nil {
+			log.Error("register proxy listener", zap.Error(err))
+			return
+		}
 	}
-	log.Info("registered proxy listener for inbound capture", zap.Uint16("port", st.CapturePort))
+	log.Info("registered proxy listener for inbound capture", zap.Uint16("port", st.CapturePort), zap.Int("listeners", len(found)))
 }
 
 func agentUninstall(log *zap.Logger, o agentOptions) error {
