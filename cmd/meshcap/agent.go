@@ -260,7 +260,7 @@ func (r *agentReconciler) reconcileOne(id string, start bool) {
 		log.Info("netns gone: unenrolled", zap.String("netns", rec.Netns))
 		return
 	}
-	pol, err := rec.Capture.Policy()
+	pol, err := rec.Policy()
 	if err != nil {
 		log.Error("recorded capture settings", zap.Error(err))
 		return
@@ -307,11 +307,12 @@ func (r *agentReconciler) reconcileOne(id string, start bool) {
 	r.registerListener(log, rec, pol)
 }
 
-// warnUncoverable logs, at every reconcile, an enrolled pod that eBPF capture no longer fully covers (for example
-// an IPv6 address added after meshcap-cni's ADD, which sends such pods to its iptables fallback): its other
-// connections stay captured.
+// warnUncoverable logs, at every reconcile, an enrolled pod that eBPF capture no longer fully covers (the facts of
+// its netns now ask for something eBPF capture cannot do, which sends such pods to meshcap-cni's iptables
+// fallback): its other connections stay captured. IPv6 follows the facts recorded at ADD, as istio's rules do.
 func warnUncoverable(log *zap.Logger, rec *cni.Enrollment) {
-	if un, err := iptables.EBPFUnsupportedIn(rec.Netns, rec.Capture); err == nil && len(un) > 0 {
+	facts, err := iptables.EBPFFactsIn(rec.Netns, rec.Capture)
+	if un := rec.Capture.EBPFUnsupported(facts); err == nil && len(un) > 0 {
 		log.Error("enrolled pod is NOT fully captured: eBPF capture cannot do "+strings.Join(un, "; ")+"; recreate it (meshcap-cni then captures it with istio's iptables rules)",
 			zap.String("netns", rec.Netns))
 	}

@@ -11,11 +11,8 @@ import (
 // `meshcap init --mode ebpf` fail, `meshcap init --mode auto` falls back to the iptables mode, and meshcap-cni
 // applies istio's rules in the pod's netns instead of enrolling it into eBPF capture (docs/ipv6-dns.md).
 //
-// The list follows istio's rules (istio-golden/DEFAULTS.md):
-//   - IPv6: istio writes ip6tables rules when it detects IPv6 (h.IPv6, see DetectIPv6 and --dual-stack). The
-//     programs capture native IPv6 when Policy.IPv6 is set (loader tests), but no entry point sets it from the
-//     pod's facts yet, so such a pod is still refused rather than have its IPv6 connections bypass the sidecar.
-//     IPv4-mapped destinations are IPv4 and captured in every pod (connect6).
+// The list follows istio's rules (istio-golden/DEFAULTS.md). IPv6 is not in it: eBPF capture follows the pod's
+// IPv6 fact through Policy.ForPod, as istio's ip6tables rules do. The rest:
 //   - DNS: --redirect-dns (REDIRECT_DNS, ISTIO_META_DNS_CAPTURE). Refused whenever it is on, even where istio would
 //     find no resolv.conf server and capture nothing: the deciding process does not always see the pod's
 //     resolv.conf, and the iptables fallback then does exactly what istio does. --capture-all-dns alone changes
@@ -31,7 +28,6 @@ func (c Config) EBPFUnsupported(h HostFacts) []string {
 		on   bool
 		what string
 	}{
-		{h.IPv6, "IPv6 capture (the pod has IPv6 addresses, so istio also writes ip6tables rules; see --dual-stack)"},
 		{c.RedirectDNS, "DNS capture (--redirect-dns / ISTIO_META_DNS_CAPTURE)"},
 		{c.OwnerGroupsInclude != "*", EnvOwnerGroups + "=" + strconv.Quote(c.OwnerGroupsInclude) + ownerGroupsNote(c.OwnerGroupsInclude)},
 		{c.OwnerGroupsInclude == "*" && c.OwnerGroupsExclude != "", EnvOwnerGroupsExclude + "=" + strconv.Quote(c.OwnerGroupsExclude)},
@@ -47,6 +43,15 @@ func (c Config) EBPFUnsupported(h HostFacts) []string {
 		}
 	}
 	return out
+}
+
+// ForPod completes p with the facts of the pod it captures (the HostFacts the iptables backend builds its rules
+// from: one detection for both modes). IPv6: native IPv6 is captured, outbound and inbound, exactly when istio
+// would write its ip6tables rules (h.IPv6: the pod's addresses and --dual-stack, DetectIPv6); otherwise it is left
+// alone, as istio leaves it without ip6tables rules. IPv4-mapped destinations are IPv4 and captured either way.
+func (p Policy) ForPod(h HostFacts) Policy {
+	p.IPv6 = h.IPv6
+	return p
 }
 
 func ownerGroupsNote(v string) string {
