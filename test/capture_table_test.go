@@ -65,6 +65,7 @@ func TestCaptureTable(t *testing.T) {
 		t.Run(b.name, func(t *testing.T) {
 			topo := newDualStackTopology(t)
 			startEcho(t, topo.client, dst("0.0.0.0", ownPort))
+			startEcho(t, topo.client, dst("[::1]", ownPort6))
 			startProxy(t, topo.client)
 			for _, c := range captureCases {
 				t.Run(strings.ReplaceAll(c.name, " ", "_"), func(t *testing.T) { runCaptureCase(t, b, topo.client, c) })
