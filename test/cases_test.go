@@ -46,8 +46,8 @@ func dst(prefixAddr string, port int) string { return fmt.Sprintf("%s:%d", prefi
 // istio enables IPv6 only with --dual-stack), the server listens on them, and the client pod listens on
 // 0.0.0.0:7171 for the lo-interface rows and on [::1]:7172 for the IPv6 one.
 const (
-	server6   = "[fd00:198:18::2]"
-	mapped    = "[::ffff:198.18.0.2]"
+	server6  = "[fd00:198:18::2]"
+	mapped   = "[::ffff:198.18.0.2]"
 	ownPort  = 7171
 	ownPort6 = 7172 // the client pod's [::1] listener, for the IPv6 loopback row
 )
