@@ -29,18 +29,7 @@ func (e *inbEnv) listenFamily(t *testing.T, pod *podnet.Pod, network, addr, tag 
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = c.Write([]byte(tag + " " + c.LocalAddr().String() + "\n"))
-			c.Close()
-		}
-	}()
-	return ln.(*net.TCPListener)
+	return inbAnswer(t, ln, tag)
 }
 
 // TestInboundIPv6: with IPv6 enabled in the policy, sk_lookup steers IPv6 connections to the sidecar's IPv6

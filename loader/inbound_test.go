@@ -100,6 +100,11 @@ func (e *inbEnv) serve(t *testing.T, pod *podnet.Pod, addr, tag string) *net.TCP
 	if err != nil {
 		t.Fatal(err)
 	}
+	return inbAnswer(t, ln, tag)
+}
+
+// inbAnswer answers every connection on ln with "<tag> <local address>\n" until the test ends.
+func inbAnswer(t *testing.T, ln net.Listener, tag string) *net.TCPListener {
 	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
