@@ -10,8 +10,10 @@ package loader
 //     the sockmap when it starts listening, whichever process it is and whenever it starts. A closed listener
 //     leaves the sockmap by itself, and captured ports are then refused (fail closed, like istio).
 //   - A listener that existed before the attach is found by AttachInbound with FindListener (sock_diag in the netns
-//     + pidfd_getfd; exempt owners only), or explicitly with FindInboundListener. meshcap's own proxy, which
-//     listens as root before dropping to the proxy uid, registers itself with RegisterInboundListener.
+//     + pidfd_getfd; exempt owners only; one per family), or explicitly with FindInboundListeners. meshcap's own
+//     proxy, which listens as root before dropping to the proxy uid, registers itself with RegisterInboundListener.
+//   - IPv6 (Policy.IPv6, the pod's fact): sk_lookup decides IPv6 lookups too; the sockmap keeps one listener per
+//     family (inbSlotInet, inbSlotInet6), and ::6/128 goes on lo for the sidecar's passthrough connections.
 //
 // Re-attaching updates in place: new settings maps and program are swapped in atomically with link.Update, while the
 // listener sockmap (and so the proxy's registration) and the counters are kept.
