@@ -20,11 +20,52 @@
 		__v;                                    \
 	})
 
+/* SOL_IPV6/IP6T_SO_ORIGINAL_DST on a native IPv6 connection sk_lookup steered: the sockaddr_in6 ip6tables
+ * REDIRECT answers, here the socket's own local address. */
+static __always_inline int inb_getsockopt_answer6(struct bpf_sockopt *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk || sk->protocol != IPPROTO_TCP || sk->family != AF_INET6)
+		return 1;
+	struct inb_tuple6 t = {
+		.local_port = (__u16)sk->src_port,
+		.remote_port = bpf_ntohs(sk->dst_port),
+	};
+	t.local_addr[0] = inb_sk_load(sk, src_ip6[0]);
+	t.local_addr[1] = inb_sk_load(sk, src_ip6[1]);
+	t.local_addr[2] = inb_sk_load(sk, src_ip6[2]);
+	t.local_addr[3] = inb_sk_load(sk, src_ip6[3]);
+	t.remote_addr[0] = inb_sk_load(sk, dst_ip6[0]);
+	t.remote_addr[1] = inb_sk_load(sk, dst_ip6[1]);
+	t.remote_addr[2] = inb_sk_load(sk, dst_ip6[2]);
+	t.remote_addr[3] = inb_sk_load(sk, dst_ip6[3]);
+	if (!bpf_map_lookup_elem(&inb_steered6, &t))
+		return 1;
+
+	struct mc_sockaddr_in6 *sa = ctx->optval;
+	if ((void *)(sa + 1) > ctx->optval_end)
+		return 1; /* buffer smaller than a sockaddr_in6: the kernel's error stands */
+	__builtin_memset(sa, 0, sizeof(*sa));
+	sa->sin6_family = AF_INET6;
+	sa->sin6_port = bpf_htons(t.local_port);
+	sa->sin6_addr[0] = t.local_addr[0];
+	sa->sin6_addr[1] = t.local_addr[1];
+	sa->sin6_addr[2] = t.local_addr[2];
+	sa->sin6_addr[3] = t.local_addr[3];
+	mc_answer(ctx, sizeof(*sa));
+	inb_count(INB_STAT_ORIGDST);
+	return 1;
+}
+
 /* Answers SO_ORIGINAL_DST for a steered connection; leaves every other answer as it was. */
 static __always_inline int inb_getsockopt_answer(struct bpf_sockopt *ctx)
 {
-	if (ctx->level != SOL_IP || ctx->optname != SO_ORIGINAL_DST || ctx->retval == 0)
-		return 1; /* not ours, or already answered (outbound program, or conntrack's own answer) */
+	if (ctx->retval == 0)
+		return 1; /* already answered (outbound program, or conntrack's own answer) */
+	if (ctx->level == SOL_IPV6 && ctx->optname == IP6T_SO_ORIGINAL_DST)
+		return inb_getsockopt_answer6(ctx);
+	if (ctx->level != SOL_IP || ctx->optname != SO_ORIGINAL_DST)
+		return 1; /* not ours */
 
 	struct bpf_sock *sk = ctx->sk;
 	if (!sk || sk->protocol != IPPROTO_TCP)

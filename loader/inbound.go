@@ -10,8 +10,10 @@ package loader
 //     the sockmap when it starts listening, whichever process it is and whenever it starts. A closed listener
 //     leaves the sockmap by itself, and captured ports are then refused (fail closed, like istio).
 //   - A listener that existed before the attach is found by AttachInbound with FindListener (sock_diag in the netns
-//     + pidfd_getfd; exempt owners only), or explicitly with FindInboundListener. meshcap's own proxy, which
-//     listens as root before dropping to the proxy uid, registers itself with RegisterInboundListener.
+//     + pidfd_getfd; exempt owners only; one per family), or explicitly with FindInboundListeners. meshcap's own
+//     proxy, which listens as root before dropping to the proxy uid, registers itself with RegisterInboundListener.
+//   - IPv6 (Policy.IPv6, the pod's fact): sk_lookup decides IPv6 lookups too; the sockmap keeps one listener per
+//     family (inbSlotInet, inbSlotInet6), and ::6/128 goes on lo for the sidecar's passthrough connections.
 //
 // Re-attaching updates in place: new settings maps and program are swapped in atomically with link.Update, while the
 // listener sockmap (and so the proxy's registration) and the counters are kept.
@@ -43,6 +45,9 @@ var ErrInboundNotAttached = errors.New("inbound capture is not attached in this 
 const (
 	inbFlagEnabled  = 1 << 0 // INB_F_ENABLED
 	inbFlagAllPorts = 1 << 1 // INB_F_ALL_PORTS
+	inbFlagIPv6     = 1 << 2 // INB_F_IPV6
+	inbSlotInet     = 0      // INB_SLOT_INET: the AF_INET listener
+	inbSlotInet6    = 1      // INB_SLOT_INET6: the AF_INET6 listener (IPv6-only or dual-stack)
 	inbPortCapture  = 1      // INB_PORT_CAPTURE
 	inbPortExclude  = 2      // INB_PORT_EXCLUDE
 	inbStatSteered  = 0      // INB_STAT_STEERED ... INB_STAT_ORIGDST, in order
@@ -85,6 +90,8 @@ type InboundInfo struct {
 	PinDir         string
 	Attached       bool     // the pinned link is attached to a live netns
 	Listener       bool     // a proxy listener is registered (else captured connections are refused)
+	Listener6      bool     // the registered listeners include an AF_INET6 one (IPv6-only or dual-stack)
+	IPv6           bool     // native IPv6 is captured too (the pod has IPv6 enabled: Policy.IPv6)
 	SelfRegister   bool     // the cgroup programs are attached: an exempt listener on -z registers by itself
 	ListenerCookie uint64   // socket cookie of the registered listener
 	CapturePort    uint16   // -z
@@ -106,6 +113,9 @@ func inboundSettings(p capture.Policy) (inbConfigValue, map[uint16]uint8, error)
 	cfg.CapturePort = p.InboundCapturePort
 	cfg.TunnelPort = p.InboundTunnelPort
 	cfg.Flags = inbFlagEnabled
+	if p.IPv6 {
+		cfg.Flags |= inbFlagIPv6
+	}
 	if len(p.ProxyUIDs) > len(cfg.Uids) || len(p.ProxyGIDs) > len(cfg.Gids) {
 		return cfg, nil, fmt.Errorf("at most %d proxy uids (-u) and %d gids (-g) for inbound capture", len(cfg.Uids), len(cfg.Gids))
 	}
@@ -231,16 +241,13 @@ func attachInbound(netnsPath string, p capture.Policy, opts InboundOptions) (_ *
 			return nil, err
 		}
 	case opts.FindListener:
-		f, err := inbFindListener(ns, cookie, cfg.CapturePort, inbExemptOwner(p))
-		if err != nil && !errors.Is(err, ErrInboundListenerNotFound) {
+		if err := inbRegisterFound(lisMap, ns, cookie, cfg.CapturePort, p); err != nil {
 			return nil, err
 		}
-		if f != nil {
-			err := inbRegisterListener(lisMap, f, cookie, cfg.CapturePort)
-			f.Close()
-			if err != nil {
-				return nil, err
-			}
+	}
+	if p.IPv6 {
+		if err := inbPassthroughSource6(ns); err != nil {
+			return nil, err
 		}
 	}
 
@@ -455,7 +462,7 @@ func inbLinkAttached(path string) bool {
 // the socket removes it. Returns an error wrapping ErrInboundNotAttached when nothing is attached in that netns yet:
 // a proxy may treat that as "not captured" and carry on.
 // The listener must be TCP (not MPTCP: Go >= 1.24 listeners need ListenConfig.SetMultipathTCP(false)), listening,
-// IPv4 or dual-stack IPv6, and bound to the configured capture port.
+// IPv4 or IPv6 (IPv6-only or dual-stack; one listener per family is kept), and bound to the configured capture port.
 func RegisterInboundListener(pinRoot string, ln syscall.Conn) error {
 	li, err := inbInspectListener(ln)
 	if err != nil {
@@ -480,7 +487,28 @@ func RegisterInboundListener(pinRoot string, ln syscall.Conn) error {
 	return nil
 }
 
-// inbRegisterListener validates ln against the target netns and capture port, then stores it in slot 0 of m.
+// inbRegisterFound registers every exempt listener on the capture port in ns (one per family slot). Finding none is
+// not an error.
+func inbRegisterFound(m *ebpf.Map, ns *os.File, cookie uint64, port uint16, p capture.Policy) error {
+	found, err := inbFindListeners(ns, cookie, port, inbExemptOwner(p))
+	if err != nil && !errors.Is(err, ErrInboundListenerNotFound) {
+		return err
+	}
+	defer func() {
+		for _, f := range found {
+			f.Close()
+		}
+	}()
+	for _, f := range found {
+		if err := inbRegisterListener(m, f, cookie, port); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// inbRegisterListener validates ln against the target netns and capture port, then stores it in the slot of its
+// family in m.
 func inbRegisterListener(m *ebpf.Map, ln syscall.Conn, netnsCookie uint64, capturePort uint16) error {
 	li, err := inbInspectListener(ln)
 	if err != nil {
@@ -498,7 +526,7 @@ func inbRegisterListener(m *ebpf.Map, ln syscall.Conn, netnsCookie uint64, captu
 	}
 	var uerr error
 	if err := rc.Control(func(fd uintptr) {
-		uerr = m.Update(uint32(0), uint64(fd), ebpf.UpdateAny)
+		uerr = m.Update(li.slot, uint64(fd), ebpf.UpdateAny)
 	}); err != nil {
 		return err
 	}
@@ -511,9 +539,11 @@ func inbRegisterListener(m *ebpf.Map, ln syscall.Conn, netnsCookie uint64, captu
 type inbListenerFacts struct {
 	netnsCookie uint64
 	port        uint16
+	slot        uint32 // inbSlotInet or inbSlotInet6
 }
 
-// inbInspectListener checks that ln can take over SYN lookups: a listening TCP socket usable for IPv4.
+// inbInspectListener checks that ln can take over SYN lookups: a listening TCP socket, IPv4 (slot 0) or IPv6
+// (slot 1: IPv6-only, or dual-stack, which sk_lookup also uses for IPv4 when slot 0 is empty).
 func inbInspectListener(ln syscall.Conn) (inbListenerFacts, error) {
 	var lf inbListenerFacts
 	rc, err := ln.SyscallConn()
@@ -548,13 +578,9 @@ func inbInspectListener(ln syscall.Conn) (inbListenerFacts, error) {
 		}
 		switch a := sa.(type) {
 		case *unix.SockaddrInet4:
-			lf.port = uint16(a.Port)
+			lf.port, lf.slot = uint16(a.Port), inbSlotInet
 		case *unix.SockaddrInet6:
-			if v6only, _ := unix.GetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY); v6only == 1 {
-				ierr = errors.New("listener is IPv6-only and cannot take IPv4 connections")
-				return
-			}
-			lf.port = uint16(a.Port)
+			lf.port, lf.slot = uint16(a.Port), inbSlotInet6
 		default:
 			ierr = fmt.Errorf("listener has unsupported address %T", sa)
 			return
@@ -612,6 +638,7 @@ func inboundInfo(dir string, cookie uint64) (*InboundInfo, error) {
 	}
 	info.CapturePort, info.TunnelPort = cfg.CapturePort, cfg.TunnelPort
 	info.AllPorts = cfg.Flags&inbFlagAllPorts != 0
+	info.IPv6 = cfg.Flags&inbFlagIPv6 != 0
 
 	ports, err := ebpf.LoadPinnedMap(inbPin(dir, inbPinPorts), nil)
 	if err != nil {
@@ -634,11 +661,15 @@ func inboundInfo(dir string, cookie uint64) (*InboundInfo, error) {
 		return nil, fmt.Errorf("load pinned listener map: %w", err)
 	}
 	defer lis.Close()
-	switch err := lis.Lookup(uint32(0), &info.ListenerCookie); {
-	case err == nil:
-		info.Listener = true
-	case !errors.Is(err, ebpf.ErrKeyNotExist):
-		return nil, fmt.Errorf("read listener map: %w", err)
+	for _, slot := range []uint32{inbSlotInet6, inbSlotInet} { // the IPv4 listener's cookie wins when both are there
+		var c uint64
+		switch err := lis.Lookup(slot, &c); {
+		case err == nil:
+			info.Listener, info.ListenerCookie = true, c
+			info.Listener6 = info.Listener6 || slot == inbSlotInet6
+		case !errors.Is(err, ebpf.ErrKeyNotExist) && !errors.Is(err, unix.EINVAL):
+			return nil, fmt.Errorf("read listener map: %w", err)
+		}
 	}
 
 	stats, err := ebpf.LoadPinnedMap(inbPin(dir, inbPinStats), nil)
@@ -669,6 +700,7 @@ var inbKeptMaps = map[string]string{
 	inbPinListener: inboundMapInbListener,
 	inbPinStats:    inboundMapInbStats,
 	inbPinSteered:  inboundMapInbSteered,
+	inbPinSteered6: inboundMapInbSteered6,
 	inbPinExempt:   inboundMapInbExemptBound,
 }
 

@@ -34,6 +34,14 @@ type inboundInbTuple struct {
 	RemotePort uint16
 }
 
+type inboundInbTuple6 struct {
+	_          structs.HostLayout
+	LocalAddr  [4]uint32
+	RemoteAddr [4]uint32
+	LocalPort  uint16
+	RemotePort uint16
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -44,6 +52,7 @@ const (
 	inboundMapInbPorts       = "inb_ports"
 	inboundMapInbStats       = "inb_stats"
 	inboundMapInbSteered     = "inb_steered"
+	inboundMapInbSteered6    = "inb_steered6"
 	inboundProgInbSkLookup   = "inb_sk_lookup"
 )
 
@@ -102,6 +111,7 @@ type inboundMapSpecs struct {
 	InbPorts       *ebpf.MapSpec `ebpf:"inb_ports"`
 	InbStats       *ebpf.MapSpec `ebpf:"inb_stats"`
 	InbSteered     *ebpf.MapSpec `ebpf:"inb_steered"`
+	InbSteered6    *ebpf.MapSpec `ebpf:"inb_steered6"`
 }
 
 // inboundVariableSpecs contains global variables before they are loaded into the kernel.
@@ -136,6 +146,7 @@ type inboundMaps struct {
 	InbPorts       *ebpf.Map `ebpf:"inb_ports"`
 	InbStats       *ebpf.Map `ebpf:"inb_stats"`
 	InbSteered     *ebpf.Map `ebpf:"inb_steered"`
+	InbSteered6    *ebpf.Map `ebpf:"inb_steered6"`
 }
 
 func (m *inboundMaps) Close() error {
@@ -146,6 +157,7 @@ func (m *inboundMaps) Close() error {
 		m.InbPorts,
 		m.InbStats,
 		m.InbSteered,
+		m.InbSteered6,
 	)
 }
 

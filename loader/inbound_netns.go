@@ -3,12 +3,14 @@ package loader
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/meshcap/meshcap/pkg/capture"
@@ -42,20 +44,21 @@ func inbOpenNetns(path string) (*os.File, uint64, error) {
 	return f, cookie, nil
 }
 
-// FindInboundListener finds a listening TCP socket on port in the network namespace at netnsPath held by a process
-// that p exempts (inbExemptOwner), and returns a duplicate of it (pidfd_getfd; needs CAP_SYS_PTRACE over that
-// process, which root has). The error wraps ErrInboundListenerNotFound when there is none.
-func FindInboundListener(netnsPath string, port uint16, p capture.Policy) (*os.File, error) {
+// FindInboundListeners finds the listening TCP sockets on port in the network namespace at netnsPath held by a
+// process that p exempts (inbExemptOwner), at most one per family (IPv4, IPv6), and returns duplicates of them
+// (pidfd_getfd; needs CAP_SYS_PTRACE over that process, which root has). The error wraps
+// ErrInboundListenerNotFound when there is none. The caller closes the files.
+func FindInboundListeners(netnsPath string, port uint16, p capture.Policy) ([]*os.File, error) {
 	ns, cookie, err := inbOpenNetns(netnsPath)
 	if err != nil {
 		return nil, fmt.Errorf("find inbound listener in %s: %w", netnsPath, err)
 	}
 	defer ns.Close()
-	f, err := inbFindListener(ns, cookie, port, inbExemptOwner(p))
+	found, err := inbFindListeners(ns, cookie, port, inbExemptOwner(p))
 	if err != nil {
 		return nil, fmt.Errorf("find inbound listener in %s: %w", netnsPath, err)
 	}
-	return f, nil
+	return found, nil
 }
 
 // inbOwnerCheck says whether a listener owned by socket uid sockUID and held by process pid may be registered.
@@ -103,7 +106,8 @@ func inbProcessIDs(pid int) (uid, gid uint32, err error) {
 	return uid, gid, nil
 }
 
-func inbFindListener(ns *os.File, cookie uint64, port uint16, exempt inbOwnerCheck) (*os.File, error) {
+// inbFindListeners returns one exempt listener per family slot (the first found of each).
+func inbFindListeners(ns *os.File, cookie uint64, port uint16, exempt inbOwnerCheck) ([]*os.File, error) {
 	var holders map[uint32][]inbFDRef
 	if inodes, err := inbListenerInodes(ns, port); err == nil {
 		if len(inodes) == 0 {
@@ -124,6 +128,7 @@ func inbFindListener(ns *os.File, cookie uint64, port uint16, exempt inbOwnerChe
 		holders = inbSocketHolders(func(pid int, _ uint32) bool { return inbProcInNetns(pid, st.Ino) })
 	}
 	refused := 0
+	bySlot := map[uint32]*os.File{}
 	for _, refs := range holders {
 		for _, h := range refs {
 			f, err := inbGrabFD(h.pid, h.fd)
@@ -136,11 +141,21 @@ func inbFindListener(ns *os.File, cookie uint64, port uint16, exempt inbOwnerChe
 			case err != nil || li.netnsCookie != cookie || li.port != port || unix.Fstat(int(f.Fd()), &st) != nil:
 			case !exempt(st.Uid, h.pid):
 				refused++ // an app listening on the capture port must never get captured traffic
-			default:
-				return f, nil
+			case bySlot[li.slot] == nil:
+				bySlot[li.slot] = f
+				continue
 			}
 			f.Close()
 		}
+	}
+	if len(bySlot) > 0 {
+		var out []*os.File
+		for _, slot := range []uint32{inbSlotInet, inbSlotInet6} {
+			if f := bySlot[slot]; f != nil {
+				out = append(out, f)
+			}
+		}
+		return out, nil
 	}
 	if refused > 0 {
 		return nil, fmt.Errorf("%w (port %d: held only by processes that are not the proxy uid/gid (-u/-g))", ErrInboundListenerNotFound, port)
@@ -154,8 +169,7 @@ func inbProcInNetns(pid int, netnsIno uint64) bool {
 	return unix.Stat(filepath.Join("/proc", strconv.Itoa(pid), "ns", "net"), &st) == nil && st.Ino == netnsIno
 }
 
-// inbListenerInodes lists the inodes of TCP sockets listening on port inside ns: IPv4 first, then dual-stack IPv6
-// candidates (inbInspectListener rejects IPv6-only ones). It reads the netns's /proc/net/tcp{,6}, which the TCP
+// inbListenerInodes lists the inodes of TCP sockets listening on port inside ns: IPv4 first, then IPv6. It reads the netns's /proc/net/tcp{,6}, which the TCP
 // core provides: sock_diag would need the tcp_diag/inet_diag modules, which a host may not have loaded (or be
 // able to autoload).
 func inbListenerInodes(ns *os.File, port uint16) ([]uint32, error) {
@@ -240,4 +254,26 @@ func inbGrabFD(pid, fd int) (*os.File, error) {
 		return nil, fmt.Errorf("pidfd_getfd %d/%d: %w", pid, fd, err)
 	}
 	return os.NewFile(uintptr(nfd), fmt.Sprintf("pid %d fd %d", pid, fd)), nil
+}
+
+// inbPassthroughSource6 puts ::6/128 on lo in ns, as istio-iptables does when IPv6 is enabled: the sidecar relays
+// inbound connections to the app's IPv6 address from ::6, which sk_lookup (like istio's rules) leaves alone. Without
+// it the sidecar's bind fails, it falls back to the pod's own address, and sk_lookup would steer that connection
+// back to the sidecar. Idempotent. Left in place by detach, as by istio's cleanup: it routes nothing anywhere.
+func inbPassthroughSource6(ns *os.File) error {
+	err := hostfs.InNetns(ns, func() error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP("::6"), Mask: net.CIDRMask(128, 128)}}
+		if err := netlink.AddrAdd(lo, addr); err != nil && !errors.Is(err, unix.EEXIST) {
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("add ::6/128 (the inbound passthrough source) to lo: %w", err)
+	}
+	return nil
 }

@@ -100,6 +100,11 @@ func (e *inbEnv) serve(t *testing.T, pod *podnet.Pod, addr, tag string) *net.TCP
 	if err != nil {
 		t.Fatal(err)
 	}
+	return inbAnswer(t, ln, tag)
+}
+
+// inbAnswer answers every connection on ln with "<tag> <local address>\n" until the test ends.
+func inbAnswer(t *testing.T, ln net.Listener, tag string) *net.TCPListener {
 	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
@@ -311,7 +316,7 @@ func TestInboundFindListener(t *testing.T) {
 	if st := e.status(t); !st.Listener || st.ListenerCookie == 0 {
 		t.Fatalf("status: %+v", st)
 	}
-	if _, err := FindInboundListener(e.client.NetnsPath, 15006, rootExempt); !errors.Is(err, ErrInboundListenerNotFound) {
+	if _, err := FindInboundListeners(e.client.NetnsPath, 15006, rootExempt); !errors.Is(err, ErrInboundListenerNotFound) {
 		t.Fatalf("find in the client pod: %v, want ErrInboundListenerNotFound", err)
 	}
 }

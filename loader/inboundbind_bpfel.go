@@ -22,6 +22,7 @@ const (
 	inboundBindMapInbPorts       = "inb_ports"
 	inboundBindMapInbStats       = "inb_stats"
 	inboundBindMapInbSteered     = "inb_steered"
+	inboundBindMapInbSteered6    = "inb_steered6"
 	inboundBindProgInbPostBind4  = "inb_post_bind4"
 	inboundBindProgInbPostBind6  = "inb_post_bind6"
 )
@@ -82,6 +83,7 @@ type inboundBindMapSpecs struct {
 	InbPorts       *ebpf.MapSpec `ebpf:"inb_ports"`
 	InbStats       *ebpf.MapSpec `ebpf:"inb_stats"`
 	InbSteered     *ebpf.MapSpec `ebpf:"inb_steered"`
+	InbSteered6    *ebpf.MapSpec `ebpf:"inb_steered6"`
 }
 
 // inboundBindVariableSpecs contains global variables before they are loaded into the kernel.
@@ -116,6 +118,7 @@ type inboundBindMaps struct {
 	InbPorts       *ebpf.Map `ebpf:"inb_ports"`
 	InbStats       *ebpf.Map `ebpf:"inb_stats"`
 	InbSteered     *ebpf.Map `ebpf:"inb_steered"`
+	InbSteered6    *ebpf.Map `ebpf:"inb_steered6"`
 }
 
 func (m *inboundBindMaps) Close() error {
@@ -126,6 +129,7 @@ func (m *inboundBindMaps) Close() error {
 		m.InbPorts,
 		m.InbStats,
 		m.InbSteered,
+		m.InbSteered6,
 	)
 }
 

@@ -22,6 +22,7 @@ const (
 	inboundGetsockoptMapInbPorts       = "inb_ports"
 	inboundGetsockoptMapInbStats       = "inb_stats"
 	inboundGetsockoptMapInbSteered     = "inb_steered"
+	inboundGetsockoptMapInbSteered6    = "inb_steered6"
 	inboundGetsockoptProgInbGetsockopt = "inb_getsockopt"
 )
 
@@ -80,6 +81,7 @@ type inboundGetsockoptMapSpecs struct {
 	InbPorts       *ebpf.MapSpec `ebpf:"inb_ports"`
 	InbStats       *ebpf.MapSpec `ebpf:"inb_stats"`
 	InbSteered     *ebpf.MapSpec `ebpf:"inb_steered"`
+	InbSteered6    *ebpf.MapSpec `ebpf:"inb_steered6"`
 }
 
 // inboundGetsockoptVariableSpecs contains global variables before they are loaded into the kernel.
@@ -114,6 +116,7 @@ type inboundGetsockoptMaps struct {
 	InbPorts       *ebpf.Map `ebpf:"inb_ports"`
 	InbStats       *ebpf.Map `ebpf:"inb_stats"`
 	InbSteered     *ebpf.Map `ebpf:"inb_steered"`
+	InbSteered6    *ebpf.Map `ebpf:"inb_steered6"`
 }
 
 func (m *inboundGetsockoptMaps) Close() error {
@@ -124,6 +127,7 @@ func (m *inboundGetsockoptMaps) Close() error {
 		m.InbPorts,
 		m.InbStats,
 		m.InbSteered,
+		m.InbSteered6,
 	)
 }
 

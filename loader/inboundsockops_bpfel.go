@@ -22,6 +22,7 @@ const (
 	inboundSockopsMapInbPorts       = "inb_ports"
 	inboundSockopsMapInbStats       = "inb_stats"
 	inboundSockopsMapInbSteered     = "inb_steered"
+	inboundSockopsMapInbSteered6    = "inb_steered6"
 	inboundSockopsProgInbSockops    = "inb_sockops"
 )
 
@@ -80,6 +81,7 @@ type inboundSockopsMapSpecs struct {
 	InbPorts       *ebpf.MapSpec `ebpf:"inb_ports"`
 	InbStats       *ebpf.MapSpec `ebpf:"inb_stats"`
 	InbSteered     *ebpf.MapSpec `ebpf:"inb_steered"`
+	InbSteered6    *ebpf.MapSpec `ebpf:"inb_steered6"`
 }
 
 // inboundSockopsVariableSpecs contains global variables before they are loaded into the kernel.
@@ -114,6 +116,7 @@ type inboundSockopsMaps struct {
 	InbPorts       *ebpf.Map `ebpf:"inb_ports"`
 	InbStats       *ebpf.Map `ebpf:"inb_stats"`
 	InbSteered     *ebpf.Map `ebpf:"inb_steered"`
+	InbSteered6    *ebpf.Map `ebpf:"inb_steered6"`
 }
 
 func (m *inboundSockopsMaps) Close() error {
@@ -124,6 +127,7 @@ func (m *inboundSockopsMaps) Close() error {
 		m.InbPorts,
 		m.InbStats,
 		m.InbSteered,
+		m.InbSteered6,
 	)
 }
 

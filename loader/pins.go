@@ -46,6 +46,7 @@ const (
 	inbPinListener = "listener"
 	inbPinStats    = "stats"
 	inbPinSteered  = "steered"
+	inbPinSteered6 = "steered6"
 	inbPinExempt   = "exempt_bound"
 	inbPinNewSufx  = swapSuffix
 )

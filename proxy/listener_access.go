@@ -6,14 +6,23 @@ import "syscall"
 // caller can hand it to the capture (for example to register the inbound listener in eBPF mode) before dropping
 // privileges. The proxy still owns it: do not close it.
 func (p *Proxy) Listener(d Direction) syscall.Conn {
-	for _, l := range p.listeners {
-		if l.dir != d {
-			continue
-		}
-		if l.ln != nil {
-			return l.ln
-		}
-		return rawConn{fd: l.fd}
+	if ls := p.Listeners(d); len(ls) > 0 {
+		return ls[0]
 	}
 	return nil
+}
+
+// Listeners returns every open listener of direction d, the primary one first, then its IPv6 twin (see Listener).
+func (p *Proxy) Listeners(d Direction) []syscall.Conn {
+	var out []syscall.Conn
+	for _, l := range p.listeners {
+		switch {
+		case l.dir != d:
+		case l.ln != nil:
+			out = append(out, l.ln)
+		default:
+			out = append(out, rawConn{fd: l.fd})
+		}
+	}
+	return out
 }

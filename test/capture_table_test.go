@@ -81,6 +81,7 @@ func TestCaptureTable(t *testing.T) {
 			for _, a := range []string{dst("198.18.0.2", 53), dst("198.18.1.2", 53), dst(server6, 53)} {
 				startDNSServer(t, topo.server, a, netip.Addr{}) // answers with the query's source port
 			}
+			startEcho(t, topo.client, dst("[::1]", ownPort6))
 			startProxy(t, topo.client, "--resolv-conf", tableResolvConf)
 			for _, c := range captureCases {
 				t.Run(strings.ReplaceAll(c.name, " ", "_"), func(t *testing.T) { runCaptureCase(t, b, topo.client, c) })

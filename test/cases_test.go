@@ -48,12 +48,12 @@ func dst(prefixAddr string, port int) string { return fmt.Sprintf("%s:%d", prefi
 
 // Dual-stack rows: the client and the server pods also have these IPv6 addresses (after their IPv4 ones, so
 // istio enables IPv6 only with --dual-stack), the server listens on them, and the client pod listens on
-// 0.0.0.0:7171 for the lo-interface rows.
+// 0.0.0.0:7171 for the lo-interface rows and on [::1]:7172 for the IPv6 one.
 const (
-	server6   = "[fd00:198:18::2]"
-	mapped    = "[::ffff:198.18.0.2]"
-	ownPort   = 7171
-	refusedV6 = "IPv6 capture"
+	server6  = "[fd00:198:18::2]"
+	mapped   = "[::ffff:198.18.0.2]"
+	ownPort  = 7171
+	ownPort6 = 7172 // the client pod's [::1] listener, for the IPv6 loopback row
 )
 
 var ownIP = clientIP.Addr().String()
@@ -87,13 +87,19 @@ var captureCases = []captureCase{
 	{name: "-o beats -q", flags: []string{"-q", "8080", "-o", "8080"}, dst: dst("198.18.0.2", 8080)},
 	{name: "-x host inside -i list", flags: []string{"-i", "198.18.0.0/16", "-x", "198.18.2.2/32"}, dst: dst("198.18.2.2", 7070)},
 
-	// IPv6 and dual stack. istio enables IPv6 from the pod's addresses (first one, or any with --dual-stack).
-	{name: "IPv6 with --dual-stack", flags: []string{"-i", "*", "--dual-stack"}, dst: dst(server6, 8080), captured: true,
-		ebpf: ebpfExpect{refused: refusedV6}},
-	{name: "IPv6 -x v6 cidr with --dual-stack", flags: []string{"-i", "*", "-x", "fd00:198:18::/64", "--dual-stack"}, dst: dst(server6, 9090),
-		ebpf: ebpfExpect{refused: refusedV6}},
-	{name: "IPv6 proxy uid exempt with --dual-stack", flags: []string{"-i", "*", "--dual-stack"}, dst: dst(server6, 8080), cred: uid1337,
-		ebpf: ebpfExpect{refused: refusedV6}},
+	// IPv6 and dual stack. istio enables IPv6 from the pod's addresses (first one, or any with --dual-stack) and then
+	// writes the ip6tables twin of its rules; eBPF mode captures native IPv6 exactly then (Policy.ForPod).
+	{name: "IPv6 with --dual-stack", flags: []string{"-i", "*", "--dual-stack"}, dst: dst(server6, 8080), captured: true},
+	{name: "IPv6 plain user with --dual-stack", flags: []string{"-i", "*", "--dual-stack"}, dst: dst(server6, 9090), cred: user, captured: true},
+	{name: "IPv6 -x v6 cidr with --dual-stack", flags: []string{"-i", "*", "-x", "fd00:198:18::/64", "--dual-stack"}, dst: dst(server6, 9090)},
+	{name: "IPv6 -x v4 cidr only: still captured", flags: []string{"-i", "*", "-x", "198.18.0.0/16", "--dual-stack"}, dst: dst(server6, 9090), captured: true},
+	{name: "IPv6 -i v6 cidr inside", flags: []string{"-i", "fd00:198:18::/64", "--dual-stack"}, dst: dst(server6, 7070), captured: true},
+	{name: "IPv6 -i v4 cidr only: no IPv6 redirect", flags: []string{"-i", "198.18.0.0/16", "--dual-stack"}, dst: dst(server6, 7070)},
+	{name: "IPv6 -q port outside -i", flags: []string{"-i", "198.18.0.0/16", "-q", "7070", "--dual-stack"}, dst: dst(server6, 7070), captured: true},
+	{name: "IPv6 -o port", flags: []string{"-i", "*", "-o", "8080", "--dual-stack"}, dst: dst(server6, 8080)},
+	{name: "IPv6 proxy uid exempt with --dual-stack", flags: []string{"-i", "*", "--dual-stack"}, dst: dst(server6, 8080), cred: uid1337},
+	{name: "IPv6 proxy gid exempt with --dual-stack", flags: []string{"-i", "*", "--dual-stack"}, dst: dst(server6, 8080), cred: gid1337},
+	{name: "IPv6 ::1 never captured", flags: []string{"-i", "*", "--dual-stack"}, dst: dst("[::1]", ownPort6), cred: user},
 	{name: "IPv6 without --dual-stack, first address IPv4: istio writes no IPv6 rules", flags: []string{"-i", "*"}, dst: dst(server6, 8080),
 		nftDiff: "one inet table: its rules without an address match see IPv6 too (TestNftablesIPv6CapturedInIPv4Pod)"},
 	{name: "IPv4-mapped from an AF_INET6 socket", flags: []string{"-i", "*"}, dst: dst(mapped, 8080), family6: true,
@@ -107,7 +113,7 @@ var captureCases = []captureCase{
 	{name: "IPv4-mapped outside -i", flags: []string{"-i", "198.18.1.0/24"}, dst: dst(mapped, 8080), family6: true,
 		reached: dst("198.18.0.2", 8080)},
 	{name: "IPv4-mapped from an AF_INET6 socket, dual stack", flags: []string{"-i", "*", "--dual-stack"}, dst: dst(mapped, 8080), family6: true,
-		reached: dst("198.18.0.2", 8080), captured: true, ebpf: ebpfExpect{refused: refusedV6}},
+		reached: dst("198.18.0.2", 8080), captured: true},
 	{name: "IPv4-mapped -x cidr", flags: []string{"-i", "*", "-x", "198.18.0.0/24"}, dst: dst(mapped, 8080), family6: true,
 		reached: dst("198.18.0.2", 8080)},
 
@@ -129,8 +135,7 @@ var captureCases = []captureCase{
 	{name: "DNS proxy gid exempt", flags: dnsFlags, dst: dst("198.18.0.2", 53), dns: "tcp", cred: gid1337},
 	{name: "DNS -o 53 exempt", flags: append(dnsFlags, "-o", "53"), dst: dst("198.18.0.2", 53), dns: "udp"},
 	{name: "DNS IPv6 server, pod IPv4 to istio (no ip6tables rules)", flags: dnsFlags, dst: dst(server6, 53), dns: "udp"},
-	{name: "DNS IPv6 server with --dual-stack", flags: append(dnsFlags, "--dual-stack"), dst: dst(server6, 53), dns: "udp", captured: true,
-		ebpf: ebpfExpect{refused: refusedV6}},
+	{name: "DNS IPv6 server with --dual-stack", flags: append(dnsFlags, "--dual-stack"), dst: dst(server6, 53), dns: "udp", captured: true},
 
 	// Owner groups (environment only).
 	{name: "owner groups empty captures nothing", flags: []string{"-i", "*"}, env: map[string]string{"ISTIO_OUTBOUND_OWNER_GROUPS": ""},

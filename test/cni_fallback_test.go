@@ -14,10 +14,11 @@ import (
 	"github.com/meshcap/meshcap/pkg/podnet"
 )
 
-// TestCNIFallbackIPTablesForIPv6Pod: meshcap-cni's ADD for a pod where istio enables IPv6 (its first address is
-// IPv6: a veth pair inside it, IPv6 only) does not enroll it into eBPF capture, which would leave its IPv6
-// connections direct: it applies istio's rules (IPv4 and IPv6) in the pod's netns, records the pod as iptables
-// mode and says why; DEL removes the rules.
+// TestCNIFallbackIPTablesForIPv6Pod: meshcap-cni's ADD for a pod that eBPF capture cannot fully cover (TPROXY
+// interception) where istio enables IPv6 (its first address is IPv6: a veth pair inside it, IPv6 only) does not
+// enroll it into eBPF capture: it applies istio's rules (IPv4 and IPv6, from the facts of the pod's netns) there,
+// records the pod as iptables mode and says why; DEL removes the rules. (IPv6 alone is captured by eBPF: see
+// pkg/cni's TestPluginEnrollsIPv6Pod and test/deploy_agent_ipv6_test.go.)
 func TestCNIFallbackIPTablesForIPv6Pod(t *testing.T) {
 	requireRoot(t)
 	pod := newPod(t, "cni6")
@@ -38,12 +39,12 @@ func TestCNIFallbackIPTablesForIPv6Pod(t *testing.T) {
 	p := cni.NewPlugin()
 	p.Stdout, p.Log = &out, &log
 	args := &skel.CmdArgs{ContainerID: "mcfallback" + randHex(4), Netns: pod.NetnsPath, IfName: "d0",
-		Args: "K8S_POD_NAMESPACE=default;K8S_POD_NAME=v6", StdinData: []byte(conf)}
+		Args: "K8S_POD_NAMESPACE=default;K8S_POD_NAME=v6;MESHCAP_ISTIO_INBOUND_INTERCEPTION_MODE=TPROXY", StdinData: []byte(conf)}
 	if err := p.Add(args); err != nil {
 		t.Fatalf("ADD: %v\n%s", err, log.String())
 	}
 	t.Logf("meshcap-cni: %s", log.String())
-	if !strings.Contains(log.String(), "NOT enrolled into eBPF capture") || !strings.Contains(log.String(), "IPv6 capture") {
+	if !strings.Contains(log.String(), "NOT enrolled into eBPF capture") || !strings.Contains(log.String(), "TPROXY") {
 		t.Errorf("ADD did not say why the pod is not in eBPF capture: %q", log.String())
 	}
 	rec, err := cni.Store{Dir: stateDir}.Get(args.ContainerID)

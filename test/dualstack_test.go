@@ -11,7 +11,8 @@ import (
 // IPv6 addresses of the dual-stack topology, added after the IPv4 ones (so istio's detection without
 // --dual-stack sees IPv4 first, as in a typical dual-stack Kubernetes pod).
 const (
-	client6Prefix = "fd00:198:18::1/64"
+	client6Addr   = "fd00:198:18::1"
+	client6Prefix = client6Addr + "/64"
 	server6Prefix = "fd00:198:18::2/64"
 )
 

@@ -6,49 +6,62 @@ import (
 	"testing"
 )
 
-// TestInitAutoDualStackPodChoosesIPTables: `init --mode auto` in a dual-stack pod (IPv6 enabled as istio decides:
-// --dual-stack, or ISTIO_DUAL_STACK) chooses the iptables mode and says why; IPv6 connections are then captured
-// (and fail with the sidecar stopped). `--mode ebpf` fails there and attaches nothing.
-func TestInitAutoDualStackPodChoosesIPTables(t *testing.T) {
+// TestInitAutoDualStackPodCapturesIPv6: `init --mode auto` in a dual-stack pod (IPv6 enabled as istio decides:
+// --dual-stack, or ISTIO_DUAL_STACK) leaves no IPv6 connection uncaptured, whichever mode it picks: an IPv6
+// connect goes through the sidecar to its exact destination, IPv6 inbound reaches the app through the sidecar (from
+// ::6), and with the sidecar stopped both fail. With eBPF available it picks eBPF, with IPv6 capture on; --mode ebpf
+// does the same; with the probe failing it picks iptables and the same holds.
+func TestInitAutoDualStackPodCapturesIPv6(t *testing.T) {
 	requireRoot(t)
 	for _, tc := range []struct {
-		name string
-		env  []string
-		args []string
+		name, mode, wantMode string
+		env                  []string
+		args                 []string
 	}{
-		{"flag", nil, []string{"--dual-stack"}},
-		{"env", []string{"ISTIO_DUAL_STACK=true"}, nil},
+		{"auto-flag", "auto", "ebpf", nil, []string{"--dual-stack"}},
+		{"auto-env", "auto", "ebpf", []string{"ISTIO_DUAL_STACK=true"}, nil},
+		{"ebpf", "ebpf", "ebpf", nil, []string{"--dual-stack"}},
+		{"auto-fallback", "auto", "iptables", []string{"MESHCAP_PROBE_DISABLE=connect6"}, []string{"--dual-stack"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			topo := newDualStackTopology(t)
 			pin := ebPinRoot(t)
-			args := append(append([]string{"--cgroup", topo.client.CgroupDir, "--pin-root", pin}, tc.args...), istioInitArgs...)
-			log, err := runInitIn(t, topo.client, tc.env, append([]string{"--mode", "ebpf"}, args...)...)
-			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(log, "IPv6 capture") {
-				t.Fatalf("init --mode ebpf in a dual-stack pod: %v; want exit 1 naming IPv6 capture", err)
-			}
-			if st := ebStatus(t, pin); len(st.Attachments) != 0 {
-				t.Fatalf("init --mode ebpf refused but attached: %+v", st)
-			}
-			log, err = runInitIn(t, topo.client, tc.env, append([]string{"--mode", "auto"}, args...)...)
+			args := append(append([]string{"--mode", tc.mode, "--cgroup", topo.client.CgroupDir, "--pin-root", pin}, tc.args...), istioInitArgs...)
+			log, err := runInitIn(t, topo.client, tc.env, args...)
 			if err != nil {
-				t.Fatalf("init --mode auto: %v", err)
+				t.Fatalf("init --mode %s: %v\n%s", tc.mode, err, log)
 			}
-			if !strings.Contains(log, `"mode": "iptables"`) || !strings.Contains(log, "IPv6 capture") {
-				t.Fatal("init --mode auto: log does not say iptables because of IPv6")
+			if !strings.Contains(log, `"mode": "`+tc.wantMode+`"`) {
+				t.Fatalf("init --mode %s did not choose %s:\n%s", tc.mode, tc.wantMode, log)
 			}
-			if st := ebStatus(t, pin); len(st.Attachments) != 0 {
-				t.Fatalf("eBPF attached in a dual-stack pod: %+v", st)
+			if st := ebStatus(t, pin); (len(st.Attachments) != 0) != (tc.wantMode == "ebpf") {
+				t.Fatalf("mode %s, eBPF attachments %+v", tc.wantMode, st.Attachments)
 			}
-			px := startProxy(t, topo.client)
-			if res, err := dial(t, topo.client, user, dst(server6, 8080), 100); err != nil || !res.Captured() || res.Reached != dst(server6, 8080) {
-				t.Fatalf("IPv6 dial after init: %+v, %v; want captured\n%s", res, err, px.stderr.String())
-			}
-			px.stop()
-			if res, err := dial(t, topo.client, user, dst(server6, 8080), 100); err == nil || res.OK {
-				t.Fatalf("IPv6 dial with the sidecar stopped: %+v; want it to fail", res)
-			}
+			assertIPv6Captured(t, topo, pin)
 		})
+	}
+}
+
+// assertIPv6Captured: in topo's client pod (captured with istio-init's arguments, which include -i '*' and -b '*'),
+// IPv6 outbound and inbound go through its sidecar to their exact destinations, and fail with the sidecar stopped.
+func assertIPv6Captured(t *testing.T, topo topology, pin string) {
+	t.Helper()
+	startEcho(t, topo.client, dst("0.0.0.0", ownPort))
+	px := startProxy(t, topo.client, "--pin-dir", pin)
+	out := dst(server6, 8080)
+	if res, err := dial(t, topo.client, user, out, 100); err != nil || !res.Captured() || res.Reached != out || res.Remote != out {
+		t.Fatalf("IPv6 outbound: %+v, %v; want captured to %s\n%s", res, err, out, px.stderr.String())
+	}
+	in := dst("["+client6Addr+"]", ownPort)
+	if res, err := dial(t, topo.server, user, in, 100); err != nil || !res.OK || res.Reached != in || !strings.HasPrefix(res.Peer, "[::6]:") {
+		t.Fatalf("IPv6 inbound: %+v, %v; want it relayed by the sidecar from [::6]\n%s", res, err, px.stderr.String())
+	}
+	px.stop()
+	if res, err := dial(t, topo.client, user, out, 10); err == nil || res.OK {
+		t.Fatalf("IPv6 outbound with the sidecar stopped: %+v; want it to fail", res)
+	}
+	if res, err := dial(t, topo.server, user, in, 10); err == nil || res.OK {
+		t.Fatalf("IPv6 inbound with the sidecar stopped: %+v; want it to fail", res)
 	}
 }
 
@@ -63,8 +76,6 @@ func TestEBPFAttachRefusesWhatItCannotDo(t *testing.T) {
 		env   []string
 		want  string
 	}{
-		{[]string{"--dual-stack"}, nil, "IPv6 capture"},
-		{nil, []string{"ISTIO_DUAL_STACK=1"}, "IPv6 capture"},
 		{nil, []string{"ISTIO_OUTBOUND_OWNER_GROUPS="}, `ISTIO_OUTBOUND_OWNER_GROUPS=""`},
 		{nil, []string{"ISTIO_OUTBOUND_OWNER_GROUPS=java"}, `ISTIO_OUTBOUND_OWNER_GROUPS="java"`},
 		{nil, []string{"ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE=2000"}, "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE"},

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * What the outbound (meshcap.h) and inbound (inbound.h) programs both need from the system headers, which BPF
- * objects cannot include whole: socket constants and userspace's struct sockaddr_in. Defined once here.
+ * objects cannot include whole: socket constants and userspace's struct sockaddr_in and sockaddr_in6. Defined once here.
  */
 #ifndef MESHCAP_COMMON_H
 #define MESHCAP_COMMON_H
@@ -30,6 +30,14 @@
 #ifndef SO_ORIGINAL_DST
 #define SO_ORIGINAL_DST 80
 #endif
+#ifndef SOL_IPV6
+#define SOL_IPV6 41
+#endif
+/* netfilter's IP6T_SO_ORIGINAL_DST (linux/netfilter_ipv6/ip6_tables.h): the same number at level SOL_IPV6. */
+#ifndef IP6T_SO_ORIGINAL_DST
+#define IP6T_SO_ORIGINAL_DST 80
+#endif
+
 #ifndef TCP_CLOSE
 #define TCP_CLOSE 7
 #endif
@@ -40,6 +48,15 @@ struct mc_sockaddr_in {
 	__u16 sin_port; /* network byte order */
 	__u32 sin_addr; /* network byte order */
 	__u8 sin_zero[8];
+};
+
+/* struct sockaddr_in6, as userspace expects it (28 bytes). */
+struct mc_sockaddr_in6 {
+	__u16 sin6_family;
+	__u16 sin6_port; /* network byte order */
+	__u32 sin6_flowinfo;
+	__u32 sin6_addr[4];
+	__u32 sin6_scope_id;
 };
 
 #endif /* MESHCAP_COMMON_H */

@@ -30,6 +30,8 @@
 enum inb_config_flags {
 	INB_F_ENABLED = 1 << 0,   /* -b non-empty: without it the program steers nothing (istio: no PREROUTING jump) */
 	INB_F_ALL_PORTS = 1 << 1, /* -b '*': ports absent from inb_ports are captured */
+	INB_F_IPV6 = 1 << 2,      /* the pod has IPv6 enabled (istio then writes the ip6tables twin of ISTIO_INBOUND):
+	                           * native IPv6 lookups are decided too; without it they are left alone, as istio does */
 };
 
 /* Single-valued settings (array map, key 0). Ports in host byte order. */
@@ -54,6 +56,24 @@ struct inb_tuple {
 	__u16 remote_port;
 };
 
+/* The IPv6 twin of inb_tuple: a steered native IPv6 connection (key of inb_steered6). */
+struct inb_tuple6 {
+	__u32 local_addr[4];
+	__u32 remote_addr[4];
+	__u16 local_port;
+	__u16 remote_port;
+};
+
+/* inb_listener slots, by the family of the listening socket. A lookup takes the slot of its own family first and
+ * the other one second: a dual-stack [::] listener (Go's default, HAProxy's v4v6) serves IPv4 from slot 1, and the
+ * kernel's bpf_sk_assign refuses a socket that cannot take the lookup's family (an AF_INET one for IPv6, an
+ * IPV6_V6ONLY one for IPv4), which is then refused (fail closed). */
+enum inb_listener_slot {
+	INB_SLOT_INET = 0,  /* an AF_INET listener */
+	INB_SLOT_INET6 = 1, /* an AF_INET6 listener, IPv6-only or dual-stack */
+	INB_SLOTS = 2,
+};
+
 /* inb_ports values. Which kind the loader writes depends on the mode, as istio's rules do:
  * -b '*' -> one INB_PORT_EXCLUDE per -d port; -b list -> one INB_PORT_CAPTURE per -b port (-d ignored). */
 enum inb_port_verdict {
@@ -64,7 +84,7 @@ enum inb_port_verdict {
 /* inb_stats indices (per-CPU counters, summed by the loader for status and tests). */
 enum inb_stat {
 	INB_STAT_STEERED = 0,       /* assigned to the proxy listener */
-	INB_STAT_PASS_LOOPBACK = 1, /* 127/8 source or destination: left to the normal lookup */
+	INB_STAT_PASS_LOOPBACK = 1, /* 127/8 or ::1 on either side, or the passthrough source ::6: normal lookup */
 	INB_STAT_PASS_PORT = 2,     /* port not captured (tunnel, capture port, -d, not in -b) */
 	INB_STAT_DROP_NO_LISTENER = 3, /* captured port but no proxy listener registered: refused (fail closed) */
 	INB_STAT_DROP_ASSIGN = 4,   /* bpf_sk_assign failed (listener not usable for this lookup): refused */
@@ -92,13 +112,13 @@ struct {
 	__type(value, __u8);
 } inb_ports SEC(".maps");
 
-/* Slot 0: the sidecar's listening socket on -z. Filled by inbound_sockops.c when an exempt process starts
- * listening there (or from user space: meshcap's proxy, `ebpf attach` finding a listener). A sockmap, not an fd in a
- * config: the entry disappears by itself when the socket is closed, which is exactly the "proxy is down" signal the
+/* The sidecar's listening sockets on -z, one per family (enum inb_listener_slot). Filled by inbound_sockops.c when
+ * an exempt process starts listening there (or from user space: meshcap's proxy, `ebpf attach` finding a
+ * listener). A sockmap, not an fd in a config: the entry disappears by itself when the socket is closed, which is exactly the "proxy is down" signal the
  * fail-closed rule needs. 64-bit values so that a user-space lookup returns the socket cookie (status). */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKMAP);
-	__uint(max_entries, 1);
+	__uint(max_entries, INB_SLOTS);
 	__type(key, __u32);
 	__type(value, __u64);
 } inb_listener SEC(".maps");
@@ -119,6 +139,14 @@ struct {
 	__type(key, struct inb_tuple);
 	__type(value, __u8);
 } inb_steered SEC(".maps");
+
+/* The same for native IPv6 connections (SOL_IPV6/IP6T_SO_ORIGINAL_DST). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, INB_MAX_CONNS);
+	__type(key, struct inb_tuple6);
+	__type(value, __u8);
+} inb_steered6 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

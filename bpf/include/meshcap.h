@@ -440,23 +440,6 @@ static __always_inline void mc_fill_tuple(struct mc_tuple *t, __u64 netns, __u32
 	t->remote_port = remote_port;
 }
 
-#ifndef SOL_IPV6
-#define SOL_IPV6 41
-#endif
-/* netfilter's IP6T_SO_ORIGINAL_DST (linux/netfilter_ipv6/ip6_tables.h): the same number at level SOL_IPV6. */
-#ifndef IP6T_SO_ORIGINAL_DST
-#define IP6T_SO_ORIGINAL_DST 80
-#endif
-
-/* struct sockaddr_in6, as userspace expects it (28 bytes). */
-struct mc_sockaddr_in6 {
-	__u16 sin6_family;
-	__u16 sin6_port; /* network byte order */
-	__u32 sin6_flowinfo;
-	__u32 sin6_addr[4];
-	__u32 sin6_scope_id;
-};
-
 /* The record of a client socket connect4/connect6 captured (holding its slot), or NULL: what getpeername restores. */
 static __always_inline struct mc_client *mc_captured_client(struct bpf_sock *sk)
 {

@@ -260,7 +260,7 @@ func (r *agentReconciler) reconcileOne(id string, start bool) {
 		log.Info("netns gone: unenrolled", zap.String("netns", rec.Netns))
 		return
 	}
-	pol, err := rec.Capture.Policy()
+	pol, err := rec.Policy()
 	if err != nil {
 		log.Error("recorded capture settings", zap.Error(err))
 		return
@@ -273,10 +273,6 @@ func (r *agentReconciler) reconcileOne(id string, start bool) {
 	}
 	if state == netnsAlive {
 		warnUncoverable(log, rec)
-	}
-	if err := setPodDNS(&pol, rec.Netns, rec.Capture); err != nil {
-		log.Error("enroll: DNS capture", zap.Error(err))
-		return
 	}
 	// In place: for a pod already programmed (agent restart) nothing changes. The inbound step runs only when the
 	// pod's netns is alive and its inbound attachment is missing (enrolled while no agent ran) or has no
@@ -311,40 +307,45 @@ func (r *agentReconciler) reconcileOne(id string, start bool) {
 	r.registerListener(log, rec, pol)
 }
 
-// warnUncoverable logs, at every reconcile, an enrolled pod that eBPF capture no longer fully covers (for example
-// an IPv6 address added after meshcap-cni's ADD, which sends such pods to its iptables fallback): its other
-// connections stay captured.
+// warnUncoverable logs, at every reconcile, an enrolled pod that eBPF capture no longer fully covers (the facts of
+// its netns now ask for something eBPF capture cannot do, which sends such pods to meshcap-cni's iptables
+// fallback): its other connections stay captured. IPv6 follows the facts recorded at ADD, as istio's rules do.
 func warnUncoverable(log *zap.Logger, rec *cni.Enrollment) {
-	if un, err := iptables.EBPFUnsupportedIn(rec.Netns, rec.Capture); err == nil && len(un) > 0 {
+	facts, err := iptables.EBPFFactsIn(rec.Netns, rec.Capture)
+	if un := rec.Capture.EBPFUnsupported(facts); err == nil && len(un) > 0 {
 		log.Error("enrolled pod is NOT fully captured: eBPF capture cannot do "+strings.Join(un, "; ")+"; recreate it (meshcap-cni then captures it with istio's iptables rules)",
 			zap.String("netns", rec.Netns))
 	}
 }
 
-// registerListener registers the pod's proxy listener for inbound capture when none is registered yet (the proxy
-// starts after CNI ADD has attached inbound capture, and may not register itself).
+// registerListener registers the pod's proxy listeners for inbound capture when none is registered yet, or, in a
+// pod with IPv6 capture, no IPv6 one (the proxy starts after CNI ADD has attached inbound capture, and may not
+// register itself).
 func (r *agentReconciler) registerListener(log *zap.Logger, rec *cni.Enrollment, pol capture.Policy) {
 	st, err := loader.InboundStatus(rec.Netns, r.enr.PinRoot)
 	if err != nil {
 		log.Error("inbound status", zap.Error(err))
 		return
 	}
-	if st.Listener {
+	if st.Listener && (!st.IPv6 || st.Listener6) {
 		return
 	}
-	f, err := loader.FindInboundListener(rec.Netns, st.CapturePort, pol)
+	found, err := loader.FindInboundListeners(rec.Netns, st.CapturePort, pol)
 	if err != nil {
 		if !errors.Is(err, loader.ErrInboundListenerNotFound) {
 			log.Warn("find proxy listener", zap.Error(err))
 		}
 		return
 	}
-	defer f.Close()
-	if err := loader.RegisterInboundListener(r.enr.PinRoot, f); err != nil {
-		log.Error("register proxy listener", zap.Error(err))
-		return
+	for _, f := range found {
+		err := loader.RegisterInboundListener(r.enr.PinRoot, f)
+		f.Close()
+		if err != nil {
+			log.Error("register proxy listener", zap.Error(err))
+			return
+		}
 	}
-	log.Info("registered proxy listener for inbound capture", zap.Uint16("port", st.CapturePort))
+	log.Info("registered proxy listener for inbound capture", zap.Uint16("port", st.CapturePort), zap.Int("listeners", len(found)))
 }
 
 func agentUninstall(log *zap.Logger, o agentOptions) error {

@@ -40,7 +40,7 @@ func newEBPFAttachCmd(log *zap.Logger) *cobra.Command {
 		Short: "Capture outbound TCP of every process in a cgroup v2 directory, and inbound TCP of a network namespace when -b is set",
 		Long: `Attaches the outbound capture programs (cgroup/connect4 and connect6, sockops, cgroup/getsockopt,
 cgroup/getpeername4 and 6) to a cgroup v2 directory. A TCP connect from a process in it (IPv4, or IPv4-mapped
-::ffff:a.b.c.d from an IPv6 socket) is sent to 127.0.0.1:<-p> unless exempt, with the
+::ffff:a.b.c.d from an IPv6 socket) is sent to 127.0.0.1:<-p> (native IPv6 to [::1]:<-p>) unless exempt, with the
 same decision order as istio's ISTIO_OUTPUT chain: -o ports, then -u/-g owners, then loopback, then -x CIDRs,
 then -q ports, then -i CIDRs ('*' = all). The proxy learns the original destination with
 getsockopt(SOL_IP, SO_ORIGINAL_DST), exactly as under iptables REDIRECT.
@@ -61,18 +61,19 @@ without it turns it off for new connections.
 Links and maps are pinned under --pin-dir (cgroup-<cgroup id>/ and netns-<netns cookie>/inbound/), so capture
 stays after this command exits. Attaching again replaces the settings atomically. When --pin-dir is under
 /sys/fs/bpf and no bpffs is mounted there, it is mounted (host mount namespace only).
+Native IPv6 (to [::1]:<-p> outbound, to the sidecar's IPv6 listener inbound) is captured exactly where istio would
+write ip6tables rules: when the addresses of --netns enable IPv6 as istio detects them (see --dual-stack).
 Capture flags and their environment variables are istio-iptables' own. What eBPF capture cannot do yet is refused
-with an error naming it, and nothing is attached: IPv6 in a pod where istio would write ip6tables rules (its IPv6
-addresses in --netns, as istio detects them, see --dual-stack), owner groups, -k, -c, -m TPROXY, --drop-invalid
-(docs/ipv6-dns.md). --redirect-dns captures DNS to 15053 as istio's rules do, with the nameservers of this
-process's /etc/resolv.conf (as istio-iptables reads them where it runs).`,
+with an error naming it, and nothing is attached: owner groups, -k, -c, -m TPROXY, --drop-invalid (docs/ipv6-dns.md).
+--redirect-dns captures DNS to 15053 as istio's rules do, with the nameservers of this process's /etc/resolv.conf
+(as istio-iptables reads them where it runs).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runEBPFAttach(log, cgroupDir, netnsPath, pinRoot, cfg, load)
 		},
 	}
 	cmd.Flags().StringVar(&cgroupDir, "cgroup", "", "cgroup v2 directory to capture (required)")
-	cmd.Flags().StringVar(&netnsPath, "netns", ownNetns, "the pod's network namespace (/var/run/netns/NAME or /proc/PID/ns/net): inbound capture, and the IPv6 check")
+	cmd.Flags().StringVar(&netnsPath, "netns", ownNetns, "the pod's network namespace (/var/run/netns/NAME or /proc/PID/ns/net): inbound capture, and whether IPv6 is captured")
 	cmd.Flags().StringVar(&pinRoot, "pin-dir", loader.DefaultPinRoot, "bpffs directory where links and maps are pinned")
 	cmd.Flags().Uint32Var(&load.MaxConns, "max-connections", load.MaxConns, "per-pod capacity of captured connections; beyond it new connects are refused (EPERM) and counted")
 	cmd.Flags().BoolVar(&load.FastPath, "fast-path", false, "redirect app<->proxy data with sk_msg (the proxy must not use splice: see above)")
@@ -109,15 +110,15 @@ func runEBPFAttach(log *zap.Logger, cgroupDir, netnsPath, pinRoot string, cfg ca
 	if _, err := loader.InboundCookie(netnsPath); err != nil {
 		return fmt.Errorf("ebpf attach: invalid --netns %q: %w", netnsPath, err)
 	}
-	if un, err := iptables.EBPFUnsupportedIn(netnsPath, cfg); err != nil {
+	facts, err := iptables.EBPFFactsIn(netnsPath, cfg)
+	if err != nil {
 		return fmt.Errorf("ebpf attach: %w", err)
-	} else if len(un) > 0 {
+	}
+	if un := cfg.EBPFUnsupported(facts); len(un) > 0 {
 		return fmt.Errorf("ebpf attach: refused: eBPF capture cannot do %s for this pod (nothing attached; `meshcap iptables` and `meshcap init --mode auto` use istio's rules; docs/ipv6-dns.md)",
 			strings.Join(un, "; "))
 	}
-	if err := setPodDNS(&pol, netnsPath, cfg); err != nil {
-		return fmt.Errorf("ebpf attach: %w", err)
-	}
+	pol = cfg.PodPolicy(pol, facts)
 	if !pol.OutboundAll && len(pol.OutboundIncludeCIDRs) == 0 && len(pol.OutboundIncludePorts) == 0 {
 		// Same meaning as istio-iptables (no -i: no outbound redirect), but easy to miss.
 		log.Warn("no outbound TCP is captured: -i is empty and -q lists no port (use -i '*' to capture all)")
@@ -146,7 +147,7 @@ func logPodCapture(log *zap.Logger, res *loader.PodCapture, pol capture.Policy) 
 			zap.String("cgroup", a.CgroupDir), zap.Uint64("cgroupID", a.CgroupID), zap.String("pinDir", a.PinDir),
 			zap.Uint16("proxyPort", pol.ProxyPort), zap.Uint32s("proxyUIDs", pol.ProxyUIDs), zap.Uint32s("proxyGIDs", pol.ProxyGIDs),
 			zap.Bool("outboundAll", pol.OutboundAll), zap.Stringers("include", pol.OutboundIncludeCIDRs),
-			zap.Stringers("exclude", pol.OutboundExcludeCIDRs))
+			zap.Stringers("exclude", pol.OutboundExcludeCIDRs), zap.Bool("ipv6", pol.IPv6))
 	}
 	if res.InboundRemoved {
 		log.Info("detached inbound capture (-b is empty)", zap.Uint64("netnsCookie", res.NetnsCookie))
@@ -157,7 +158,8 @@ func logPodCapture(log *zap.Logger, res *loader.PodCapture, pol capture.Policy) 
 	}
 	log.Info("attached inbound capture", zap.Uint64("netnsCookie", info.NetnsCookie),
 		zap.String("pinDir", info.PinDir), zap.Uint16("capturePort", info.CapturePort), zap.Uint16("tunnelPort", info.TunnelPort),
-		zap.Bool("allPorts", info.AllPorts), zap.Uint16s("ports", info.Ports), zap.Bool("listenerRegistered", info.Listener))
+		zap.Bool("allPorts", info.AllPorts), zap.Uint16s("ports", info.Ports), zap.Bool("ipv6", info.IPv6),
+		zap.Bool("listenerRegistered", info.Listener), zap.Bool("ipv6ListenerRegistered", info.Listener6))
 	if !info.Listener {
 		log.Warn("no proxy listens on the inbound capture port yet: captured inbound connections are refused until it starts and registers itself",
 			zap.Uint16("port", info.CapturePort))

@@ -35,9 +35,10 @@ func newInitCmd(log *zap.Logger) *cobra.Command {
 		Long: `Sets up traffic capture for the pod it runs in: its cgroup and its network namespace.
 
 --mode auto (default) runs the feature probe (see 'meshcap probe') and uses eBPF when every feature the
-requested capture needs is present and eBPF can capture everything istio's rules would for this pod: no IPv6
-(as istio detects it from the pod's addresses and --dual-stack), no --redirect-dns, no owner groups, no -k/-c,
-TPROXY or --drop-invalid (docs/ipv6-dns.md); otherwise it applies istio-iptables' exact rules. The choice and the
+requested capture needs is present and eBPF can capture everything istio's rules would for this pod: no
+--redirect-dns, no owner groups, no -k/-c, TPROXY or --drop-invalid (docs/ipv6-dns.md); otherwise it applies
+istio-iptables' exact rules. IPv6 is captured in both modes exactly when istio detects it from the pod's addresses
+(and --dual-stack). The choice and the
 reason are logged. --mode ebpf fails when eBPF cannot be used;
 --mode iptables is 'meshcap iptables'.
 
@@ -111,14 +112,11 @@ func runInit(ctx context.Context, log *zap.Logger, cmd *cobra.Command, o initOpt
 	}
 
 	useHostViews(log, &o.pinRoot, &o.cgroup)
-	mode, reason, cgroupDir := decideInitMode(log, o, cfg, pol, ex.NetworkNamespace)
+	mode, reason, cgroupDir, pol := decideInitMode(log, o, cfg, pol, ex.NetworkNamespace)
 	log.Info("capture mode chosen", zap.String("mode", initModeName(mode, cfg)), zap.String("reason", reason),
 		zap.String("cgroup", cgroupDir), zap.String("requested", o.mode))
 	if mode == loader.ProbeModeEBPF {
-		err := setPodDNS(&pol, ex.NetworkNamespace, cfg)
-		if err == nil {
-			err = initEBPF(log, o, cgroupDir, ex.NetworkNamespace, pol)
-		}
+		err := initEBPF(log, o, cgroupDir, ex.NetworkNamespace, pol)
 		if err == nil {
 			err = loader.Failpoint("init-after-ebpf")
 		}
@@ -196,29 +194,31 @@ func removeIstioNftables(ctx context.Context, log *zap.Logger, cmd *cobra.Comman
 	return runIptables(ctx, log, cmd, cfg, ex)
 }
 
-// decideInitMode runs the probe and returns the mode (ebpf or iptables), why, and the target cgroup.
-func decideInitMode(log *zap.Logger, o initOptions, cfg capture.Config, pol capture.Policy, netnsPath string) (mode, reason, cgroupDir string) {
+// decideInitMode runs the probe and returns the mode (ebpf or iptables), why, the target cgroup, and pol completed
+// with the pod's facts (the ones the iptables mode would build its rules from).
+func decideInitMode(log *zap.Logger, o initOptions, cfg capture.Config, pol capture.Policy, netnsPath string) (mode, reason, cgroupDir string, _ capture.Policy) {
 	cgroupDir, how, err := initTarget(o)
 	if err != nil {
-		return loader.ProbeModeIPTables, "no cgroup to attach to: " + err.Error(), ""
+		return loader.ProbeModeIPTables, "no cgroup to attach to: " + err.Error(), "", pol
 	}
-	un, err := iptables.EBPFUnsupportedIn(netnsPath, cfg)
+	facts, err := iptables.EBPFFactsIn(netnsPath, cfg)
 	if err != nil {
-		return loader.ProbeModeIPTables, err.Error(), cgroupDir
+		return loader.ProbeModeIPTables, err.Error(), cgroupDir, pol
 	}
-	if len(un) > 0 {
-		return loader.ProbeModeIPTables, "eBPF capture cannot do: " + strings.Join(un, "; "), cgroupDir
+	pol = cfg.PodPolicy(pol, facts)
+	if un := cfg.EBPFUnsupported(facts); len(un) > 0 {
+		return loader.ProbeModeIPTables, "eBPF capture cannot do: " + strings.Join(un, "; "), cgroupDir, pol
 	}
 	checks, err := loader.Probe(loader.ProbeOptions{CgroupParent: cgroupDir})
 	if err != nil {
-		return loader.ProbeModeIPTables, "probe: " + err.Error(), cgroupDir
+		return loader.ProbeModeIPTables, "probe: " + err.Error(), cgroupDir, pol
 	}
 	for _, c := range checks {
 		log.Debug("probe", zap.String("check", c.Name), zap.Bool("ok", c.OK), zap.String("detail", c.Detail))
 	}
 	d := loader.DecideMode(checks, loader.ProbeRequirements{Inbound: pol.InboundEnabled()})
-	log.Debug("cgroup to capture", zap.String("cgroup", cgroupDir), zap.String("from", how))
-	return d.Mode, d.Reason, cgroupDir
+	log.Debug("cgroup to capture", zap.String("cgroup", cgroupDir), zap.String("from", how), zap.Bool("ipv6", pol.IPv6))
+	return d.Mode, d.Reason, cgroupDir, pol
 }
 
 // initEBPF captures the pod (outbound on the cgroup, inbound on the netns); on error nothing new stays attached.

@@ -20,13 +20,14 @@ func bindProxyInboundFlags(fl *pflag.FlagSet, pinDir *string) {
 	fl.StringVar(pinDir, "pin-dir", loader.DefaultPinRoot, "bpffs directory of meshcap's pins, where the inbound listener is registered in eBPF mode")
 }
 
-// registerInbound puts the proxy's inbound listener into the inbound capture of its network namespace. Called
+// registerInbound puts the proxy's inbound listeners (IPv4, and the IPv6 one where it is open) into the inbound
+// capture of its network namespace. Called
 // after Listen and before dropping privileges (it needs CAP_BPF). Not being in eBPF inbound mode is normal
 // (iptables mode, or capture attached later: `meshcap ebpf attach` then finds the listener itself); any other
 // failure is logged, because captured inbound connections are refused until a listener is registered.
 func registerInbound(log *zap.Logger, p *proxy.Proxy, pinDir string) {
-	ln := p.Listener(proxy.Inbound)
-	if ln == nil || pinDir == "" {
+	lns := p.Listeners(proxy.Inbound)
+	if len(lns) == 0 || pinDir == "" {
 		return
 	}
 	useHostViews(log, &pinDir, nil)
@@ -37,10 +38,15 @@ func registerInbound(log *zap.Logger, p *proxy.Proxy, pinDir string) {
 			zap.String("pinDir", pinDir))
 		return
 	}
-	err := loader.RegisterInboundListener(pinDir, ln)
+	var err error
+	for _, ln := range lns {
+		if err = loader.RegisterInboundListener(pinDir, ln); err != nil {
+			break
+		}
+	}
 	switch {
 	case err == nil:
-		log.Info("registered the inbound listener with eBPF inbound capture", zap.String("pinDir", pinDir))
+		log.Info("registered the inbound listeners with eBPF inbound capture", zap.String("pinDir", pinDir), zap.Int("listeners", len(lns)))
 	case errors.Is(err, loader.ErrInboundNotAttached):
 		log.Debug("not in eBPF inbound mode (no inbound capture attached in this netns)", zap.Error(err))
 	case os.Geteuid() != 0:

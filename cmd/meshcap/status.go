@@ -192,9 +192,9 @@ func printStatus(w io.Writer, rep *statusReport) {
 				ports += " -d " + joinPorts(in.Ports)
 			}
 		}
-		fmt.Fprintf(w, "  capture port %d, tunnel port %d, %s\n", in.CapturePort, in.TunnelPort, ports)
+		fmt.Fprintf(w, "  capture port %d, tunnel port %d, %s, IPv6 %s\n", in.CapturePort, in.TunnelPort, ports, onOff(in.IPv6))
 		if in.Listener {
-			fmt.Fprintf(w, "  proxy listener registered (socket cookie %d)\n", in.ListenerCookie)
+			fmt.Fprintf(w, "  proxy listener registered (socket cookie %d; an IPv6 one: %v)\n", in.ListenerCookie, in.Listener6)
 		} else {
 			fmt.Fprintf(w, "  no proxy listener registered: captured connections are refused\n")
 		}
@@ -243,4 +243,11 @@ func printCaptureStats(w io.Writer, a loader.AttachmentStatus) {
 		}
 		fmt.Fprintln(w)
 	}
+}
+
+func onOff(b bool) string {
+	if b {
+		return "captured"
+	}
+	return "not captured (istio would write no ip6tables rules)"
 }

@@ -9,6 +9,8 @@
 //     network namespace, /etc/resolv.conf), and every decision taking host facts takes them as a HostFacts value.
 //   - EBPFUnsupported is the one list of what eBPF capture cannot do yet; every eBPF entry point (ebpf attach,
 //     init, the agent's CNI plugin) refuses or falls back on it, so no setting is accepted and silently not done.
+//   - Policy.ForPod is the one place where a pod's host facts enter the eBPF policy (IPv6 capture exactly where
+//     istio would write ip6tables rules), with the same HostFacts the iptables backend builds its rules from.
 package capture
 
 // Config is the istio-iptables configuration, field for field. Lists are comma-separated raw strings.

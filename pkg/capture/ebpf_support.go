@@ -11,13 +11,10 @@ import (
 // `meshcap init --mode ebpf` fail, `meshcap init --mode auto` falls back to the iptables mode, and meshcap-cni
 // applies istio's rules in the pod's netns instead of enrolling it into eBPF capture (docs/ipv6-dns.md).
 //
-// The list follows istio's rules (istio-golden/DEFAULTS.md):
-//   - IPv6: istio writes ip6tables rules when it detects IPv6 (h.IPv6, see DetectIPv6 and --dual-stack). The
-//     programs capture native IPv6 when Policy.IPv6 is set (loader tests), but no entry point sets it from the
-//     pod's facts yet, so such a pod is still refused rather than have its IPv6 connections bypass the sidecar.
-//     IPv4-mapped destinations are IPv4 and captured in every pod (connect6).
-//   - DNS (--redirect-dns, --capture-all-dns) is not listed: the programs capture it (Policy.DNS, bpf/include/dns.h),
-//     from the same resolv.conf servers the iptables mode reads (HostFacts), IPv6 servers where Policy.IPv6 is set.
+// The list follows istio's rules (istio-golden/DEFAULTS.md). IPv6 is not in it: eBPF capture follows the pod's
+// IPv6 fact through Policy.ForPod, as istio's ip6tables rules do. DNS (--redirect-dns, --capture-all-dns) is not
+// either: the programs capture it (Policy.DNS, bpf/include/dns.h), from the same resolv.conf servers the iptables
+// mode reads (HostFacts), IPv6 servers where Policy.IPv6 is set. The rest:
 //   - Owner groups (ISTIO_OUTBOUND_OWNER_GROUPS other than "*", including the empty value, which makes istio
 //     capture no outbound TCP; ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE, which istio uses only when the include value
 //     is "*").
@@ -29,7 +26,6 @@ func (c Config) EBPFUnsupported(h HostFacts) []string {
 		on   bool
 		what string
 	}{
-		{h.IPv6, "IPv6 capture (the pod has IPv6 addresses, so istio also writes ip6tables rules; see --dual-stack)"},
 		{c.OwnerGroupsInclude != "*", EnvOwnerGroups + "=" + strconv.Quote(c.OwnerGroupsInclude) + ownerGroupsNote(c.OwnerGroupsInclude)},
 		{c.OwnerGroupsInclude == "*" && c.OwnerGroupsExclude != "", EnvOwnerGroupsExclude + "=" + strconv.Quote(c.OwnerGroupsExclude)},
 		{c.KubeVirtInterfaces != "", "-k/--kube-virt-interfaces"},
@@ -44,6 +40,25 @@ func (c Config) EBPFUnsupported(h HostFacts) []string {
 		}
 	}
 	return out
+}
+
+// ForPod completes p with the facts of the pod it captures (the HostFacts the iptables backend builds its rules
+// from: one detection for both modes). IPv6: native IPv6 is captured, outbound and inbound, exactly when istio
+// would write its ip6tables rules (h.IPv6: the pod's addresses and --dual-stack, DetectIPv6); otherwise it is left
+// alone, as istio leaves it without ip6tables rules. IPv4-mapped destinations are IPv4 and captured either way.
+func (p Policy) ForPod(h HostFacts) Policy {
+	p.IPv6 = h.IPv6
+	return p
+}
+
+// PodPolicy completes p, c's policy, with the facts h of the pod it captures: IPv6 (ForPod) and DNS capture
+// (DNSPolicy: --redirect-dns, --capture-all-dns and the resolv.conf servers in h). Every eBPF front end (ebpf attach,
+// init, meshcap-cni and the agent's re-enrollment) builds the pod's policy here, from the facts the iptables mode
+// would build its rules from.
+func (c Config) PodPolicy(p Policy, h HostFacts) Policy {
+	p = p.ForPod(h)
+	p.DNS = c.DNSPolicy(h)
+	return p
 }
 
 func ownerGroupsNote(v string) string {

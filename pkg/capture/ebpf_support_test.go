@@ -7,7 +7,6 @@ import (
 )
 
 func TestEBPFUnsupported(t *testing.T) {
-	const v6 = "IPv6 capture (the pod has IPv6 addresses, so istio also writes ip6tables rules; see --dual-stack)"
 	for _, tc := range []struct {
 		name string
 		mod  func(*Config)
@@ -18,8 +17,7 @@ func TestEBPFUnsupported(t *testing.T) {
 		{"istio-init args", func(c *Config) {
 			c.InboundInterceptionMode, c.OutboundIPRangesInclude, c.InboundPortsInclude = "REDIRECT", "*", "*"
 		}, HostFacts{}, nil},
-		{"ipv6 pod", func(*Config) {}, HostFacts{IPv6: true}, []string{v6}},
-		{"ipv6 pod, nothing captured still refused", func(c *Config) { c.OutboundIPRangesInclude = "" }, HostFacts{IPv6: true}, []string{v6}},
+		{"ipv6 pod: captured (Policy.ForPod)", func(*Config) {}, HostFacts{IPv6: true}, nil},
 		{"tproxy", func(c *Config) { c.InboundInterceptionMode = "TPROXY" }, HostFacts{}, []string{"-m TPROXY (sk_lookup already keeps the client address and original destination)"}},
 		{"lowercase tproxy is REDIRECT, as istio", func(c *Config) { c.InboundInterceptionMode = "tproxy" }, HostFacts{}, nil},
 		{"redirect-dns with servers (captured by the programs)", func(c *Config) { c.RedirectDNS = true }, HostFacts{DNSServersV4: []string{"10.0.0.10"}}, nil},
@@ -47,6 +45,28 @@ func TestEBPFUnsupported(t *testing.T) {
 				t.Errorf("EBPFUnsupported() = %q, want %q", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestPolicyForPod: IPv6 capture follows the pod's IPv6 fact, the one istio writes ip6tables rules by, and nothing
+// else in the policy changes.
+func TestPolicyForPod(t *testing.T) {
+	c := Default()
+	c.OutboundIPRangesInclude, c.InboundPortsInclude = "*", "*"
+	p, err := c.Policy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.IPv6 {
+		t.Fatal("Config.Policy set IPv6 without facts")
+	}
+	for _, v6 := range []bool{true, false} {
+		got := p.ForPod(HostFacts{IPv6: v6, DNSServersV4: []string{"10.0.0.10"}})
+		want := p
+		want.IPv6 = v6
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("ForPod(IPv6=%v) = %+v, want %+v", v6, got, want)
+		}
 	}
 }
 

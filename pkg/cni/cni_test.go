@@ -159,9 +159,9 @@ func testPlugin(out *bytes.Buffer, enr *fakeEnroller) *Plugin {
 			}
 			return NetnsID{Cookie: 4242, Inode: 99}, nil
 		},
-		EBPFUnsupported: func(_ string, c capture.Config) ([]string, error) { return c.EBPFUnsupported(capture.HostFacts{}), nil },
-		Stdout:          out,
-		Now:             func() time.Time { return time.Unix(1, 0) },
+		HostFacts: func(string, capture.Config) (capture.HostFacts, error) { return capture.HostFacts{}, nil },
+		Stdout:    out,
+		Now:       func() time.Time { return time.Unix(1, 0) },
 	}
 }
 
@@ -246,17 +246,56 @@ func TestPluginLeavesNonMeshPodAlone(t *testing.T) {
 	}
 }
 
-// TestPluginFallsBackForPodEBPFCannotCover: a pod with IPv6 (istio would write ip6tables rules) or TPROXY
-// interception is not enrolled into eBPF capture: it is captured by the iptables fallback instead, recorded as
-// such (DEL undoes it there), and the reason is logged.
+// TestPluginEnrollsIPv6Pod: a pod whose netns facts enable IPv6 (istio would write ip6tables rules) is enrolled
+// into eBPF capture with IPv6 capture on, and its facts are recorded so that the agent's re-enrollment builds the
+// same policy; without IPv6 the policy has it off.
+func TestPluginEnrollsIPv6Pod(t *testing.T) {
+	for _, ipv6 := range []bool{true, false} {
+		var out, log bytes.Buffer
+		enr := &fakeEnroller{enrolled: map[uint64]capture.Policy{}}
+		p := testPlugin(&out, enr)
+		p.Log, p.Fallback = &log, &fakeEnroller{enrolled: map[uint64]capture.Policy{}}
+		p.HostFacts = func(netns string, c capture.Config) (capture.HostFacts, error) {
+			if netns != "/var/run/netns/x" {
+				t.Errorf("facts read in %q", netns)
+			}
+			return capture.HostFacts{IPv6: ipv6}, nil
+		}
+		conf := confJSON(t, `,"enroll":"all"`)
+		var parsed NetConf
+		_ = json.Unmarshal(conf, &parsed)
+		args := &skel.CmdArgs{ContainerID: "c6", Netns: "/var/run/netns/x", IfName: "eth0",
+			Args: "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web", StdinData: conf}
+		if err := p.Add(args); err != nil {
+			t.Fatalf("ADD: %v", err)
+		}
+		pol, ok := enr.enrolled[4242]
+		if !ok || pol.IPv6 != ipv6 || strings.Contains(log.String(), "NOT enrolled") {
+			t.Fatalf("ipv6=%v: eBPF enrolled %v (policy IPv6 %v), log %q", ipv6, ok, pol.IPv6, log.String())
+		}
+		rec, err := Store{Dir: parsed.StateDir}.Get("c6")
+		if err != nil || rec == nil || rec.Mode != ModeEBPF || rec.Facts.IPv6 != ipv6 {
+			t.Fatalf("record %+v, %v: want mode eBPF with facts IPv6=%v", rec, err, ipv6)
+		}
+		if rp, err := rec.Policy(); err != nil || rp.IPv6 != ipv6 {
+			t.Fatalf("recorded policy IPv6 %v, %v: want %v", rp.IPv6, err, ipv6)
+		}
+		if err := p.Del(args); err != nil {
+			t.Fatalf("DEL: %v", err)
+		}
+	}
+}
+
+// TestPluginFallsBackForPodEBPFCannotCover: a pod with TPROXY interception is not enrolled into eBPF capture: it
+// is captured by the iptables fallback instead, recorded as such (DEL undoes it there), and the reason is logged.
 func TestPluginFallsBackForPodEBPFCannotCover(t *testing.T) {
 	for _, tc := range []struct {
 		name, args string
 		ipv6       bool
 		want       string
 	}{
-		{"ipv6", "", true, "IPv6 capture"},
 		{"tproxy", ";MESHCAP_ISTIO_INBOUND_INTERCEPTION_MODE=TPROXY", false, "-m TPROXY"},
+		{"tproxy-ipv6", ";MESHCAP_ISTIO_INBOUND_INTERCEPTION_MODE=TPROXY", true, "-m TPROXY"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out, log bytes.Buffer
@@ -264,11 +303,11 @@ func TestPluginFallsBackForPodEBPFCannotCover(t *testing.T) {
 			fallback := &fakeEnroller{enrolled: map[uint64]capture.Policy{}}
 			p := testPlugin(&out, enr)
 			p.Log, p.Fallback = &log, fallback
-			p.EBPFUnsupported = func(netns string, c capture.Config) ([]string, error) {
+			p.HostFacts = func(netns string, c capture.Config) (capture.HostFacts, error) {
 				if netns != "/var/run/netns/x" {
 					t.Errorf("facts read in %q", netns)
 				}
-				return c.EBPFUnsupported(capture.HostFacts{IPv6: tc.ipv6}), nil
+				return capture.HostFacts{IPv6: tc.ipv6}, nil
 			}
 			conf := confJSON(t, `,"enroll":"all"`)
 			var parsed NetConf

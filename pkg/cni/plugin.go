@@ -29,9 +29,9 @@ type Plugin struct {
 	NewEnroller func(conf *NetConf) (Enroller, error)
 	// ReadNetnsID reads a netns' cookie and inode (ReadNetnsID; replaceable in tests).
 	ReadNetnsID func(path string) (NetnsID, error)
-	// EBPFUnsupported lists what eBPF capture cannot do for c in the pod's netns (iptables.EBPFUnsupportedIn;
-	// replaceable in tests).
-	EBPFUnsupported func(netnsPath string, c capture.Config) ([]string, error)
+	// HostFacts reads the pod's facts for c in its netns (iptables.EBPFFactsIn; replaceable in tests): what eBPF
+	// capture cannot do there (capture.EBPFUnsupported), and whether it captures IPv6 (capture.Policy.ForPod).
+	HostFacts func(netnsPath string, c capture.Config) (capture.HostFacts, error)
 	// Fallback captures a pod that eBPF cannot fully cover (IPTablesEnroller: istio's rules in its netns).
 	Fallback Enroller
 	Stdout   io.Writer // results
@@ -43,13 +43,13 @@ type Plugin struct {
 // the node agent's pinned maps when an agent runs (AgentEnroller).
 func NewPlugin() *Plugin {
 	return &Plugin{
-		NewEnroller:     AgentEnroller,
-		ReadNetnsID:     ReadNetnsID,
-		EBPFUnsupported: iptables.EBPFUnsupportedIn,
-		Fallback:        IPTablesEnroller{},
-		Stdout:          os.Stdout,
-		Log:             os.Stderr,
-		Now:             time.Now,
+		NewEnroller: AgentEnroller,
+		ReadNetnsID: ReadNetnsID,
+		HostFacts:   iptables.EBPFFactsIn,
+		Fallback:    IPTablesEnroller{},
+		Stdout:      os.Stdout,
+		Log:         os.Stderr,
+		Now:         time.Now,
 	}
 }
 
@@ -162,10 +162,12 @@ func (p *Plugin) Add(a *skel.CmdArgs) error {
 	if err != nil {
 		return types.NewError(types.ErrInvalidNetNS, err.Error(), "")
 	}
-	mode, err := p.captureMode(a, in.pod, cfg, id)
+	facts, err := p.HostFacts(a.Netns, cfg)
 	if err != nil {
-		return err
+		return types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("pod %s: %v", in.pod, err), "")
 	}
+	pol = cfg.PodPolicy(pol, facts)
+	mode := p.captureMode(a, in.pod, cfg.EBPFUnsupported(facts), id)
 	e := &Enrollment{
 		ContainerID: a.ContainerID,
 		IfName:      a.IfName,
@@ -179,6 +181,7 @@ func (p *Plugin) Add(a *skel.CmdArgs) error {
 		Network:     in.conf.Name,
 		Created:     p.Now().UTC(),
 		Mode:        mode,
+		Facts:       facts,
 	}
 	store := Store{Dir: in.conf.StateDir}
 	unlock, err := store.Lock()
@@ -204,22 +207,18 @@ func (p *Plugin) Add(a *skel.CmdArgs) error {
 }
 
 // captureMode decides how an enrolled pod is captured: ModeEBPF, or ModeIPTables when eBPF capture cannot fully
-// cover it (capture.EBPFUnsupported with the facts of its netns, for example IPv6 addresses): enrolling it into
-// eBPF would leave those connections uncaptured. The fallback is logged with the reason.
-func (p *Plugin) captureMode(a *skel.CmdArgs, pod Pod, cfg capture.Config, id NetnsID) (string, error) {
-	un, err := p.EBPFUnsupported(a.Netns, cfg)
-	if err != nil {
-		return "", types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("pod %s: %v", pod, err), "")
-	}
+// cover it (un: capture.EBPFUnsupported with the facts of its netns, for example --redirect-dns): enrolling it
+// into eBPF would leave those connections uncaptured. The fallback is logged with the reason.
+func (p *Plugin) captureMode(a *skel.CmdArgs, pod Pod, un []string, id NetnsID) string {
 	if !hostfs.IsNetnsCookie(id.Cookie) {
 		un = append(un, "agent mode on this kernel (it gives userspace no netns cookie: SO_NETNS_COOKIE needs Linux 5.14)")
 	}
 	if len(un) == 0 {
-		return ModeEBPF, nil
+		return ModeEBPF
 	}
 	p.logf("ADD %s pod %s: NOT enrolled into eBPF capture, which cannot do %s: istio's iptables rules are applied in its netns instead",
 		a.ContainerID, pod, strings.Join(un, "; "))
-	return ModeIPTables, nil
+	return ModeIPTables
 }
 
 // enroller returns the dataplane of a capture mode.

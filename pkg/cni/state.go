@@ -33,6 +33,19 @@ type Enrollment struct {
 	Created     time.Time      `json:"created"`
 	// Mode is how the pod is captured: ModeEBPF (the agent) or ModeIPTables (the per-pod fallback).
 	Mode string `json:"mode,omitempty"`
+	// Facts are the pod's host facts read in its netns at ADD (IPv6 enabled, resolv.conf servers), as istio reads
+	// them once when it writes its rules: the agent builds the pod's eBPF policy from them (Policy), also when it
+	// re-enrolls the pod later. A record of an older meshcap has none (IPv6 was refused then).
+	Facts capture.HostFacts `json:"facts"`
+}
+
+// Policy is the eBPF policy of the recorded pod: its capture settings completed with its recorded facts.
+func (e *Enrollment) Policy() (capture.Policy, error) {
+	pol, err := e.Capture.Policy()
+	if err != nil {
+		return pol, err
+	}
+	return e.Capture.PodPolicy(pol, e.Facts), nil
 }
 
 // Enroller programs the dataplane for one pod. The record store is separate (Store); an Enroller is the

@@ -112,13 +112,13 @@ func FactsIn(path string, c capture.Config) (capture.HostFacts, error) {
 	return f, err
 }
 
-// EBPFUnsupportedIn is capture.EBPFUnsupported with the host facts of the network namespace at path. A netns
-// without any non-loopback address has no IPv6 to capture: there istio-iptables fails, and eBPF capture misses
-// nothing.
-func EBPFUnsupportedIn(path string, c capture.Config) ([]string, error) {
+// EBPFFactsIn is FactsIn for eBPF capture, which takes from them what it cannot do (capture.EBPFUnsupported) and
+// the pod facts of its policy (capture.Policy.ForPod). A netns without any non-loopback address has no IPv6 to
+// capture: there istio-iptables fails, and eBPF capture misses nothing.
+func EBPFFactsIn(path string, c capture.Config) (capture.HostFacts, error) {
 	facts, err := FactsIn(path, c)
 	if err != nil && !errors.Is(err, capture.ErrNoLocalAddress) {
-		return nil, fmt.Errorf("host facts of netns %q: %w", path, err)
+		return facts, fmt.Errorf("host facts of netns %q: %w", path, err)
 	}
-	return c.EBPFUnsupported(facts), nil
+	return facts, nil
 }

@@ -3,7 +3,7 @@
 //
 //	nettool dial ADDR [-send N] [-timeout D] [-family6] [-bind IP]  connect, read the server's first line, send N bytes, half-close,
 //	                                          read the echo; print one JSON DialResult; exit 1 on failure
-//	nettool origdst ADDR [SRC]                a minimal transparent proxy: accept, getsockopt(SO_ORIGINAL_DST),
+//	nettool origdst ADDR [SRC]                a minimal transparent proxy: accept, getsockopt(SO_ORIGINAL_DST, SOL_IPV6 for IPv6),
 //	                                          dial it (from source address SRC if given: 127.0.0.6 for an inbound
 //	                                          sidecar), relay; one JSON line per connection on stdout
 //	nettool socks ADDR                        minimal SOCKS5 server (CONNECT to IPv4, no authentication)

@@ -101,14 +101,22 @@ func originalDst(c *net.TCPConn) (netip.AddrPort, error) {
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
-	var sa [16]byte
+	// An IPv6 connection (not IPv4-mapped) asks SOL_IPV6/IP6T_SO_ORIGINAL_DST and gets a sockaddr_in6, as Envoy does.
+	level, v6 := unix.SOL_IP, false
+	if la, ok := c.LocalAddr().(*net.TCPAddr); ok && la.IP.To4() == nil {
+		level, v6 = unix.SOL_IPV6, true
+	}
+	var sa [28]byte
 	var serr error
 	err = raw.Control(func(fd uintptr) {
-		size := uint32(len(sa))
-		_, _, e := syscall.Syscall6(syscall.SYS_GETSOCKOPT, fd, unix.SOL_IP, 80, // SO_ORIGINAL_DST
+		size := uint32(16)
+		if v6 {
+			size = 28
+		}
+		_, _, e := syscall.Syscall6(syscall.SYS_GETSOCKOPT, fd, uintptr(level), 80, // SO_ORIGINAL_DST, IP6T_SO_ORIGINAL_DST
 			uintptr(unsafe.Pointer(&sa[0])), uintptr(unsafe.Pointer(&size)), 0)
 		if e != 0 {
-			serr = fmt.Errorf("getsockopt SO_ORIGINAL_DST: %w", e)
+			serr = fmt.Errorf("getsockopt SO_ORIGINAL_DST (level %d): %w", level, e)
 		}
 	})
 	if err != nil {
@@ -118,5 +126,8 @@ func originalDst(c *net.TCPConn) (netip.AddrPort, error) {
 		return netip.AddrPort{}, serr
 	}
 	port := binary.BigEndian.Uint16(sa[2:4])
+	if v6 {
+		return netip.AddrPortFrom(netip.AddrFrom16([16]byte(sa[8:24])), port), nil
+	}
 	return netip.AddrPortFrom(netip.AddrFrom4([4]byte(sa[4:8])), port), nil
 }
