@@ -148,7 +148,7 @@ func attachInbound(netnsPath string, p capture.Policy, opts InboundOptions) (_ *
 		return nil, err
 	}
 	defer ns.Close()
-	if hostfs.IsNetnsCookie(cookie) { // else (before 5.14) 0: per-pod only, the cgroup programs serve one pod
+	if hostfs.IsNetnsCookie(cookie) { // else (NetnsID's stand-in: no cookie readable) 0: per-pod only
 		cfg.NetnsCookie = cookie
 	}
 
@@ -559,7 +559,7 @@ func inbInspectListener(ln syscall.Conn) (inbListenerFacts, error) {
 			ierr = fmt.Errorf("listener has unsupported address %T", sa)
 			return
 		}
-		lf.netnsCookie, err = hostfs.SocketNetnsID(fd)
+		lf.netnsCookie, err = SocketNetnsID(fd)
 		if err != nil {
 			ierr = fmt.Errorf("listener: netns cookie: %w", err)
 		}

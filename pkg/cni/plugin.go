@@ -212,7 +212,7 @@ func (p *Plugin) captureMode(a *skel.CmdArgs, pod Pod, cfg capture.Config, id Ne
 		return "", types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("pod %s: %v", pod, err), "")
 	}
 	if !hostfs.IsNetnsCookie(id.Cookie) {
-		un = append(un, "agent mode on this kernel (it gives userspace no netns cookie: SO_NETNS_COOKIE needs Linux 5.14)")
+		un = append(un, "agent mode here (no netns cookie readable from userspace: no SO_NETNS_COOKIE, which needs Linux 5.14, and the cgroup/sock_create reader failed or is disabled; `meshcap probe` says why)")
 	}
 	if len(un) == 0 {
 		return ModeEBPF, nil
