@@ -42,10 +42,12 @@ import (
 // cannot run here (or MESHCAP_PROBE_DISABLE says so). Agent mode is then unavailable.
 var ErrNoNetnsCookie = errors.New("no netns cookie readable from userspace")
 
-// Probe checks (and MESHCAP_PROBE_DISABLE names) of the two ways.
+// Probe checks (and MESHCAP_PROBE_DISABLE names) of the netns cookie: SO_NETNS_COOKIE (disabled, the readers take
+// the cgroup/sock_create way), and whether this process can read a cookie at all (disabled, no way: NetnsID gives
+// stand-ins and agent mode is unavailable).
 const (
-	checkSockoptNetnsCookie   = "sockopt:so_netns_cookie"
-	checkUserspaceNetnsCookie = "userspace:netns_cookie"
+	CheckSockoptNetnsCookie   = "sockopt:so_netns_cookie"
+	CheckUserspaceNetnsCookie = "userspace:netns_cookie"
 )
 
 // netnsCookieChildArg0 is argv[0] of the reader's child: /proc/self/exe started under this name only makes a socket.
@@ -84,10 +86,10 @@ func NetnsCookie(ns *os.File) (uint64, error) {
 
 // netnsCookie is NetnsCookie with the SO_NETNS_COOKIE read given (on a socket of ns, or on a new one made there).
 func netnsCookie(ns *os.File, bySockopt func() (uint64, error)) (uint64, error) {
-	if probeDisabled(checkUserspaceNetnsCookie) {
-		return 0, fmt.Errorf("%w: %s disabled by %s", ErrNoNetnsCookie, checkUserspaceNetnsCookie, ProbeDisableEnv)
+	if probeDisabled(CheckUserspaceNetnsCookie) {
+		return 0, fmt.Errorf("%w: %s disabled by %s", ErrNoNetnsCookie, CheckUserspaceNetnsCookie, ProbeDisableEnv)
 	}
-	if !probeDisabled(checkSockoptNetnsCookie) {
+	if !probeDisabled(CheckSockoptNetnsCookie) {
 		cookie, err := bySockopt()
 		if err == nil || !errors.Is(err, unix.ENOPROTOOPT) {
 			return cookie, err
@@ -247,18 +249,18 @@ func (r *netnsCookieReader) close() {
 // way), and whether this process can read a cookie at all (ScopeAgent: agent mode keys pods by it).
 func netnsCookieProbeItems() []probeItem {
 	return []probeItem{
-		{checkSockoptNetnsCookie, ScopeVariant, func(*probeRun) (string, error) {
+		{CheckSockoptNetnsCookie, ScopeVariant, func(*probeRun) (string, error) {
 			if _, err := ofOwnNetns(hostfs.NetnsCookie); err != nil {
 				return "", err
 			}
 			return "available", nil
 		}},
-		{checkUserspaceNetnsCookie, ScopeAgent, (*probeRun).checkUserspaceNetnsCookie},
+		{CheckUserspaceNetnsCookie, ScopeAgent, (*probeRun).checkUserspaceNetnsCookie},
 	}
 }
 
 func (r *probeRun) checkUserspaceNetnsCookie() (string, error) {
-	if !slices.ContainsFunc(r.disable, func(tok string) bool { return disableMatches(tok, checkSockoptNetnsCookie) }) {
+	if !slices.ContainsFunc(r.disable, func(tok string) bool { return disableMatches(tok, CheckSockoptNetnsCookie) }) {
 		if _, err := ofOwnNetns(hostfs.NetnsCookie); err == nil {
 			return "by SO_NETNS_COOKIE", nil
 		}

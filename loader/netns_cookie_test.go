@@ -109,7 +109,7 @@ func TestNetnsCookieWays(t *testing.T) {
 	if err != nil || sockID != want {
 		t.Errorf("SocketNetnsID by the reader: %d (%v), want %d", sockID, err, want)
 	}
-	checks, err := Probe(ProbeOptions{Only: []string{checkSockoptNetnsCookie, checkUserspaceNetnsCookie}})
+	checks, err := Probe(ProbeOptions{Only: []string{CheckSockoptNetnsCookie, CheckUserspaceNetnsCookie}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +120,7 @@ func TestNetnsCookieWays(t *testing.T) {
 		t.Errorf("agent mode with the reader: %+v", d)
 	}
 
-	t.Setenv(ProbeDisableEnv, checkUserspaceNetnsCookie)
+	t.Setenv(ProbeDisableEnv, CheckUserspaceNetnsCookie)
 	if c, err := NetnsCookie(ns); !errors.Is(err, ErrNoNetnsCookie) {
 		t.Errorf("NetnsCookie with no way: %d, %v; want ErrNoNetnsCookie", c, err)
 	}
@@ -131,11 +131,11 @@ func TestNetnsCookieWays(t *testing.T) {
 	if id, err := NetnsID(ns); err != nil || hostfs.IsNetnsCookie(id) || id&^(1<<63) != st.Ino {
 		t.Errorf("NetnsID with no way: %#x (%v), want the marked inode %d", id, err, st.Ino)
 	}
-	checks, err = Probe(ProbeOptions{Only: []string{checkUserspaceNetnsCookie}})
+	checks, err = Probe(ProbeOptions{Only: []string{CheckUserspaceNetnsCookie}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := DecideMode(checks, ProbeRequirements{Agent: true}); d.Mode != ProbeModeIPTables || !strings.Contains(d.Reason, checkUserspaceNetnsCookie) {
-		t.Errorf("agent mode with no way: %+v, want iptables naming %s", d, checkUserspaceNetnsCookie)
+	if d := DecideMode(checks, ProbeRequirements{Agent: true}); d.Mode != ProbeModeIPTables || !strings.Contains(d.Reason, CheckUserspaceNetnsCookie) {
+		t.Errorf("agent mode with no way: %+v, want iptables naming %s", d, CheckUserspaceNetnsCookie)
 	}
 }

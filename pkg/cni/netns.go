@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/meshcap/meshcap/loader"
+	"github.com/meshcap/meshcap/pkg/hostfs"
 )
 
 // ErrNetnsGone means the network namespace path does not exist (any more).
@@ -45,4 +46,17 @@ func ReadNetnsID(path string) (NetnsID, error) {
 		return NetnsID{}, fmt.Errorf("netns %q: %w", path, err)
 	}
 	return NetnsID{Cookie: cookie, Inode: st.Ino}, nil
+}
+
+// Same reports whether id, read now, names the netns an enrollment recorded (its cookie and inode). Cookies are
+// compared where both are cookies. Where one side is only a stand-in (read by a process that reads no netns cookie,
+// loader.NetnsID), only a different inode proves another netns; known is false when nothing can be told.
+func (id NetnsID) Same(cookie, inode uint64) (same, known bool) {
+	if hostfs.IsNetnsCookie(id.Cookie) == hostfs.IsNetnsCookie(cookie) {
+		return id.Cookie == cookie, true
+	}
+	if inode != 0 && id.Inode != inode {
+		return false, true
+	}
+	return false, false
 }

@@ -314,8 +314,12 @@ func (p *Plugin) Check(a *skel.CmdArgs) error {
 	if err != nil {
 		return types.NewError(types.ErrInvalidNetNS, err.Error(), "")
 	}
-	if id.Cookie != rec.NetnsCookie {
-		return types.NewError(types.ErrInternal, fmt.Sprintf("CHECK: pod %s: netns cookie is %d, enrolled %d", in.pod, id.Cookie, rec.NetnsCookie), "")
+	if same, known := id.Same(rec.NetnsCookie, rec.NetnsInode); !same {
+		what := "is"
+		if !known {
+			what = "cannot be compared (no netns cookie readable here):"
+		}
+		return types.NewError(types.ErrInternal, fmt.Sprintf("CHECK: pod %s: netns cookie %s %d, enrolled %d", in.pod, what, id.Cookie, rec.NetnsCookie), "")
 	}
 	ips, err := prevIPs(in.conf.PrevResult)
 	if err != nil {
