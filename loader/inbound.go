@@ -435,18 +435,42 @@ func PruneInbound(pinRoot string) ([]uint64, error) {
 }
 
 // inbLinkAttached: the pinned netns link still points at a live netns (the kernel zeroes it when the netns dies).
-func inbLinkAttached(path string) bool {
+func inbLinkAttached(path string) bool { return inbLinkNetnsInode(path) != 0 }
+
+// inbLinkNetnsInode is the nsfs inode of the netns the pinned sk_lookup link at path is attached to; 0 when it is
+// not (any more) attached or cannot be read.
+func inbLinkNetnsInode(path string) uint32 {
 	l, err := link.LoadPinnedLink(path, nil)
 	if err != nil {
-		return false
+		return 0
 	}
 	defer l.Close()
 	li, err := l.Info()
 	if err != nil {
-		return false
+		return 0
 	}
-	ni := li.NetNs()
-	return ni != nil && ni.NetnsInode != 0
+	if ni := li.NetNs(); ni != nil {
+		return ni.NetnsInode
+	}
+	return 0
+}
+
+// inbResolveStandIn turns NetnsID's stand-in (read by a process that reads no netns cookie, such as a sidecar
+// container without a writable cgroupfs on Linux 5.10) into the cookie the netns's inbound pins are named by: the
+// one whose sk_lookup link is attached to a netns with that inode (an attached link holds its netns, so the inode
+// names one live netns). A cookie, or a stand-in no attached link matches, is returned unchanged.
+func inbResolveStandIn(pinRoot string, id uint64) uint64 {
+	if hostfs.IsNetnsCookie(id) {
+		return id
+	}
+	cookies, _ := inboundCookies(pinRoot)
+	for _, c := range cookies {
+		ino := inbLinkNetnsInode(inbPin(InboundPinDir(pinRoot, c), inbPinLink))
+		if ino != 0 && hostfs.InodeStandIn(uint64(ino)) == id {
+			return c
+		}
+	}
+	return id
 }
 
 // RegisterInboundListener puts ln, the proxy's listening socket on the capture port, into the pinned sockmap of the
@@ -461,6 +485,7 @@ func RegisterInboundListener(pinRoot string, ln syscall.Conn) error {
 	if err != nil {
 		return fmt.Errorf("register inbound listener: %w", err)
 	}
+	li.netnsCookie = inbResolveStandIn(pinRoot, li.netnsCookie)
 	dir := InboundPinDir(pinRoot, li.netnsCookie)
 	m, err := ebpf.LoadPinnedMap(inbPin(dir, inbPinListener), nil)
 	if errors.Is(err, os.ErrNotExist) {
@@ -474,7 +499,7 @@ func RegisterInboundListener(pinRoot string, ln syscall.Conn) error {
 	if err != nil {
 		return fmt.Errorf("register inbound listener: %w", err)
 	}
-	if err := inbRegisterListener(m, ln, li.netnsCookie, cfg.CapturePort); err != nil {
+	if err := inbStoreListener(m, ln, li, li.netnsCookie, cfg.CapturePort); err != nil {
 		return fmt.Errorf("register inbound listener: %w", err)
 	}
 	return nil
@@ -486,6 +511,11 @@ func inbRegisterListener(m *ebpf.Map, ln syscall.Conn, netnsCookie uint64, captu
 	if err != nil {
 		return err
 	}
+	return inbStoreListener(m, ln, li, netnsCookie, capturePort)
+}
+
+// inbStoreListener is inbRegisterListener with ln already inspected (li).
+func inbStoreListener(m *ebpf.Map, ln syscall.Conn, li inbListenerFacts, netnsCookie uint64, capturePort uint16) error {
 	if li.netnsCookie != netnsCookie {
 		return fmt.Errorf("listener is in netns cookie %d, not in the attached netns (cookie %d)", li.netnsCookie, netnsCookie)
 	}
