@@ -455,22 +455,23 @@ func inbLinkNetnsInode(path string) uint32 {
 	return 0
 }
 
-// inbResolveStandIn turns NetnsID's stand-in (read by a process that reads no netns cookie, such as a sidecar
-// container without a writable cgroupfs on Linux 5.10) into the cookie the netns's inbound pins are named by: the
-// one whose sk_lookup link is attached to a netns with that inode (an attached link holds its netns, so the inode
-// names one live netns). A cookie, or a stand-in no attached link matches, is returned unchanged.
-func inbResolveStandIn(pinRoot string, id uint64) uint64 {
-	if hostfs.IsNetnsCookie(id) {
-		return id
+// inbListenerPinID is the id the inbound pins of the listener's netns are named by: the listener's own NetnsID where
+// a directory of that name exists, else that of the directory whose sk_lookup link is attached to a netns with the
+// listener's nsfs inode (an attached link holds its netns, so the inode names one live netns). A process that reads
+// no netns cookie (a sidecar container without a writable cgroupfs on Linux 5.10) names a netns by the inode
+// stand-in while the pins may carry the cookie the attaching process read, or the other way round.
+func inbListenerPinID(pinRoot string, li inbListenerFacts) uint64 {
+	if exists(InboundPinDir(pinRoot, li.netnsCookie)) {
+		return li.netnsCookie
 	}
-	cookies, _ := inboundCookies(pinRoot)
-	for _, c := range cookies {
-		ino := inbLinkNetnsInode(inbPin(InboundPinDir(pinRoot, c), inbPinLink))
-		if ino != 0 && hostfs.InodeStandIn(uint64(ino)) == id {
-			return c
+	ids, _ := inboundCookies(pinRoot)
+	for _, id := range ids {
+		ino := inbLinkNetnsInode(inbPin(InboundPinDir(pinRoot, id), inbPinLink))
+		if ino != 0 && uint64(ino) == li.netnsInode {
+			return id
 		}
 	}
-	return id
+	return li.netnsCookie
 }
 
 // RegisterInboundListener puts ln, the proxy's listening socket on the capture port, into the pinned sockmap of the
@@ -485,7 +486,7 @@ func RegisterInboundListener(pinRoot string, ln syscall.Conn) error {
 	if err != nil {
 		return fmt.Errorf("register inbound listener: %w", err)
 	}
-	li.netnsCookie = inbResolveStandIn(pinRoot, li.netnsCookie)
+	li.netnsCookie = inbListenerPinID(pinRoot, li)
 	dir := InboundPinDir(pinRoot, li.netnsCookie)
 	m, err := ebpf.LoadPinnedMap(inbPin(dir, inbPinListener), nil)
 	if errors.Is(err, os.ErrNotExist) {
@@ -539,7 +540,8 @@ func inbStoreListener(m *ebpf.Map, ln syscall.Conn, li inbListenerFacts, netnsCo
 }
 
 type inbListenerFacts struct {
-	netnsCookie uint64
+	netnsCookie uint64 // NetnsID
+	netnsInode  uint64
 	port        uint16
 }
 
@@ -589,7 +591,7 @@ func inbInspectListener(ln syscall.Conn) (inbListenerFacts, error) {
 			ierr = fmt.Errorf("listener has unsupported address %T", sa)
 			return
 		}
-		lf.netnsCookie, err = SocketNetnsID(fd)
+		lf.netnsCookie, lf.netnsInode, err = socketNetnsIDInode(fd)
 		if err != nil {
 			ierr = fmt.Errorf("listener: netns cookie: %w", err)
 		}

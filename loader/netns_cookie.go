@@ -121,13 +121,24 @@ func OwnNetnsID() (uint64, error) { return ofOwnNetns(NetnsID) }
 
 // SocketNetnsID is NetnsID of the network namespace socket fd lives in.
 func SocketNetnsID(fd int) (uint64, error) {
+	id, _, err := socketNetnsIDInode(fd)
+	return id, err
+}
+
+// socketNetnsIDInode is SocketNetnsID with the nsfs inode of that netns.
+func socketNetnsIDInode(fd int) (id, inode uint64, err error) {
 	ns, err := hostfs.SocketNetns(fd)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer ns.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(ns.Fd()), &st); err != nil {
+		return 0, 0, fmt.Errorf("netns of socket: %w", err)
+	}
 	cookie, err := netnsCookie(ns, func() (uint64, error) { return hostfs.SocketNetnsCookie(fd) })
-	return cookieOrStandIn(ns, cookie, err)
+	id, err = cookieOrStandIn(ns, cookie, err)
+	return id, st.Ino, err
 }
 
 func ofOwnNetns(read func(*os.File) (uint64, error)) (uint64, error) {

@@ -71,11 +71,8 @@ func NetnsInodeID(ns *os.File) (uint64, error) {
 	if err := unix.Fstat(int(ns.Fd()), &st); err != nil {
 		return 0, fmt.Errorf("netns id: %w", err)
 	}
-	return InodeStandIn(st.Ino), nil
+	return inodeIDBit | st.Ino, nil
 }
-
-// InodeStandIn is the stand-in id of the network namespace with nsfs inode ino (NetnsInodeID).
-func InodeStandIn(ino uint64) uint64 { return inodeIDBit | ino }
 
 // SocketNetns opens the network namespace socket fd lives in (SIOCGSKNS).
 func SocketNetns(fd int) (*os.File, error) {
