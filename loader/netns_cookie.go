@@ -116,9 +116,6 @@ func cookieOrStandIn(ns *os.File, cookie uint64, err error) (uint64, error) {
 	return hostfs.NetnsInodeID(ns)
 }
 
-// OwnNetnsID is NetnsID of the calling thread's network namespace.
-func OwnNetnsID() (uint64, error) { return ofOwnNetns(NetnsID) }
-
 // SocketNetnsID is NetnsID of the network namespace socket fd lives in.
 func SocketNetnsID(fd int) (uint64, error) {
 	id, _, err := socketNetnsIDInode(fd)
