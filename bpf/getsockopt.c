@@ -17,7 +17,7 @@ const struct mc_origdst_ext *mc_origdst_ext_btf __attribute__((unused));
 const struct mc_stats_answer *mc_stats_answer_btf __attribute__((unused));
 
 /* The one netns-cookie read of this program type (bpf_get_netns_cookie: sockopt programs have it from 5.15;
- * before, the cookie sock_create recorded, or that the listener passed on to an accepted socket). */
+ * before, mc_sk_netns: sock_create's record, a listener's cloned, or sockops's BTF read for a proxy socket). */
 static __always_inline __u64 mc_sockopt_netns(struct bpf_sockopt *ctx)
 {
 	if (mc_netns_from_storage)

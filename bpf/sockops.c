@@ -11,6 +11,9 @@
  *
  * The client's record itself is socket storage: the kernel frees it with the socket.
  *
+ * Two entry points over the same code: mc_sockops, and for Linux 5.10 to 5.14 mc_sockops_btf, which first reads
+ * the netns cookie through BTF for a proxy socket whose listener predates the attachment (see its comment).
+ *
  * Fast path (opt-in, MC_ORIG_F_FAST_PATH from connect4): at ACTIVE_ESTABLISHED the client end, at
  * PASSIVE_ESTABLISHED the proxy end goes into mc_sockhash, each with a mc_fp_peer storage naming the other end
  * (see fastpath.c). The proxy end goes in only if the client end did; the tuple entry's flags record what went
@@ -22,10 +25,12 @@
  * delete moves the pod's tuples gauge (mc_stats).
  */
 #include "meshcap.h"
+#include "netns_btf.h"
 
 /* The one netns-cookie read of this program type (sock_ops has bpf_get_netns_cookie from 5.15; before, the
- * cookie sock_create recorded). Only the proxy's (passive) side needs it: the client side uses the cookie connect4
- * recorded in mc_client. 0 (unknown) matches no entry: the client side always keys by a real cookie. */
+ * cookie sock_create recorded, or mc_record_netns_btf for a socket sock_create never saw). Only the proxy's
+ * (passive) side needs it: the client side uses the cookie connect4 recorded in mc_client. 0 (unknown) matches no
+ * entry: the client side always keys by a real cookie. */
 static __always_inline __u64 mc_sock_ops_netns(struct bpf_sock_ops *skops)
 {
 	if (mc_netns_from_storage)
@@ -263,8 +268,7 @@ static __always_inline int mc_sock_ops_v4mapped(struct bpf_sock_ops *skops)
 	                      *(volatile __u32 *)&skops->remote_ip6[2]);
 }
 
-SEC("sockops")
-int mc_sockops(struct bpf_sock_ops *skops)
+static __always_inline int mc_sockops_run(struct bpf_sock_ops *skops)
 {
 	if (skops->family != AF_INET && !mc_sock_ops_v4mapped(skops))
 		return mc_sockops6(skops);
@@ -286,6 +290,41 @@ int mc_sockops(struct bpf_sock_ops *skops)
 		break;
 	}
 	return 1;
+}
+
+/* Linux 5.10 to 5.14 (mc_netns_from_storage): a proxy socket accepted from a listener created before the capture
+ * was attached has no cookie from sock_create (nor a listener's to inherit). Read its netns's cookie through BTF
+ * and record it in mc_sk_netns, where mc_sock_ops_netns finds it now and getsockopt (no bpf_skc_to_tcp_sock
+ * there) finds it for SO_ORIGINAL_DST. Only the proxy's side needs it: PASSIVE_ESTABLISHED, which runs before
+ * accept() returns the socket. On 5.10 the cookie exists by then: the client's connect4 asked for it. A 0 read
+ * (none generated yet) records nothing: the socket stays unmatched (fail closed). */
+static __always_inline void mc_record_netns_btf(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+	if (!sk || mc_stored_netns(sk))
+		return;
+	__u64 netns = mc_btf_netns(sk);
+	if (!netns)
+		return;
+	__u64 *cookie = bpf_sk_storage_get(&mc_sk_netns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (cookie)
+		*cookie = netns;
+}
+
+SEC("sockops")
+int mc_sockops(struct bpf_sock_ops *skops)
+{
+	return mc_sockops_run(skops);
+}
+
+/* mc_sockops plus the BTF read above. A program of its own because its CO-RE relocations need the kernel's BTF
+ * at load time: the loader loads it, under mc_sockops's hook, only for the storage variant (loader/variant.go). */
+SEC("sockops")
+int mc_sockops_btf(struct bpf_sock_ops *skops)
+{
+	if (mc_netns_from_storage && skops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
+		mc_record_netns_btf(skops);
+	return mc_sockops_run(skops);
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

@@ -32,14 +32,17 @@ type childArgs struct {
 	Dests      []string // dialled once each, concurrently
 	Sequential string   // dialled Count times, one after the other
 	Count      int
-	UID, GID   int      // drop to these ids before dialling (-1: stay root)
-	HoldMillis int      // keep the process (and netns) alive this long after dialling
-	PinRoot    string   // when set, the proxy also asks OrigDst() through the pinned map
-	EarlyClose bool     // clients connect and close at once; the proxy accepts only afterwards
-	WaitStdin  bool     // print "cookie=<netns cookie>" and wait for a line on stdin before dialling
-	NoProxy    bool     // no listener on the proxy port (the sidecar stopped)
-	HoldOpen   []string // dialled first, one after the other, and kept open until the child exits
-	Listen6    bool     // the proxy also listens on [::1]:ProxyPort (native IPv6 capture)
+	UID, GID   int    // drop to these ids before dialling (-1: stay root)
+	HoldMillis int    // keep the process (and netns) alive this long after dialling
+	PinRoot    string // when set, the proxy also asks OrigDst() through the pinned map
+	EarlyClose bool   // clients connect and close at once; the proxy accepts only afterwards
+	WaitStdin  bool   // print "cookie=<netns cookie>" and wait for a line on stdin before dialling
+	// ListenFirst (with WaitStdin): open the proxy's listeners before printing the cookie and waiting, so that a
+	// test can attach capture after the sidecar listens (istio-init's order is the other way round).
+	ListenFirst bool
+	NoProxy     bool     // no listener on the proxy port (the sidecar stopped)
+	HoldOpen    []string // dialled first, one after the other, and kept open until the child exits
+	Listen6     bool     // the proxy also listens on [::1]:ProxyPort (native IPv6 capture)
 }
 
 type childResult struct {
@@ -83,9 +86,8 @@ func runChild() (out childOutput) {
 		return
 	}
 	out.NetnsCookie, _ = OwnNetnsCookie()
-	if a.WaitStdin {
-		fmt.Printf("cookie=%d\n", out.NetnsCookie)
-		_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
+	if a.WaitStdin && !a.ListenFirst {
+		waitParent(out.NetnsCookie)
 	}
 	port := a.ProxyPort
 	if a.NoProxy {
@@ -111,6 +113,9 @@ func runChild() (out childOutput) {
 		}
 		defer ln6.Close()
 		go serveProxy(ln6, a, out.NetnsCookie)
+	}
+	if a.WaitStdin && a.ListenFirst {
+		waitParent(out.NetnsCookie)
 	}
 	if a.GID >= 0 {
 		if err := syscall.Setgid(a.GID); err != nil {
@@ -146,6 +151,12 @@ func runChild() (out childOutput) {
 	}
 	time.Sleep(time.Duration(a.HoldMillis) * time.Millisecond)
 	return out
+}
+
+// waitParent tells the parent the netns cookie and waits for its go-ahead (a line on stdin).
+func waitParent(cookie uint64) {
+	fmt.Printf("cookie=%d\n", cookie)
+	_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
 }
 
 // serveProxy is the proxy: it answers each accepted connection with "<SO_ORIGINAL_DST> <local> <remote> <OrigDst()>".

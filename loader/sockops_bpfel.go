@@ -32,6 +32,7 @@ const (
 	sockopsMapMcSockhash         = "mc_sockhash"
 	sockopsMapMcStats            = "mc_stats"
 	sockopsProgMcSockops         = "mc_sockops"
+	sockopsProgMcSockopsBtf      = "mc_sockops_btf"
 	sockopsVarMcNetnsFromStorage = "mc_netns_from_storage"
 )
 
@@ -77,7 +78,8 @@ type sockopsSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockopsProgramSpecs struct {
-	McSockops *ebpf.ProgramSpec `ebpf:"mc_sockops"`
+	McSockops    *ebpf.ProgramSpec `ebpf:"mc_sockops"`
+	McSockopsBtf *ebpf.ProgramSpec `ebpf:"mc_sockops_btf"`
 }
 
 // sockopsMapSpecs contains maps before they are loaded into the kernel.
@@ -176,12 +178,14 @@ type sockopsVariables struct {
 //
 // It can be passed to loadSockopsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockopsPrograms struct {
-	McSockops *ebpf.Program `ebpf:"mc_sockops"`
+	McSockops    *ebpf.Program `ebpf:"mc_sockops"`
+	McSockopsBtf *ebpf.Program `ebpf:"mc_sockops_btf"`
 }
 
 func (p *sockopsPrograms) Close() error {
 	return _SockopsClose(
 		p.McSockops,
+		p.McSockopsBtf,
 	)
 }
 

@@ -12,6 +12,7 @@ import (
 	"slices"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 )
 
 // NetnsSource says where the sockops and getsockopt programs read a socket's netns cookie.
@@ -21,8 +22,9 @@ const (
 	// NetnsFromHelper: bpf_get_netns_cookie, which sock_ops and cgroup_sockopt programs have from Linux 5.15.
 	NetnsFromHelper NetnsSource = iota
 	// NetnsFromStorage: the cookie cgroup/sock_create recorded for the socket (mc_sk_netns, cloned into the
-	// sockets a listener accepts); for Linux 5.10 to 5.14. Sockets created before the attachment have none and
-	// are never matched (fail closed: the proxy gets no destination for them).
+	// sockets a listener accepts); for Linux 5.10 to 5.14. A proxy socket accepted from a listener created before
+	// the attachment has none: sockops reads its cookie through BTF and records it there (chooseSockops). A
+	// socket whose cookie stays unknown (0) is never matched (fail closed: the proxy gets no destination for it).
 	NetnsFromStorage
 )
 
@@ -64,8 +66,10 @@ func probeVariant() (Variant, error) {
 	return ChooseVariant(checks), nil
 }
 
-// applyVariant writes v into the `volatile const` settings of one hook's object (objects without them: nothing).
+// applyVariant writes v into the `volatile const` settings of one hook's object (objects without them: nothing),
+// and picks sockops's entry point.
 func applyVariant(spec *ebpf.CollectionSpec, v Variant) error {
+	chooseSockops(spec, v)
 	vs, ok := spec.Variables["mc_netns_from_storage"]
 	if !ok {
 		return nil
@@ -78,4 +82,24 @@ func applyVariant(spec *ebpf.CollectionSpec, v Variant) error {
 		return fmt.Errorf("set mc_netns_from_storage: %w", err)
 	}
 	return nil
+}
+
+// chooseSockops leaves one of sockops.c's two entry points in its spec, under the hook's program name. The storage
+// variant gets mc_sockops_btf, which also serves proxy sockets accepted from a listener created before the
+// attachment (their netns cookie read through BTF, as sock_create never saw them). It carries CO-RE relocations,
+// so it is loaded only there and only with the kernel's BTF at hand; everywhere else mc_sockops, which needs no
+// kernel BTF. Storage variant without kernel BTF: such sockets stay unmatched (fail closed), as before.
+func chooseSockops(spec *ebpf.CollectionSpec, v Variant) {
+	withBTF, ok := spec.Programs[sockopsProgMcSockopsBtf]
+	if !ok {
+		return
+	}
+	delete(spec.Programs, sockopsProgMcSockopsBtf)
+	if v.Netns != NetnsFromStorage {
+		return
+	}
+	if _, err := btf.LoadKernelSpec(); err != nil {
+		return
+	}
+	spec.Programs[sockopsProgMcSockops] = withBTF
 }

@@ -102,9 +102,19 @@ func loadedSetting(t *testing.T, p *ebpf.Program) uint32 {
 	return 0
 }
 
+// progName is the name the kernel holds for p (its entry point's name, at most 15 characters).
+func progName(t *testing.T, p *ebpf.Program) string {
+	t.Helper()
+	info, err := p.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.Name
+}
+
 // TestLoadVariants: the variant the probe picks is the one the kernel runs (the setting in each program's
-// read-only data, which the verifier treats as a constant and prunes by). That 5.10's verifier never sees the
-// branch not taken is proven by loading there (test/kernels).
+// read-only data, which the verifier treats as a constant and prunes by; and sockops's entry point). That 5.10's
+// verifier never sees the branch not taken is proven by loading there (test/kernels).
 func TestLoadVariants(t *testing.T) {
 	outRequireRoot(t)
 	for _, tc := range []struct {
@@ -120,6 +130,13 @@ func TestLoadVariants(t *testing.T) {
 			defer objs.Close()
 			if objs.Variant.Netns != tc.want {
 				t.Fatalf("loaded %s", objs.Variant)
+			}
+			wantSockops := sockopsProgMcSockops
+			if tc.want == NetnsFromStorage {
+				wantSockops = sockopsProgMcSockopsBtf
+			}
+			if got := progName(t, objs.Programs["sockops"]); got != wantSockops {
+				t.Errorf("sockops entry point %s, want %s", got, wantSockops)
 			}
 			for _, h := range []string{"sockops", "getsockopt", "sockcreate"} {
 				if got, want := loadedSetting(t, objs.Programs[h]), uint32(tc.want); got != want {
@@ -156,6 +173,46 @@ func TestCaptureNetnsFromStorage(t *testing.T) {
 	for _, r := range out.Results {
 		if !r.Captured || r.OrigDst != r.Dest || r.Peer != r.Dest || !strings.HasPrefix(r.ProxyKey[0], "127.0.0.1:15012") {
 			t.Errorf("%s: captured=%v SO_ORIGINAL_DST=%s peer=%s proxy=%v err=%q", r.Dest, r.Captured, r.OrigDst, r.Peer, r.ProxyKey, r.Err)
+		}
+	}
+}
+
+// TestCaptureNetnsFromStorageListenerFirst: the 5.10 variant with the proxy listening before capture is attached
+// (sock_create never saw its listener, so its accepted sockets inherit no cookie). sockops reads their netns cookie
+// through BTF and records it, so SO_ORIGINAL_DST (plain socket API, IPv4, IPv4-mapped and native IPv6) and the
+// pinned map both give each connection's exact original destination.
+func TestCaptureNetnsFromStorageListenerFirst(t *testing.T) {
+	outRequireRoot(t)
+	t.Setenv(ProbeDisableEnv, storageVariantEnv)
+	cg := outNewCgroup(t)
+	root := outNewPinRoot(t)
+	dests := []string{"203.0.113.7:80", "203.0.113.8:9090", "mapped:203.0.113.9:81", "[2001:db8:1::7]:80"}
+	a := childArgs{ProxyPort: 15011, Dests: dests, UID: -1, GID: -1, PinRoot: root, Listen6: true, ListenFirst: true}
+	out := outRunChildWithCookie(t, cg, a, func(uint64) {
+		if _, err := Attach(cg, ipv6Policy(t, true), root, LoadOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	ids := outAttachedProgs(t, cg, ebpf.AttachCGroupSockOps)
+	if len(ids) != 1 {
+		t.Fatalf("%d sockops programs attached, want 1", len(ids))
+	}
+	p, err := ebpf.NewProgramFromID(ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if got := progName(t, p); got != sockopsProgMcSockopsBtf {
+		t.Errorf("sockops program attached: %s, want %s", got, sockopsProgMcSockopsBtf)
+	}
+	if len(out.Results) != len(dests) {
+		t.Fatalf("got %d results, want %d", len(out.Results), len(dests))
+	}
+	for _, r := range out.Results {
+		d, _ := strings.CutPrefix(r.Dest, "mapped:")
+		if !r.Captured || r.OrigDst != d || r.MapDst != d {
+			t.Errorf("%s: captured=%v SO_ORIGINAL_DST=%s OrigDst()=%s err=%q; want %s from both",
+				r.Dest, r.Captured, r.OrigDst, r.MapDst, r.Err, d)
 		}
 	}
 }

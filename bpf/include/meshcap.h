@@ -363,7 +363,7 @@ struct mc_stats_answer {
  * A socket's netns cookie where the program type has no bpf_get_netns_cookie (sock_ops and cgroup_sockopt before
  * Linux 5.15). cgroup/sock_create (sockcreate.c) records it for every socket the cgroup creates; BPF_F_CLONE
  * copies it into the sockets a listener accepts, which are never "created". Empty for sockets created before the
- * attachment: their cookie reads 0, and 0 is never used as a netns key.
+ * attachment (but sockops.c's mc_record_netns_btf fills in proxy sockets): 0 then, never used as a netns key.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);

@@ -20,13 +20,14 @@ import (
 
 // The e2e tests run on every kernel: outbound, inbound two-sidecar, the iptables fallback, agent + CNI, a captured
 // cgroup reading a getsockopt answer larger than a page, an unmodified HAProxy sidecar, init's one-mode guarantee
-// and validation, and capture under ip netns exec. `-tests all` runs every test of the binary but skipTests (about
-// 400 s a kernel under TCG: too long for CI). Not here: TestCaptureTable, whose sidecar listens before capture is
-// attached, which 5.10 cannot serve (README, Limits).
+// and validation, capture under ip netns exec, and the capture flag table on every backend (TestCaptureTable, whose
+// sidecar listens before capture is attached: on 5.10 its accepted sockets' netns cookie comes from sockops's BTF
+// read). `-tests all` runs every test of the binary but skipTests (about 400 s a kernel under TCG: too long for CI).
 const defaultTests = "TestEBPFOutboundProxy,TestEBPFOrigdstTool,TestInboundTwoSidecar,TestProxyIptablesOutbound," +
 	"TestProxyIptablesInbound,TestDeployInitAutoChoosesEBPF,TestDeployInitAutoFallsBackToIPTables,TestDeployAgentCNI," +
 	"TestDeployCNIChainedEnrollment,TestEBPFGetsockoptLargeAnswer,TestSidecarHAProxyPerPod," +
-	"TestInitAutoReRunLeavesOneMode,TestRunValidation,TestIPNetnsExec,TestInitUnderIPNetnsExec,TestNftablesProxyOutbound"
+	"TestInitAutoReRunLeavesOneMode,TestRunValidation,TestIPNetnsExec,TestInitUnderIPNetnsExec,TestNftablesProxyOutbound," +
+	"TestCaptureTable"
 
 // skipTests take too long under TCG for CI: TestEBPFMapsBounded fills every map to its bound (141 s on 6.1 in
 // a VM, most of a kernel's budget); it runs on the host kernel in `make test`.
