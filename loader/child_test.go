@@ -88,7 +88,7 @@ func runChild() (out childOutput) {
 		out.Err = "lo up: " + err.Error()
 		return
 	}
-	out.NetnsCookie, _ = unix.GetsockoptUint64(mustSocket(), unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	out.NetnsCookie, _ = OwnNetnsCookie()
 	if a.WaitStdin && !a.ListenFirst {
 		waitParent(out.NetnsCookie)
 	}
@@ -200,14 +200,6 @@ func serveProxy(ln net.Listener, a childArgs, cookie uint64) {
 			fmt.Fprintf(c, "%s %s %s %s\n", line, c.LocalAddr(), c.RemoteAddr(), mapDst)
 		}(c)
 	}
-}
-
-func mustSocket() int {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
-	if err != nil {
-		return -1
-	}
-	return fd
 }
 
 func dialOnce(dest string) (r childResult) {

@@ -158,7 +158,7 @@ func attachInbound(netnsPath string, p capture.Policy, opts InboundOptions) (_ *
 		return nil, err
 	}
 	defer ns.Close()
-	if hostfs.IsNetnsCookie(cookie) { // else (before 5.14) 0: per-pod only, the cgroup programs serve one pod
+	if hostfs.IsNetnsCookie(cookie) { // else (NetnsID's stand-in: no cookie readable) 0: per-pod only
 		cfg.NetnsCookie = cookie
 	}
 
@@ -442,18 +442,43 @@ func PruneInbound(pinRoot string) ([]uint64, error) {
 }
 
 // inbLinkAttached: the pinned netns link still points at a live netns (the kernel zeroes it when the netns dies).
-func inbLinkAttached(path string) bool {
+func inbLinkAttached(path string) bool { return inbLinkNetnsInode(path) != 0 }
+
+// inbLinkNetnsInode is the nsfs inode of the netns the pinned sk_lookup link at path is attached to; 0 when it is
+// not (any more) attached or cannot be read.
+func inbLinkNetnsInode(path string) uint32 {
 	l, err := link.LoadPinnedLink(path, nil)
 	if err != nil {
-		return false
+		return 0
 	}
 	defer l.Close()
 	li, err := l.Info()
 	if err != nil {
-		return false
+		return 0
 	}
-	ni := li.NetNs()
-	return ni != nil && ni.NetnsInode != 0
+	if ni := li.NetNs(); ni != nil {
+		return ni.NetnsInode
+	}
+	return 0
+}
+
+// inbListenerPinID is the id the inbound pins of the listener's netns are named by: the listener's own NetnsID where
+// a directory of that name exists, else that of the directory whose sk_lookup link is attached to a netns with the
+// listener's nsfs inode (an attached link holds its netns, so the inode names one live netns). A process that reads
+// no netns cookie (a sidecar container without a writable cgroupfs on Linux 5.10) names a netns by the inode
+// stand-in while the pins may carry the cookie the attaching process read, or the other way round.
+func inbListenerPinID(pinRoot string, li inbListenerFacts) uint64 {
+	if exists(InboundPinDir(pinRoot, li.netnsCookie)) {
+		return li.netnsCookie
+	}
+	ids, _ := inboundCookies(pinRoot)
+	for _, id := range ids {
+		ino := inbLinkNetnsInode(inbPin(InboundPinDir(pinRoot, id), inbPinLink))
+		if ino != 0 && uint64(ino) == li.netnsInode {
+			return id
+		}
+	}
+	return li.netnsCookie
 }
 
 // RegisterInboundListener puts ln, the proxy's listening socket on the capture port, into the pinned sockmap of the
@@ -468,6 +493,7 @@ func RegisterInboundListener(pinRoot string, ln syscall.Conn) error {
 	if err != nil {
 		return fmt.Errorf("register inbound listener: %w", err)
 	}
+	li.netnsCookie = inbListenerPinID(pinRoot, li)
 	dir := InboundPinDir(pinRoot, li.netnsCookie)
 	m, err := ebpf.LoadPinnedMap(inbPin(dir, inbPinListener), nil)
 	if errors.Is(err, os.ErrNotExist) {
@@ -481,7 +507,7 @@ func RegisterInboundListener(pinRoot string, ln syscall.Conn) error {
 	if err != nil {
 		return fmt.Errorf("register inbound listener: %w", err)
 	}
-	if err := inbRegisterListener(m, ln, li.netnsCookie, cfg.CapturePort); err != nil {
+	if err := inbStoreListener(m, ln, li, li.netnsCookie, cfg.CapturePort); err != nil {
 		return fmt.Errorf("register inbound listener: %w", err)
 	}
 	return nil
@@ -514,6 +540,11 @@ func inbRegisterListener(m *ebpf.Map, ln syscall.Conn, netnsCookie uint64, captu
 	if err != nil {
 		return err
 	}
+	return inbStoreListener(m, ln, li, netnsCookie, capturePort)
+}
+
+// inbStoreListener is inbRegisterListener with ln already inspected (li).
+func inbStoreListener(m *ebpf.Map, ln syscall.Conn, li inbListenerFacts, netnsCookie uint64, capturePort uint16) error {
 	if li.netnsCookie != netnsCookie {
 		return fmt.Errorf("listener is in netns cookie %d, not in the attached netns (cookie %d)", li.netnsCookie, netnsCookie)
 	}
@@ -537,7 +568,8 @@ func inbRegisterListener(m *ebpf.Map, ln syscall.Conn, netnsCookie uint64, captu
 }
 
 type inbListenerFacts struct {
-	netnsCookie uint64
+	netnsCookie uint64 // NetnsID
+	netnsInode  uint64
 	port        uint16
 	slot        uint32 // inbSlotInet or inbSlotInet6
 }
@@ -585,7 +617,7 @@ func inbInspectListener(ln syscall.Conn) (inbListenerFacts, error) {
 			ierr = fmt.Errorf("listener has unsupported address %T", sa)
 			return
 		}
-		lf.netnsCookie, err = hostfs.SocketNetnsID(fd)
+		lf.netnsCookie, lf.netnsInode, err = socketNetnsIDInode(fd)
 		if err != nil {
 			ierr = fmt.Errorf("listener: netns cookie: %w", err)
 		}

@@ -20,8 +20,8 @@ import (
 // ErrInboundListenerNotFound: no process holds a TCP listener on the capture port in that netns.
 var ErrInboundListenerNotFound = errors.New("no listener on the inbound capture port in this network namespace")
 
-// inbOpenNetns opens a network namespace file and returns it with the namespace's cookie (the value BPF's
-// bpf_get_netns_cookie and SO_NETNS_COOKIE report; unlike the nsfs inode it is never reused while the system runs).
+// inbOpenNetns opens a network namespace file and returns it with the namespace's NetnsID (its cookie, the value
+// BPF's bpf_get_netns_cookie reports; unlike the nsfs inode it is never reused while the system runs).
 func inbOpenNetns(path string) (*os.File, uint64, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -36,7 +36,7 @@ func inbOpenNetns(path string) (*os.File, uint64, error) {
 		f.Close()
 		return nil, 0, fmt.Errorf("%s is not a network namespace", path)
 	}
-	cookie, err := hostfs.NetnsID(f) // names pins only: the inbound program keys nothing by netns
+	cookie, err := NetnsID(f) // pin names, and in agent mode the key of the inbound cgroup programs
 	if err != nil {
 		f.Close()
 		return nil, 0, err

@@ -242,6 +242,18 @@ func TestInboundSteering(t *testing.T) {
 		}
 		e.expect(t, e.client, "", srv("8080"), "proxy2 "+srv("8080"))
 	})
+	t.Run("a proxy that reads no netns cookie registers itself", func(t *testing.T) {
+		// A sidecar container on Linux 5.10 without a writable cgroupfs: its netns id is the inode stand-in, and
+		// the pins (named by cookie) are found through the sk_lookup link's netns inode.
+		t.Setenv(ProbeDisableEnv, CheckUserspaceNetnsCookie)
+		proxy.Close()
+		e.expectRefused(t, e.client, srv("8080"))
+		proxy = e.serve(outer, e.server, "0.0.0.0:15006", "proxy2")
+		if err := RegisterInboundListener(e.pinRoot, proxy); err != nil {
+			t.Fatal(err)
+		}
+		e.expect(t, e.client, "", srv("8080"), "proxy2 "+srv("8080"))
+	})
 
 	t.Run("re-attach with a -b list keeps the registration and swaps the policy", func(t *testing.T) {
 		// -b list: only 8080 is captured; -d is ignored in list mode, as in istio.

@@ -138,8 +138,8 @@ func (t PodTarget) root(pinRoot string) (string, error) {
 // captureOutbound does step 1 and returns the undo of a first capture (nil when the pod was captured before).
 func captureOutbound(t PodTarget, p capture.Policy, root string, o CaptureOptions, res *PodCapture) (func() error, error) {
 	if t.agent() {
-		if !hostfs.IsNetnsCookie(res.NetnsCookie) { // Linux < 5.14: no cookie from userspace, no agent mode
-			return nil, fmt.Errorf("enroll netns id %#x in %s: this kernel gives no netns cookie to userspace (SO_NETNS_COOKIE): agent mode is unavailable, use per-pod mode", res.NetnsCookie, t.AgentPinDir)
+		if !hostfs.IsNetnsCookie(res.NetnsCookie) { // NetnsID's stand-in: no cookie readable here, no agent mode
+			return nil, fmt.Errorf("enroll netns id %#x in %s: %w: agent mode is unavailable, use per-pod mode", res.NetnsCookie, t.AgentPinDir, ErrNoNetnsCookie)
 		}
 		was, err := enrollLocked(t.AgentPinDir, res.NetnsCookie, p, o.Load.MaxConns)
 		if err != nil {

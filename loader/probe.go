@@ -11,8 +11,6 @@ package loader
 // everything.
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -134,7 +132,7 @@ func probeItems() []probeItem {
 	}
 	// Program, map, attach and helper checks: derived from the hook table and the objects (probe_hooks.go).
 	items = append(items, hookProbeItems()...)
-	items = append(items, probeItem{"sockopt:so_netns_cookie", ScopeAgent, (*probeRun).checkSockoptNetnsCookie})
+	items = append(items, netnsCookieProbeItems()...)
 	items = append(items, probeItem{"iptables", ScopeFallback, (*probeRun).checkIPTables})
 	return items
 }
@@ -183,7 +181,7 @@ func Probe(opts ProbeOptions) ([]FeatureCheck, error) {
 	} else if _, err := ParseProbeDisable(strings.Join(disable, ",")); err != nil {
 		return nil, err
 	}
-	r := &probeRun{opts: opts}
+	r := &probeRun{opts: opts, disable: disable}
 	if r.opts.BPFFSPath == "" {
 		r.opts.BPFFSPath = DefaultBPFFSPath
 	}
@@ -227,11 +225,12 @@ type probeRun struct {
 	cgroupErr   error
 	cgroupReady bool
 	removeDir   string // temporary cgroup to remove
+	disable     []string
 }
 
 func (r *probeRun) cleanup() {
 	if r.removeDir != "" {
-		_ = os.Remove(r.removeDir)
+		removeTempCgroup(r.removeDir)
 	}
 }
 
@@ -311,10 +310,7 @@ func (r *probeRun) makeProbeCgroup() (string, string, error) {
 		}
 		parent = r.cgroup2
 	}
-	var sfx [4]byte
-	_, _ = rand.Read(sfx[:])
-	dir := filepath.Join(parent, fmt.Sprintf("meshcap-probe-%d-%s", os.Getpid(), hex.EncodeToString(sfx[:])))
-	mkErr := os.Mkdir(dir, 0o755)
+	dir, mkErr := makeTempCgroup(parent, "meshcap-probe")
 	if mkErr == nil {
 		r.removeDir = dir
 		return dir, "temporary cgroup " + dir, nil
@@ -323,9 +319,9 @@ func (r *probeRun) makeProbeCgroup() (string, string, error) {
 	// changes nothing.
 	own, err := OwnCgroupDir()
 	if err != nil {
-		return "", "", fmt.Errorf("create probe cgroup %s: %w; own cgroup: %v", dir, mkErr, err)
+		return "", "", fmt.Errorf("probe cgroup under %s: %w; own cgroup: %v", parent, mkErr, err)
 	}
-	return own, fmt.Sprintf("own cgroup %s (cannot create %s: %v)", own, dir, mkErr), nil
+	return own, fmt.Sprintf("own cgroup %s (under %s: %v)", own, parent, mkErr), nil
 }
 
 // OwnCgroupDir returns the cgroup v2 directory of the calling process (from /proc/self/cgroup) under the
@@ -484,13 +480,4 @@ func (r *probeRun) checkIPTables() (string, error) {
 		return "", errors.New("no iptables, iptables-legacy or iptables-nft in PATH: the fallback cannot run")
 	}
 	return strings.Join(found, ", "), nil
-}
-
-// checkSockoptNetnsCookie: agent mode tells pods apart by the netns cookie userspace reads with SO_NETNS_COOKIE
-// (Linux 5.14+); without it the agent cannot name a pod the way the programs see it.
-func (r *probeRun) checkSockoptNetnsCookie() (string, error) {
-	if _, err := hostfs.OwnNetnsCookie(); err != nil {
-		return "", err
-	}
-	return "available", nil
 }

@@ -1,12 +1,17 @@
 package loader
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // FindPodCgroup finds a Kubernetes pod's cgroup under a cgroup v2 tree (the host's, mounted at root): the directory
@@ -50,4 +55,27 @@ func FindPodCgroup(root, podUID string) (string, error) {
 		return found[0], nil
 	}
 	return "", fmt.Errorf("find cgroup of pod %s under %s: %w: %v", podUID, root, errors.New("several matches"), found)
+}
+
+// makeTempCgroup makes a fresh, uniquely named cgroup under parent for a moment's use (the probe's attach checks,
+// the netns cookie reader): "<prefix>-<pid>-<random>". removeTempCgroup removes it.
+func makeTempCgroup(parent, prefix string) (string, error) {
+	var sfx [4]byte
+	_, _ = rand.Read(sfx[:])
+	dir := filepath.Join(parent, fmt.Sprintf("%s-%d-%s", prefix, os.Getpid(), hex.EncodeToString(sfx[:])))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return "", fmt.Errorf("create temporary cgroup: %w", err)
+	}
+	return dir, nil
+}
+
+// removeTempCgroup removes a cgroup made by makeTempCgroup. A process that just exited may keep it busy for a
+// moment, so EBUSY is retried for up to a second.
+func removeTempCgroup(dir string) {
+	for i := 0; i < 100; i++ {
+		if err := os.Remove(dir); err == nil || !errors.Is(err, unix.EBUSY) {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

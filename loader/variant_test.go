@@ -20,13 +20,14 @@ const storageVariantEnv = "helper:sock_ops:get_netns_cookie,helper:cgroup_sockop
 
 // TestChooseVariantRecordedProbes: the probe results recorded by `meshcap probe --json` on each kernel of the
 // matrix (testdata/probe/<kernel>.json, captured in the VMs of test/kernels) give the variant and modes measured
-// there: 5.10 reads the cookie recorded by sock_create and has no agent mode; the others use the helper.
+// there: 5.10 reads the cookie recorded by sock_create, and has agent mode through the loader's netns cookie reader
+// (no SO_NETNS_COOKIE there); the others use the helper.
 func TestChooseVariantRecordedProbes(t *testing.T) {
 	want := map[string]struct {
 		variant NetnsSource
 		agent   string
 	}{
-		"5.10": {NetnsFromStorage, ProbeModeIPTables},
+		"5.10": {NetnsFromStorage, ProbeModeEBPF},
 		"6.1":  {NetnsFromHelper, ProbeModeEBPF},
 		"6.12": {NetnsFromHelper, ProbeModeEBPF},
 		"7.2":  {NetnsFromHelper, ProbeModeEBPF},

@@ -20,9 +20,6 @@ import (
 // reconcile (which rebuilds the policy from the record) keeps it that way.
 func TestAgentCapturesIPv6Pod(t *testing.T) {
 	requireRoot(t)
-	if !kernelGivesNetnsCookie(t) {
-		t.Skip("agent mode needs SO_NETNS_COOKIE (Linux 5.14)")
-	}
 	pin := ebPinRoot(t)
 	kubepods := kubepodsCgroup(t)
 	pod := podUnder(t, kubepods, "v6")

@@ -1,50 +1,44 @@
 package test
 
 import (
-	"errors"
 	"net/netip"
 	"strings"
 	"testing"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/meshcap/meshcap/loader"
 	"github.com/meshcap/meshcap/pkg/cni"
-	"github.com/meshcap/meshcap/pkg/hostfs"
-	"github.com/meshcap/meshcap/pkg/podnet"
 )
 
-// kernelGivesNetnsCookie: SO_NETNS_COOKIE (Linux 5.14+), which agent mode needs to key pods as BPF sees them.
-func kernelGivesNetnsCookie(t *testing.T) bool {
-	t.Helper()
-	_, err := hostfs.OwnNetnsCookie()
-	if err != nil && !errors.Is(err, unix.ENOPROTOOPT) {
-		t.Fatal(err)
-	}
-	return err == nil
-}
-
-// agentCNIWithoutNetnsCookie is TestDeployAgentCNI on a kernel without SO_NETNS_COOKIE (Debian's 5.10), where
-// agent mode is unavailable: meshcap-cni must have sent the enrolled pod to istio's rules (saying why), the agent
-// must say eBPF is unavailable and attach nothing, and the pod's traffic must still be captured by its sidecar.
-func agentCNIWithoutNetnsCookie(t *testing.T, e *cniEnv, kubepods string, agentArgs []string, podA, srv *podnet.Pod, srvIP netip.Addr) {
-	t.Helper()
-	rec := e.record(podA.NetnsPath)
+// TestDeployAgentCNINoNetnsCookie: where no process can read a netns cookie (no SO_NETNS_COOKIE and no reader:
+// forced here with MESHCAP_PROBE_DISABLE for the test, the CNI plugin, the agent and the proxy), no pod can be keyed
+// in agent mode, and that is said loudly: meshcap-cni sends the enrolled pod to istio's rules (saying why), the agent
+// warns naming the missing check and enrolls nothing (it attaches: reading cookies is meshcap-cni's job, and a
+// process of its own that cannot is no proof that meshcap-cni cannot), and the pod's traffic is still captured by its
+// sidecar.
+func TestDeployAgentCNINoNetnsCookie(t *testing.T) {
+	t.Setenv(loader.ProbeDisableEnv, loader.CheckUserspaceNetnsCookie)
+	f := newAgentCNIFixture(t)
+	rec := f.e.record(f.podA.NetnsPath)
 	if rec == nil || rec.Mode != cni.ModeIPTables {
 		t.Fatalf("pod A record %+v: want mode %q (no netns cookie for userspace: no agent mode)", rec, cni.ModeIPTables)
 	}
-	if rules := istioRules(t, podA, "iptables"); !strings.Contains(rules, "-A ISTIO_OUTPUT -j ISTIO_REDIRECT") {
+	if rules := istioRules(t, f.podA, "iptables"); !strings.Contains(rules, "-A ISTIO_OUTPUT -j ISTIO_REDIRECT") {
 		t.Fatalf("pod A has no istio outbound redirect:\n%s", rules)
 	}
-	agent := startAgentUntil(t, "eBPF unavailable on this node", agentArgs...)
-	if !strings.Contains(agent.log.String(), "so_netns_cookie") {
-		t.Errorf("agent does not name the missing feature:\n%s", agent.log.String())
+	agent := startAgent(t, f.agentArgs...)
+	if log := agent.log.String(); !strings.Contains(log, "reads no netns cookie") || !strings.Contains(log, loader.CheckUserspaceNetnsCookie) {
+		t.Errorf("agent does not warn naming the missing check:\n%s", log)
 	}
-	if got := cgroupPrograms(t, kubepods); got != 0 {
-		t.Errorf("%d programs attached at the kubepods root by an agent that cannot key pods", got)
+	pinDir, err := loader.PinDir(f.kubepods, f.pin)
+	if err != nil {
+		t.Fatal(err)
 	}
-	startEcho(t, srv, "0.0.0.0:8080")
-	startProxy(t, podA, "--pin-dir", ebPinRoot(t))
-	res, err := dial(t, podA, nil, netip.AddrPortFrom(srvIP, 8080).String(), 1000)
+	if got, err := loader.EnrolledNetns(pinDir); err != nil || len(got) != 0 {
+		t.Errorf("enrolled netns %v (%v): want none (no pod can be keyed)", got, err)
+	}
+	startEcho(t, f.srv, "0.0.0.0:8080")
+	startProxy(t, f.podA, "--pin-dir", ebPinRoot(t))
+	res, err := dial(t, f.podA, nil, netip.AddrPortFrom(f.srvIP, 8080).String(), 1000)
 	if err != nil || !res.Captured() {
 		t.Fatalf("pod A's dial: captured=%v (%+v), %v: want its sidecar to relay it", res.Captured(), res, err)
 	}

@@ -385,36 +385,61 @@ func linkIDs(t *testing.T, pin string) (links, progs []uint32) {
 	return links, progs
 }
 
-func TestDeployAgentCNI(t *testing.T) {
+// agentCNIFixture is the chain as a runtime runs it, before the agent starts: pod A opts in, pod B and the server
+// do not; meshcap-cni is installed and has recorded pod A, and nothing is attached yet.
+type agentCNIFixture struct {
+	e               *cniEnv
+	pin, kubepods   string
+	podA, podB, srv *podnet.Pod
+	ipA, srvIP      netip.Addr
+	agentArgs       []string
+	metricsAddr     string
+	step            func(what string)
+}
+
+func newAgentCNIFixture(t *testing.T) *agentCNIFixture {
+	t.Helper()
 	requireRoot(t)
 	start := time.Now()
-	step := func(what string) { t.Logf("%6.1fs %s", time.Since(start).Seconds(), what) }
-	pin := ebPinRoot(t)
-	kubepods := kubepodsCgroup(t)
-	e := newCNIEnv(t)
-	podA, podB := podUnder(t, kubepods, "a"), podUnder(t, kubepods, "b")
-	srv := newPod(t, "srv") // outside the kubepods root: a server somewhere on the pod network
+	f := &agentCNIFixture{step: func(what string) { t.Logf("%6.1fs %s", time.Since(start).Seconds(), what) }}
+	f.pin = ebPinRoot(t)
+	f.kubepods = kubepodsCgroup(t)
+	f.e = newCNIEnv(t)
+	f.podA, f.podB = podUnder(t, f.kubepods, "a"), podUnder(t, f.kubepods, "b")
+	f.srv = newPod(t, "srv") // outside the kubepods root: a server somewhere on the pod network
 
-	metricsAddr := fmt.Sprintf("127.0.0.1:%d", 20000+int(time.Now().UnixNano()%20000))
-	agentArgs := []string{"--cgroup", kubepods, "--pin-dir", pin, "--state-dir", e.stateDir, "--resync", "1s",
-		"--metrics-addr", metricsAddr}
-	// The chain as a runtime runs it: pod A opts in, pod B and the server do not. No agent runs yet (meshcap-cni
-	// installed, agent container not started): pod A is only recorded, and the agent programs it when it starts.
-	step("CNI ADD before the agent runs")
-	srvIP := e.add(srv, podArgs("default", "srv"))
-	ipA := e.add(podA, podArgs("default", "a", "MESHCAP_ENROLL=true"))
-	e.add(podB, podArgs("default", "b"))
-	if got := e.records(); !slices.Equal(got, []string{cnitoolContainerID(podA.NetnsPath)}) {
+	f.metricsAddr = fmt.Sprintf("127.0.0.1:%d", 20000+int(time.Now().UnixNano()%20000))
+	f.agentArgs = []string{"--cgroup", f.kubepods, "--pin-dir", f.pin, "--state-dir", f.e.stateDir, "--resync", "1s",
+		"--metrics-addr", f.metricsAddr}
+	// No agent runs yet (meshcap-cni installed, agent container not started): pod A is only recorded, and the
+	// agent programs it when it starts.
+	f.step("CNI ADD before the agent runs")
+	f.srvIP = f.e.add(f.srv, podArgs("default", "srv"))
+	f.ipA = f.e.add(f.podA, podArgs("default", "a", "MESHCAP_ENROLL=true"))
+	f.e.add(f.podB, podArgs("default", "b"))
+	if got := f.e.records(); !slices.Equal(got, []string{cnitoolContainerID(f.podA.NetnsPath)}) {
 		t.Fatalf("records %v, want only pod A", got)
 	}
-	if got := cgroupPrograms(t, kubepods); got != 0 {
+	if got := cgroupPrograms(t, f.kubepods); got != 0 {
 		t.Fatalf("%d programs attached at the kubepods root before the agent runs", got)
 	}
-	if !kernelGivesNetnsCookie(t) {
-		agentCNIWithoutNetnsCookie(t, e, kubepods, agentArgs, podA, srv, srvIP)
-		return
-	}
+	return f
+}
 
+// TestDeployAgentCNI: agent mode end to end, on every kernel of the matrix (before Linux 5.14 the netns cookies
+// come from the loader's cgroup/sock_create reader).
+func TestDeployAgentCNI(t *testing.T) { deployAgentCNI(t, newAgentCNIFixture(t)) }
+
+// TestDeployAgentCNIReader is TestDeployAgentCNI with SO_NETNS_COOKIE hidden from every process (the test, the
+// CNI plugin, the agent, the proxy): they all read netns cookies with the reader, as on Linux 5.10.
+func TestDeployAgentCNIReader(t *testing.T) {
+	t.Setenv(loader.ProbeDisableEnv, "so_netns_cookie")
+	deployAgentCNI(t, newAgentCNIFixture(t))
+}
+
+func deployAgentCNI(t *testing.T, f *agentCNIFixture) {
+	e, pin, kubepods, podA, podB, srv := f.e, f.pin, f.kubepods, f.podA, f.podB, f.srv
+	ipA, srvIP, agentArgs, metricsAddr, step := f.ipA, f.srvIP, f.agentArgs, f.metricsAddr, f.step
 	step("start agent")
 	agent := startAgent(t, agentArgs...)
 	pinDir, err := loader.PinDir(kubepods, pin)
@@ -424,9 +449,9 @@ func TestDeployAgentCNI(t *testing.T) {
 	if got := cgroupPrograms(t, kubepods); got != 4 {
 		t.Fatalf("%d programs attached at the kubepods root, want 4", got)
 	}
-	cookieA, err := podA.NetnsCookie()
-	if err != nil {
-		t.Fatal(err)
+	cookieA, err := loader.InboundCookie(podA.NetnsPath)
+	if err != nil || !hostfs.IsNetnsCookie(cookieA) {
+		t.Fatalf("pod A's netns cookie %#x (%v): want a cookie", cookieA, err)
 	}
 	if got, err := loader.EnrolledNetns(pinDir); err != nil || !slices.Equal(got, []uint64{cookieA}) {
 		t.Fatalf("enrolled netns %v (%v), want pod A's cookie %d", got, err, cookieA)

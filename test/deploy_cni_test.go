@@ -20,6 +20,7 @@ import (
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
 
+	"github.com/meshcap/meshcap/loader"
 	"github.com/meshcap/meshcap/pkg/cni"
 )
 
@@ -192,7 +193,7 @@ func TestDeployCNIChainedEnrollment(t *testing.T) {
 	if rec == nil {
 		t.Fatalf("web pod not enrolled; records: %v", e.records())
 	}
-	cookie, err := web.NetnsCookie()
+	cookie, err := loader.InboundCookie(web.NetnsPath)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -54,7 +54,7 @@ func inbStatusOf(t *testing.T, pinRoot string, pod *podnet.Pod) inbStatus {
 // inbFor returns the inbound attachment of pod's netns from a status, or nil.
 func inbFor(t *testing.T, st inbStatus, pod *podnet.Pod) *loader.InboundInfo {
 	t.Helper()
-	cookie, err := pod.NetnsCookie()
+	cookie, err := loader.InboundCookie(pod.NetnsPath)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -162,13 +163,20 @@ func runAgent(ctx context.Context, log *zap.Logger, o agentOptions) error {
 	}
 }
 
-// agentCanUseEBPF runs the probe and logs the mode it chose.
+// agentCanUseEBPF runs the probe and logs the mode it chose. The agent itself need not read netns cookies (meshcap-cni,
+// on the host, reads them and enrolls; a pod it cannot key goes to istio's rules): without that ability alone, as in
+// a container whose cgroupfs is read-only on a kernel without SO_NETNS_COOKIE, it attaches and says so.
 func agentCanUseEBPF(log *zap.Logger, cgroup string) (bool, error) {
 	checks, err := loader.Probe(loader.ProbeOptions{CgroupParent: cgroup})
 	if err != nil {
 		return false, err
 	}
 	d := loader.DecideMode(checks, loader.ProbeRequirements{Inbound: true, Agent: true})
+	if d.Mode != loader.ProbeModeEBPF && slices.Equal(d.Missing, []string{loader.CheckUserspaceNetnsCookie}) {
+		log.Warn("this process reads no netns cookie: meshcap-cni enrolls the pods whose cookie it reads, and applies istio's iptables rules to the others",
+			zap.String("reason", d.Reason))
+		d = loader.DecideMode(checks, loader.ProbeRequirements{Inbound: true})
+	}
 	log.Info("capture mode chosen", zap.String("mode", d.Mode), zap.String("reason", d.Reason))
 	return d.Mode == loader.ProbeModeEBPF, nil
 }
@@ -207,8 +215,11 @@ func recordNetnsState(rec *cni.Enrollment) (netnsState, error) {
 		return netnsUnknown, errors.New("no netns path recorded")
 	}
 	id, err := cni.ReadNetnsID(rec.Netns)
+	same, known := id.Same(rec.NetnsCookie, rec.NetnsInode)
 	switch {
-	case err == nil && id.Cookie == rec.NetnsCookie:
+	case err == nil && !known:
+		return netnsUnknown, fmt.Errorf("netns %s: this process reads no netns cookie to compare with the recorded one", rec.Netns)
+	case err == nil && same:
 		return netnsAlive, nil
 	case err == nil:
 		return netnsGone, nil // the path names another netns now

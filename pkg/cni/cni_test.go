@@ -414,3 +414,26 @@ func TestStoreLockExcludes(t *testing.T) {
 		t.Fatalf("Lock left records %v (%v)", ids, err)
 	}
 }
+
+// TestNetnsIDSame: cookies compare as cookies; a stand-in (a process that reads no netns cookie) against a recorded
+// cookie proves only a different netns (by inode), never the same one.
+func TestNetnsIDSame(t *testing.T) {
+	const standIn = 1<<63 | 77
+	for _, c := range []struct {
+		id                  NetnsID
+		cookie, inode       uint64
+		wantSame, wantKnown bool
+	}{
+		{NetnsID{Cookie: 5, Inode: 77}, 5, 77, true, true},
+		{NetnsID{Cookie: 6, Inode: 77}, 5, 77, false, true},
+		{NetnsID{Cookie: standIn, Inode: 77}, standIn, 77, true, true},
+		{NetnsID{Cookie: standIn, Inode: 77}, 5, 77, false, false},
+		{NetnsID{Cookie: standIn, Inode: 77}, 5, 0, false, false},
+		{NetnsID{Cookie: standIn, Inode: 77}, 5, 78, false, true},
+		{NetnsID{Cookie: 5, Inode: 77}, standIn, 77, false, false},
+	} {
+		if same, known := c.id.Same(c.cookie, c.inode); same != c.wantSame || known != c.wantKnown {
+			t.Errorf("%+v.Same(%#x, %d) = %v, %v; want %v, %v", c.id, c.cookie, c.inode, same, known, c.wantSame, c.wantKnown)
+		}
+	}
+}

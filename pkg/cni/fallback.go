@@ -34,7 +34,8 @@ func (f IPTablesEnroller) Unenroll(e *Enrollment) error {
 	if e.Netns == "" {
 		return nil
 	}
-	if id, err := ReadNetnsID(e.Netns); errors.Is(err, ErrNetnsGone) || (err == nil && id.Cookie != e.NetnsCookie) {
+	id, err := ReadNetnsID(e.Netns)
+	if same, known := id.Same(e.NetnsCookie, e.NetnsInode); errors.Is(err, ErrNetnsGone) || (err == nil && known && !same) {
 		return nil
 	}
 	c := e.Capture

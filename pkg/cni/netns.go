@@ -7,6 +7,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/meshcap/meshcap/loader"
 	"github.com/meshcap/meshcap/pkg/hostfs"
 )
 
@@ -20,9 +21,8 @@ type NetnsID struct {
 	Inode  uint64
 }
 
-// ReadNetnsID opens the netns at path and reads its cookie with SO_NETNS_COOKIE on a socket created inside it
-// (hostfs.NetnsID: before Linux 5.14 a stand-in that is no cookie, and captureMode then falls back to iptables).
-// The calling goroutine's thread enters the netns only for the socket() call.
+// ReadNetnsID opens the netns at path and reads its cookie (loader.NetnsID; where this process can read no cookie,
+// a stand-in that is no cookie, and captureMode then falls back to iptables).
 func ReadNetnsID(path string) (NetnsID, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -41,9 +41,22 @@ func ReadNetnsID(path string) (NetnsID, error) {
 		return NetnsID{}, fmt.Errorf("netns %q: not a namespace file", path)
 	}
 
-	cookie, err := hostfs.NetnsID(f) // a cookie, or (before 5.14) a stand-in that captureMode sends to iptables
+	cookie, err := loader.NetnsID(f) // a cookie, or a stand-in that captureMode sends to iptables
 	if err != nil {
 		return NetnsID{}, fmt.Errorf("netns %q: %w", path, err)
 	}
 	return NetnsID{Cookie: cookie, Inode: st.Ino}, nil
+}
+
+// Same reports whether id, read now, names the netns an enrollment recorded (its cookie and inode). Cookies are
+// compared where both are cookies. Where one side is only a stand-in (read by a process that reads no netns cookie,
+// loader.NetnsID), only a different inode proves another netns; known is false when nothing can be told.
+func (id NetnsID) Same(cookie, inode uint64) (same, known bool) {
+	if hostfs.IsNetnsCookie(id.Cookie) == hostfs.IsNetnsCookie(cookie) {
+		return id.Cookie == cookie, true
+	}
+	if inode != 0 && id.Inode != inode {
+		return false, true
+	}
+	return false, false
 }

@@ -211,7 +211,7 @@ func (p *Plugin) Add(a *skel.CmdArgs) error {
 // into eBPF would leave those connections uncaptured. The fallback is logged with the reason.
 func (p *Plugin) captureMode(a *skel.CmdArgs, pod Pod, un []string, id NetnsID) string {
 	if !hostfs.IsNetnsCookie(id.Cookie) {
-		un = append(un, "agent mode on this kernel (it gives userspace no netns cookie: SO_NETNS_COOKIE needs Linux 5.14)")
+		un = append(un, "agent mode here (no netns cookie readable from userspace: no SO_NETNS_COOKIE, which needs Linux 5.14, and the cgroup/sock_create reader failed or is disabled; `meshcap probe` says why)")
 	}
 	if len(un) == 0 {
 		return ModeEBPF
@@ -313,8 +313,12 @@ func (p *Plugin) Check(a *skel.CmdArgs) error {
 	if err != nil {
 		return types.NewError(types.ErrInvalidNetNS, err.Error(), "")
 	}
-	if id.Cookie != rec.NetnsCookie {
-		return types.NewError(types.ErrInternal, fmt.Sprintf("CHECK: pod %s: netns cookie is %d, enrolled %d", in.pod, id.Cookie, rec.NetnsCookie), "")
+	if same, known := id.Same(rec.NetnsCookie, rec.NetnsInode); !same {
+		what := "is"
+		if !known {
+			what = "cannot be compared (no netns cookie readable here):"
+		}
+		return types.NewError(types.ErrInternal, fmt.Sprintf("CHECK: pod %s: netns cookie %s %d, enrolled %d", in.pod, what, id.Cookie, rec.NetnsCookie), "")
 	}
 	ips, err := prevIPs(in.conf.PrevResult)
 	if err != nil {

@@ -7,7 +7,8 @@
 //   - Nothing here imports cilium/ebpf or changes capture state; the only host change is EnsureBPFFS's mount.
 //   - A cgroup is reported gone only on the kernel's word (CgroupGone: its id no longer resolves), never because a
 //     path cannot be seen.
-//   - NetnsCookie/SocketNetnsCookie are the only Go readers of a netns cookie (SO_NETNS_COOKIE, Linux 5.14+).
-//     NetnsID/SocketNetnsID/OwnNetnsID name a netns for userspace bookkeeping: the cookie, or before 5.14 the nsfs
-//     inode marked so that IsNetnsCookie is false; such an id is never used as a BPF key.
+//   - NetnsCookie/SocketNetnsCookie are the SO_NETNS_COOKIE reads (Linux 5.14+) behind loader.NetnsCookie, the one
+//     owner of a netns cookie in Go (it also reads one on older kernels, with a BPF program). NetnsInodeID is the
+//     stand-in loader.NetnsID names a netns by where no cookie can be read: the nsfs inode marked so that
+//     IsNetnsCookie is false; such an id is never used as a BPF key.
 package hostfs

@@ -1,8 +1,6 @@
 package podnet
 
 import (
-	"github.com/meshcap/meshcap/pkg/hostfs"
-
 	"context"
 	"errors"
 	"fmt"
@@ -173,20 +171,6 @@ func (p *Pod) Start(cmd *exec.Cmd, cred *Cred) error {
 		return fmt.Errorf("start %s in %s: %w", cmd.Path, p.Name, err)
 	}
 	return nil
-}
-
-// NetnsCookie returns the id meshcap's userspace names the pod's netns by (hostfs.NetnsID): the kernel's cookie
-// (what BPF's bpf_get_netns_cookie reports), or before Linux 5.14, which gives userspace no cookie, its stand-in.
-func (p *Pod) NetnsCookie() (uint64, error) {
-	var cookie uint64
-	err := p.Do(func() (err error) {
-		cookie, err = hostfs.OwnNetnsID()
-		return err
-	})
-	if err != nil {
-		return 0, fmt.Errorf("netns cookie of %s: %w", p.Name, err)
-	}
-	return cookie, nil
 }
 
 // vethName derives an interface name (at most 15 bytes) from a pod name.
