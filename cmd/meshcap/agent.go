@@ -273,6 +273,11 @@ func (r *agentReconciler) reconcileOne(id string, start bool) {
 	}
 	if state == netnsAlive {
 		warnUncoverable(log, rec)
+		// The pod's own addresses (istio's "-o lo" rules); where the netns cannot be read they stay as written.
+		if pol, err = iptables.EBPFPolicyIn(rec.Netns, rec.Capture, pol); err != nil {
+			log.Error("pod addresses", zap.Error(err))
+			return
+		}
 	}
 	// In place: for a pod already programmed (agent restart) nothing changes. The inbound step runs only when the
 	// pod's netns is alive and its inbound attachment is missing (enrolled while no agent ran) or has no

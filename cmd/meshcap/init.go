@@ -115,7 +115,7 @@ func runInit(ctx context.Context, log *zap.Logger, cmd *cobra.Command, o initOpt
 	log.Info("capture mode chosen", zap.String("mode", initModeName(mode, cfg)), zap.String("reason", reason),
 		zap.String("cgroup", cgroupDir), zap.String("requested", o.mode))
 	if mode == loader.ProbeModeEBPF {
-		err := initEBPF(log, o, cgroupDir, ex.NetworkNamespace, pol)
+		err := initEBPF(log, o, cgroupDir, ex.NetworkNamespace, cfg, pol)
 		if err == nil {
 			err = loader.Failpoint("init-after-ebpf")
 		}
@@ -218,10 +218,15 @@ func decideInitMode(log *zap.Logger, o initOptions, cfg capture.Config, pol capt
 	return d.Mode, d.Reason, cgroupDir
 }
 
-// initEBPF captures the pod (outbound on the cgroup, inbound on the netns); on error nothing new stays attached.
-func initEBPF(log *zap.Logger, o initOptions, cgroupDir, netnsPath string, pol capture.Policy) error {
+// initEBPF captures the pod (outbound on the cgroup, inbound on the netns, with the netns's own addresses); on
+// error nothing new stays attached.
+func initEBPF(log *zap.Logger, o initOptions, cgroupDir, netnsPath string, cfg capture.Config, pol capture.Policy) error {
 	if netnsPath == "" {
 		netnsPath = ownNetns
+	}
+	pol, err := iptables.EBPFPolicyIn(netnsPath, cfg, pol)
+	if err != nil {
+		return err
 	}
 	if err := ensureBPFFS(log, o.pinRoot); err != nil {
 		return err

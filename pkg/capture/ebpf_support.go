@@ -20,9 +20,11 @@ import (
 //     find no resolv.conf server and capture nothing: the deciding process does not always see the pod's
 //     resolv.conf, and the iptables fallback then does exactly what istio does. --capture-all-dns alone changes
 //     nothing in istio, so it is accepted.
-//   - Owner groups (ISTIO_OUTBOUND_OWNER_GROUPS other than "*", including the empty value, which makes istio
-//     capture no outbound TCP; ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE, which istio uses only when the include value
-//     is "*").
+//   - Owner group lists (ISTIO_OUTBOUND_OWNER_GROUPS other than "*" and "", ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE,
+//     which istio uses only when the include value is "*"). istio's "-m owner --gid-owner G" matches the socket
+//     owner's primary gid only (no --suppl-groups), which a connect program sees too, but G may be a group name
+//     that iptables resolves in the /etc/group of the process applying the rules; the programs hold no group list
+//     yet. The empty value (istio: a bare RETURN, no outbound TCP redirected) is expressed: Policy.OutboundNone.
 //   - -k, -c, -m TPROXY, --drop-invalid: rules on interfaces, marks and conntrack state with no eBPF counterpart.
 //   - More than MaxIDs -u or -g values: the BPF programs hold a fixed-size list of exempt ids (ebpf_limits.go).
 func (c Config) EBPFUnsupported(h HostFacts) []string {
@@ -33,7 +35,7 @@ func (c Config) EBPFUnsupported(h HostFacts) []string {
 	}{
 		{h.IPv6, "IPv6 capture (the pod has IPv6 addresses, so istio also writes ip6tables rules; see --dual-stack)"},
 		{c.RedirectDNS, "DNS capture (--redirect-dns / ISTIO_META_DNS_CAPTURE)"},
-		{c.OwnerGroupsInclude != "*", EnvOwnerGroups + "=" + strconv.Quote(c.OwnerGroupsInclude) + ownerGroupsNote(c.OwnerGroupsInclude)},
+		{c.OwnerGroupsInclude != "*" && c.OwnerGroupsInclude != "", EnvOwnerGroups + "=" + strconv.Quote(c.OwnerGroupsInclude) + " (group lists)"},
 		{c.OwnerGroupsInclude == "*" && c.OwnerGroupsExclude != "", EnvOwnerGroupsExclude + "=" + strconv.Quote(c.OwnerGroupsExclude)},
 		{c.KubeVirtInterfaces != "", "-k/--kube-virt-interfaces"},
 		{c.ExcludeInterfaces != "", "-c/--istio-exclude-interfaces"},
@@ -47,11 +49,4 @@ func (c Config) EBPFUnsupported(h HostFacts) []string {
 		}
 	}
 	return out
-}
-
-func ownerGroupsNote(v string) string {
-	if v == "" {
-		return " (empty: istio captures no outbound TCP at all)"
-	}
-	return ""
 }

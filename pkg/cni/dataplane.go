@@ -9,6 +9,7 @@ import (
 
 	"github.com/meshcap/meshcap/loader"
 	"github.com/meshcap/meshcap/pkg/capture"
+	"github.com/meshcap/meshcap/pkg/iptables"
 )
 
 // AgentInfo is what a running node agent publishes (StateDir/../agent.json) so that meshcap-cni finds its pins.
@@ -72,7 +73,11 @@ func (p PinnedEnroller) InboundCgroup(e *Enrollment) string {
 // cookie, then inbound capture in its netns, or the removal of inbound capture the policy no longer asks for).
 // Idempotent; a pod that was not enrolled before is left unenrolled on error.
 func (p PinnedEnroller) Enroll(e *Enrollment, pol capture.Policy) error {
-	_, err := loader.CapturePod(p.target(e, e.Netns), pol, loader.CaptureOptions{FindListener: true,
+	pol, err := iptables.EBPFPolicyIn(e.Netns, e.Capture, pol) // the pod's own addresses
+	if err != nil {
+		return err
+	}
+	_, err = loader.CapturePod(p.target(e, e.Netns), pol, loader.CaptureOptions{FindListener: true,
 		Load: loader.LoadOptions{MaxConns: p.MaxConns}})
 	return err
 }

@@ -116,9 +116,28 @@ func FactsIn(path string, c capture.Config) (capture.HostFacts, error) {
 // without any non-loopback address has no IPv6 to capture: there istio-iptables fails, and eBPF capture misses
 // nothing.
 func EBPFUnsupportedIn(path string, c capture.Config) ([]string, error) {
-	facts, err := FactsIn(path, c)
-	if err != nil && !errors.Is(err, capture.ErrNoLocalAddress) {
-		return nil, fmt.Errorf("host facts of netns %q: %w", path, err)
+	facts, err := podFactsIn(path, c)
+	if err != nil {
+		return nil, err
 	}
 	return c.EBPFUnsupported(facts), nil
+}
+
+// EBPFPolicyIn is p (c's policy) with the facts of the network namespace at path that the eBPF programs need
+// (capture.Policy.WithHostFacts: the pod's own addresses). Every eBPF front end calls it with the pod's netns.
+func EBPFPolicyIn(path string, c capture.Config, p capture.Policy) (capture.Policy, error) {
+	facts, err := podFactsIn(path, c)
+	if err != nil {
+		return p, err
+	}
+	return p.WithHostFacts(facts), nil
+}
+
+// podFactsIn is FactsIn where a netns without a non-loopback address (istio-iptables fails there) is no error.
+func podFactsIn(path string, c capture.Config) (capture.HostFacts, error) {
+	facts, err := FactsIn(path, c)
+	if err != nil && !errors.Is(err, capture.ErrNoLocalAddress) {
+		return facts, fmt.Errorf("host facts of netns %q: %w", path, err)
+	}
+	return facts, nil
 }
