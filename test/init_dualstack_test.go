@@ -67,7 +67,6 @@ func TestEBPFAttachRefusesWhatItCannotDo(t *testing.T) {
 		{nil, []string{"ISTIO_DUAL_STACK=1"}, "IPv6 capture"},
 		{[]string{"--redirect-dns"}, nil, "DNS capture"},
 		{nil, []string{"ISTIO_META_DNS_CAPTURE=true"}, "DNS capture"},
-		{nil, []string{"ISTIO_OUTBOUND_OWNER_GROUPS="}, `ISTIO_OUTBOUND_OWNER_GROUPS=""`},
 		{nil, []string{"ISTIO_OUTBOUND_OWNER_GROUPS=java"}, `ISTIO_OUTBOUND_OWNER_GROUPS="java"`},
 		{nil, []string{"ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE=2000"}, "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE"},
 		{[]string{"-m", "TPROXY", "-b", "*"}, nil, "TPROXY"},
