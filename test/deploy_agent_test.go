@@ -470,11 +470,11 @@ func TestDeployAgentCNI(t *testing.T) {
 		return fmt.Sprintf(`%s{cgroup="",netns_cookie="%d",pod="default/a"%s}`, name, cookieA, extra)
 	}
 	for k, want := range map[string]float64{
-		series("meshcap_capture_connections_captured_total", ""):            1,
-		series("meshcap_capture_connections_exempt_total", `,rule="owner"`): 1,
+		series("meshcap_capture_connections_captured_total", ""):               1,
+		series("meshcap_capture_connections_exempt_total", `,rule="owner"`):    1,
 		series("meshcap_capture_connections_exempt_total", `,rule="loopback"`): 1,
-		series("meshcap_capture_connections_refused_total", ""):             0,
-		series("meshcap_capture_connections_capacity", ""):                  65536,
+		series("meshcap_capture_connections_refused_total", ""):                0,
+		series("meshcap_capture_connections_capacity", ""):                     65536,
 	} {
 		if got, ok := m[k]; !ok || got != want {
 			t.Errorf("agent /metrics %s = %v (present %v), want %v; all: %v", k, got, ok, want, m)
