@@ -142,7 +142,7 @@ struct mc_stats {
 
 /*
  * Key of mc_orig_tuple, written from the PROXY's point of view so that the proxy's accepted socket finds it
- * directly: local = the proxy listener address the client was sent to (127.0.0.1:proxy_port),
+ * directly: local = the proxy listener address the client was sent to (127.x.y.z:proxy_port, see mc_proxy_addr4),
  * remote = the client's own source address. netns = the netns cookie both sockets share (the client and the
  * proxy of a pod live in one netns). Without the cookie, (127.0.0.1, port) keys would collide across pods.
  */
