@@ -1,13 +1,17 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * cgroup/connect4: outbound capture. A TCP connect() from a process in the attached cgroup is rewritten to
- * 127.0.0.1:<proxy_port> unless exempt, and the original destination is recorded under the socket cookie.
+ * 127.x.y.z:<proxy_port> (x.y.z from the destination, see mc_proxy_addr4) unless exempt, and the original
+ * destination is recorded in the socket's storage.
  *
  * The decision mirrors istio's nat ISTIO_OUTPUT chain, in the same order and with the same meaning
  * (istio-golden/DEFAULTS.md section 5):
  *   9.  -o port                          -> RETURN (not captured, for everyone)
- *   11/12. owner uid in -u / gid in -g    -> RETURN (the proxy's own traffic goes direct)
- *   11b/15. loopback destination          -> RETURN
+ *   10. over lo from 127.0.0.6            -> RETURN (the sidecar's inbound passthrough)
+ *   11a/12a. owner in -u/-g, over lo, not to the loopback CIDR or -e port -> the inbound port (ISTIO_IN_REDIRECT)
+ *   11b/12b. over lo, another owner       -> RETURN (127/8, 0.0.0.0, the pod's own addresses)
+ *   11c/12c. owner uid in -u / gid in -g  -> RETURN (the proxy's own traffic goes direct)
+ *   15. loopback CIDR                     -> RETURN
  *   16. -x CIDR                           -> RETURN
  *   17. -q port                           -> REDIRECT
  *   18. -i CIDR, or -i '*'                -> REDIRECT
@@ -36,12 +40,16 @@ int mc_connect4(struct bpf_sock_addr *ctx)
 
 	struct mc_dest d = {.port = bpf_ntohs((__u16)ctx->user_port)};
 	d.addr[0] = ctx->user_ip4;
+	struct bpf_sock *sk = ctx->sk;
+	if (sk)
+		d.src[0] = sk->src_ip4;
+	mc_resolve_unspecified(&d);
 	__u16 proxy_port = 0;
 	int out = mc_outbound(ctx, &d, &proxy_port);
 	if (out == MC_OUT_REFUSE)
 		return 0; /* EPERM */
 	if (out == MC_OUT_CAPTURE) {
-		ctx->user_ip4 = bpf_htonl(0x7f000001);
+		ctx->user_ip4 = mc_proxy_addr4(ctx, &d, proxy_port);
 		ctx->user_port = bpf_htons(proxy_port);
 	}
 	return SYS_PROCEED;

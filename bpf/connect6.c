@@ -5,7 +5,7 @@
  * IPv4-mapped destinations (::ffff:a.b.c.d, what Java and many runtimes use for every IPv4 peer) are IPv4 on the
  * wire, and istio's iptables rules capture them in every pod: they are decided with the IPv4 policy exactly as
  * connect4 decides a.b.c.d (exemptions, counters, capacity, client record) and rewritten to
- * ::ffff:127.0.0.1:<proxy_port>. The proxy's accepted socket is then an ordinary IPv4 one on 127.0.0.1, so sockops
+ * ::ffff:127.x.y.z:<proxy_port> (mc_proxy_addr4). The proxy's accepted socket is then an ordinary IPv4 one on 127.0.0.1, so sockops
  * and getsockopt answer for it as for connect4; getpeername6 restores the mapped destination for the app.
  *
  * Native IPv6 destinations are captured only in a pod with IPv6 enabled (MC_F_IPV6, istio's rule for writing
@@ -33,15 +33,25 @@ int mc_connect6(struct bpf_sock_addr *ctx)
 	__u32 w2 = *(volatile __u32 *)&ctx->user_ip6[2];
 	__u32 w3 = *(volatile __u32 *)&ctx->user_ip6[3];
 	int mapped = mc_is_v4mapped(w0, w1, w2);
+	struct bpf_sock *sk = ctx->sk;
 	if (mapped) {
 		d.addr[0] = w3;
+		if (sk && mc_is_v4mapped(sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2]))
+			d.src[0] = sk->src_ip6[3];
 	} else {
 		d.v6 = 1;
 		d.addr[0] = w0;
 		d.addr[1] = w1;
 		d.addr[2] = w2;
 		d.addr[3] = w3;
+		if (sk) {
+			d.src[0] = sk->src_ip6[0];
+			d.src[1] = sk->src_ip6[1];
+			d.src[2] = sk->src_ip6[2];
+			d.src[3] = sk->src_ip6[3];
+		}
 	}
+	mc_resolve_unspecified(&d);
 
 	__u16 proxy_port = 0;
 	int out = mc_outbound(ctx, &d, &proxy_port);
@@ -49,11 +59,12 @@ int mc_connect6(struct bpf_sock_addr *ctx)
 		return 0; /* EPERM */
 	if (out != MC_OUT_CAPTURE)
 		return SYS_PROCEED;
-	/* ::ffff:127.0.0.1 for a mapped destination, ::1 for a native one */
+	/* ::ffff:127.x.y.z for a mapped destination (as connect4), ::1 for a native one: IPv6 has one loopback
+	 * address, so native IPv6 captured connections share one 4-tuple space per proxy port. */
 	ctx->user_ip6[0] = 0;
 	ctx->user_ip6[1] = 0;
 	ctx->user_ip6[2] = mapped ? bpf_htonl(0xffff) : 0;
-	ctx->user_ip6[3] = mapped ? bpf_htonl(0x7f000001) : bpf_htonl(1);
+	ctx->user_ip6[3] = mapped ? mc_proxy_addr4(ctx, &d, proxy_port) : bpf_htonl(1);
 	ctx->user_port = bpf_htons(proxy_port);
 	return SYS_PROCEED;
 }

@@ -2,6 +2,7 @@ package loader
 
 import (
 	"fmt"
+	"net/netip"
 	"sort"
 	"strings"
 	"testing"
@@ -262,5 +263,49 @@ func testMapsBounded(t *testing.T, fast bool) {
 	}
 	if st, _ := GetStatus(root); st != nil {
 		t.Log(strings.TrimSpace(fmt.Sprintf("%+v", st.Attachments[0].Maps)))
+	}
+}
+
+// TestLocalAddrsLifecycle: the pod's own addresses (mc_local) follow the policy written for its key: replaced by a
+// new list, kept when the list is unknown (nil: a resync that could not read the netns), removed with the policy.
+func TestLocalAddrsLifecycle(t *testing.T) {
+	outRequireRoot(t)
+	a, err := AttachShared(outNewCgroup(t), outNewPinRoot(t), LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := OpenPinned(a.PinDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer objs.Close()
+	const key = 77
+	p := outPolicy(t, nil)
+	for _, step := range []struct {
+		addrs []netip.Addr
+		want  int
+	}{
+		{[]netip.Addr{netip.MustParseAddr("10.1.2.3"), netip.MustParseAddr("fd00::3")}, 2},
+		{[]netip.Addr{netip.MustParseAddr("10.1.2.4")}, 1},
+		{nil, 1},
+	} {
+		p.LocalAddrs = step.addrs
+		if err := objs.SetPolicy(key, p); err != nil {
+			t.Fatal(err)
+		}
+		if n, _ := countEntries(objs.Maps[mapLocal]); n != step.want {
+			t.Errorf("after SetPolicy with %v: %d mc_local entries, want %d", step.addrs, n, step.want)
+		}
+	}
+	var k localKey
+	var v uint8
+	if it := objs.Maps[mapLocal].Iterate(); !it.Next(&k, &v) || k.Cfg != key || addrFromBE32x4(k.Addr) != netip.MustParseAddr("::ffff:10.1.2.4") {
+		t.Errorf("mc_local entry %+v, want key %d and ::ffff:10.1.2.4", k, key)
+	}
+	if err := objs.DeletePolicy(key); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := countEntries(objs.Maps[mapLocal]); n != 0 {
+		t.Errorf("%d mc_local entries after DeletePolicy", n)
 	}
 }

@@ -74,6 +74,12 @@ type connect4McFpPeer struct {
 	Pad  uint32
 }
 
+type connect4McLocalKey struct {
+	_    structs.HostLayout
+	Cfg  uint64
+	Addr [4]uint32
+}
+
 type connect4McLpm6Key struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -172,6 +178,7 @@ const (
 	connect4MapMcDst6             = "mc_dst6"
 	connect4MapMcFpPeer           = "mc_fp_peer"
 	connect4MapMcFpStats          = "mc_fp_stats"
+	connect4MapMcLocal            = "mc_local"
 	connect4MapMcOrigTuple        = "mc_orig_tuple"
 	connect4MapMcOrigTuple6       = "mc_orig_tuple6"
 	connect4MapMcPorts            = "mc_ports"
@@ -243,6 +250,7 @@ type connect4MapSpecs struct {
 	McDst6       *ebpf.MapSpec `ebpf:"mc_dst6"`
 	McFpPeer     *ebpf.MapSpec `ebpf:"mc_fp_peer"`
 	McFpStats    *ebpf.MapSpec `ebpf:"mc_fp_stats"`
+	McLocal      *ebpf.MapSpec `ebpf:"mc_local"`
 	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.MapSpec `ebpf:"mc_orig_tuple6"`
 	McPorts      *ebpf.MapSpec `ebpf:"mc_ports"`
@@ -290,6 +298,7 @@ type connect4Maps struct {
 	McDst6       *ebpf.Map `ebpf:"mc_dst6"`
 	McFpPeer     *ebpf.Map `ebpf:"mc_fp_peer"`
 	McFpStats    *ebpf.Map `ebpf:"mc_fp_stats"`
+	McLocal      *ebpf.Map `ebpf:"mc_local"`
 	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.Map `ebpf:"mc_orig_tuple6"`
 	McPorts      *ebpf.Map `ebpf:"mc_ports"`
@@ -312,6 +321,7 @@ func (m *connect4Maps) Close() error {
 		m.McDst6,
 		m.McFpPeer,
 		m.McFpStats,
+		m.McLocal,
 		m.McOrigTuple,
 		m.McOrigTuple6,
 		m.McPorts,

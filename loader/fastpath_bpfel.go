@@ -25,6 +25,7 @@ const (
 	fastpathMapMcDst6             = "mc_dst6"
 	fastpathMapMcFpPeer           = "mc_fp_peer"
 	fastpathMapMcFpStats          = "mc_fp_stats"
+	fastpathMapMcLocal            = "mc_local"
 	fastpathMapMcOrigTuple        = "mc_orig_tuple"
 	fastpathMapMcOrigTuple6       = "mc_orig_tuple6"
 	fastpathMapMcPorts            = "mc_ports"
@@ -93,6 +94,7 @@ type fastpathMapSpecs struct {
 	McDst6       *ebpf.MapSpec `ebpf:"mc_dst6"`
 	McFpPeer     *ebpf.MapSpec `ebpf:"mc_fp_peer"`
 	McFpStats    *ebpf.MapSpec `ebpf:"mc_fp_stats"`
+	McLocal      *ebpf.MapSpec `ebpf:"mc_local"`
 	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.MapSpec `ebpf:"mc_orig_tuple6"`
 	McPorts      *ebpf.MapSpec `ebpf:"mc_ports"`
@@ -137,6 +139,7 @@ type fastpathMaps struct {
 	McDst6       *ebpf.Map `ebpf:"mc_dst6"`
 	McFpPeer     *ebpf.Map `ebpf:"mc_fp_peer"`
 	McFpStats    *ebpf.Map `ebpf:"mc_fp_stats"`
+	McLocal      *ebpf.Map `ebpf:"mc_local"`
 	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.Map `ebpf:"mc_orig_tuple6"`
 	McPorts      *ebpf.Map `ebpf:"mc_ports"`
@@ -156,6 +159,7 @@ func (m *fastpathMaps) Close() error {
 		m.McDst6,
 		m.McFpPeer,
 		m.McFpStats,
+		m.McLocal,
 		m.McOrigTuple,
 		m.McOrigTuple6,
 		m.McPorts,

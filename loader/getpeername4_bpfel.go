@@ -28,6 +28,7 @@ const (
 	getpeername4MapMcDst6             = "mc_dst6"
 	getpeername4MapMcFpPeer           = "mc_fp_peer"
 	getpeername4MapMcFpStats          = "mc_fp_stats"
+	getpeername4MapMcLocal            = "mc_local"
 	getpeername4MapMcOrigTuple        = "mc_orig_tuple"
 	getpeername4MapMcOrigTuple6       = "mc_orig_tuple6"
 	getpeername4MapMcPorts            = "mc_ports"
@@ -99,6 +100,7 @@ type getpeername4MapSpecs struct {
 	McDst6       *ebpf.MapSpec `ebpf:"mc_dst6"`
 	McFpPeer     *ebpf.MapSpec `ebpf:"mc_fp_peer"`
 	McFpStats    *ebpf.MapSpec `ebpf:"mc_fp_stats"`
+	McLocal      *ebpf.MapSpec `ebpf:"mc_local"`
 	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.MapSpec `ebpf:"mc_orig_tuple6"`
 	McPorts      *ebpf.MapSpec `ebpf:"mc_ports"`
@@ -146,6 +148,7 @@ type getpeername4Maps struct {
 	McDst6       *ebpf.Map `ebpf:"mc_dst6"`
 	McFpPeer     *ebpf.Map `ebpf:"mc_fp_peer"`
 	McFpStats    *ebpf.Map `ebpf:"mc_fp_stats"`
+	McLocal      *ebpf.Map `ebpf:"mc_local"`
 	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.Map `ebpf:"mc_orig_tuple6"`
 	McPorts      *ebpf.Map `ebpf:"mc_ports"`
@@ -168,6 +171,7 @@ func (m *getpeername4Maps) Close() error {
 		m.McDst6,
 		m.McFpPeer,
 		m.McFpStats,
+		m.McLocal,
 		m.McOrigTuple,
 		m.McOrigTuple6,
 		m.McPorts,

@@ -28,6 +28,7 @@ const (
 	getpeername6MapMcDst6             = "mc_dst6"
 	getpeername6MapMcFpPeer           = "mc_fp_peer"
 	getpeername6MapMcFpStats          = "mc_fp_stats"
+	getpeername6MapMcLocal            = "mc_local"
 	getpeername6MapMcOrigTuple        = "mc_orig_tuple"
 	getpeername6MapMcOrigTuple6       = "mc_orig_tuple6"
 	getpeername6MapMcPorts            = "mc_ports"
@@ -99,6 +100,7 @@ type getpeername6MapSpecs struct {
 	McDst6       *ebpf.MapSpec `ebpf:"mc_dst6"`
 	McFpPeer     *ebpf.MapSpec `ebpf:"mc_fp_peer"`
 	McFpStats    *ebpf.MapSpec `ebpf:"mc_fp_stats"`
+	McLocal      *ebpf.MapSpec `ebpf:"mc_local"`
 	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.MapSpec `ebpf:"mc_orig_tuple6"`
 	McPorts      *ebpf.MapSpec `ebpf:"mc_ports"`
@@ -146,6 +148,7 @@ type getpeername6Maps struct {
 	McDst6       *ebpf.Map `ebpf:"mc_dst6"`
 	McFpPeer     *ebpf.Map `ebpf:"mc_fp_peer"`
 	McFpStats    *ebpf.Map `ebpf:"mc_fp_stats"`
+	McLocal      *ebpf.Map `ebpf:"mc_local"`
 	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.Map `ebpf:"mc_orig_tuple6"`
 	McPorts      *ebpf.Map `ebpf:"mc_ports"`
@@ -168,6 +171,7 @@ func (m *getpeername6Maps) Close() error {
 		m.McDst6,
 		m.McFpPeer,
 		m.McFpStats,
+		m.McLocal,
 		m.McOrigTuple,
 		m.McOrigTuple6,
 		m.McPorts,

@@ -54,6 +54,7 @@ const (
 	getsockoptMapMcDst6             = "mc_dst6"
 	getsockoptMapMcFpPeer           = "mc_fp_peer"
 	getsockoptMapMcFpStats          = "mc_fp_stats"
+	getsockoptMapMcLocal            = "mc_local"
 	getsockoptMapMcOrigTuple        = "mc_orig_tuple"
 	getsockoptMapMcOrigTuple6       = "mc_orig_tuple6"
 	getsockoptMapMcPorts            = "mc_ports"
@@ -124,6 +125,7 @@ type getsockoptMapSpecs struct {
 	McDst6       *ebpf.MapSpec `ebpf:"mc_dst6"`
 	McFpPeer     *ebpf.MapSpec `ebpf:"mc_fp_peer"`
 	McFpStats    *ebpf.MapSpec `ebpf:"mc_fp_stats"`
+	McLocal      *ebpf.MapSpec `ebpf:"mc_local"`
 	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.MapSpec `ebpf:"mc_orig_tuple6"`
 	McPorts      *ebpf.MapSpec `ebpf:"mc_ports"`
@@ -170,6 +172,7 @@ type getsockoptMaps struct {
 	McDst6       *ebpf.Map `ebpf:"mc_dst6"`
 	McFpPeer     *ebpf.Map `ebpf:"mc_fp_peer"`
 	McFpStats    *ebpf.Map `ebpf:"mc_fp_stats"`
+	McLocal      *ebpf.Map `ebpf:"mc_local"`
 	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.Map `ebpf:"mc_orig_tuple6"`
 	McPorts      *ebpf.Map `ebpf:"mc_ports"`
@@ -189,6 +192,7 @@ func (m *getsockoptMaps) Close() error {
 		m.McDst6,
 		m.McFpPeer,
 		m.McFpStats,
+		m.McLocal,
 		m.McOrigTuple,
 		m.McOrigTuple6,
 		m.McPorts,

@@ -45,18 +45,19 @@ const (
 	mapOrigTup6  = "mc_orig_tuple6"
 	mapDst6      = "mc_dst6"
 	mapSkNetns   = "mc_sk_netns"
+	mapLocal     = "mc_local"
 )
 
 // settingsMaps hold one attachment's policy; stateMaps hold its live connections (kept across a re-attach).
 var (
-	settingsMaps = []string{mapConfig, mapCIDRExcl, mapCIDRIncl, mapPorts, mapCIDR6Excl, mapCIDR6Incl,
+	settingsMaps = []string{mapConfig, mapCIDRExcl, mapCIDRIncl, mapPorts, mapCIDR6Excl, mapCIDR6Incl, mapLocal,
 		mapDNS, mapDNSSrv} // DNS capture (dns.go)
 	stateMaps = []string{mapClient, mapOrigTuple, mapStats, mapOrigTup6, mapDst6, mapSockhash, mapFPStats, mapFPPeer, mapSkNetns,
 		mapDNSOrig} // DNS capture (dns.go)
 	// addedMaps are optional in a pin dir: attachments made before the fast path, the sock_create hook or IPv6
 	// existed lack them. A re-attach creates and pins them (and keeps them when pinned, as any map of its kind).
 	addedMaps = []string{mapSockhash, mapFPStats, mapFPPeer, mapSkNetns, mapCIDR6Excl, mapCIDR6Incl, mapOrigTup6, mapDst6,
-		mapDNS, mapDNSSrv, mapDNSOrig} // DNS capture (dns.go)
+		mapLocal, mapDNS, mapDNSSrv, mapDNSOrig} // DNS capture (dns.go)
 )
 
 // Values of the C enums (enums are not in the objects' BTF, so bpf2go cannot emit them).
@@ -82,6 +83,7 @@ type (
 	origValue   = connect4McOrig
 	tupleKey    = connect4McTuple
 	statsValue  = connect4McStats
+	localKey    = connect4McLocalKey
 )
 
 // LoadOptions size the maps. Zero values keep the defaults compiled into the objects.
@@ -289,20 +291,26 @@ type policyKeys struct {
 	lpm   map[string]map[lpmKey]bool
 	lpm6  map[string]map[lpm6Key]bool
 	ports map[portKey]bool
+	local map[localKey]bool
+	// keepLocal leaves every mc_local entry of the key alone: the policy's LocalAddrs are unknown (nil), for
+	// example an agent resync that could not enter the pod's netns.
+	keepLocal bool
 }
 
 // writeLists adds the CIDR and port entries of p under cfgKey and returns them.
 func (o *Objects) writeLists(cfgKey uint64, p capture.Policy) (policyKeys, error) {
 	want := policyKeys{
-		lpm:   map[string]map[lpmKey]bool{mapCIDRExcl: {}, mapCIDRIncl: {}},
-		lpm6:  map[string]map[lpm6Key]bool{mapCIDR6Excl: {}, mapCIDR6Incl: {}},
-		ports: map[portKey]bool{},
+		lpm:       map[string]map[lpmKey]bool{mapCIDRExcl: {}, mapCIDRIncl: {}},
+		lpm6:      map[string]map[lpm6Key]bool{mapCIDR6Excl: {}, mapCIDR6Incl: {}},
+		ports:     map[portKey]bool{},
+		local:     map[localKey]bool{},
+		keepLocal: p.LocalAddrs == nil,
 	}
 	one := uint8(1)
 	for _, l := range []struct {
 		v4, v6 string
 		cidrs  []netip.Prefix
-	}{{mapCIDRExcl, mapCIDR6Excl, p.OutboundExcludeCIDRs}, {mapCIDRIncl, mapCIDR6Incl, p.OutboundIncludeCIDRs}} {
+	}{{mapCIDRExcl, mapCIDR6Excl, p.OutboundExcludeCIDRs}, {mapCIDRIncl, mapCIDR6Incl, included(p, p.OutboundIncludeCIDRs)}} {
 		for _, c := range l.cidrs {
 			var err error
 			if c.Addr().Is4() {
@@ -324,7 +332,7 @@ func (o *Objects) writeLists(cfgKey uint64, p capture.Policy) (policyKeys, error
 	for _, set := range []struct {
 		kind  uint8
 		ports []uint16
-	}{{portOutExclude, p.OutboundExcludePorts}, {portOutInclude, p.OutboundIncludePorts}} {
+	}{{portOutExclude, p.OutboundExcludePorts}, {portOutInclude, included(p, p.OutboundIncludePorts)}} {
 		for _, port := range set.ports {
 			k := portKey{Cfg: cfgKey, Port: port, Kind: set.kind}
 			want.ports[k] = true
@@ -333,7 +341,33 @@ func (o *Objects) writeLists(cfgKey uint64, p capture.Policy) (policyKeys, error
 			}
 		}
 	}
-	return want, nil
+	return want, o.writeLocal(cfgKey, p.LocalAddrs, want.local)
+}
+
+// writeLocal adds the pod's own addresses (the destinations the kernel routes over lo) under cfgKey into want.
+func (o *Objects) writeLocal(cfgKey uint64, addrs []netip.Addr, want map[localKey]bool) error {
+	m := o.Maps[mapLocal]
+	if m == nil && len(addrs) > 0 {
+		return fmt.Errorf("attachment predates %s: detach it, then attach again", mapLocal)
+	}
+	one := uint8(1)
+	for _, a := range addrs {
+		k := localKey{Cfg: cfgKey, Addr: be32x4(a)} // IPv4 as ::ffff:a.b.c.d (As16)
+		want[k] = true
+		if err := m.Update(&k, &one, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("write local address %s to %s: %w", a, mapLocal, err)
+		}
+	}
+	return nil
+}
+
+// included is an include list of p (-i, -q) as the programs get it: none with p.OutboundNone (istio's rule 13
+// returns everything before the include rules).
+func included[T any](p capture.Policy, list []T) []T {
+	if p.OutboundNone {
+		return nil
+	}
+	return list
 }
 
 // deleteLists removes the CIDR and port entries of cfgKey that are not in keep.
@@ -354,6 +388,11 @@ func (o *Objects) deleteLists(cfgKey uint64, keep policyKeys) error {
 			return uint64(k.CfgHi)<<32|uint64(k.CfgLo) == cfgKey && !keep.lpm6[name][*k]
 		})
 		if err != nil {
+			return err
+		}
+	}
+	if m := o.Maps[mapLocal]; m != nil && !keep.keepLocal {
+		if err := deleteWhere(m, func(k *localKey) bool { return k.Cfg == cfgKey && !keep.local[*k] }); err != nil {
 			return err
 		}
 	}
@@ -418,7 +457,7 @@ func configFor(p capture.Policy) (configValue, error) {
 	c.ProxyPort = p.ProxyPort
 	c.InboundPort = p.InboundCapturePort
 	c.TunnelPort = p.InboundTunnelPort
-	if p.OutboundAll {
+	if p.OutboundAll && !p.OutboundNone {
 		c.Flags |= flagOutboundAll
 	}
 	if p.IPv6 {

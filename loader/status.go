@@ -183,7 +183,7 @@ func lookupPinned[K, V any](dirs []string, name string, key *K) (V, bool) {
 var ErrNoOrigDst = errors.New("no original destination recorded")
 
 // OrigDst returns the original destination of a captured connection, looked up from the proxy's accepted socket:
-// local = its local address (127.0.0.1:<proxy port>), remote = its peer (the client), netnsCookie = its netns
+// local = its local address (the 127/8 address connect4 chose, at the proxy port), remote = its peer (the client), netnsCookie = its netns
 // cookie. pinDir is one attachment's directory, or a pin root (every attachment under it is searched).
 func OrigDst(pinDir string, local, remote netip.AddrPort, netnsCookie uint64) (netip.AddrPort, error) {
 	v6 := !local.Addr().Is4() && !local.Addr().Is4In6()

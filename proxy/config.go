@@ -82,7 +82,7 @@ func ParseEngine(s string) (Engine, error) {
 
 // Defaults.
 const (
-	DefaultOutboundAddr  = "127.0.0.1:15001"
+	DefaultOutboundAddr  = "0.0.0.0:15001" // as Envoy's virtual outbound listener: eBPF mode spreads captured connections over 127/8
 	DefaultInboundAddr   = "0.0.0.0:15006"
 	DefaultInboundSource = "127.0.0.6"
 	// IPv6 twins, as Envoy listens in a dual-stack pod (and istio's ip6tables rules redirect to them); see dualstack.go.

@@ -76,7 +76,6 @@ func TestEBPFAttachRefusesWhatItCannotDo(t *testing.T) {
 		env   []string
 		want  string
 	}{
-		{nil, []string{"ISTIO_OUTBOUND_OWNER_GROUPS="}, `ISTIO_OUTBOUND_OWNER_GROUPS=""`},
 		{nil, []string{"ISTIO_OUTBOUND_OWNER_GROUPS=java"}, `ISTIO_OUTBOUND_OWNER_GROUPS="java"`},
 		{nil, []string{"ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE=2000"}, "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE"},
 		{[]string{"-m", "TPROXY", "-b", "*"}, nil, "TPROXY"},

@@ -46,9 +46,9 @@ enum mc_config_flags {
 
 /* Per-netns (or, for key 0, per-attach) outbound settings. Ports in host byte order, addresses in network order. */
 struct mc_config {
-	__u16 proxy_port;   /* -p: where captured connections go (127.0.0.1:proxy_port) */
-	__u16 inbound_port; /* -z: kept for the inbound side and status; not used by outbound programs */
-	__u16 tunnel_port;  /* -e */
+	__u16 proxy_port;   /* -p: where captured connections go (127.x.y.z:proxy_port, see mc_proxy_addr4) */
+	__u16 inbound_port; /* -z: where the proxy owner's own connections over lo go (rule 11a, ISTIO_IN_REDIRECT) */
+	__u16 tunnel_port;  /* -e: never sent to inbound_port by rule 11a */
 	__u8 flags;         /* enum mc_config_flags */
 	__u8 n_uids;
 	__u8 n_gids;
@@ -142,7 +142,7 @@ struct mc_stats {
 
 /*
  * Key of mc_orig_tuple, written from the PROXY's point of view so that the proxy's accepted socket finds it
- * directly: local = the proxy listener address the client was sent to (127.0.0.1:proxy_port),
+ * directly: local = the proxy listener address the client was sent to (127.x.y.z:proxy_port, see mc_proxy_addr4),
  * remote = the client's own source address. netns = the netns cookie both sockets share (the client and the
  * proxy of a pod live in one netns). Without the cookie, (127.0.0.1, port) keys would collide across pods.
  */
@@ -263,6 +263,23 @@ struct {
 	__type(key, struct mc_tuple6);
 	__type(value, struct mc_orig6);
 } mc_orig_tuple6 SEC(".maps");
+
+/* Key of mc_local: an address of the pod's network namespace (IPv4 as ::ffff:a.b.c.d), under a config key. */
+struct mc_local_key {
+	__u64 cfg;     /* config key: netns cookie or 0 */
+	__u32 addr[4]; /* network byte order */
+};
+
+/* The pod's own addresses (Policy.LocalAddrs, read from its netns by the front end), so that connect4/connect6 know
+ * which destinations the kernel routes over lo: istio's "-o lo" rules (DEFAULTS.md section 5 rules 10, 11a, 11b)
+ * match them, and a sock_addr program sees the address, never the route. 127/8 and ::1 need no entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MC_MAX_LIST_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct mc_local_key);
+	__type(value, __u8);
+} mc_local SEC(".maps");
 
 /* Per config key counters (struct mc_stats), created by the loader with the settings (and by connect4 if missing). */
 struct {

@@ -21,12 +21,28 @@ static __always_inline int mc_port_in(__u64 cfg_key, __u16 port, __u8 kind)
 	return bpf_map_lookup_elem(&mc_ports, &k) != NULL;
 }
 
-/* A destination as the decision sees it: an IPv4 address (v6 = 0, addr[0]) or a native IPv6 one. */
+/* A destination as the decision sees it: an IPv4 address (v6 = 0, addr[0]) or a native IPv6 one, and the address
+ * the socket is bound to in the same family (all zero when unbound), which istio's rule 10 matches. */
 struct mc_dest {
 	__u32 addr[4]; /* network byte order */
+	__u32 src[4];  /* network byte order */
 	__u16 port;    /* host byte order */
 	__u8 v6;
 };
+
+/* connect() to 0.0.0.0 or :: reaches a local address, and the rules see that one: IPv4 connects to the socket's
+ * bound address, or to 127.0.0.1 (and binds it) when unbound; IPv6 always to ::1 (tcp_v4_connect's route lookup,
+ * tcp_v6_connect). The decision works on that destination, and so does the recorded original destination. */
+static __always_inline void mc_resolve_unspecified(struct mc_dest *d)
+{
+	if (!d->v6) {
+		if (!d->addr[0])
+			d->addr[0] = d->src[0] ? d->src[0] : bpf_htonl(0x7f000001);
+		return;
+	}
+	if (!(d->addr[0] | d->addr[1] | d->addr[2] | d->addr[3]))
+		d->addr[3] = bpf_htonl(1);
+}
 
 static __always_inline int mc_cidr_in(void *trie4, void *trie6, __u64 cfg_key, const struct mc_dest *d)
 {
@@ -51,7 +67,104 @@ static __always_inline int mc_cidr_in(void *trie4, void *trie6, __u64 cfg_key, c
 	return bpf_map_lookup_elem(trie4, &k) != NULL;
 }
 
-/* -u / -g: the caller's real uid/gid, as istio's "-m owner --uid-owner/--gid-owner" sees the socket owner. */
+static __always_inline int mc_is_v6_loopback(const __u32 *a)
+{
+	return a[0] == 0 && a[1] == 0 && a[2] == 0 && a[3] == bpf_htonl(1);
+}
+
+/* Whether the kernel routes d over lo (istio's "-o lo"): 127/8, ::1, or an address of the pod's own netns
+ * (mc_local, written from Policy.LocalAddrs). 0.0.0.0 and :: were resolved before (mc_resolve_unspecified). */
+static __always_inline int mc_over_lo(__u64 cfg_key, const struct mc_dest *d)
+{
+	struct mc_local_key k = {.cfg = cfg_key};
+
+	if (d->v6) {
+		if (mc_is_v6_loopback(d->addr))
+			return 1;
+		k.addr[0] = d->addr[0];
+		k.addr[1] = d->addr[1];
+		k.addr[2] = d->addr[2];
+		k.addr[3] = d->addr[3];
+	} else {
+		if ((d->addr[0] & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000))
+			return 1;
+		k.addr[2] = bpf_htonl(0xffff);
+		k.addr[3] = d->addr[0];
+	}
+	return bpf_map_lookup_elem(&mc_local, &k) != NULL;
+}
+
+/* Rule 10: "-o lo -s 127.0.0.6/32 -j RETURN" (::6 in the IPv6 copy): the sidecar's inbound passthrough source. */
+static __always_inline int mc_src_passthrough(const struct mc_dest *d)
+{
+	if (d->v6)
+		return d->src[0] == 0 && d->src[1] == 0 && d->src[2] == 0 && d->src[3] == bpf_htonl(6);
+	return d->src[0] == bpf_htonl(0x7f000006);
+}
+
+/* "-d LO" of rules 11a and 15: the configured loopback CIDR (ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR), ::1/128 for IPv6. */
+static __always_inline int mc_in_lo_cidr(const struct mc_config *cfg, const struct mc_dest *d)
+{
+	if (d->v6)
+		return mc_is_v6_loopback(d->addr);
+	return (d->addr[0] & cfg->loopback_mask) == cfg->loopback_addr;
+}
+
+/* Outcomes of the decision, in ISTIO_OUTPUT order. */
+enum mc_verdict {
+	MC_V_CAPTURE = 0,
+	MC_V_EXEMPT_PORT,
+	MC_V_EXEMPT_OWNER,
+	MC_V_EXEMPT_LOOPBACK,
+	MC_V_EXEMPT_CIDR,
+	MC_V_NOT_INCLUDED,
+	MC_V_INBOUND, /* rule 11a: captured, to the inbound listener (cfg->inbound_port) */
+	MC_V_NONE = -1, /* no owner rule matched: the decision goes on */
+};
+
+/* One owner's three rules (11a-c for a uid, 12a-c for a gid), given whether the socket's owner is that id:
+ *   a. "-o lo ! -d LO -p tcp ! --dport <-e> -m owner --uid-owner U -j ISTIO_IN_REDIRECT"
+ *   b. "-o lo -m owner ! --uid-owner U -j RETURN" (absent when an -i CIDR is loopback)
+ *   c. "-m owner --uid-owner U -j RETURN" */
+static __always_inline int mc_owner_rule(const struct mc_config *cfg, int match, int lo, int to_inbound)
+{
+	if (match && to_inbound)
+		return MC_V_INBOUND;
+	if (lo && !match && !(cfg->flags & MC_F_LOOPBACK_INCLUDED))
+		return MC_V_EXEMPT_LOOPBACK;
+	return match ? MC_V_EXEMPT_OWNER : MC_V_NONE;
+}
+
+/* Rules 11 and 12 in istio's order: every -u uid, then every -g gid, first match wins. The owner is the caller's
+ * uid/gid, as "-m owner" sees the socket's (xt_owner without --suppl-groups: the primary gid only). */
+static __always_inline int mc_owner_rules(const struct mc_config *cfg, const struct mc_dest *d, int lo)
+{
+	__u64 ugid = bpf_get_current_uid_gid();
+	__u32 uid = (__u32)ugid;
+	__u32 gid = (__u32)(ugid >> 32);
+	int to_inbound = lo && !mc_in_lo_cidr(cfg, d) && d->port != cfg->tunnel_port;
+	int v;
+
+	for (int i = 0; i < MC_MAX_IDS; i++) {
+		if (i >= cfg->n_uids)
+			break;
+		v = mc_owner_rule(cfg, cfg->uids[i] == uid, lo, to_inbound);
+		if (v != MC_V_NONE)
+			return v;
+	}
+	for (int i = 0; i < MC_MAX_IDS; i++) {
+		if (i >= cfg->n_gids)
+			break;
+		v = mc_owner_rule(cfg, cfg->gids[i] == gid, lo, to_inbound);
+		if (v != MC_V_NONE)
+			return v;
+	}
+	return MC_V_NONE;
+}
+
+/* Rules 11c/12c alone ("-m owner --uid-owner U -j RETURN", the gid twin): whether the caller is one of the -u/-g
+ * owners. DNS capture (dns.h) uses it: with DNS on, istio's 11a/11b exclude port 53, so only 11c/12c precede
+ * ISTIO_OUTPUT_DNS. */
 static __always_inline int mc_owner_exempt(const struct mc_config *cfg)
 {
 	__u64 ugid = bpf_get_current_uid_gid();
@@ -67,21 +180,6 @@ static __always_inline int mc_owner_exempt(const struct mc_config *cfg)
 	return 0;
 }
 
-/* 127/8 and the configured loopback CIDR. When an -i CIDR is loopback, istio omits the rules that return all
- * traffic leaving through lo, so only the configured loopback CIDR (rule 15) stays exempt. IPv6: ::1/128, istio's
- * fixed IPv6 loopback CIDR (rule 15), which is also the only IPv6 destination routed over lo by address. */
-static __always_inline int mc_loopback_exempt(const struct mc_config *cfg, const struct mc_dest *d)
-{
-	if (d->v6)
-		return d->addr[0] == 0 && d->addr[1] == 0 && d->addr[2] == 0 && d->addr[3] == bpf_htonl(1);
-	__u32 daddr = d->addr[0];
-	if ((daddr & cfg->loopback_mask) == cfg->loopback_addr)
-		return 1;
-	if (!(cfg->flags & MC_F_LOOPBACK_INCLUDED) && (daddr & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000))
-		return 1;
-	return 0;
-}
-
 /* The one netns-cookie read of this program type (sock_addr programs have bpf_get_netns_cookie on every kernel
  * meshcap supports, so the cookie is recorded in mc_client for the program types that lack it). */
 static __always_inline __u64 mc_sock_addr_netns(struct bpf_sock_addr *ctx)
@@ -89,29 +187,25 @@ static __always_inline __u64 mc_sock_addr_netns(struct bpf_sock_addr *ctx)
 	return bpf_get_netns_cookie(ctx);
 }
 
-/* Outcomes of the decision, in ISTIO_OUTPUT order. */
-enum mc_verdict {
-	MC_V_CAPTURE = 0,
-	MC_V_EXEMPT_PORT,
-	MC_V_EXEMPT_OWNER,
-	MC_V_EXEMPT_LOOPBACK,
-	MC_V_EXEMPT_CIDR,
-	MC_V_NOT_INCLUDED,
-};
-
+/* istio's ISTIO_OUTPUT for a TCP connect, rule by rule (DEFAULTS.md section 5). ISTIO_OUTBOUND_OWNER_GROUPS=""
+ * (rule 13, a bare RETURN) reaches the programs as a policy with nothing included (capture.Config.Policy). */
 static __always_inline int mc_decide(const struct mc_config *cfg, __u64 cfg_key, const struct mc_dest *d)
 {
-	if (mc_port_in(cfg_key, d->port, MC_PORT_OUT_EXCLUDE))
+	if (mc_port_in(cfg_key, d->port, MC_PORT_OUT_EXCLUDE)) /* 9 */
 		return MC_V_EXEMPT_PORT;
-	if (mc_owner_exempt(cfg))
-		return MC_V_EXEMPT_OWNER;
-	if (mc_loopback_exempt(cfg, d))
+	int lo = mc_over_lo(cfg_key, d);
+	if (lo && mc_src_passthrough(d)) /* 10 */
 		return MC_V_EXEMPT_LOOPBACK;
-	if (mc_cidr_in(&mc_cidr_excl, &mc_cidr6_excl, cfg_key, d))
+	int v = mc_owner_rules(cfg, d, lo); /* 11, 12 */
+	if (v != MC_V_NONE)
+		return v;
+	if (mc_in_lo_cidr(cfg, d)) /* 15 */
+		return MC_V_EXEMPT_LOOPBACK;
+	if (mc_cidr_in(&mc_cidr_excl, &mc_cidr6_excl, cfg_key, d)) /* 16 */
 		return MC_V_EXEMPT_CIDR;
-	if (mc_port_in(cfg_key, d->port, MC_PORT_OUT_INCLUDE))
+	if (mc_port_in(cfg_key, d->port, MC_PORT_OUT_INCLUDE)) /* 17 */
 		return MC_V_CAPTURE;
-	if (cfg->flags & MC_F_OUTBOUND_ALL)
+	if (cfg->flags & MC_F_OUTBOUND_ALL) /* 18 */
 		return MC_V_CAPTURE;
 	return mc_cidr_in(&mc_cidr_incl, &mc_cidr6_incl, cfg_key, d) ? MC_V_CAPTURE : MC_V_NOT_INCLUDED;
 }
@@ -196,8 +290,10 @@ static __always_inline int mc_record(struct bpf_sock *sk, struct mc_client *cl, 
 }
 
 /* Decide a TCP connect of ctx's socket to d, count it, and for a captured one take a slot and record the original
- * destination (mc_client, mc_dst6). *proxy_port is set on MC_OUT_CAPTURE; the caller rewrites the address in its
- * own family. A native IPv6 destination is decided only in a pod with MC_F_IPV6 (istio: no ip6tables rules else). */
+ * destination (mc_client, mc_dst6). *proxy_port is set on MC_OUT_CAPTURE: the outbound port, or the inbound one for
+ * rule 11a (the proxy's own connection over lo, which istio sends to ISTIO_IN_REDIRECT); the caller rewrites the
+ * address in its own family. A native IPv6 destination is decided only in a pod with MC_F_IPV6 (istio: no
+ * ip6tables rules else). */
 static __always_inline int mc_outbound(struct bpf_sock_addr *ctx, const struct mc_dest *d, __u16 *proxy_port)
 {
 	__u64 netns = mc_sock_addr_netns(ctx);
@@ -212,7 +308,7 @@ static __always_inline int mc_outbound(struct bpf_sock_addr *ctx, const struct m
 
 	int verdict = mc_decide(cfg, cfg_key, d);
 	struct mc_stats *st = mc_stats_of(cfg_key);
-	if (verdict != MC_V_CAPTURE) {
+	if (verdict != MC_V_CAPTURE && verdict != MC_V_INBOUND) {
 		if (st)
 			mc_count_exempt(st, verdict);
 		if (sk)
@@ -229,12 +325,48 @@ static __always_inline int mc_outbound(struct bpf_sock_addr *ctx, const struct m
 		return MC_OUT_REFUSE; /* at capacity (or no storage), the connect fails closed */
 	}
 	cl->orig.port = d->port;
-	cl->orig.flags = (!d->v6 && (cfg->flags & MC_F_FAST_PATH)) ? MC_ORIG_F_FAST_PATH : 0;
+	/* the fast path pairs an app with the outbound listener only */
+	cl->orig.flags = (!d->v6 && verdict == MC_V_CAPTURE && (cfg->flags & MC_F_FAST_PATH)) ? MC_ORIG_F_FAST_PATH : 0;
 	cl->orig.cfg = cfg_key;
 	cl->netns = netns;
 	mc_count(&st->captured);
-	*proxy_port = cfg->proxy_port;
+	*proxy_port = verdict == MC_V_INBOUND ? cfg->inbound_port : cfg->proxy_port;
 	return MC_OUT_CAPTURE;
+}
+
+/* 127.a.b.c (a and c in 1..254: never 127.0.0.1, 127.0.0.6, a network or broadcast address) from a hash of the
+ * original destination d. Why: every captured socket connected to 127.0.0.1:<port> would share one 4-tuple space,
+ * capping a pod at one ephemeral port range of concurrent connections and failing a second connect from one bound
+ * source port (SO_REUSEADDR) with EADDRNOTAVAIL. Spread over 127/8, two destinations collide only by hash. */
+static __always_inline __u32 mc_spread_addr4(const struct mc_dest *d)
+{
+	__u32 h = d->addr[0] ^ d->addr[1] ^ d->addr[2] ^ d->addr[3] ^ ((__u32)d->port * 0x9e3779b1);
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	__u32 a = 1 + (h & 0xff) % 254;
+	__u32 b = (h >> 8) & 0xff;
+	__u32 c = 1 + ((h >> 16) & 0xff) % 254;
+	return bpf_htonl(0x7f000000 | a << 16 | b << 8 | c);
+}
+
+/* The IPv4 address a captured connection to d is sent to, at port: mc_spread_addr4(d) when a listener accepts
+ * there (the sidecar listens on 0.0.0.0:<port>, as Envoy's virtual outbound listener and meshcap proxy do), else
+ * 127.0.0.1 (a sidecar that listens on 127.0.0.1 only keeps working, within one 4-tuple space). */
+static __always_inline __u32 mc_proxy_addr4(struct bpf_sock_addr *ctx, const struct mc_dest *d, __u16 port)
+{
+	struct bpf_sock_tuple t;
+	__builtin_memset(&t, 0, sizeof(t));
+	t.ipv4.saddr = bpf_htonl(0x7f000001);
+	t.ipv4.daddr = mc_spread_addr4(d);
+	t.ipv4.dport = bpf_htons(port);
+	struct bpf_sock *sk = bpf_sk_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return bpf_htonl(0x7f000001);
+	bpf_sk_release(sk);
+	return t.ipv4.daddr;
 }
 
 #endif /* MESHCAP_OUTBOUND_H */

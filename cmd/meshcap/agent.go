@@ -284,6 +284,13 @@ func (r *agentReconciler) reconcileOne(id string, start bool) {
 	}
 	if state == netnsAlive {
 		warnUncoverable(log, rec)
+		// The pod's own addresses (istio's "-o lo" rules) as they are now: an address added after ADD counts too.
+		live, err := iptables.EBPFFactsIn(rec.Netns, rec.Capture)
+		if err != nil {
+			log.Error("pod addresses", zap.Error(err))
+			return
+		}
+		pol.LocalAddrs = live.LocalAddrs
 	}
 	// In place: for a pod already programmed (agent restart) nothing changes. The inbound step runs only when the
 	// pod's netns is alive and its inbound attachment is missing (enrolled while no agent ran) or has no

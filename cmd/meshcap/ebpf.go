@@ -40,9 +40,10 @@ func newEBPFAttachCmd(log *zap.Logger) *cobra.Command {
 		Short: "Capture outbound TCP of every process in a cgroup v2 directory, and inbound TCP of a network namespace when -b is set",
 		Long: `Attaches the outbound capture programs (cgroup/connect4 and connect6, sockops, cgroup/getsockopt,
 cgroup/getpeername4 and 6) to a cgroup v2 directory. A TCP connect from a process in it (IPv4, or IPv4-mapped
-::ffff:a.b.c.d from an IPv6 socket) is sent to 127.0.0.1:<-p> (native IPv6 to [::1]:<-p>) unless exempt, with the
-same decision order as istio's ISTIO_OUTPUT chain: -o ports, then -u/-g owners, then loopback, then -x CIDRs,
-then -q ports, then -i CIDRs ('*' = all). The proxy learns the original destination with
+::ffff:a.b.c.d from an IPv6 socket) is sent to the proxy on <-p> (at a 127/8 address derived from the destination
+when it listens on 0.0.0.0, else 127.0.0.1) unless exempt, with the same decision order as istio's ISTIO_OUTPUT
+chain: -o ports, then istio's lo rules (127.0.0.6 source; the -u/-g owners' own connections over lo go to -z),
+then -u/-g owners, then loopback, then -x CIDRs, then -q ports, then -i CIDRs ('*' = all). The proxy learns the original destination with
 getsockopt(SOL_IP, SO_ORIGINAL_DST), exactly as under iptables REDIRECT.
 
 With -b ('*' or a port list) it also attaches inbound capture to the network namespace --netns (default: the
@@ -119,9 +120,9 @@ func runEBPFAttach(log *zap.Logger, cgroupDir, netnsPath, pinRoot string, cfg ca
 			strings.Join(un, "; "))
 	}
 	pol = cfg.PodPolicy(pol, facts)
-	if !pol.OutboundAll && len(pol.OutboundIncludeCIDRs) == 0 && len(pol.OutboundIncludePorts) == 0 {
+	if pol.OutboundNone || !pol.OutboundAll && len(pol.OutboundIncludeCIDRs) == 0 && len(pol.OutboundIncludePorts) == 0 {
 		// Same meaning as istio-iptables (no -i: no outbound redirect), but easy to miss.
-		log.Warn("no outbound TCP is captured: -i is empty and -q lists no port (use -i '*' to capture all)")
+		log.Warn("no outbound TCP is captured: -i is empty and -q lists no port (use -i '*' to capture all), or ISTIO_OUTBOUND_OWNER_GROUPS is empty")
 	}
 	if err := ensureBPFFS(log, pinRoot); err != nil {
 		return fmt.Errorf("ebpf attach: %w", err)

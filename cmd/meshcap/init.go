@@ -221,7 +221,8 @@ func decideInitMode(log *zap.Logger, o initOptions, cfg capture.Config, pol capt
 	return d.Mode, d.Reason, cgroupDir, pol
 }
 
-// initEBPF captures the pod (outbound on the cgroup, inbound on the netns); on error nothing new stays attached.
+// initEBPF captures the pod (outbound on the cgroup, inbound on the netns; pol has the netns's facts); on
+// error nothing new stays attached.
 func initEBPF(log *zap.Logger, o initOptions, cgroupDir, netnsPath string, pol capture.Policy) error {
 	if netnsPath == "" {
 		netnsPath = ownNetns

@@ -41,7 +41,7 @@ func newProxyCmd(log *zap.Logger) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "proxy",
 		Short: "Run the relay proxy: accept captured connections and relay them to their original destination",
-		Long: `Run the relay proxy that captured traffic is steered to (outbound 127.0.0.1:15001, inbound 0.0.0.0:15006, and
+		Long: `Run the relay proxy that captured traffic is steered to (outbound 0.0.0.0:15001, inbound 0.0.0.0:15006, and
 as Envoy in a dual-stack pod [::1]:15001 and [::]:15006, skipped where there is no IPv6), and DNS on
 127.0.0.1:15053 and [::1]:15053 (UDP and TCP, forwarded to the --resolv-conf nameservers) for --redirect-dns.
 The original destination comes from getsockopt(SO_ORIGINAL_DST), answered by the kernel under iptables NAT or by

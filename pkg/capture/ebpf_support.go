@@ -15,9 +15,11 @@ import (
 // IPv6 fact through Policy.ForPod, as istio's ip6tables rules do. DNS (--redirect-dns, --capture-all-dns) is not
 // either: the programs capture it (Policy.DNS, bpf/include/dns.h), from the same resolv.conf servers the iptables
 // mode reads (HostFacts), IPv6 servers where Policy.IPv6 is set. The rest:
-//   - Owner groups (ISTIO_OUTBOUND_OWNER_GROUPS other than "*", including the empty value, which makes istio
-//     capture no outbound TCP; ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE, which istio uses only when the include value
-//     is "*").
+//   - Owner group lists (ISTIO_OUTBOUND_OWNER_GROUPS other than "*" and "", ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE,
+//     which istio uses only when the include value is "*"). istio's "-m owner --gid-owner G" matches the socket
+//     owner's primary gid only (no --suppl-groups), which a connect program sees too, but G may be a group name
+//     that iptables resolves in the /etc/group of the process applying the rules; the programs hold no group list
+//     yet. The empty value (istio: a bare RETURN, no outbound TCP redirected) is expressed: Policy.OutboundNone.
 //   - -k, -c, -m TPROXY, --drop-invalid: rules on interfaces, marks and conntrack state with no eBPF counterpart.
 //   - More than MaxIDs -u or -g values: the BPF programs hold a fixed-size list of exempt ids (ebpf_limits.go).
 func (c Config) EBPFUnsupported(h HostFacts) []string {
@@ -26,7 +28,7 @@ func (c Config) EBPFUnsupported(h HostFacts) []string {
 		on   bool
 		what string
 	}{
-		{c.OwnerGroupsInclude != "*", EnvOwnerGroups + "=" + strconv.Quote(c.OwnerGroupsInclude) + ownerGroupsNote(c.OwnerGroupsInclude)},
+		{c.OwnerGroupsInclude != "*" && c.OwnerGroupsInclude != "", EnvOwnerGroups + "=" + strconv.Quote(c.OwnerGroupsInclude) + " (group lists)"},
 		{c.OwnerGroupsInclude == "*" && c.OwnerGroupsExclude != "", EnvOwnerGroupsExclude + "=" + strconv.Quote(c.OwnerGroupsExclude)},
 		{c.KubeVirtInterfaces != "", "-k/--kube-virt-interfaces"},
 		{c.ExcludeInterfaces != "", "-c/--istio-exclude-interfaces"},
@@ -46,12 +48,16 @@ func (c Config) EBPFUnsupported(h HostFacts) []string {
 // from: one detection for both modes). IPv6: native IPv6 is captured, outbound and inbound, exactly when istio
 // would write its ip6tables rules (h.IPv6: the pod's addresses and --dual-stack, DetectIPv6); otherwise it is left
 // alone, as istio leaves it without ip6tables rules. IPv4-mapped destinations are IPv4 and captured either way.
+//
+// LocalAddrs: the pod's own addresses, which the programs need for istio's "-o lo" rules (a connect program sees
+// the destination address, not the route): nil when unknown, and the addresses written before stay.
 func (p Policy) ForPod(h HostFacts) Policy {
 	p.IPv6 = h.IPv6
+	p.LocalAddrs = h.LocalAddrs
 	return p
 }
 
-// PodPolicy completes p, c's policy, with the facts h of the pod it captures: IPv6 (ForPod) and DNS capture
+// PodPolicy completes p, c's policy, with the facts h of the pod it captures: IPv6 and addresses (ForPod) and DNS capture
 // (DNSPolicy: --redirect-dns, --capture-all-dns and the resolv.conf servers in h). Every eBPF front end (ebpf attach,
 // init, meshcap-cni and the agent's re-enrollment) builds the pod's policy here, from the facts the iptables mode
 // would build its rules from.
@@ -59,11 +65,4 @@ func (c Config) PodPolicy(p Policy, h HostFacts) Policy {
 	p = p.ForPod(h)
 	p.DNS = c.DNSPolicy(h)
 	return p
-}
-
-func ownerGroupsNote(v string) string {
-	if v == "" {
-		return " (empty: istio captures no outbound TCP at all)"
-	}
-	return ""
 }

@@ -102,6 +102,9 @@ func ParseResolvConf(data []byte) (v4, v6 []string) {
 // eBPF capture cannot cover.
 type HostFacts struct {
 	IPv6 bool // IPv6 enabled: see DetectIPv6
+	// LocalAddrs are every interface address of the netns (loopback and link-local included): the destinations
+	// the kernel routes over lo, which istio's "-o lo" rules match. The eBPF programs get them (Policy.LocalAddrs).
+	LocalAddrs []netip.Addr
 	// DNS servers in canonical text form (see ParseResolvConf), used when --redirect-dns is on and
 	// --capture-all-dns is off. They are inserted verbatim with /32 or /128 appended.
 	DNSServersV4 []string
@@ -153,6 +156,7 @@ func (h HostSource) Facts(c Config) (HostFacts, error) {
 	if err != nil {
 		return f, err
 	}
+	f.LocalAddrs = list
 	f.IPv6, err = DetectIPv6(list, c.DualStack)
 	if err != nil && !errors.Is(err, ErrNoLocalAddress) {
 		return f, err

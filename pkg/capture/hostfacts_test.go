@@ -86,3 +86,38 @@ func TestHostFactsReadsResolvConfOnlyWhenNeeded(t *testing.T) {
 		}
 	}
 }
+
+// The pod's own addresses reach the eBPF policy: every address of the netns, loopback and link-local included (the
+// kernel routes all of them over lo), also where istio finds no address to decide IPv6 from.
+func TestLocalAddrsReachPolicy(t *testing.T) {
+	list := addrs("127.0.0.1", "::1", "10.1.2.3", "fe80::1")
+	src := HostSource{Addrs: func() ([]netip.Addr, error) { return list, nil }}
+	c := Default()
+	f, err := src.Facts(c)
+	if err != nil || !reflect.DeepEqual(f.LocalAddrs, list) {
+		t.Fatalf("Facts() = %+v, %v; want LocalAddrs %v", f, err, list)
+	}
+	p, err := c.Policy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := p.ForPod(f).LocalAddrs; !reflect.DeepEqual(got, list) {
+		t.Errorf("ForPod: LocalAddrs %v, want %v", got, list)
+	}
+	onlyLo := HostSource{Addrs: func() ([]netip.Addr, error) { return addrs("127.0.0.1"), nil }}
+	if f, err := onlyLo.Facts(c); !errors.Is(err, ErrNoLocalAddress) || len(f.LocalAddrs) != 1 {
+		t.Errorf("loopback-only netns: %+v, %v; want its address and ErrNoLocalAddress", f, err)
+	}
+}
+
+// ISTIO_OUTBOUND_OWNER_GROUPS="" (istio: a bare RETURN after the owner rules) is Policy.OutboundNone; "*" is not.
+func TestOwnerGroupsEmptyIsOutboundNone(t *testing.T) {
+	for v, want := range map[string]bool{"": true, "*": false, "2000": false} {
+		c := Default()
+		c.OwnerGroupsInclude = v
+		p, err := c.Policy()
+		if err != nil || p.OutboundNone != want {
+			t.Errorf("OwnerGroupsInclude %q: OutboundNone %v (%v), want %v", v, p.OutboundNone, err, want)
+		}
+	}
+}

@@ -29,6 +29,15 @@ type Policy struct {
 
 	LoopbackV4 netip.Prefix // ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR
 
+	// OutboundNone is ISTIO_OUTBOUND_OWNER_GROUPS="": istio's rule 13 is then a bare RETURN after the owner rules,
+	// so nothing that reaches it is redirected (-q and -i have no effect); the lo rules before it still apply.
+	OutboundNone bool
+
+	// LocalAddrs are the addresses of the pod's network namespace (HostFacts.LocalAddrs): the kernel routes a
+	// connection to one of them over lo, where istio's "-o lo" rules match it. Not a flag: the caller that reads
+	// the pod's netns sets it (ForPod). nil means unknown: the addresses written before stay.
+	LocalAddrs []netip.Addr
+
 	// IPv6 is istio's "IPv6 enabled" for the pod (HostFacts.IPv6, from its addresses and --dual-stack): native
 	// IPv6 is captured with the IPv6 lists only then, as istio writes ip6tables rules only then. Not a flag: the
 	// caller that knows the pod's facts sets it.
@@ -97,6 +106,7 @@ func (c Config) Policy() (Policy, error) {
 	if p.LoopbackV4, err = parseLoopback(c.HostIPv4LoopbackCIDR); err != nil {
 		return p, err
 	}
+	p.OutboundNone = c.OwnerGroupsInclude == ""
 	return p, nil
 }
 

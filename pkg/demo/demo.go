@@ -202,7 +202,7 @@ func (d *run) startProxy(ctx context.Context) error {
 		if strings.Contains(sc.log.String(), "registered the inbound listener") {
 			registered = "; it registered its 15006 listener with the pod's inbound capture"
 		}
-		d.say("\n== sidecar: meshcap proxy in the %s pod, on 127.0.0.1:15001 and 0.0.0.0:15006, started as root, now uid %s%s",
+		d.say("\n== sidecar: meshcap proxy in the %s pod, on 0.0.0.0:15001 and 0.0.0.0:15006, started as root, now uid %s%s",
 			sc.role, procUID(sc.cmd.Process.Pid), registered)
 	}
 	return nil

@@ -6,8 +6,9 @@
 // (-z, 15006), dial a probe port (--iptables-probe-port, 15002) that nothing listens on, and pass when one of the
 // listeners accepts a probe whose original destination (SO_ORIGINAL_DST, or the local address when that is not
 // answered, as with sk_lookup) has the probe port. Probes go to 127.0.0.6 (istio's: the proxy uid's loopback
-// traffic that iptables sends to the inbound port) and to the pod's own IPv4 address (what eBPF capture sends:
-// outbound via connect4 for a non-exempt caller, inbound via sk_lookup for the proxy uid).
+// traffic that istio's rule 11a, and connect4 in eBPF mode, send to the inbound port) and to the pod's own IPv4
+// address (inbound via sk_lookup for a captured -b port). Run as another uid, both go over lo and are returned,
+// as under istio's rules.
 //
 // Invariants: it never changes capture; everything it opens (two listeners, probe sockets) is closed before Run
 // returns, so nothing is left behind (in eBPF mode the kernel drops a closed listener from the inbound sockmap).

@@ -66,6 +66,12 @@ func dial(addr string, send int64, timeout time.Duration, family6 bool, bind str
 		return res
 	}
 	defer conn.Close()
+	return exchange(conn, send, timeout)
+}
+
+// exchange reads the server's greeting on conn, sends send bytes, half-closes and checks the echo.
+func exchange(conn net.Conn, send int64, timeout time.Duration) DialResult {
+	var res DialResult
 	_ = conn.SetDeadline(time.Now().Add(timeout))
 	res.Local, res.Remote = conn.LocalAddr().String(), conn.RemoteAddr().String()
 	r := bufio.NewReader(conn)

@@ -15,6 +15,8 @@
 //	                                          PushResult: bytes accepted before the sender was held back
 //	nettool burst DESTS -n N -go FILE         N concurrent connects, then (once FILE exists) check each; one JSON
 //	                                          BurstResult
+//	nettool sameport DESTS -port P            bind-before-connect with SO_REUSEADDR from source port P to every
+//	                                          destination at once; a JSON array of DialResult
 package main
 
 import (
@@ -47,6 +49,8 @@ func main() {
 		err = serveCmd(os.Args[2])
 	case "burst":
 		err = burstCmd(os.Args[2], os.Args[3:])
+	case "sameport":
+		err = samePortCmd(os.Args[2], os.Args[3:])
 	default:
 		err = fmt.Errorf("unknown subcommand %q", os.Args[1])
 	}
