@@ -27,7 +27,7 @@ const defaultTests = "TestEBPFOutboundProxy,TestEBPFOrigdstTool,TestInboundTwoSi
 	"TestProxyIptablesInbound,TestDeployInitAutoChoosesEBPF,TestDeployInitAutoFallsBackToIPTables,TestDeployAgentCNI," +
 	"TestDeployCNIChainedEnrollment,TestEBPFGetsockoptLargeAnswer,TestSidecarHAProxyPerPod," +
 	"TestInitAutoReRunLeavesOneMode,TestRunValidation,TestIPNetnsExec,TestInitUnderIPNetnsExec,TestNftablesProxyOutbound," +
-	"TestCaptureTable"
+	"TestCaptureTable,TestEBPFIPv6Outbound,TestEBPFIPv6Inbound,TestDNSRedirectEBPF,TestSameSourcePortManyDestinations"
 
 // skipTests take too long under TCG for CI: TestEBPFMapsBounded fills every map to its bound (141 s on 6.1 in
 // a VM, most of a kernel's budget); it runs on the host kernel in `make test`.
