@@ -266,7 +266,9 @@ func inbPassthroughSource6(ns *os.File) error {
 		if err != nil {
 			return err
 		}
-		addr := &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP("::6"), Mask: net.CIDRMask(128, 128)}}
+		// Why NODAD: even on lo a new IPv6 address is tentative until the kernel's DAD work runs (later, under
+		// load), and a bind to a tentative address fails with EADDRNOTAVAIL.
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP("::6"), Mask: net.CIDRMask(128, 128)}, Flags: unix.IFA_F_NODAD}
 		if err := netlink.AddrAdd(lo, addr); err != nil && !errors.Is(err, unix.EEXIST) {
 			return err
 		}
