@@ -13,7 +13,7 @@
  * plus what istio gets from where its rules sit (PREROUTING never sees the conntrack-NATed loopback flows):
  *   source or destination in 127/8 -> never steered: the sidecar's own 127.0.0.6 passthrough to the app and
  *                                     local app-to-app traffic must reach the app; IPv6: ::1 on either side
- *                                     and the passthrough source ::6;
+ *                                     and the passthrough source ::6; the pod calling its own address;
  *   destination port -z           -> not steered: the normal lookup finds the same listener.
  *
  * Failure mode is closed, like istio: a captured port with no proxy listener registered (proxy not started, or
@@ -126,17 +126,22 @@ static __always_inline int inb_is_ip6(const __u32 *a, __u32 last)
 
 /* "Inside the pod", never steered. IPv4: 127/8 on either side, which also covers the sidecar's passthrough source
  * 127.0.0.6. IPv6: ::1 on either side, and the passthrough source ::6 (istio's ip6tables twin of 127.0.0.6), from
- * which the sidecar connects to the app at the pod's IPv6 address. */
+ * which the sidecar connects to the app at the pod's IPv6 address. Both families: the pod calling its own address
+ * (the kernel picks the destination itself as the source of a local route). istio's rules never redirect that
+ * inbound (the flow is NATed, if at all, in OUTPUT): an app's call goes straight to the app (rule 11b), and the
+ * proxy uid's own call is sent to -z by connect4/connect6 already (rule 11a, bpf/include/outbound.h). */
 static __always_inline int inb_local_flow(struct bpf_sk_lookup *ctx)
 {
 	if (ctx->family == AF_INET)
-		return inb_is_loopback4(ctx->remote_ip4) || inb_is_loopback4(ctx->local_ip4);
+		return inb_is_loopback4(ctx->remote_ip4) || inb_is_loopback4(ctx->local_ip4) ||
+		       ctx->remote_ip4 == ctx->local_ip4;
 	__u32 r[4], l[4];
 	for (int i = 0; i < 4; i++) {
 		r[i] = ctx->remote_ip6[i];
 		l[i] = ctx->local_ip6[i];
 	}
-	return inb_is_ip6(r, 1) || inb_is_ip6(l, 1) || inb_is_ip6(r, 6);
+	return inb_is_ip6(r, 1) || inb_is_ip6(l, 1) || inb_is_ip6(r, 6) ||
+	       (r[0] == l[0] && r[1] == l[1] && r[2] == l[2] && r[3] == l[3]);
 }
 
 SEC("sk_lookup")

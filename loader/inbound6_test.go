@@ -73,6 +73,7 @@ func TestInboundIPv6(t *testing.T) {
 	e.expect(t, e.client, "", v6, "proxy6 "+v6)
 	e.expect(t, e.server, "::6", v6, "app "+v6) // the sidecar's passthrough source
 	e.expect(t, e.server, "", net.JoinHostPort("::1", "8080"), "app [::1]:8080")
+	e.expect(t, e.server, "", v6, "app "+v6) // the pod calling its own address
 
 	p.IPv6 = false
 	if _, err := AttachInbound(e.server.NetnsPath, p, InboundOptions{PinRoot: e.pinRoot}); err != nil {
