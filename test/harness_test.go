@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -336,6 +337,13 @@ func startProxy(t *testing.T, pod *podnet.Pod, args ...string) *proc {
 	p := startIn(t, pod, nil, meshcapBin, append([]string{"proxy", "--stats-file", stats}, args...)...)
 	p.statsFile = stats
 	waitListening(t, pod, 15001)
+	if slices.Contains(args, "--pin-dir") {
+		// Registration with eBPF inbound capture comes after the listeners open; until then captured inbound
+		// connections are refused (fail closed), so wait for the proxy's line about it.
+		if !p.waitStderr("inbound listener") {
+			t.Fatalf("meshcap proxy said nothing about its inbound listener registration:\n%s", p.stderr.String())
+		}
+	}
 	return p
 }
 

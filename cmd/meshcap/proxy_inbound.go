@@ -21,13 +21,15 @@ func bindProxyInboundFlags(fl *pflag.FlagSet, pinDir *string) {
 }
 
 // registerInbound puts the proxy's inbound listeners (IPv4, and the IPv6 one where it is open) into the inbound
-// capture of its network namespace. Called
+// capture of its network namespace, and logs one line saying how that went (every outcome names "inbound
+// listener", so a supervisor or a test can wait for it). Called
 // after Listen and before dropping privileges (it needs CAP_BPF). Not being in eBPF inbound mode is normal
 // (iptables mode, or capture attached later: `meshcap ebpf attach` then finds the listener itself); any other
 // failure is logged, because captured inbound connections are refused until a listener is registered.
 func registerInbound(log *zap.Logger, p *proxy.Proxy, pinDir string) {
 	lns := p.Listeners(proxy.Inbound)
 	if len(lns) == 0 || pinDir == "" {
+		log.Info("no inbound listener registered with eBPF inbound capture (no inbound listener, or no --pin-dir)")
 		return
 	}
 	useHostViews(log, &pinDir, nil)
@@ -48,9 +50,9 @@ func registerInbound(log *zap.Logger, p *proxy.Proxy, pinDir string) {
 	case err == nil:
 		log.Info("registered the inbound listeners with eBPF inbound capture", zap.String("pinDir", pinDir), zap.Int("listeners", len(lns)))
 	case errors.Is(err, loader.ErrInboundNotAttached):
-		log.Debug("not in eBPF inbound mode (no inbound capture attached in this netns)", zap.Error(err))
+		log.Info("inbound listeners not registered: no eBPF inbound capture in this netns (iptables mode, or attached later)", zap.Error(err))
 	case os.Geteuid() != 0:
-		log.Debug("cannot register the inbound listener with eBPF inbound capture (not root)", zap.Error(err))
+		log.Info("cannot register the inbound listener with eBPF inbound capture (not root)", zap.Error(err))
 	default:
 		log.Warn("cannot register the inbound listener with eBPF inbound capture: captured inbound connections are refused until `meshcap ebpf attach` finds it",
 			zap.Error(err))
