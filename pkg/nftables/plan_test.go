@@ -79,4 +79,3 @@ func TestValidateRefuses(t *testing.T) {
 		}
 	}
 }
-

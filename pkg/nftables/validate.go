@@ -37,4 +37,3 @@ func Validate(c capture.Config) (capture.Policy, error) {
 	}
 	return p, nil
 }
-
