@@ -16,15 +16,17 @@ import (
 
 type groupKey = connect4McGroupKey
 
-// groupsFlag is the mc_config flag of g: none without a list.
+// groupsFlag is the mc_config flag of g: none without rule 13 (include "*" and no exclude list). An empty include
+// list (ISTIO_OUTBOUND_OWNER_GROUPS="", istio's bare RETURN) is the include flag with nothing listed: every owner
+// that reaches rule 13 returns, DNS capture included (Policy.OutboundNone already leaves the TCP include lists out).
 func groupsFlag(g capture.OwnerGroups) uint8 {
 	switch {
-	case len(g.GIDs) == 0:
-		return 0
 	case g.Include:
 		return flagGroupsInclude
-	default:
+	case len(g.GIDs) > 0:
 		return flagGroupsExclude
+	default:
+		return 0
 	}
 }
 

@@ -66,7 +66,7 @@ func TestOwnerGroupsLifecycle(t *testing.T) {
 		{capture.OwnerGroups{Include: true, GIDs: []uint32{10, 11, 12}}, flagGroupsInclude},
 		{capture.OwnerGroups{GIDs: []uint32{11, 13}}, flagGroupsExclude},
 		{capture.OwnerGroups{}, 0},
-		{capture.OwnerGroups{Include: true}, 0}, // ISTIO_OUTBOUND_OWNER_GROUPS="": Policy.OutboundNone, no list
+		{capture.OwnerGroups{Include: true}, flagGroupsInclude}, // ISTIO_OUTBOUND_OWNER_GROUPS="": nobody listed
 	} {
 		p.OwnerGroups = step.groups
 		if err := objs.SetPolicy(key, p); err != nil {

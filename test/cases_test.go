@@ -178,6 +178,8 @@ var captureCases = []captureCase{
 		dst: dst("198.18.0.2", 53), dns: "udp", cred: user, captured: true},
 	{name: "DNS owner groups include, not member (rule 13 before 14)", flags: dnsFlags, env: map[string]string{"ISTIO_OUTBOUND_OWNER_GROUPS": "2000"},
 		dst: dst("198.18.0.2", 53), dns: "udp", cred: user2001},
+	{name: "DNS owner groups empty: not captured (rule 13's bare RETURN before 14)", flags: dnsFlags,
+		env: map[string]string{"ISTIO_OUTBOUND_OWNER_GROUPS": ""}, dst: dst("198.18.0.2", 53), dns: "udp", cred: user},
 	{name: "DNS owner groups exclude", flags: dnsFlags, env: map[string]string{"ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE": "2000"},
 		dst: dst("198.18.0.2", 53), dns: "tcp", cred: user},
 

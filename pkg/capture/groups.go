@@ -8,7 +8,8 @@ import (
 
 // OwnerGroups is istio's rule 13 with numeric gids: the ISTIO_OUTBOUND_OWNER_GROUPS list (Include: only owners whose
 // primary gid is listed are captured), or, when that is "*", the ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE list (owners
-// whose primary gid is listed are not). No GIDs: no rule 13 beyond Policy.OutboundNone (the empty include value).
+// whose primary gid is listed are not). Include with no GIDs is the empty include value (istio's bare RETURN, also
+// Policy.OutboundNone); the zero value is no rule 13 (include "*", no exclude list).
 type OwnerGroups struct {
 	Include bool
 	GIDs    []uint32 // in the user's order
