@@ -47,16 +47,7 @@ func TestCaptureOwnerGroups(t *testing.T) {
 // TestOwnerGroupsLifecycle: mc_groups follows the policy written for its key (a new list replaces the old one,
 // no list leaves no entry) and its mode flag is in mc_config; DeletePolicy removes the entries.
 func TestOwnerGroupsLifecycle(t *testing.T) {
-	outRequireRoot(t)
-	a, err := AttachShared(outNewCgroup(t), outNewPinRoot(t), LoadOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	objs, err := OpenPinned(a.PinDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer objs.Close()
+	objs := outSharedObjects(t)
 	const key = 78
 	p := outPolicy(t, nil)
 	for _, step := range []struct {
