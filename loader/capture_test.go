@@ -269,16 +269,7 @@ func testMapsBounded(t *testing.T, fast bool) {
 // TestLocalAddrsLifecycle: the pod's own addresses (mc_local) follow the policy written for its key: replaced by a
 // new list, kept when the list is unknown (nil: a resync that could not read the netns), removed with the policy.
 func TestLocalAddrsLifecycle(t *testing.T) {
-	outRequireRoot(t)
-	a, err := AttachShared(outNewCgroup(t), outNewPinRoot(t), LoadOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	objs, err := OpenPinned(a.PinDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer objs.Close()
+	objs := outSharedObjects(t)
 	const key = 77
 	p := outPolicy(t, nil)
 	for _, step := range []struct {
@@ -308,4 +299,21 @@ func TestLocalAddrsLifecycle(t *testing.T) {
 	if n, _ := countEntries(objs.Maps[mapLocal]); n != 0 {
 		t.Errorf("%d mc_local entries after DeletePolicy", n)
 	}
+}
+
+// outSharedObjects attaches shared (agent-mode) capture to a new cgroup and opens its pinned objects, closed when
+// the test ends (root only).
+func outSharedObjects(t *testing.T) *Objects {
+	t.Helper()
+	outRequireRoot(t)
+	a, err := AttachShared(outNewCgroup(t), outNewPinRoot(t), LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := OpenPinned(a.PinDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(objs.Close)
+	return objs
 }

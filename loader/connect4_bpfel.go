@@ -74,6 +74,13 @@ type connect4McFpPeer struct {
 	Pad  uint32
 }
 
+type connect4McGroupKey struct {
+	_   structs.HostLayout
+	Cfg uint64
+	Gid uint32
+	Pad uint32
+}
+
 type connect4McLocalKey struct {
 	_    structs.HostLayout
 	Cfg  uint64
@@ -178,6 +185,7 @@ const (
 	connect4MapMcDst6             = "mc_dst6"
 	connect4MapMcFpPeer           = "mc_fp_peer"
 	connect4MapMcFpStats          = "mc_fp_stats"
+	connect4MapMcGroups           = "mc_groups"
 	connect4MapMcLocal            = "mc_local"
 	connect4MapMcOrigTuple        = "mc_orig_tuple"
 	connect4MapMcOrigTuple6       = "mc_orig_tuple6"
@@ -250,6 +258,7 @@ type connect4MapSpecs struct {
 	McDst6       *ebpf.MapSpec `ebpf:"mc_dst6"`
 	McFpPeer     *ebpf.MapSpec `ebpf:"mc_fp_peer"`
 	McFpStats    *ebpf.MapSpec `ebpf:"mc_fp_stats"`
+	McGroups     *ebpf.MapSpec `ebpf:"mc_groups"`
 	McLocal      *ebpf.MapSpec `ebpf:"mc_local"`
 	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.MapSpec `ebpf:"mc_orig_tuple6"`
@@ -298,6 +307,7 @@ type connect4Maps struct {
 	McDst6       *ebpf.Map `ebpf:"mc_dst6"`
 	McFpPeer     *ebpf.Map `ebpf:"mc_fp_peer"`
 	McFpStats    *ebpf.Map `ebpf:"mc_fp_stats"`
+	McGroups     *ebpf.Map `ebpf:"mc_groups"`
 	McLocal      *ebpf.Map `ebpf:"mc_local"`
 	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.Map `ebpf:"mc_orig_tuple6"`
@@ -321,6 +331,7 @@ func (m *connect4Maps) Close() error {
 		m.McDst6,
 		m.McFpPeer,
 		m.McFpStats,
+		m.McGroups,
 		m.McLocal,
 		m.McOrigTuple,
 		m.McOrigTuple6,

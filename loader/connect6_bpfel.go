@@ -28,6 +28,7 @@ const (
 	connect6MapMcDst6             = "mc_dst6"
 	connect6MapMcFpPeer           = "mc_fp_peer"
 	connect6MapMcFpStats          = "mc_fp_stats"
+	connect6MapMcGroups           = "mc_groups"
 	connect6MapMcLocal            = "mc_local"
 	connect6MapMcOrigTuple        = "mc_orig_tuple"
 	connect6MapMcOrigTuple6       = "mc_orig_tuple6"
@@ -100,6 +101,7 @@ type connect6MapSpecs struct {
 	McDst6       *ebpf.MapSpec `ebpf:"mc_dst6"`
 	McFpPeer     *ebpf.MapSpec `ebpf:"mc_fp_peer"`
 	McFpStats    *ebpf.MapSpec `ebpf:"mc_fp_stats"`
+	McGroups     *ebpf.MapSpec `ebpf:"mc_groups"`
 	McLocal      *ebpf.MapSpec `ebpf:"mc_local"`
 	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.MapSpec `ebpf:"mc_orig_tuple6"`
@@ -148,6 +150,7 @@ type connect6Maps struct {
 	McDst6       *ebpf.Map `ebpf:"mc_dst6"`
 	McFpPeer     *ebpf.Map `ebpf:"mc_fp_peer"`
 	McFpStats    *ebpf.Map `ebpf:"mc_fp_stats"`
+	McGroups     *ebpf.Map `ebpf:"mc_groups"`
 	McLocal      *ebpf.Map `ebpf:"mc_local"`
 	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.Map `ebpf:"mc_orig_tuple6"`
@@ -171,6 +174,7 @@ func (m *connect6Maps) Close() error {
 		m.McDst6,
 		m.McFpPeer,
 		m.McFpStats,
+		m.McGroups,
 		m.McLocal,
 		m.McOrigTuple,
 		m.McOrigTuple6,

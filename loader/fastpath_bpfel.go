@@ -25,6 +25,7 @@ const (
 	fastpathMapMcDst6             = "mc_dst6"
 	fastpathMapMcFpPeer           = "mc_fp_peer"
 	fastpathMapMcFpStats          = "mc_fp_stats"
+	fastpathMapMcGroups           = "mc_groups"
 	fastpathMapMcLocal            = "mc_local"
 	fastpathMapMcOrigTuple        = "mc_orig_tuple"
 	fastpathMapMcOrigTuple6       = "mc_orig_tuple6"
@@ -94,6 +95,7 @@ type fastpathMapSpecs struct {
 	McDst6       *ebpf.MapSpec `ebpf:"mc_dst6"`
 	McFpPeer     *ebpf.MapSpec `ebpf:"mc_fp_peer"`
 	McFpStats    *ebpf.MapSpec `ebpf:"mc_fp_stats"`
+	McGroups     *ebpf.MapSpec `ebpf:"mc_groups"`
 	McLocal      *ebpf.MapSpec `ebpf:"mc_local"`
 	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.MapSpec `ebpf:"mc_orig_tuple6"`
@@ -139,6 +141,7 @@ type fastpathMaps struct {
 	McDst6       *ebpf.Map `ebpf:"mc_dst6"`
 	McFpPeer     *ebpf.Map `ebpf:"mc_fp_peer"`
 	McFpStats    *ebpf.Map `ebpf:"mc_fp_stats"`
+	McGroups     *ebpf.Map `ebpf:"mc_groups"`
 	McLocal      *ebpf.Map `ebpf:"mc_local"`
 	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.Map `ebpf:"mc_orig_tuple6"`
@@ -159,6 +162,7 @@ func (m *fastpathMaps) Close() error {
 		m.McDst6,
 		m.McFpPeer,
 		m.McFpStats,
+		m.McGroups,
 		m.McLocal,
 		m.McOrigTuple,
 		m.McOrigTuple6,

@@ -28,6 +28,7 @@ const (
 	getpeername6MapMcDst6             = "mc_dst6"
 	getpeername6MapMcFpPeer           = "mc_fp_peer"
 	getpeername6MapMcFpStats          = "mc_fp_stats"
+	getpeername6MapMcGroups           = "mc_groups"
 	getpeername6MapMcLocal            = "mc_local"
 	getpeername6MapMcOrigTuple        = "mc_orig_tuple"
 	getpeername6MapMcOrigTuple6       = "mc_orig_tuple6"
@@ -100,6 +101,7 @@ type getpeername6MapSpecs struct {
 	McDst6       *ebpf.MapSpec `ebpf:"mc_dst6"`
 	McFpPeer     *ebpf.MapSpec `ebpf:"mc_fp_peer"`
 	McFpStats    *ebpf.MapSpec `ebpf:"mc_fp_stats"`
+	McGroups     *ebpf.MapSpec `ebpf:"mc_groups"`
 	McLocal      *ebpf.MapSpec `ebpf:"mc_local"`
 	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.MapSpec `ebpf:"mc_orig_tuple6"`
@@ -148,6 +150,7 @@ type getpeername6Maps struct {
 	McDst6       *ebpf.Map `ebpf:"mc_dst6"`
 	McFpPeer     *ebpf.Map `ebpf:"mc_fp_peer"`
 	McFpStats    *ebpf.Map `ebpf:"mc_fp_stats"`
+	McGroups     *ebpf.Map `ebpf:"mc_groups"`
 	McLocal      *ebpf.Map `ebpf:"mc_local"`
 	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.Map `ebpf:"mc_orig_tuple6"`
@@ -171,6 +174,7 @@ func (m *getpeername6Maps) Close() error {
 		m.McDst6,
 		m.McFpPeer,
 		m.McFpStats,
+		m.McGroups,
 		m.McLocal,
 		m.McOrigTuple,
 		m.McOrigTuple6,

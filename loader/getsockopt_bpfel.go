@@ -54,6 +54,7 @@ const (
 	getsockoptMapMcDst6             = "mc_dst6"
 	getsockoptMapMcFpPeer           = "mc_fp_peer"
 	getsockoptMapMcFpStats          = "mc_fp_stats"
+	getsockoptMapMcGroups           = "mc_groups"
 	getsockoptMapMcLocal            = "mc_local"
 	getsockoptMapMcOrigTuple        = "mc_orig_tuple"
 	getsockoptMapMcOrigTuple6       = "mc_orig_tuple6"
@@ -125,6 +126,7 @@ type getsockoptMapSpecs struct {
 	McDst6       *ebpf.MapSpec `ebpf:"mc_dst6"`
 	McFpPeer     *ebpf.MapSpec `ebpf:"mc_fp_peer"`
 	McFpStats    *ebpf.MapSpec `ebpf:"mc_fp_stats"`
+	McGroups     *ebpf.MapSpec `ebpf:"mc_groups"`
 	McLocal      *ebpf.MapSpec `ebpf:"mc_local"`
 	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.MapSpec `ebpf:"mc_orig_tuple6"`
@@ -172,6 +174,7 @@ type getsockoptMaps struct {
 	McDst6       *ebpf.Map `ebpf:"mc_dst6"`
 	McFpPeer     *ebpf.Map `ebpf:"mc_fp_peer"`
 	McFpStats    *ebpf.Map `ebpf:"mc_fp_stats"`
+	McGroups     *ebpf.Map `ebpf:"mc_groups"`
 	McLocal      *ebpf.Map `ebpf:"mc_local"`
 	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.Map `ebpf:"mc_orig_tuple6"`
@@ -192,6 +195,7 @@ func (m *getsockoptMaps) Close() error {
 		m.McDst6,
 		m.McFpPeer,
 		m.McFpStats,
+		m.McGroups,
 		m.McLocal,
 		m.McOrigTuple,
 		m.McOrigTuple6,

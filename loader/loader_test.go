@@ -189,6 +189,7 @@ func TestEnumsMatchHeader(t *testing.T) {
 	}
 	for _, name := range []string{
 		`MC_F_OUTBOUND_ALL = 1 << 0`, `MC_F_LOOPBACK_INCLUDED = 1 << 1`, `MC_F_FAST_PATH = 1 << 2`, `MC_F_IPV6 = 1 << 3`,
+		`MC_F_GROUPS_INCLUDE = 1 << 4`, `MC_F_GROUPS_EXCLUDE = 1 << 5`,
 		`MC_FP_REDIRECT_MSGS = 0`, `MC_FP_REDIRECT_BYTES = 1`, `MC_FP_PASS_MSGS = 2`,
 		`MC_PORT_OUT_EXCLUDE = 1`, `MC_PORT_OUT_INCLUDE = 2`, `#define MC_MAX_IDS 8`,
 		`#define MC_ORIGDST_F_FAST_PATH 1`, `#define MC_SO_CAPTURE_STATS 0x4d43`,
@@ -197,7 +198,7 @@ func TestEnumsMatchHeader(t *testing.T) {
 			t.Errorf("header no longer has %q: update the constants in objects.go", name)
 		}
 	}
-	if flagOutboundAll != 1 || flagLoopbackIncluded != 2 || flagFastPath != 4 || flagIPv6 != 8 || portOutExclude != 1 || portOutInclude != 2 ||
+	if flagOutboundAll != 1 || flagLoopbackIncluded != 2 || flagFastPath != 4 || flagIPv6 != 8 || flagGroupsInclude != 16 || flagGroupsExclude != 32 || portOutExclude != 1 || portOutInclude != 2 ||
 		maxIDs != 8 || origDstFastPath != 1 || mcSoCaptureStats != 0x4d43 {
 		t.Error("Go constants differ from the header")
 	}

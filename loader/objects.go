@@ -46,18 +46,21 @@ const (
 	mapDst6      = "mc_dst6"
 	mapSkNetns   = "mc_sk_netns"
 	mapLocal     = "mc_local"
+	mapGroups    = "mc_groups"
 )
 
 // settingsMaps hold one attachment's policy; stateMaps hold its live connections (kept across a re-attach).
 var (
 	settingsMaps = []string{mapConfig, mapCIDRExcl, mapCIDRIncl, mapPorts, mapCIDR6Excl, mapCIDR6Incl, mapLocal,
-		mapDNS, mapDNSSrv} // DNS capture (dns.go)
+		mapDNS, mapDNSSrv, // DNS capture (dns.go)
+		mapGroups} // owner groups (groups.go)
 	stateMaps = []string{mapClient, mapOrigTuple, mapStats, mapOrigTup6, mapDst6, mapSockhash, mapFPStats, mapFPPeer, mapSkNetns,
 		mapDNSOrig} // DNS capture (dns.go)
 	// addedMaps are optional in a pin dir: attachments made before the fast path, the sock_create hook or IPv6
 	// existed lack them. A re-attach creates and pins them (and keeps them when pinned, as any map of its kind).
 	addedMaps = []string{mapSockhash, mapFPStats, mapFPPeer, mapSkNetns, mapCIDR6Excl, mapCIDR6Incl, mapOrigTup6, mapDst6,
-		mapLocal, mapDNS, mapDNSSrv, mapDNSOrig} // DNS capture (dns.go)
+		mapLocal, mapDNS, mapDNSSrv, mapDNSOrig, // DNS capture (dns.go)
+		mapGroups} // owner groups (groups.go)
 )
 
 // Values of the C enums (enums are not in the objects' BTF, so bpf2go cannot emit them).
@@ -67,6 +70,8 @@ const (
 	flagLoopbackIncluded = 1 << 1         // MC_F_LOOPBACK_INCLUDED
 	flagFastPath         = 1 << 2         // MC_F_FAST_PATH
 	flagIPv6             = 1 << 3         // MC_F_IPV6
+	flagGroupsInclude    = 1 << 4         // MC_F_GROUPS_INCLUDE
+	flagGroupsExclude    = 1 << 5         // MC_F_GROUPS_EXCLUDE
 	portOutExclude       = 1              // MC_PORT_OUT_EXCLUDE
 	portOutInclude       = 2              // MC_PORT_OUT_INCLUDE
 	maxIDs               = capture.MaxIDs // MC_MAX_IDS
@@ -277,10 +282,17 @@ func (o *Objects) SetPolicy(cfgKey uint64, p capture.Policy) error {
 	if err != nil {
 		return err
 	}
+	wantGroups, err := o.writeGroups(cfgKey, p)
+	if err != nil {
+		return err
+	}
 	if err := o.Maps[mapConfig].Update(&cfgKey, &cfg, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write %s: %w", mapConfig, err)
 	}
 	if err := o.deleteDNS(cfgKey, wantDNS); err != nil {
+		return err
+	}
+	if err := o.deleteGroups(cfgKey, wantGroups); err != nil {
 		return err
 	}
 	return o.deleteLists(cfgKey, want)
@@ -432,6 +444,9 @@ func (o *Objects) DeletePolicy(cfgKey uint64) error {
 	if err := o.deleteDNS(cfgKey, nil); err != nil {
 		return err
 	}
+	if err := o.deleteGroups(cfgKey, nil); err != nil {
+		return err
+	}
 	if err := o.Maps[mapStats].Delete(&cfgKey); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("delete %s key %d: %w", mapStats, cfgKey, err)
 	}
@@ -463,6 +478,7 @@ func configFor(p capture.Policy) (configValue, error) {
 	if p.IPv6 {
 		c.Flags |= flagIPv6
 	}
+	c.Flags |= groupsFlag(p.OwnerGroups)
 	for _, pfx := range p.OutboundIncludeCIDRs {
 		if pfx.Addr().IsLoopback() { // istio §4: either family's loopback include drops the "-o lo" RETURN rules
 			c.Flags |= flagLoopbackIncluded

@@ -25,6 +25,7 @@ const (
 	sockcreateMapMcDst6             = "mc_dst6"
 	sockcreateMapMcFpPeer           = "mc_fp_peer"
 	sockcreateMapMcFpStats          = "mc_fp_stats"
+	sockcreateMapMcGroups           = "mc_groups"
 	sockcreateMapMcLocal            = "mc_local"
 	sockcreateMapMcOrigTuple        = "mc_orig_tuple"
 	sockcreateMapMcOrigTuple6       = "mc_orig_tuple6"
@@ -94,6 +95,7 @@ type sockcreateMapSpecs struct {
 	McDst6       *ebpf.MapSpec `ebpf:"mc_dst6"`
 	McFpPeer     *ebpf.MapSpec `ebpf:"mc_fp_peer"`
 	McFpStats    *ebpf.MapSpec `ebpf:"mc_fp_stats"`
+	McGroups     *ebpf.MapSpec `ebpf:"mc_groups"`
 	McLocal      *ebpf.MapSpec `ebpf:"mc_local"`
 	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.MapSpec `ebpf:"mc_orig_tuple6"`
@@ -139,6 +141,7 @@ type sockcreateMaps struct {
 	McDst6       *ebpf.Map `ebpf:"mc_dst6"`
 	McFpPeer     *ebpf.Map `ebpf:"mc_fp_peer"`
 	McFpStats    *ebpf.Map `ebpf:"mc_fp_stats"`
+	McGroups     *ebpf.Map `ebpf:"mc_groups"`
 	McLocal      *ebpf.Map `ebpf:"mc_local"`
 	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.Map `ebpf:"mc_orig_tuple6"`
@@ -159,6 +162,7 @@ func (m *sockcreateMaps) Close() error {
 		m.McDst6,
 		m.McFpPeer,
 		m.McFpStats,
+		m.McGroups,
 		m.McLocal,
 		m.McOrigTuple,
 		m.McOrigTuple6,

@@ -25,6 +25,7 @@ const (
 	sockopsMapMcDst6             = "mc_dst6"
 	sockopsMapMcFpPeer           = "mc_fp_peer"
 	sockopsMapMcFpStats          = "mc_fp_stats"
+	sockopsMapMcGroups           = "mc_groups"
 	sockopsMapMcLocal            = "mc_local"
 	sockopsMapMcOrigTuple        = "mc_orig_tuple"
 	sockopsMapMcOrigTuple6       = "mc_orig_tuple6"
@@ -96,6 +97,7 @@ type sockopsMapSpecs struct {
 	McDst6       *ebpf.MapSpec `ebpf:"mc_dst6"`
 	McFpPeer     *ebpf.MapSpec `ebpf:"mc_fp_peer"`
 	McFpStats    *ebpf.MapSpec `ebpf:"mc_fp_stats"`
+	McGroups     *ebpf.MapSpec `ebpf:"mc_groups"`
 	McLocal      *ebpf.MapSpec `ebpf:"mc_local"`
 	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.MapSpec `ebpf:"mc_orig_tuple6"`
@@ -141,6 +143,7 @@ type sockopsMaps struct {
 	McDst6       *ebpf.Map `ebpf:"mc_dst6"`
 	McFpPeer     *ebpf.Map `ebpf:"mc_fp_peer"`
 	McFpStats    *ebpf.Map `ebpf:"mc_fp_stats"`
+	McGroups     *ebpf.Map `ebpf:"mc_groups"`
 	McLocal      *ebpf.Map `ebpf:"mc_local"`
 	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.Map `ebpf:"mc_orig_tuple6"`
@@ -161,6 +164,7 @@ func (m *sockopsMaps) Close() error {
 		m.McDst6,
 		m.McFpPeer,
 		m.McFpStats,
+		m.McGroups,
 		m.McLocal,
 		m.McOrigTuple,
 		m.McOrigTuple6,

@@ -25,6 +25,7 @@ const (
 	sockreleaseMapMcDst6             = "mc_dst6"
 	sockreleaseMapMcFpPeer           = "mc_fp_peer"
 	sockreleaseMapMcFpStats          = "mc_fp_stats"
+	sockreleaseMapMcGroups           = "mc_groups"
 	sockreleaseMapMcLocal            = "mc_local"
 	sockreleaseMapMcOrigTuple        = "mc_orig_tuple"
 	sockreleaseMapMcOrigTuple6       = "mc_orig_tuple6"
@@ -94,6 +95,7 @@ type sockreleaseMapSpecs struct {
 	McDst6       *ebpf.MapSpec `ebpf:"mc_dst6"`
 	McFpPeer     *ebpf.MapSpec `ebpf:"mc_fp_peer"`
 	McFpStats    *ebpf.MapSpec `ebpf:"mc_fp_stats"`
+	McGroups     *ebpf.MapSpec `ebpf:"mc_groups"`
 	McLocal      *ebpf.MapSpec `ebpf:"mc_local"`
 	McOrigTuple  *ebpf.MapSpec `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.MapSpec `ebpf:"mc_orig_tuple6"`
@@ -139,6 +141,7 @@ type sockreleaseMaps struct {
 	McDst6       *ebpf.Map `ebpf:"mc_dst6"`
 	McFpPeer     *ebpf.Map `ebpf:"mc_fp_peer"`
 	McFpStats    *ebpf.Map `ebpf:"mc_fp_stats"`
+	McGroups     *ebpf.Map `ebpf:"mc_groups"`
 	McLocal      *ebpf.Map `ebpf:"mc_local"`
 	McOrigTuple  *ebpf.Map `ebpf:"mc_orig_tuple"`
 	McOrigTuple6 *ebpf.Map `ebpf:"mc_orig_tuple6"`
@@ -159,6 +162,7 @@ func (m *sockreleaseMaps) Close() error {
 		m.McDst6,
 		m.McFpPeer,
 		m.McFpStats,
+		m.McGroups,
 		m.McLocal,
 		m.McOrigTuple,
 		m.McOrigTuple6,

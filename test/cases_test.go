@@ -42,6 +42,7 @@ var (
 	uid1337  = &podnet.Cred{UID: 1337, GID: 2000}
 	gid1337  = &podnet.Cred{UID: 2000, GID: 1337}
 	user2001 = &podnet.Cred{UID: 2001, GID: 2001}
+	gid0     = &podnet.Cred{UID: 2000, GID: 0} // primary group "root", for the owner-group rows by name
 )
 
 func dst(prefixAddr string, port int) string { return fmt.Sprintf("%s:%d", prefixAddr, port) }
@@ -144,14 +145,43 @@ var captureCases = []captureCase{
 		dst: dst("198.18.0.2", 8080), cred: user},
 	{name: "owner groups empty: proxy uid to its own pod IP still goes inbound (rule 11a before 13)", flags: []string{"-i", "*"},
 		env: map[string]string{"ISTIO_OUTBOUND_OWNER_GROUPS": ""}, dst: dst(ownIP, ownPort), cred: uid1337, captured: true},
+	// Rule 13 with lists: names resolve in the /etc/group of the capture command ("root" is gid 0 everywhere, the
+	// VMs included); eBPF mode resolves them too and compares the primary gid, as "-m owner --gid-owner".
 	{name: "owner groups include, member", flags: []string{"-i", "*"}, env: map[string]string{"ISTIO_OUTBOUND_OWNER_GROUPS": "2000"},
-		dst: dst("198.18.0.2", 8080), cred: user, captured: true, ebpf: ebpfExpect{refused: "ISTIO_OUTBOUND_OWNER_GROUPS"}},
+		dst: dst("198.18.0.2", 8080), cred: user, captured: true},
 	{name: "owner groups include, not member", flags: []string{"-i", "*"}, env: map[string]string{"ISTIO_OUTBOUND_OWNER_GROUPS": "2000"},
-		dst: dst("198.18.0.2", 8080), cred: user2001, ebpf: ebpfExpect{refused: "ISTIO_OUTBOUND_OWNER_GROUPS"}},
+		dst: dst("198.18.0.2", 8080), cred: user2001},
+	{name: "owner groups include by name, member", flags: []string{"-i", "*"}, env: map[string]string{"ISTIO_OUTBOUND_OWNER_GROUPS": "2001,root"},
+		dst: dst("198.18.0.2", 8080), cred: gid0, captured: true},
+	{name: "owner groups include by name, not member", flags: []string{"-i", "*"}, env: map[string]string{"ISTIO_OUTBOUND_OWNER_GROUPS": "2001,root"},
+		dst: dst("198.18.0.2", 8080), cred: user},
+	{name: "owner groups include, -g still exempt (rule 12 before 13)", flags: []string{"-i", "*"},
+		env: map[string]string{"ISTIO_OUTBOUND_OWNER_GROUPS": "1337"}, dst: dst("198.18.0.2", 8080), cred: gid1337},
 	{name: "owner groups exclude", flags: []string{"-i", "*"}, env: map[string]string{"ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE": "2000"},
-		dst: dst("198.18.0.2", 8080), cred: user, ebpf: ebpfExpect{refused: "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE"}},
+		dst: dst("198.18.0.2", 8080), cred: user},
 	{name: "owner groups exclude, other group", flags: []string{"-i", "*"}, env: map[string]string{"ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE": "2000"},
-		dst: dst("198.18.0.2", 8080), cred: user2001, captured: true, ebpf: ebpfExpect{refused: "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE"}},
+		dst: dst("198.18.0.2", 8080), cred: user2001, captured: true},
+	{name: "owner groups exclude by name", flags: []string{"-i", "*"}, env: map[string]string{"ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE": "2001,root"},
+		dst: dst("198.18.0.2", 8080), cred: gid0},
+	{name: "owner groups exclude ignored beside an include list", flags: []string{"-i", "*"},
+		env: map[string]string{"ISTIO_OUTBOUND_OWNER_GROUPS": "2000", "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE": "2000"},
+		dst: dst("198.18.0.2", 8080), cred: user, captured: true},
+	{name: "IPv6 owner groups include, member with --dual-stack", flags: []string{"-i", "*", "--dual-stack"},
+		env: map[string]string{"ISTIO_OUTBOUND_OWNER_GROUPS": "2000"}, dst: dst(server6, 9090), cred: user, captured: true},
+	{name: "IPv6 owner groups include, not member with --dual-stack", flags: []string{"-i", "*", "--dual-stack"},
+		env: map[string]string{"ISTIO_OUTBOUND_OWNER_GROUPS": "2000"}, dst: dst(server6, 9090), cred: user2001},
+	{name: "IPv6 owner groups exclude with --dual-stack", flags: []string{"-i", "*", "--dual-stack"},
+		env: map[string]string{"ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE": "2000"}, dst: dst(server6, 9090), cred: user},
+	{name: "IPv4-mapped owner groups exclude", flags: []string{"-i", "*"}, env: map[string]string{"ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE": "2000"},
+		dst: dst(mapped, 8080), family6: true, reached: dst("198.18.0.2", 8080), cred: user},
+	{name: "DNS owner groups include, member", flags: dnsFlags, env: map[string]string{"ISTIO_OUTBOUND_OWNER_GROUPS": "2000"},
+		dst: dst("198.18.0.2", 53), dns: "udp", cred: user, captured: true},
+	{name: "DNS owner groups include, not member (rule 13 before 14)", flags: dnsFlags, env: map[string]string{"ISTIO_OUTBOUND_OWNER_GROUPS": "2000"},
+		dst: dst("198.18.0.2", 53), dns: "udp", cred: user2001},
+	{name: "DNS owner groups empty: not captured (rule 13's bare RETURN before 14)", flags: dnsFlags,
+		env: map[string]string{"ISTIO_OUTBOUND_OWNER_GROUPS": ""}, dst: dst("198.18.0.2", 53), dns: "udp", cred: user},
+	{name: "DNS owner groups exclude", flags: dnsFlags, env: map[string]string{"ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE": "2000"},
+		dst: dst("198.18.0.2", 53), dns: "tcp", cred: user},
 
 	// The lo interface (DEFAULTS.md §5 rules 10, 11a, 11b, 15) and 0.0.0.0.
 	{name: "127.0.0.1 never captured", flags: []string{"-i", "*"}, dst: dst("127.0.0.1", ownPort), cred: user},

@@ -114,8 +114,8 @@ static __always_inline int mc_dns_match(struct bpf_sock_addr *ctx, const struct 
 	struct mc_dns_config *dns = bpf_map_lookup_elem(&mc_dns, &cfg_key);
 	if (!dns || !dns->port || (d->v6 && !(cfg->flags & MC_F_IPV6)))
 		return 0; /* no DNS capture; native IPv6 only where istio writes ip6tables rules */
-	if (mc_port_in(cfg_key, d->port, MC_PORT_OUT_EXCLUDE) || mc_owner_exempt(cfg))
-		return 0; /* rules 9, 11c, 12c come before ISTIO_OUTPUT_DNS */
+	if (mc_port_in(cfg_key, d->port, MC_PORT_OUT_EXCLUDE) || mc_owner_exempt(cfg) || mc_group_exempt(cfg, cfg_key))
+		return 0; /* rules 9, 11c, 12c and 13 come before ISTIO_OUTPUT_DNS */
 	if (!(dns->flags & MC_DNS_F_ALL) && !mc_dns_server_in(cfg_key, d))
 		return 0;
 	*proxy_port = dns->port;

@@ -42,6 +42,10 @@ enum mc_config_flags {
 	MC_F_IPV6 = 1 << 3,              /* the pod has IPv6 enabled (istio's rule: it then writes ip6tables rules):
 	                                  * connect6 captures native IPv6 destinations to [::1]:proxy_port. Without it
 	                                  * native IPv6 is left alone, as istio does. IPv4-mapped ones are IPv4. */
+	MC_F_GROUPS_INCLUDE = 1 << 4,    /* rule 13, an ISTIO_OUTBOUND_OWNER_GROUPS list: only owners whose gid is in
+	                                  * mc_groups under the config key go on; the rest return */
+	MC_F_GROUPS_EXCLUDE = 1 << 5,    /* rule 13, ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE (include "*"): owners whose gid
+	                                  * is in mc_groups return */
 };
 
 /* Per-netns (or, for key 0, per-attach) outbound settings. Ports in host byte order, addresses in network order. */
@@ -193,6 +197,23 @@ struct {
 	__type(key, int);
 	__type(value, struct mc_client);
 } mc_client SEC(".maps");
+
+/* Key of mc_groups: istio's owner group list of one config key (rule 13), as numeric gids (names resolved by the
+ * loader's caller, as iptables resolves them when it applies the rules). A map, not an array in mc_config, so that
+ * mc_config keeps the layout pinned attachments hold; MC_F_GROUPS_* in mc_config.flags says how it is read. */
+struct mc_group_key {
+	__u64 cfg; /* config key: netns cookie or 0 */
+	__u32 gid;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MC_MAX_LIST_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct mc_group_key);
+	__type(value, __u8);
+} mc_groups SEC(".maps"); /* ISTIO_OUTBOUND_OWNER_GROUPS, ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE */
 
 /* Proxy-side 4-tuple + netns -> original destination. Written by sockops when the client is established, read by
  * getsockopt(SO_ORIGINAL_DST) and by the Go OrigDst helper. Freed when the proxy's accepted socket closes, or when

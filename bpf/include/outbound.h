@@ -180,6 +180,18 @@ static __always_inline int mc_owner_exempt(const struct mc_config *cfg)
 	return 0;
 }
 
+/* Rule 13, istio's owner groups: whether it returns the caller. Include list: one "-m owner ! --gid-owner G1
+ * ! --gid-owner G2 ... -j RETURN" rule, so an owner outside the list returns; exclude list: "-m owner --gid-owner G
+ * -j RETURN" per group. Like the rules 12, xt_owner without --suppl-groups compares the primary gid only. */
+static __always_inline int mc_group_exempt(const struct mc_config *cfg, __u64 cfg_key)
+{
+	if (!(cfg->flags & (MC_F_GROUPS_INCLUDE | MC_F_GROUPS_EXCLUDE)))
+		return 0;
+	struct mc_group_key k = {.cfg = cfg_key, .gid = (__u32)(bpf_get_current_uid_gid() >> 32)};
+	int listed = bpf_map_lookup_elem(&mc_groups, &k) != 0;
+	return (cfg->flags & MC_F_GROUPS_INCLUDE) ? !listed : listed;
+}
+
 /* The one netns-cookie read of this program type (sock_addr programs have bpf_get_netns_cookie on every kernel
  * meshcap supports, so the cookie is recorded in mc_client for the program types that lack it). */
 static __always_inline __u64 mc_sock_addr_netns(struct bpf_sock_addr *ctx)
@@ -188,7 +200,8 @@ static __always_inline __u64 mc_sock_addr_netns(struct bpf_sock_addr *ctx)
 }
 
 /* istio's ISTIO_OUTPUT for a TCP connect, rule by rule (DEFAULTS.md section 5). ISTIO_OUTBOUND_OWNER_GROUPS=""
- * (rule 13, a bare RETURN) reaches the programs as a policy with nothing included (capture.Config.Policy). */
+ * (rule 13, a bare RETURN) reaches the programs as a policy with nothing included (capture.Config.Policy); a group
+ * list is mc_group_exempt. */
 static __always_inline int mc_decide(const struct mc_config *cfg, __u64 cfg_key, const struct mc_dest *d)
 {
 	if (mc_port_in(cfg_key, d->port, MC_PORT_OUT_EXCLUDE)) /* 9 */
@@ -199,6 +212,8 @@ static __always_inline int mc_decide(const struct mc_config *cfg, __u64 cfg_key,
 	int v = mc_owner_rules(cfg, d, lo); /* 11, 12 */
 	if (v != MC_V_NONE)
 		return v;
+	if (mc_group_exempt(cfg, cfg_key)) /* 13 */
+		return MC_V_EXEMPT_OWNER;
 	if (mc_in_lo_cidr(cfg, d)) /* 15 */
 		return MC_V_EXEMPT_LOOPBACK;
 	if (mc_cidr_in(&mc_cidr_excl, &mc_cidr6_excl, cfg_key, d)) /* 16 */

@@ -119,7 +119,9 @@ func runEBPFAttach(log *zap.Logger, cgroupDir, netnsPath, pinRoot string, cfg ca
 		return fmt.Errorf("ebpf attach: refused: eBPF capture cannot do %s for this pod (nothing attached; `meshcap iptables` and `meshcap init --mode auto` use istio's rules; docs/ipv6-dns.md)",
 			strings.Join(un, "; "))
 	}
-	pol = cfg.PodPolicy(pol, facts)
+	if pol, err = cfg.PodPolicy(pol, facts, capture.OSGroupLookup); err != nil {
+		return fmt.Errorf("ebpf attach: %w", err)
+	}
 	if pol.OutboundNone || !pol.OutboundAll && len(pol.OutboundIncludeCIDRs) == 0 && len(pol.OutboundIncludePorts) == 0 {
 		// Same meaning as istio-iptables (no -i: no outbound redirect), but easy to miss.
 		log.Warn("no outbound TCP is captured: -i is empty and -q lists no port (use -i '*' to capture all), or ISTIO_OUTBOUND_OWNER_GROUPS is empty")

@@ -205,7 +205,9 @@ func decideInitMode(log *zap.Logger, o initOptions, cfg capture.Config, pol capt
 	if err != nil {
 		return loader.ProbeModeIPTables, err.Error(), cgroupDir, pol
 	}
-	pol = cfg.PodPolicy(pol, facts)
+	if pol, err = cfg.PodPolicy(pol, facts, capture.OSGroupLookup); err != nil {
+		return loader.ProbeModeIPTables, err.Error(), cgroupDir, pol
+	}
 	if un := cfg.EBPFUnsupported(facts); len(un) > 0 {
 		return loader.ProbeModeIPTables, "eBPF capture cannot do: " + strings.Join(un, "; "), cgroupDir, pol
 	}

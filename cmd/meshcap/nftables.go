@@ -37,7 +37,7 @@ func runNftables(ctx context.Context, log *zap.Logger, cmd *cobra.Command, cfg c
 		return err
 	}
 	if !cfg.CleanupOnly {
-		if err := nftables.CheckGroups(cfg, nftables.OSGroupLookup); err != nil {
+		if _, err := cfg.ResolveOwnerGroups(capture.OSGroupLookup); err != nil {
 			return err
 		}
 	}

@@ -1,9 +1,6 @@
 package capture
 
-import (
-	"fmt"
-	"strconv"
-)
+import "fmt"
 
 // EBPFUnsupported names, for a pod with host facts h, every requested setting and every pod fact that eBPF capture
 // cannot express yet, so that eBPF mode never captures less than istio's rules would. Each entry names the flag,
@@ -14,12 +11,10 @@ import (
 // The list follows istio's rules (istio-golden/DEFAULTS.md). IPv6 is not in it: eBPF capture follows the pod's
 // IPv6 fact through Policy.ForPod, as istio's ip6tables rules do. DNS (--redirect-dns, --capture-all-dns) is not
 // either: the programs capture it (Policy.DNS, bpf/include/dns.h), from the same resolv.conf servers the iptables
-// mode reads (HostFacts), IPv6 servers where Policy.IPv6 is set. The rest:
-//   - Owner group lists (ISTIO_OUTBOUND_OWNER_GROUPS other than "*" and "", ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE,
-//     which istio uses only when the include value is "*"). istio's "-m owner --gid-owner G" matches the socket
-//     owner's primary gid only (no --suppl-groups), which a connect program sees too, but G may be a group name
-//     that iptables resolves in the /etc/group of the process applying the rules; the programs hold no group list
-//     yet. The empty value (istio: a bare RETURN, no outbound TCP redirected) is expressed: Policy.OutboundNone.
+// mode reads (HostFacts), IPv6 servers where Policy.IPv6 is set. Owner groups are not either: the empty
+// ISTIO_OUTBOUND_OWNER_GROUPS is Policy.OutboundNone, a list (or the exclude list beside "*") is Policy.OwnerGroups,
+// resolved to gids by PodPolicy ("-m owner --gid-owner" compares the socket owner's primary gid, which a connect
+// program sees too). The rest:
 //   - -k, -c, -m TPROXY, --drop-invalid: rules on interfaces, marks and conntrack state with no eBPF counterpart.
 //   - More than MaxIDs -u or -g values: the BPF programs hold a fixed-size list of exempt ids (ebpf_limits.go).
 func (c Config) EBPFUnsupported(h HostFacts) []string {
@@ -28,8 +23,6 @@ func (c Config) EBPFUnsupported(h HostFacts) []string {
 		on   bool
 		what string
 	}{
-		{c.OwnerGroupsInclude != "*" && c.OwnerGroupsInclude != "", EnvOwnerGroups + "=" + strconv.Quote(c.OwnerGroupsInclude) + " (group lists)"},
-		{c.OwnerGroupsInclude == "*" && c.OwnerGroupsExclude != "", EnvOwnerGroupsExclude + "=" + strconv.Quote(c.OwnerGroupsExclude)},
 		{c.KubeVirtInterfaces != "", "-k/--kube-virt-interfaces"},
 		{c.ExcludeInterfaces != "", "-c/--istio-exclude-interfaces"},
 		{c.InboundInterceptionMode == "TPROXY", "-m TPROXY (sk_lookup already keeps the client address and original destination)"},
@@ -57,12 +50,15 @@ func (p Policy) ForPod(h HostFacts) Policy {
 	return p
 }
 
-// PodPolicy completes p, c's policy, with the facts h of the pod it captures: IPv6 and addresses (ForPod) and DNS capture
-// (DNSPolicy: --redirect-dns, --capture-all-dns and the resolv.conf servers in h). Every eBPF front end (ebpf attach,
-// init, meshcap-cni and the agent's re-enrollment) builds the pod's policy here, from the facts the iptables mode
-// would build its rules from.
-func (c Config) PodPolicy(p Policy, h HostFacts) Policy {
+// PodPolicy completes p, c's policy, with the facts h of the pod it captures: IPv6 and addresses (ForPod), DNS capture
+// (DNSPolicy: --redirect-dns, --capture-all-dns and the resolv.conf servers in h) and the owner groups as gids
+// (ResolveOwnerGroups with lookup, usually OSGroupLookup: the /etc/group of the deciding process, where iptables
+// would resolve them). Every eBPF front end (ebpf attach, init, meshcap-cni and the agent's re-enrollment) builds the
+// pod's policy here, from the facts the iptables mode would build its rules from. The error names an unknown group.
+func (c Config) PodPolicy(p Policy, h HostFacts, lookup GroupLookup) (Policy, error) {
 	p = p.ForPod(h)
 	p.DNS = c.DNSPolicy(h)
-	return p
+	var err error
+	p.OwnerGroups, err = c.ResolveOwnerGroups(lookup)
+	return p, err
 }

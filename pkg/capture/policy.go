@@ -32,6 +32,9 @@ type Policy struct {
 	// OutboundNone is ISTIO_OUTBOUND_OWNER_GROUPS="": istio's rule 13 is then a bare RETURN after the owner rules,
 	// so nothing that reaches it is redirected (-q and -i have no effect); the lo rules before it still apply.
 	OutboundNone bool
+	// OwnerGroups is rule 13 with a group list, names resolved to gids (Config.ResolveOwnerGroups): the caller that
+	// decides for the pod sets it (Config.PodPolicy), since names resolve in the /etc/group that caller sees.
+	OwnerGroups OwnerGroups
 
 	// LocalAddrs are the addresses of the pod's network namespace (HostFacts.LocalAddrs): the kernel routes a
 	// connection to one of them over lo, where istio's "-o lo" rules match it. Not a flag: the caller that reads
@@ -107,6 +110,9 @@ func (c Config) Policy() (Policy, error) {
 		return p, err
 	}
 	p.OutboundNone = c.OwnerGroupsInclude == ""
+	if n := len(SplitList(c.OwnerGroupsInclude)); c.OwnerGroupsInclude != "*" && n > MaxOwnerGroups {
+		return p, fmt.Errorf("invalid %s %q: at most %d groups", EnvOwnerGroups, c.OwnerGroupsInclude, MaxOwnerGroups)
+	}
 	return p, nil
 }
 

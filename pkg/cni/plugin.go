@@ -166,7 +166,9 @@ func (p *Plugin) Add(a *skel.CmdArgs) error {
 	if err != nil {
 		return types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("pod %s: %v", in.pod, err), "")
 	}
-	pol = cfg.PodPolicy(pol, facts)
+	if pol, err = cfg.PodPolicy(pol, facts, capture.OSGroupLookup); err != nil {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("pod %s: %v", in.pod, err), "")
+	}
 	mode := p.captureMode(a, in.pod, cfg.EBPFUnsupported(facts), id)
 	e := &Enrollment{
 		ContainerID: a.ContainerID,

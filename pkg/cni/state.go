@@ -45,7 +45,7 @@ func (e *Enrollment) Policy() (capture.Policy, error) {
 	if err != nil {
 		return pol, err
 	}
-	return e.Capture.PodPolicy(pol, e.Facts), nil
+	return e.Capture.PodPolicy(pol, e.Facts, capture.OSGroupLookup)
 }
 
 // Enroller programs the dataplane for one pod. The record store is separate (Store); an Enroller is the

@@ -6,7 +6,7 @@
 // Invariants:
 //   - Build and Plan touch nothing on the host: host facts are passed in, and the transaction is rendered by
 //     knftables without an nft binary.
-//   - Every value is validated (Validate, CheckGroups) before nft sees anything; errors name the bad value.
+//   - Every value is validated (Validate, capture.Config.ResolveOwnerGroups) before nft sees anything; errors name the bad value.
 //   - Rules are pasted into nft syntax word for word, as istio does; lists are not trimmed, sorted or de-duplicated.
 //   - Only the three istio tables (inet istio-proxy-nat/mangle/raw) are ever created, flushed or deleted.
 package nftables

@@ -1,7 +1,6 @@
 package nftables
 
 import (
-	"errors"
 	"strings"
 	"testing"
 )
@@ -77,33 +76,6 @@ func TestValidateRefuses(t *testing.T) {
 		}
 		if !strings.Contains(err.Error(), `"`+tc.bad+`"`) {
 			t.Errorf("%v: error does not name %q: %v", tc.args, tc.bad, err)
-		}
-	}
-}
-
-func TestCheckGroups(t *testing.T) {
-	known := func(name string) error {
-		if name == "java" {
-			return nil
-		}
-		return errors.New("unknown group")
-	}
-	for _, tc := range []struct {
-		env map[string]string
-		bad string // "" = accepted
-	}{
-		{map[string]string{"ISTIO_OUTBOUND_OWNER_GROUPS": "java,202"}, ""},
-		{map[string]string{"ISTIO_OUTBOUND_OWNER_GROUPS": "java,nosuch"}, "nosuch"},
-		{map[string]string{"ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE": "888,ftp"}, "ftp"},
-		// Exclusions count only with include '*', as in the rules.
-		{map[string]string{"ISTIO_OUTBOUND_OWNER_GROUPS": "202", "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE": "ftp"}, ""},
-	} {
-		err := CheckGroups(parseArgs(t, nil, tc.env), known)
-		switch {
-		case tc.bad == "" && err != nil:
-			t.Errorf("%v: %v", tc.env, err)
-		case tc.bad != "" && (err == nil || !strings.Contains(err.Error(), `"`+tc.bad+`"`)):
-			t.Errorf("%v: want an error naming %q, got %v", tc.env, tc.bad, err)
 		}
 	}
 }

@@ -2,9 +2,7 @@ package nftables
 
 import (
 	"fmt"
-	"os/user"
 	"regexp"
-	"strconv"
 
 	"github.com/meshcap/meshcap/pkg/capture"
 	"github.com/meshcap/meshcap/pkg/iptables"
@@ -32,54 +30,10 @@ func Validate(c capture.Config) (capture.Policy, error) {
 			}
 		}
 	}
-	for _, g := range ownerGroups(c) {
-		if !isNumber(g.name) && !nftWord.MatchString(g.name) {
-			return p, fmt.Errorf("invalid group %q in %s: want a number or a group name", g.name, g.env)
+	for _, g := range c.OwnerGroupList() {
+		if !capture.IsGIDNumber(g.Name) && !nftWord.MatchString(g.Name) {
+			return p, fmt.Errorf("invalid group %q in %s: want a number or a group name", g.Name, g.Env)
 		}
 	}
 	return p, nil
-}
-
-type ownerGroup struct{ name, env string }
-
-// ownerGroups lists the groups that reach the rules: the include list unless it is "*", else the exclude list.
-func ownerGroups(c capture.Config) []ownerGroup {
-	var out []ownerGroup
-	if c.OwnerGroupsInclude != "*" {
-		for _, g := range capture.SplitList(c.OwnerGroupsInclude) {
-			out = append(out, ownerGroup{g, capture.EnvOwnerGroups})
-		}
-		return out
-	}
-	for _, g := range capture.SplitList(c.OwnerGroupsExclude) {
-		out = append(out, ownerGroup{g, capture.EnvOwnerGroupsExclude})
-	}
-	return out
-}
-
-func isNumber(s string) bool {
-	_, err := strconv.ParseUint(s, 10, 32)
-	return err == nil
-}
-
-// GroupLookup reports whether a group name exists (nft resolves `skgid NAME` from /etc/group when it parses).
-type GroupLookup func(name string) error
-
-// OSGroupLookup looks a group up in this process's /etc/group (os/user).
-func OSGroupLookup(name string) error {
-	_, err := user.LookupGroup(name)
-	return err
-}
-
-// CheckGroups refuses owner-group names that do not exist, before nft would fail on them at apply time.
-func CheckGroups(c capture.Config, lookup GroupLookup) error {
-	for _, g := range ownerGroups(c) {
-		if isNumber(g.name) {
-			continue
-		}
-		if err := lookup(g.name); err != nil {
-			return fmt.Errorf("unknown group %q in %s: %w", g.name, g.env, err)
-		}
-	}
-	return nil
 }
