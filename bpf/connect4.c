@@ -38,8 +38,8 @@ int mc_connect4(struct bpf_sock_addr *ctx)
 	if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
 		return SYS_PROCEED;
 
-	struct mc_dest d = {.port = bpf_ntohs((__u16)ctx->user_port)};
-	d.addr[0] = ctx->user_ip4;
+	struct mc_dest d;
+	mc_dest4(ctx, &d);
 	struct bpf_sock *sk = ctx->sk;
 	if (sk)
 		d.src[0] = sk->src_ip4;

@@ -26,30 +26,18 @@ int mc_connect6(struct bpf_sock_addr *ctx)
 	if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
 		return SYS_PROCEED;
 
-	struct mc_dest d = {.port = bpf_ntohs((__u16)ctx->user_port)};
-	/* Why volatile: one 4-byte context load per word (the verifier checks the access size of user_ip6). */
-	__u32 w0 = *(volatile __u32 *)&ctx->user_ip6[0];
-	__u32 w1 = *(volatile __u32 *)&ctx->user_ip6[1];
-	__u32 w2 = *(volatile __u32 *)&ctx->user_ip6[2];
-	__u32 w3 = *(volatile __u32 *)&ctx->user_ip6[3];
-	int mapped = mc_is_v4mapped(w0, w1, w2);
+	struct mc_dest d;
+	int mapped = 0;
+	mc_dest6(ctx, &d, &mapped);
 	struct bpf_sock *sk = ctx->sk;
 	if (mapped) {
-		d.addr[0] = w3;
 		if (sk && mc_is_v4mapped(sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2]))
 			d.src[0] = sk->src_ip6[3];
-	} else {
-		d.v6 = 1;
-		d.addr[0] = w0;
-		d.addr[1] = w1;
-		d.addr[2] = w2;
-		d.addr[3] = w3;
-		if (sk) {
-			d.src[0] = sk->src_ip6[0];
-			d.src[1] = sk->src_ip6[1];
-			d.src[2] = sk->src_ip6[2];
-			d.src[3] = sk->src_ip6[3];
-		}
+	} else if (sk) {
+		d.src[0] = sk->src_ip6[0];
+		d.src[1] = sk->src_ip6[1];
+		d.src[2] = sk->src_ip6[2];
+		d.src[3] = sk->src_ip6[3];
 	}
 	mc_resolve_unspecified(&d);
 

@@ -149,36 +149,6 @@ static __always_inline int mc_dns_decide(struct bpf_sock_addr *ctx, const struct
 	return MC_DNS_CAPTURE;
 }
 
-/* The destination of an IPv4 sock_addr context. */
-static __always_inline void mc_dest4(struct bpf_sock_addr *ctx, struct mc_dest *d)
-{
-	__builtin_memset(d, 0, sizeof(*d));
-	d->addr[0] = ctx->user_ip4;
-	d->port = bpf_ntohs((__u16)ctx->user_port);
-}
-
-/* The destination of an IPv6 sock_addr context; *mapped is set for ::ffff:a.b.c.d (then d is IPv4). */
-static __always_inline void mc_dest6(struct bpf_sock_addr *ctx, struct mc_dest *d, int *mapped)
-{
-	__builtin_memset(d, 0, sizeof(*d));
-	/* Why volatile: one 4-byte context load per word (the verifier checks the access size of user_ip6). */
-	__u32 w0 = *(volatile __u32 *)&ctx->user_ip6[0];
-	__u32 w1 = *(volatile __u32 *)&ctx->user_ip6[1];
-	__u32 w2 = *(volatile __u32 *)&ctx->user_ip6[2];
-	__u32 w3 = *(volatile __u32 *)&ctx->user_ip6[3];
-	d->port = bpf_ntohs((__u16)ctx->user_port);
-	*mapped = mc_is_v4mapped(w0, w1, w2);
-	if (*mapped) {
-		d->addr[0] = w3;
-		return;
-	}
-	d->v6 = 1;
-	d->addr[0] = w0;
-	d->addr[1] = w1;
-	d->addr[2] = w2;
-	d->addr[3] = w3;
-}
-
 /* IPv4 hooks (connect4, sendmsg4): DNS capture of ctx's destination, rewritten to 127.0.0.1:<DNS port>. */
 static __always_inline int mc_dns4(struct bpf_sock_addr *ctx, int forget)
 {

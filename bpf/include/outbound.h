@@ -30,6 +30,36 @@ struct mc_dest {
 	__u8 v6;
 };
 
+/* The destination of an IPv4 sock_addr context (connect4, sendmsg4 and DNS capture). */
+static __always_inline void mc_dest4(struct bpf_sock_addr *ctx, struct mc_dest *d)
+{
+	__builtin_memset(d, 0, sizeof(*d));
+	d->addr[0] = ctx->user_ip4;
+	d->port = bpf_ntohs((__u16)ctx->user_port);
+}
+
+/* The destination of an IPv6 sock_addr context; *mapped is set for ::ffff:a.b.c.d (then d is IPv4). */
+static __always_inline void mc_dest6(struct bpf_sock_addr *ctx, struct mc_dest *d, int *mapped)
+{
+	__builtin_memset(d, 0, sizeof(*d));
+	/* Why volatile: one 4-byte context load per word (the verifier checks the access size of user_ip6). */
+	__u32 w0 = *(volatile __u32 *)&ctx->user_ip6[0];
+	__u32 w1 = *(volatile __u32 *)&ctx->user_ip6[1];
+	__u32 w2 = *(volatile __u32 *)&ctx->user_ip6[2];
+	__u32 w3 = *(volatile __u32 *)&ctx->user_ip6[3];
+	d->port = bpf_ntohs((__u16)ctx->user_port);
+	*mapped = mc_is_v4mapped(w0, w1, w2);
+	if (*mapped) {
+		d->addr[0] = w3;
+		return;
+	}
+	d->v6 = 1;
+	d->addr[0] = w0;
+	d->addr[1] = w1;
+	d->addr[2] = w2;
+	d->addr[3] = w3;
+}
+
 /* connect() to 0.0.0.0 or :: reaches a local address, and the rules see that one: IPv4 connects to the socket's
  * bound address, or to 127.0.0.1 (and binds it) when unbound; IPv6 always to ::1 (tcp_v4_connect's route lookup,
  * tcp_v6_connect). The decision works on that destination, and so does the recorded original destination. */
